@@ -1,0 +1,29 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both create/refresh .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch is installed on its own first: `torch==2.13.0` takes the CPU wheel where there is no GPU,
+# and the package's torch range is then already satisfied (no multi-GB CUDA download).
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PIP) install "torch==2.13.0" || $(PIP) install "torch>=2.4,<2.14"
+	$(PIP) install -e ".[test,demo]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m adapter_cli.demo
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,3 @@
+from adapter_cli.cli import main
+
+main()

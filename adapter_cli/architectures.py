@@ -1,0 +1,78 @@
+"""Where the adapter sites are in each supported transformers architecture.
+
+A site is a sub-layer that computes ``LN(h + x)``: ``h`` its output (after its dropout) and ``x`` its
+residual input. Adapters are stitched in with forward hooks that capture ``h`` and ``x`` and take over
+that LayerNorm call, so no transformers modeling code is copied. Supporting a new encoder means adding
+one entry here (and a test).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import UnsupportedModel
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    location: str  # "mh_adapter" (after multi-head attention) or "output_adapter" (after feed-forward)
+    output_of: str  # module (relative to a layer) whose output is h
+    residual_module: str  # module whose call receives x ...
+    residual_arg: int  # ... as this positional argument ...
+    residual_kwarg: str  # ... or this keyword argument
+    layer_norm: str  # the LayerNorm applied to h + x
+    adapterhub_path: str  # AdapterHub's module path for this site, for its weight names
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    model_types: tuple[str, ...]
+    layers: str  # path of the layer list inside the base model
+    sites: tuple[SiteSpec, ...]
+    adapterhub_prefix: str  # transformers' base_model_prefix, which AdapterHub puts before its keys
+    adapterhub_model_class: str
+    hidden_size_attr: str = "hidden_size"
+    num_layers_attr: str = "num_hidden_layers"
+    attention_dropout_attr: str = "attention_probs_dropout_prob"
+    hidden_dropout_attr: str = "hidden_dropout_prob"
+
+    def site(self, location: str) -> SiteSpec:
+        return next(s for s in self.sites if s.location == location)
+
+
+_BERT_SITES = (
+    SiteSpec("mh_adapter", "attention.output.dropout", "attention.output", 1, "input_tensor",
+             "attention.output.LayerNorm", "attention.output"),
+    SiteSpec("output_adapter", "output.dropout", "output", 1, "input_tensor", "output.LayerNorm", "output"),
+)
+
+
+def _bert_like(name: str, model_type: str, prefix: str, model_class: str) -> Architecture:
+    return Architecture(name, (model_type,), "encoder.layer", _BERT_SITES, prefix, model_class)
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "bert": _bert_like("BERT", "bert", "bert", "BertAdapterModel"),
+    "roberta": _bert_like("RoBERTa", "roberta", "roberta", "RobertaAdapterModel"),
+    "xlm-roberta": _bert_like("XLM-RoBERTa", "xlm-roberta", "roberta", "XLMRobertaAdapterModel"),
+    "electra": _bert_like("ELECTRA", "electra", "electra", "ElectraAdapterModel"),
+    "distilbert": Architecture(
+        "DistilBERT", ("distilbert",), "transformer.layer",
+        (
+            SiteSpec("mh_adapter", "attention.out_lin", "", 0, "hidden_states", "sa_layer_norm",
+                     "attention_adapters"),
+            SiteSpec("output_adapter", "ffn", "ffn", 0, "input", "output_layer_norm", "output_adapters"),
+        ),
+        "distilbert", "DistilBertAdapterModel",
+        hidden_size_attr="dim", num_layers_attr="n_layers", attention_dropout_attr="attention_dropout",
+        hidden_dropout_attr="dropout",
+    ),
+}
+
+
+def architecture_for(model_type: str) -> Architecture:
+    if model_type in ARCHITECTURES:
+        return ARCHITECTURES[model_type]
+    supported = ", ".join(sorted(ARCHITECTURES))
+    raise UnsupportedModel(f"model type {model_type!r} is not supported; supported model types: {supported}")

@@ -1,0 +1,10 @@
+"""The ``adapt`` command line. Command modules import torch only inside their functions."""
+
+from __future__ import annotations
+
+from . import add, inspect  # noqa: F401  (registers the commands)
+from .app import app
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,126 @@
+"""``adapt add``: introduce an adapter into a base model and show what it costs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ._common import emit_json, handle_errors, human_bytes, human_count, info, print_table
+from .app import app
+
+DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+          "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+@app.command(
+    "add",
+    epilog=(
+        "Examples:\n\n"
+        "  adapt add pfeiffer --hidden-size 768 --num-layers 12 --json     # cost from the config alone\n\n"
+        "  adapt add houlsby reduction_factor=64 --model ./my-bert --save ./adapters/houlsby64\n\n"
+        "  adapt add 'pfeiffer[non_linearity=gelu]' -m bert-base-uncased --format adapterhub --save out/"
+    ),
+)
+@handle_errors
+def add(
+    config: str = typer.Argument("pfeiffer", help="Preset (pfeiffer, houlsby, bapna, parallel; AdapterHub aliases "
+                                 "seq_bn, double_seq_bn, par_bn), 'preset[key=value,...]', or a YAML/JSON file."),
+    overrides: list[str] = typer.Argument(None, help="key=value changes to the config, e.g. reduction_factor=8 "
+                                          "non_linearity=gelu leave_out=[0,1]", show_default=False),
+    model: str = typer.Option(None, "--model", "-m", help="Base model directory or Hub id to introduce the adapter "
+                              "into (its parameters are counted and the adapter is built for real)."),
+    hidden_size: int = typer.Option(None, "--hidden-size", help="Count from the config alone for this hidden size "
+                                    "(no model needed)."),
+    num_layers: int = typer.Option(None, "--num-layers", help="... and this number of layers."),
+    name: str = typer.Option(None, "--name", "-n", help="Adapter name (default: the preset name)."),
+    save: Path = typer.Option(None, "--save", help="Save the initialised adapter to this directory (needs --model)."),
+    fmt: str = typer.Option("adapt", "--format", help="Format for --save: adapt or adapterhub."),
+    dtype: str = typer.Option("float32", "--dtype", help="Weight precision for --save: float32, float16, bfloat16."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON object on stdout."),
+) -> None:
+    """Introduce an adapter into a base model: placement, parameters and size.
+
+    With --model the adapter is built inside the real model; with --hidden-size and --num-layers the
+    counts come from the configuration alone.
+    """
+    from ..errors import UsageError
+    from ..presets import parse_overrides, resolve_adapter_config
+
+    changes = parse_overrides(overrides or [])
+    adapter_config = resolve_adapter_config(config, changes)
+    if dtype.lower() not in DTYPES:
+        raise UsageError(f"unknown --dtype {dtype!r}; use float32, float16 or bfloat16")
+    if fmt not in ("adapt", "adapterhub"):
+        raise UsageError(f"unknown --format {fmt!r}; use adapt or adapterhub")
+    adapter_name = name or _default_name(config)
+    from ..composition import check_name
+
+    check_name(adapter_name)
+    result: dict[str, Any] = {"name": adapter_name, "method": adapter_config.architecture,
+                              "config": adapter_config.to_dict()}
+    if model is None:
+        if save is not None:
+            raise UsageError("--save needs --model: an adapter is saved for a specific base model")
+        if hidden_size is None or num_layers is None:
+            raise UsageError("give --model, or both --hidden-size and --num-layers to count from the config alone")
+        if hidden_size <= 0 or num_layers <= 0:
+            raise UsageError("--hidden-size and --num-layers must be positive")
+        result.update(hidden_size=hidden_size, num_layers=num_layers, base_model=None, base_parameters=None)
+        counts = adapter_config.parameter_count(hidden_size, num_layers)
+    else:
+        import torch
+
+        from ..model import AdapterModel
+
+        info(f"loading {model} ...")
+        m = AdapterModel.from_pretrained(model)
+        m.add_adapter(adapter_name, adapter_config)
+        counts = adapter_config.parameter_count(m.hidden_size, m.num_layers)
+        built = sum(p.numel() for p in m.adapters[adapter_name].parameters())
+        assert built == counts["parameters"], (built, counts["parameters"])
+        base_params = sum(p.numel() for p in m.base.parameters())
+        result.update(hidden_size=m.hidden_size, num_layers=m.num_layers, base_model=m.base_info.to_dict(),
+                      base_parameters=base_params)
+        if save is not None:
+            m.save_adapter(save, adapter_name, format=fmt, dtype=getattr(torch, DTYPES[dtype.lower()]),
+                           safetensors=True)
+    placements = [{"location": p["location"], "layers": p["layers"], "bottleneck": _width(p["widths"]),
+                   "parameters": p["parameters"]} for p in counts["placements"]]
+    result.update(placements=placements, parameters=counts["parameters"], bytes_fp32=counts["bytes_fp32"],
+                  bytes_fp16=counts["bytes_fp16"],
+                  percent_of_base=(100.0 * counts["parameters"] / result["base_parameters"]
+                                   if result["base_parameters"] else None),
+                  saved_to=str(save) if save is not None else None)
+    if json_out:
+        emit_json(result)
+        return
+    rows = [[p["location"], _layers(p["layers"]), p["bottleneck"], f"{p['parameters']:,}"] for p in placements]
+    print_table(["placement", "layers", "bottleneck", "parameters"], rows,
+                title=f"adapter {adapter_name!r} ({config}) for hidden size {result['hidden_size']}, "
+                      f"{result['num_layers']} layers")
+    line = (f"total: {counts['parameters']:,} parameters ({human_count(counts['parameters'])}), "
+            f"{human_bytes(counts['bytes_fp32'])} in fp32, {human_bytes(counts['bytes_fp16'])} in fp16")
+    if result["percent_of_base"] is not None:
+        line += f", {result['percent_of_base']:.2f}% of the base model's {human_count(result['base_parameters'])}"
+    print(line)
+    if save is not None:
+        print(f"saved to {save}")
+
+
+def _default_name(config: str) -> str:
+    import re
+
+    stem = Path(config).stem if ("/" in config or config.endswith((".yaml", ".yml", ".json"))) else config
+    return re.sub(r"[^A-Za-z0-9_\-]", "_", stem.split("[")[0]) or "adapter"
+
+
+def _width(widths: list[int]) -> Any:
+    return widths[0] if len(set(widths)) == 1 else widths
+
+
+def _layers(layers: list[int]) -> str:
+    if layers and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])
+    return ",".join(map(str, layers))

@@ -1,0 +1,79 @@
+"""``adapt inspect``: what an adapter, fusion or head directory holds, without loading a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ._common import emit_json, handle_errors, human_bytes, print_table
+from .app import app
+
+
+@app.command(
+    "inspect",
+    epilog="Examples:\n\n  adapt inspect ./adapters/mrpc\n\n  adapt inspect ./fusions/mnli,qqp,rte --json",
+)
+@handle_errors
+def inspect(
+    path: Path = typer.Argument(..., help="An adapter, fusion or head directory (adapt or AdapterHub format)."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON object on stdout."),
+) -> None:
+    """Show an adapter or fusion directory: method, config, base model, parameter count, file size."""
+    result = describe(path)
+    if json_out:
+        emit_json(result)
+        return
+    rows = [["kind", result["kind"]], ["name", result["name"]], ["format", result["format"]]]
+    if result["kind"] == "adapter":
+        rows.append(["method", result["method"]])
+        cfg = result["config"]
+        rows.append(["placement", ", ".join(loc for loc in ("mh_adapter", "output_adapter") if cfg.get(loc))])
+        rows.append(["reduction factor" if cfg.get("reduction_factor") else "bottleneck size",
+                     cfg.get("reduction_factor") or cfg.get("bottleneck_size")])
+        rows.append(["non-linearity", cfg.get("non_linearity")])
+    if result["kind"] == "fusion":
+        rows.append(["adapters", ", ".join(result["adapters"])])
+    base = result["base_model"]
+    rows.append(["base model", f"{base.get('name_or_path') or '?'} ({base['model_type']}, hidden {base['hidden_size']}"
+                 + (f", {base['num_layers']} layers" if base.get("num_layers") else "") + ")"])
+    rows.append(["parameters", f"{result['parameters']:,}"])
+    rows.append(["file size", human_bytes(result["file_bytes"])])
+    if result.get("head"):
+        head = result["head"]
+        rows.append(["head", f"{head['name']}: {head['config']['head_type']} ({head['parameters']:,} parameters)"])
+    print_table(["field", "value"], rows)
+
+
+def describe(path: Path) -> dict[str, Any]:
+    from ..errors import ArtifactError
+    from ..formats import FUSION_CONFIGS, HEAD_CONFIG, has_head, read_adapter, read_fusion, read_head
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(f"no adapter or fusion directory at {path}")
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    file_bytes = sum(p.stat().st_size for p in files)
+    if (path / "adapter_config.json").is_file():
+        art: Any = read_adapter(path)
+        out: dict[str, Any] = {"kind": "adapter", "name": art.name, "format": art.format,
+                               "method": art.config.architecture, "config": art.config.to_dict()}
+        if has_head(path):
+            head = read_head(path)
+            out["head"] = {"name": head.name, "config": head.config.to_dict(),
+                           "parameters": sum(t.numel() for t in head.weights.values())}
+    elif any((path / f).is_file() for f in FUSION_CONFIGS):
+        art = read_fusion(path)
+        out = {"kind": "fusion", "name": art.name, "format": art.format, "adapters": art.adapters,
+               "config": art.config.to_dict()}
+    elif (path / HEAD_CONFIG).is_file():
+        art = read_head(path)
+        out = {"kind": "head", "name": art.name, "format": art.format, "config": art.config.to_dict()}
+    else:
+        raise ArtifactError(f"{path} holds no adapter_config.json, fusion config or head_config.json")
+    out.update(base_model=art.base.to_dict(), parameters=sum(t.numel() for t in art.weights.values()),
+               file_bytes=file_bytes, files=[p.name for p in files], path=str(path))
+    versions = art.meta.get("versions") or ({"adapters": art.meta["version"]} if "version" in art.meta else {})
+    out["versions"] = versions
+    return out

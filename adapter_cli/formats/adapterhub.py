@@ -1,0 +1,322 @@
+"""AdapterHub's format (the ``adapters`` library, and ``adapter-transformers`` before it).
+
+Files: ``adapter_config.json`` + ``pytorch_adapter.bin`` or ``adapter.safetensors``;
+``adapter_fusion_config.json`` + ``pytorch_model_adapter_fusion.bin`` / ``model_adapter_fusion.safetensors``;
+``head_config.json`` + ``pytorch_model_head.bin`` / ``model_head.safetensors``. Weight names carry the
+model's module path, e.g. ``bert.encoder.layer.3.output.adapters.mrpc.adapter_up.weight``; the
+architecture table says where each site lives. Legacy (v1) names are renamed on read.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..architectures import Architecture, architecture_for
+from ..errors import ArtifactError, ConfigError
+from . import (ADAPTER_CONFIG, HEAD_CONFIG, AdapterArtifact, BaseModelInfo, FusionArtifact, HeadArtifact,
+               load_safetensors, load_torch_bin, read_json, save_safetensors)
+
+WRITTEN_VERSION = "adapters.1.3.0"  # the AdapterHub release whose format we write (and test against)
+FUSION_CONFIG = "adapter_fusion_config.json"
+FILES = {
+    "adapter": (ADAPTER_CONFIG, "pytorch_adapter.bin", "adapter.safetensors"),
+    "fusion": (FUSION_CONFIG, "pytorch_model_adapter_fusion.bin", "model_adapter_fusion.safetensors"),
+    "head": (HEAD_CONFIG, "pytorch_model_head.bin", "model_head.safetensors"),
+}
+LEGACY_KEYS = {
+    "attention_text_task_adapters": "adapters", "attention_text_lang_adapters": "adapters",
+    "layer_text_task_adapters": "adapters", "layer_text_lang_adapters": "adapters",
+}
+# AdapterHub's BnConfig defaults for fields an old config may lack.
+BN_DEFAULTS: dict[str, Any] = {
+    "original_ln_before": False, "original_ln_after": True, "residual_before_ln": True,
+    "adapter_residual_before_ln": False, "ln_before": False, "ln_after": False, "init_weights": "bert",
+    "init_weights_seed": None, "is_parallel": False, "scaling": 1.0, "use_gating": False, "leave_out": [],
+    "dropout": 0.0, "stochastic_depth": 0.0,
+}
+# Fields of AdapterHub's config that this tool does not implement, with the values meaning "off".
+UNSUPPORTED_AT: dict[str, Any] = {
+    "phm_layer": False, "inv_adapter": None, "inv_adapter_reduction_factor": None, "cross_adapter": False,
+}
+PHM_DEFAULTS: dict[str, Any] = {
+    "phm_dim": 4, "factorized_phm_W": True, "shared_W_phm": False, "shared_phm_rule": True,
+    "factorized_phm_rule": False, "phm_c_init": "normal", "phm_init_range": 0.0001, "learn_phm": True,
+    "hypercomplex_nonlinearity": "glorot-uniform", "phm_rank": 1, "phm_bias": True,
+}
+ACTIVATION_RENAME = {"gelu": "gelu_new", "gelu_orig": "gelu"}  # for configs written before "version" existed
+
+
+def is_adapterhub(path: Path, kind: str) -> bool:
+    config, *weights = FILES[kind]
+    return (path / config).is_file()
+
+
+def _weights(path: Path, kind: str) -> dict[str, torch.Tensor]:
+    _, bin_name, st_name = FILES[kind]
+    if (path / st_name).is_file():
+        return load_safetensors(path / st_name)
+    if (path / bin_name).is_file():
+        return load_torch_bin(path / bin_name)
+    raise ArtifactError(f"{path} has no weights: neither {bin_name} nor {st_name} is there")
+
+
+def _base(data: dict[str, Any], path: Path) -> BaseModelInfo:
+    try:
+        return BaseModelInfo(model_type=str(data["model_type"]), hidden_size=int(data["hidden_size"]),
+                             name_or_path=data.get("model_name"))
+    except (KeyError, TypeError, ValueError):
+        raise ArtifactError(f"corrupt {path}: model_type and hidden_size are required") from None
+
+
+def _rename_activation(data: dict[str, Any], key: str) -> None:
+    config = data.get("config") or {}
+    if "version" not in data and config.get(key) in ACTIVATION_RENAME:
+        config[key] = ACTIVATION_RENAME[config[key]]
+
+
+# ===================================================================== adapters
+
+
+def config_from_adapterhub(raw: dict[str, Any], source: str) -> Any:
+    from ..methods.bottleneck import BottleneckConfig
+
+    raw = dict(raw)
+    arch = raw.pop("architecture", None)
+    if arch not in (None, "bottleneck"):
+        raise ConfigError(f"{source}: AdapterHub method {arch!r} is not supported; only bottleneck adapters are")
+    legacy_inv = raw.pop("invertible_adapter", None)
+    if legacy_inv or any(raw.get(k, off) != off for k, off in UNSUPPORTED_AT.items()):
+        what = "compacter (PHM) layers" if raw.get("phm_layer") else \
+            "cross-attention adapters" if raw.get("cross_adapter") else "invertible adapters"
+        raise ConfigError(f"{source}: {what} are not supported by adapt")
+    for key in list(UNSUPPORTED_AT) + list(PHM_DEFAULTS):
+        raw.pop(key, None)
+    values = {**BN_DEFAULTS, **raw}
+    return BottleneckConfig.from_dict(values, source=source)
+
+
+def config_to_adapterhub(config: Any, hidden_size: int, num_layers: int) -> dict[str, Any]:
+    out = config.to_dict()
+    out.pop("architecture")
+    out.pop("kind")
+    size = out.pop("bottleneck_size")
+    if size is not None:
+        # AdapterHub only knows reduction factors; express the width as one and check it round-trips.
+        factor = hidden_size / size if not isinstance(size, dict) else None
+        if factor is None or any(int(hidden_size // factor) != config.width(i, hidden_size)
+                                 for i in config.layers(num_layers)):
+            raise ConfigError("this bottleneck_size cannot be written as an AdapterHub reduction_factor")
+        out["reduction_factor"] = factor
+    out.update(UNSUPPORTED_AT)
+    out.update(PHM_DEFAULTS)
+    return out
+
+
+_ADAPTER_PARAMS = {  # AdapterHub's module names -> ours, given ln_before
+    "adapter_norm_before": "norm_before", "adapter_up": "up", "adapter_norm_after": "norm_after",
+    "gate": "gate", "scaling": "scaling",
+}
+
+
+def _site_patterns(arch: Architecture, kind: str) -> list[tuple[str, re.Pattern[str]]]:
+    block = "adapters" if kind == "adapter" else "adapter_fusion_layer"
+    return [(spec.location, re.compile(
+        rf"^(?:{re.escape(arch.adapterhub_prefix)}\.)?{re.escape(arch.layers)}\.(\d+)\."
+        rf"{re.escape(spec.adapterhub_path)}\.{block}\.([^.]+)\.(.+)$")) for spec in arch.sites]
+
+
+def _legacy(key: str) -> str:
+    for old, new in LEGACY_KEYS.items():
+        key = key.replace(f".{old}.", f".{new}.")
+    return key
+
+
+def adapter_weights_from_adapterhub(raw: dict[str, torch.Tensor], arch: Architecture, ln_before: bool,
+                                    source: Path) -> tuple[str | None, dict[str, torch.Tensor]]:
+    out: dict[str, torch.Tensor] = {}
+    names: set[str] = set()
+    patterns = _site_patterns(arch, "adapter")
+    for key, tensor in raw.items():
+        key = _legacy(key)
+        for location, pattern in patterns:
+            m = pattern.match(key)
+            if m:
+                break
+        else:
+            hint = " (invertible adapters are not supported)" if "invertible" in key else ""
+            raise ArtifactError(f"{source}: unexpected weight {key!r}{hint}")
+        layer, name, param = m.groups()
+        names.add(name)
+        module, _, leaf = param.partition(".")
+        if module == "adapter_down":
+            index, _, leaf = leaf.partition(".")
+            ours = "norm_before" if (ln_before and index == "0") else "down"
+        elif module in _ADAPTER_PARAMS:
+            ours = _ADAPTER_PARAMS[module]
+        else:
+            raise ArtifactError(f"{source}: unexpected weight {key!r}")
+        out[f"{location}.{layer}.{ours}" + (f".{leaf}" if leaf else "")] = tensor
+    if len(names) > 1:
+        raise ArtifactError(f"{source}: holds weights of several adapters ({', '.join(sorted(names))})")
+    return (names.pop() if names else None), out
+
+
+def adapter_weights_to_adapterhub(weights: dict[str, torch.Tensor], arch: Architecture, name: str,
+                                  ln_before: bool) -> dict[str, torch.Tensor]:
+    reverse = {v: k for k, v in _ADAPTER_PARAMS.items()}
+    out = {}
+    for key, tensor in weights.items():
+        location, layer, param = key.split(".", 2)
+        module, _, leaf = param.partition(".")
+        prefix = f"{arch.adapterhub_prefix}.{arch.layers}.{layer}.{arch.site(location).adapterhub_path}.adapters.{name}."
+        if module == "down":
+            ah = [f"adapter_down.{1 if ln_before else 0}.{leaf}"]
+        elif module == "norm_before":  # registered twice in AdapterHub's module tree
+            ah = [f"adapter_norm_before.{leaf}", f"adapter_down.0.{leaf}"]
+        else:
+            ah = [reverse[module] + (f".{leaf}" if leaf else "")]
+        for k in ah:
+            out[prefix + k] = tensor
+    return out
+
+
+def read_adapter(path: Path) -> AdapterArtifact:
+    data = read_json(path / ADAPTER_CONFIG, "an adapter")
+    if not isinstance(data.get("config"), dict):
+        raise ArtifactError(f"corrupt {path / ADAPTER_CONFIG}: no 'config' object")
+    _rename_activation(data, "non_linearity")
+    base = _base(data, path / ADAPTER_CONFIG)
+    config = config_from_adapterhub(data["config"], str(path / ADAPTER_CONFIG))
+    arch = architecture_for(base.model_type)
+    key_name, weights = adapter_weights_from_adapterhub(_weights(path, "adapter"), arch, config.ln_before, path)
+    name = data.get("name") or key_name or path.name
+    return AdapterArtifact(name=name, config=config, weights=weights, base=base, format="adapterhub",
+                           path=path, meta=data)
+
+
+def _header(base: BaseModelInfo, arch: Architecture, name: str) -> dict[str, Any]:
+    return {"hidden_size": base.hidden_size, "model_class": arch.adapterhub_model_class,
+            "model_name": base.name_or_path, "model_type": base.model_type, "name": name,
+            "version": WRITTEN_VERSION}
+
+
+def _save(weights: dict[str, torch.Tensor], directory: Path, kind: str, safetensors: bool,
+          dtype: torch.dtype | None) -> None:
+    _, bin_name, st_name = FILES[kind]
+    if safetensors:
+        save_safetensors(weights, directory / st_name, dtype)
+    else:
+        torch.save({k: (v.detach().to(dtype) if dtype is not None else v.detach()).cpu().contiguous()
+                    for k, v in weights.items()}, directory / bin_name)
+
+
+def write_adapter(directory: Path, artifact: AdapterArtifact, num_layers: int, safetensors: bool = False,
+                  dtype: torch.dtype | None = None) -> None:
+    from ..fsutil import write_json
+
+    arch = architecture_for(artifact.base.model_type)
+    config = config_to_adapterhub(artifact.config, artifact.base.hidden_size, num_layers)
+    write_json(directory / ADAPTER_CONFIG, {"config": config, **_header(artifact.base, arch, artifact.name)})
+    _save(adapter_weights_to_adapterhub(artifact.weights, arch, artifact.name, artifact.config.ln_before),
+          directory, "adapter", safetensors, dtype)
+
+
+# ===================================================================== fusions
+
+
+def read_fusion(path: Path) -> FusionArtifact:
+    from ..fusion import FusionConfig
+
+    data = read_json(path / FUSION_CONFIG, "a fusion")
+    base = _base(data, path / FUSION_CONFIG)
+    try:
+        adapters = list(data["adapter_names"])
+        config = FusionConfig.from_dict(data["config"], source=str(path / FUSION_CONFIG))
+    except (KeyError, TypeError):
+        raise ArtifactError(f"corrupt {path / FUSION_CONFIG}: adapter_names and config are required") from None
+    name = data.get("name") or ",".join(adapters)
+    arch = architecture_for(base.model_type)
+    weights: dict[str, torch.Tensor] = {}
+    for key, tensor in _weights(path, "fusion").items():
+        for location, pattern in _site_patterns(arch, "fusion"):
+            m = pattern.match(key)
+            if m:
+                break
+        else:
+            raise ArtifactError(f"{path}: unexpected weight {key!r}")
+        layer, fusion_name, param = m.groups()
+        # AdapterHub selects fusion weights by substring, so a file may carry another fusion's keys.
+        if fusion_name == name:
+            weights[f"{location}.{layer}.{param}"] = tensor
+    return FusionArtifact(name=name, adapters=adapters, config=config, weights=weights, base=base,
+                          format="adapterhub", path=path, meta=data)
+
+
+def write_fusion(directory: Path, artifact: FusionArtifact, safetensors: bool = False,
+                 dtype: torch.dtype | None = None) -> None:
+    from ..fsutil import write_json
+
+    arch = architecture_for(artifact.base.model_type)
+    write_json(directory / FUSION_CONFIG, {"adapter_names": artifact.adapters, "config": artifact.config.to_dict(),
+                                           **_header(artifact.base, arch, artifact.name)})
+    weights = {}
+    for key, tensor in artifact.weights.items():
+        location, layer, param = key.split(".", 2)
+        weights[f"{arch.adapterhub_prefix}.{arch.layers}.{layer}.{arch.site(location).adapterhub_path}"
+                f".adapter_fusion_layer.{artifact.name}.{param}"] = tensor
+    _save(weights, directory, "fusion", safetensors, dtype)
+
+
+# ===================================================================== heads
+
+
+def read_head(path: Path) -> HeadArtifact:
+    from ..heads import HeadConfig
+
+    data = read_json(path / HEAD_CONFIG, "a head")
+    _rename_activation(data, "activation_function")
+    base = _base(data, path / HEAD_CONFIG)
+    raw = dict(data.get("config") or {})
+    head_type = raw.pop("head_type", None)
+    if head_type == "classification":
+        if int(raw.get("num_labels", 2)) == 1:
+            head_type = "regression"
+    elif head_type != "multiple_choice":
+        raise ArtifactError(f"{path}: AdapterHub head type {head_type!r} is not supported "
+                            "(classification, regression and multiple_choice are)")
+    raw.pop("multilabel", None)
+    try:
+        config = HeadConfig.from_dict({"head_type": head_type, **raw}, source=str(path / HEAD_CONFIG))
+    except TypeError as exc:
+        raise ArtifactError(f"corrupt {path / HEAD_CONFIG}: {exc}") from None
+    name = data.get("name") or path.name
+    weights = {}
+    pattern = re.compile(r"^heads\.([^.]+)\.(\d+\.(?:weight|bias))$")
+    for key, tensor in _weights(path, "head").items():
+        m = pattern.match(key)
+        if not m:
+            raise ArtifactError(f"{path}: unexpected head weight {key!r} (only flexible AdapterHub heads are supported)")
+        weights[m.group(2)] = tensor
+    return HeadArtifact(name=name, config=config, weights=weights, base=base, format="adapterhub", path=path,
+                        meta=data)
+
+
+def write_head(directory: Path, artifact: HeadArtifact, safetensors: bool = False,
+               dtype: torch.dtype | None = None) -> None:
+    from ..fsutil import write_json
+
+    arch = architecture_for(artifact.base.model_type)
+    c = artifact.config
+    config: dict[str, Any] = {"activation_function": c.activation_function, "dropout_prob": c.dropout_prob,
+                              "label2id": c.label2id, "layers": c.layers, "use_pooler": c.use_pooler}
+    if c.head_type == "multiple_choice":
+        config.update(head_type="multiple_choice", num_choices=c.num_choices)
+    else:
+        config.update(head_type="classification", num_labels=c.outputs, bias=c.bias)
+    write_json(directory / HEAD_CONFIG, {"config": config, **_header(artifact.base, arch, artifact.name)})
+    _save({f"heads.{artifact.name}.{k}": v for k, v in artifact.weights.items()}, directory, "head",
+          safetensors, dtype)

@@ -1,0 +1,124 @@
+"""Our format: a JSON config (method config, base model id and revision, shape, versions) + safetensors.
+
+Directory layout::
+
+    adapter_config.json        {"format": "adapt.adapter", "name", "method", "config", "base_model", ...}
+    adapter_weights.safetensors
+    head_config.json           (optional) {"format": "adapt.head", ...}
+    head_weights.safetensors
+    fusion_config.json         (fusion directories) {"format": "adapt.fusion", "adapters": [...], ...}
+    fusion_weights.safetensors
+
+Weight names are model-independent (``output_adapter.3.down.weight``), so a rename never touches them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ArtifactError
+from ..fsutil import write_json
+from . import (ADAPTER_CONFIG, HEAD_CONFIG, AdapterArtifact, BaseModelInfo, FusionArtifact, HeadArtifact,
+               load_safetensors, read_json, save_safetensors)
+
+FORMAT_VERSION = 1
+FUSION_CONFIG = "fusion_config.json"
+WEIGHTS = {"adapter": "adapter_weights.safetensors", "fusion": "fusion_weights.safetensors",
+           "head": "head_weights.safetensors"}
+CONFIGS = {"adapter": ADAPTER_CONFIG, "fusion": FUSION_CONFIG, "head": HEAD_CONFIG}
+
+
+def versions() -> dict[str, str]:
+    import transformers
+
+    from .. import __version__
+
+    return {"adapt": __version__, "torch": torch.__version__.split("+")[0], "transformers": transformers.__version__}
+
+
+def is_native(path: Path, kind: str) -> bool:
+    config = path / CONFIGS[kind]
+    if not config.is_file():
+        return False
+    try:
+        import json
+
+        return str(json.loads(config.read_text(encoding="utf-8")).get("format", "")).startswith("adapt.")
+    except Exception:
+        return False
+
+
+def _read(path: Path, kind: str) -> tuple[dict[str, Any], dict[str, torch.Tensor], BaseModelInfo]:
+    data = read_json(path / CONFIGS[kind], f"an {kind}" if kind[0] in "aeiou" else f"a {kind}")
+    if data.get("format") != f"adapt.{kind}":
+        raise ArtifactError(f"{path / CONFIGS[kind]} describes a {data.get('format')!r}, not an adapt {kind}")
+    if int(data.get("format_version", 0)) > FORMAT_VERSION:
+        raise ArtifactError(f"{path} was written by a newer adapt (format {data['format_version']}); upgrade adapt")
+    weights_path = path / WEIGHTS[kind]
+    if not weights_path.is_file():
+        raise ArtifactError(f"{path} has no weights: {WEIGHTS[kind]} is missing")
+    try:
+        base = BaseModelInfo(**data["base_model"])
+    except (KeyError, TypeError) as exc:
+        raise ArtifactError(f"corrupt {path / CONFIGS[kind]}: bad base_model ({exc})") from None
+    return data, load_safetensors(weights_path), base
+
+
+def read_adapter(path: Path) -> AdapterArtifact:
+    from ..methods import config_from_dict
+
+    data, weights, base = _read(path, "adapter")
+    config = config_from_dict({**data.get("config", {}), "architecture": data.get("method", "bottleneck")},
+                              source=str(path / ADAPTER_CONFIG))
+    return AdapterArtifact(name=data["name"], config=config, weights=weights, base=base, format="adapt",
+                           path=path, meta=data)
+
+
+def read_fusion(path: Path) -> FusionArtifact:
+    from ..fusion import FusionConfig
+
+    data, weights, base = _read(path, "fusion")
+    config = FusionConfig.from_dict(data.get("config", {}), source=str(path / FUSION_CONFIG))
+    return FusionArtifact(name=data["name"], adapters=list(data["adapters"]), config=config, weights=weights,
+                          base=base, format="adapt", path=path, meta=data)
+
+
+def read_head(path: Path) -> HeadArtifact:
+    from ..heads import HeadConfig
+
+    data, weights, base = _read(path, "head")
+    config = HeadConfig.from_dict(data.get("config", {}), source=str(path / HEAD_CONFIG))
+    return HeadArtifact(name=data["name"], config=config, weights=weights, base=base, format="adapt",
+                        path=path, meta=data)
+
+
+def _write(directory: Path, kind: str, header: dict[str, Any], weights: dict[str, torch.Tensor],
+           dtype: torch.dtype | None) -> None:
+    stored = dtype or next((w.dtype for w in weights.values() if w.is_floating_point()), torch.float32)
+    parameters = sum(w.numel() for w in weights.values())
+    data = {"format": f"adapt.{kind}", "format_version": FORMAT_VERSION, **header,
+            "parameters": parameters, "dtype": str(stored).replace("torch.", ""), "versions": versions()}
+    save_safetensors(weights, directory / WEIGHTS[kind], dtype)
+    write_json(directory / CONFIGS[kind], data)
+
+
+def write_adapter(directory: Path, artifact: AdapterArtifact, dtype: torch.dtype | None = None) -> None:
+    config = artifact.config.to_dict()
+    method = config.pop("architecture")
+    _write(directory, "adapter", {"name": artifact.name, "method": method, "kind": artifact.config.kind,
+                                  "config": config, "base_model": artifact.base.to_dict()},
+           artifact.weights, dtype)
+
+
+def write_fusion(directory: Path, artifact: FusionArtifact, dtype: torch.dtype | None = None) -> None:
+    _write(directory, "fusion", {"name": artifact.name, "adapters": artifact.adapters,
+                                 "config": artifact.config.to_dict(), "base_model": artifact.base.to_dict()},
+           artifact.weights, dtype)
+
+
+def write_head(directory: Path, artifact: HeadArtifact, dtype: torch.dtype | None = None) -> None:
+    _write(directory, "head", {"name": artifact.name, "config": artifact.config.to_dict(),
+                               "base_model": artifact.base.to_dict()}, artifact.weights, dtype)

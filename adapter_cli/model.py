@@ -1,0 +1,481 @@
+"""``AdapterModel``: a frozen transformers encoder with adapters, fusions and heads stitched in.
+
+    from adapter_cli import AdapterModel
+    m = AdapterModel.from_pretrained("bert-base-uncased")
+    name = m.load_adapter("path/to/adapter")          # ours or AdapterHub's
+    m.load_fusion("path/to/fusion"); m.load_head("path/to/head")
+    m.eval()
+    out = m(input_ids=ids, attention_mask=mask, active="fuse(pf,pf2,lnb)")
+    out.last_hidden_state, out.logits
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+from .architectures import Architecture, architecture_for
+from .composition import Block, check_name, fuse_blocks, parse_composition
+from .errors import ArtifactError, BaseModelMismatch, CompositionError, UsageError
+from .formats import AdapterArtifact, BaseModelInfo, FusionArtifact, HeadArtifact
+from .fusion import FusionSet, common_locations, resolve_fusion_config
+from .heads import HeadConfig, PredictionHead
+from .methods.bottleneck import BottleneckAdapterSet
+from .presets import resolve_adapter_config
+from .stitching import ForwardContext, Site
+
+_UNSET: Any = object()
+
+
+@dataclass
+class AdapterModelOutput(ModelOutput):
+    last_hidden_state: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@lru_cache(maxsize=256)
+def _parse(spec: str) -> Block | None:
+    return parse_composition(spec)
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+class AdapterModel(nn.Module):
+    def __init__(self, base: nn.Module, name_or_path: str | None = None, revision: str | None = None) -> None:
+        super().__init__()
+        base = getattr(base, "base_model", base)
+        self.arch: Architecture = architecture_for(base.config.model_type)
+        self.base = base
+        self.name_or_path = name_or_path or getattr(base.config, "_name_or_path", None) or None
+        self.revision = revision or getattr(base.config, "_commit_hash", None)
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        self.adapters = nn.ModuleDict()
+        self.fusions = nn.ModuleDict()
+        self.heads = nn.ModuleDict()
+        self.active: Block | None = None
+        self.active_head: str | None = None
+        self._context = ForwardContext()
+        self._sites: dict[tuple[str, int], Site] = {}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None,
+                        dtype: torch.dtype | str | None = None, **kwargs: Any) -> AdapterModel:
+        """Load a supported encoder from a local directory or the Hugging Face Hub (honours HF_HUB_OFFLINE)."""
+        from transformers import AutoConfig, AutoModel
+
+        name = str(name_or_path)
+        try:
+            config = AutoConfig.from_pretrained(name, revision=revision)
+        except (OSError, ValueError) as exc:
+            offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+            hint = " (offline: HF_HUB_OFFLINE is set, so only local directories and cached models work)" if offline \
+                else " (a local model directory or a Hugging Face Hub model id is expected)"
+            raise UsageError(f"cannot load base model {name!r}: {str(exc).splitlines()[0][:160]}{hint}") from None
+        architecture_for(config.model_type)  # unsupported architectures fail before weights are read
+        base = AutoModel.from_pretrained(name, config=config, revision=revision, dtype=dtype or "auto", **kwargs)
+        return cls(base, name_or_path=name, revision=revision or getattr(config, "_commit_hash", None))
+
+    @classmethod
+    def from_config(cls, config: Any) -> AdapterModel:
+        """A randomly initialised encoder from a transformers config (tests, shape experiments)."""
+        from transformers import AutoModel
+
+        architecture_for(config.model_type)
+        return cls(AutoModel.from_config(config))
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def config(self) -> Any:
+        return self.base.config
+
+    @property
+    def hidden_size(self) -> int:
+        return int(getattr(self.config, self.arch.hidden_size_attr))
+
+    @property
+    def num_layers(self) -> int:
+        return int(getattr(self.config, self.arch.num_layers_attr))
+
+    @property
+    def base_info(self) -> BaseModelInfo:
+        return BaseModelInfo(model_type=self.config.model_type, hidden_size=self.hidden_size,
+                             name_or_path=self.name_or_path, revision=self.revision, num_layers=self.num_layers)
+
+    def _dtype(self) -> torch.dtype:
+        return next(self.base.parameters()).dtype
+
+    def _device(self) -> torch.device:
+        return next(self.base.parameters()).device
+
+    def _site(self, location: str, layer: int) -> Site:
+        key = (location, layer)
+        if key not in self._sites:
+            layer_module = self.base.get_submodule(self.arch.layers)[layer]
+            self._sites[key] = Site(layer_module, layer, self.arch.site(location), self._context)
+        return self._sites[key]
+
+    # ------------------------------------------------------------------ adapters
+    def add_adapter(self, name: str, config: Any = "pfeiffer", overrides: dict[str, Any] | None = None,
+                    overwrite: bool = False) -> str:
+        """Introduce a new, freshly initialised adapter; returns its name."""
+        check_name(name)
+        if name in self.adapters and not overwrite:
+            raise UsageError(f"adapter {name!r} is already loaded; pick another name or pass overwrite=True")
+        config = resolve_adapter_config(config, overrides)
+        adapter_set = BottleneckAdapterSet(config, self.hidden_size, self.num_layers)
+        self._attach(name, adapter_set)
+        return name
+
+    def _attach(self, name: str, adapter_set: BottleneckAdapterSet) -> None:
+        if name in self.adapters:
+            self.delete_adapter(name)
+        adapter_set.to(device=self._device(), dtype=self._dtype())
+        self.adapters[name] = adapter_set
+        for location, layer, module in adapter_set.sites():
+            self._site(location, layer).adapters[name] = module
+
+    def delete_adapter(self, name: str) -> None:
+        if name not in self.adapters:
+            raise UsageError(f"no adapter {name!r} is loaded")
+        for site in self._sites.values():
+            site.adapters.pop(name, None)
+        del self.adapters[name]
+
+    def adapter_config(self, name: str) -> Any:
+        return self.adapters[name].config
+
+    def check_compatible(self, base: BaseModelInfo, what: str) -> None:
+        """Refuse artifacts made for another base model; warn when only the model name differs."""
+        mine = self.base_info
+        if base.model_type != mine.model_type:
+            raise BaseModelMismatch(f"{what} was made for a {base.model_type!r} model, but this model is "
+                                    f"{mine.model_type!r}; load it into a {base.model_type} base model")
+        if base.hidden_size != mine.hidden_size:
+            raise BaseModelMismatch(f"{what} was made for hidden size {base.hidden_size} "
+                                    f"({base.name_or_path or 'unknown model'}), but this model has {mine.hidden_size}")
+        if base.num_layers is not None and base.num_layers != mine.num_layers:
+            raise BaseModelMismatch(f"{what} was made for {base.num_layers} layers, but this model has {mine.num_layers}")
+
+    def load_adapter(self, path: str | os.PathLike, name: str | None = None, with_head: bool = True,
+                     overwrite: bool = False) -> str:
+        """Load an adapter directory (ours or AdapterHub's); returns the name it is loaded under."""
+        from .formats import has_head, read_adapter
+
+        artifact = read_adapter(_local_dir(path, "adapter"))
+        name = check_name(name or artifact.name)
+        if name in self.adapters and not overwrite:
+            raise UsageError(f"adapter {name!r} is already loaded; pass name= to load it under another name")
+        self.check_compatible(artifact.base, f"adapter {str(path)!r}")
+        adapter_set = BottleneckAdapterSet(artifact.config, self.hidden_size, self.num_layers)
+        _load_weights(adapter_set, artifact.weights, artifact.path)
+        self._attach(name, adapter_set)
+        if with_head and has_head(artifact.path):
+            self.load_head(artifact.path, name=name, overwrite=True)
+        return name
+
+    def save_adapter(self, directory: str | os.PathLike, name: str, format: str = "adapt",
+                     dtype: torch.dtype | None = None, with_head: bool = True, safetensors: bool = False) -> Path:
+        """Write adapter ``name`` (and its head, if one of that name exists) atomically."""
+        from .formats import adapterhub, native
+        from .fsutil import atomic_directory
+
+        if name not in self.adapters:
+            raise UsageError(f"no adapter {name!r} is loaded")
+        _check_format(format)
+        artifact = AdapterArtifact(name=name, config=self.adapters[name].config,
+                                   weights=self.adapters[name].state_dict(), base=self.base_info)
+        with atomic_directory(directory) as tmp:
+            if format == "adapt":
+                native.write_adapter(tmp, artifact, dtype)
+            else:
+                adapterhub.write_adapter(tmp, artifact, self.num_layers, safetensors, dtype)
+            if with_head and name in self.heads:
+                self._write_head(tmp, name, format, dtype, safetensors)
+        return Path(directory)
+
+    # ------------------------------------------------------------------ fusions
+    def add_fusion(self, adapters: Any, config: Any = "dynamic", name: str | None = None,
+                   overwrite: bool = False) -> str:
+        """Add a fusion layer over loaded adapters (``"a,b,c"``, a list, or ``fuse(a,b,c)``)."""
+        members = _fusion_members(adapters)
+        missing = [a for a in members if a not in self.adapters]
+        if missing:
+            raise UsageError(f"cannot fuse: adapter(s) {', '.join(missing)} not loaded; load them first")
+        if len(set(members)) != len(members) or len(members) < 2:
+            raise CompositionError(f"a fusion needs at least two different adapters, got {members}")
+        name = name or ",".join(members)
+        if "." in name or "/" in name:
+            raise CompositionError(f"invalid fusion name {name!r}: no '.' or '/'")
+        if name in self.fusions and not overwrite:
+            raise UsageError(f"fusion {name!r} is already loaded")
+        locations = common_locations({a: self.adapters[a].config for a in members})
+        fusion = FusionSet(resolve_fusion_config(config), members, locations, self.hidden_size, self.num_layers,
+                           float(getattr(self.config, self.arch.attention_dropout_attr, 0.0) or 0.0),
+                           float(getattr(self.config, "initializer_range", 0.02)))
+        self._attach_fusion(name, fusion)
+        return name
+
+    def _attach_fusion(self, name: str, fusion: FusionSet) -> None:
+        if name in self.fusions:
+            self.delete_fusion(name)
+        fusion.to(device=self._device(), dtype=self._dtype())
+        self.fusions[name] = fusion
+        for location, layer, module in fusion.sites():
+            self._site(location, layer).fusions[name] = module
+
+    def delete_fusion(self, name: str) -> None:
+        for site in self._sites.values():
+            site.fusions.pop(name, None)
+        del self.fusions[name]
+
+    def load_fusion(self, path: str | os.PathLike, name: str | None = None, overwrite: bool = False) -> str:
+        """Load a fusion directory; its member adapters must be loaded (under their saved names) first."""
+        from .formats import read_fusion
+
+        artifact = read_fusion(_local_dir(path, "fusion"))
+        self.check_compatible(artifact.base, f"fusion {str(path)!r}")
+        missing = [a for a in artifact.adapters if a not in self.adapters]
+        if missing:
+            raise UsageError(f"fusion {artifact.name!r} needs its member adapters loaded first; missing: "
+                             f"{', '.join(missing)} (load them with load_adapter / --adapter)")
+        name = self.add_fusion(artifact.adapters, artifact.config, name=name or artifact.name, overwrite=overwrite)
+        _load_weights(self.fusions[name], artifact.weights, artifact.path)
+        return name
+
+    def save_fusion(self, directory: str | os.PathLike, name: str, format: str = "adapt",
+                    dtype: torch.dtype | None = None, safetensors: bool = False) -> Path:
+        from .formats import adapterhub, native
+        from .fsutil import atomic_directory
+
+        if name not in self.fusions:
+            raise UsageError(f"no fusion {name!r} is loaded")
+        _check_format(format)
+        fusion = self.fusions[name]
+        artifact = FusionArtifact(name=name, adapters=fusion.adapters, config=fusion.config,
+                                  weights=fusion.state_dict(), base=self.base_info)
+        with atomic_directory(directory) as tmp:
+            if format == "adapt":
+                native.write_fusion(tmp, artifact, dtype)
+            else:
+                adapterhub.write_fusion(tmp, artifact, safetensors, dtype)
+        return Path(directory)
+
+    # ------------------------------------------------------------------ heads
+    def add_head(self, name: str, head_type: str = "classification", num_labels: int = 2,
+                 overwrite: bool = False, **kwargs: Any) -> str:
+        check_name(name, "head")
+        if name in self.heads and not overwrite:
+            raise UsageError(f"head {name!r} is already loaded")
+        config = HeadConfig(head_type=head_type, num_labels=num_labels, **kwargs)
+        self._attach_head(name, config)
+        return name
+
+    def _attach_head(self, name: str, config: HeadConfig) -> PredictionHead:
+        dropout = getattr(self.config, "classifier_dropout", None)
+        if dropout is None:
+            dropout = getattr(self.config, self.arch.hidden_dropout_attr, 0.0) or 0.0
+        head = PredictionHead(config, self.hidden_size, float(dropout),
+                              float(getattr(self.config, "initializer_range", 0.02)))
+        self.heads[name] = head.to(device=self._device(), dtype=self._dtype())
+        self.active_head = name
+        return head
+
+    def load_head(self, path: str | os.PathLike, name: str | None = None, overwrite: bool = False) -> str:
+        from .formats import read_head
+
+        artifact = read_head(_local_dir(path, "head"))
+        name = check_name(name or artifact.name, "head")
+        if name in self.heads and not overwrite:
+            raise UsageError(f"head {name!r} is already loaded; pass name= to load it under another name")
+        self.check_compatible(artifact.base, f"head {str(path)!r}")
+        head = self._attach_head(name, artifact.config)
+        _load_weights(head, artifact.weights, artifact.path)
+        return name
+
+    def save_head(self, directory: str | os.PathLike, name: str, format: str = "adapt",
+                  dtype: torch.dtype | None = None, safetensors: bool = False) -> Path:
+        from .fsutil import atomic_directory
+
+        if name not in self.heads:
+            raise UsageError(f"no head {name!r} is loaded")
+        _check_format(format)
+        with atomic_directory(directory) as tmp:
+            self._write_head(tmp, name, format, dtype, safetensors)
+        return Path(directory)
+
+    def _write_head(self, directory: Path, name: str, format: str, dtype: torch.dtype | None,
+                    safetensors: bool) -> None:
+        from .formats import adapterhub, native
+
+        head = self.heads[name]
+        artifact = HeadArtifact(name=name, config=head.config, weights=head.state_dict(), base=self.base_info)
+        if format == "adapt":
+            native.write_head(directory, artifact, dtype)
+        else:
+            adapterhub.write_head(directory, artifact, safetensors, dtype)
+
+    # ------------------------------------------------------------------ activation and training
+    def set_active(self, composition: Any) -> Block | None:
+        """Set the composition used when ``forward`` gets no ``active=``; validated against what is loaded."""
+        self.active = self.resolve_composition(composition)
+        return self.active
+
+    def resolve_composition(self, composition: Any) -> Block | None:
+        block = _parse(composition) if isinstance(composition, str) else parse_composition(composition)
+        if block is None:
+            return None
+        missing = [n for n in dict.fromkeys(block.leaves()) if n not in self.adapters]
+        if missing:
+            loaded = ", ".join(self.adapters) or "none"
+            raise CompositionError(f"composition {block} uses adapter(s) not loaded: {', '.join(missing)} "
+                                   f"(loaded: {loaded})")
+        for fuse in fuse_blocks(block):
+            if fuse.fusion_name not in self.fusions:
+                raise CompositionError(f"composition {block} needs a fusion layer {fuse.fusion_name!r}; "
+                                       "load one with load_fusion or add one with add_fusion")
+        return block
+
+    def train_adapters(self, names: list[str] | None = None, fusions: list[str] | None = None,
+                       heads: list[str] | None = None) -> None:
+        """Make exactly these adapters, fusions and heads trainable; everything else stays frozen."""
+        for group, chosen in ((self.adapters, names), (self.fusions, fusions), (self.heads, heads)):
+            for key, module in group.items():
+                module.requires_grad_(chosen is not None and key in chosen)
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                active: Any = _UNSET, head: Any = _UNSET, **kwargs: Any) -> AdapterModelOutput:
+        setup = self.active if active is _UNSET else self.resolve_composition(active)
+        head_name = self.active_head if head is _UNSET else head
+        if head_name is not None and head_name not in self.heads:
+            raise UsageError(f"no head {head_name!r} is loaded")
+        head_module = self.heads[head_name] if head_name is not None else None
+        num_choices = None
+        if head_module is not None and head_module.config.head_type == "multiple_choice" and input_ids is not None \
+                and input_ids.dim() == 3:
+            num_choices = input_ids.shape[1]
+            input_ids, attention_mask, token_type_ids = (
+                t.reshape(-1, t.shape[-1]) if t is not None else None
+                for t in (input_ids, attention_mask, token_type_ids))
+        if token_type_ids is not None and self.config.model_type == "distilbert":
+            token_type_ids = None  # DistilBERT has no segment embeddings
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        previous = self._context.set(setup)
+        try:
+            out = self.base(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+        finally:
+            self._context.restore(previous)
+        result = AdapterModelOutput(last_hidden_state=out.last_hidden_state,
+                                    pooler_output=getattr(out, "pooler_output", None),
+                                    hidden_states=getattr(out, "hidden_states", None),
+                                    attentions=getattr(out, "attentions", None))
+        if head_module is not None:
+            if head_module.config.use_pooler:
+                if result.pooler_output is None:
+                    raise UsageError(f"head {head_name!r} uses the pooler, which this model does not have")
+                features = result.pooler_output
+            else:
+                features = out.last_hidden_state[:, 0]
+            result.logits = head_module.logits(features, num_choices)
+            if labels is not None:
+                result.loss = head_module.loss(result.logits, labels)
+        return result
+
+    # ------------------------------------------------------------------ summaries
+    def summary(self) -> dict[str, Any]:
+        base_params = sum(p.numel() for p in self.base.parameters())
+        rows = []
+        for name, module in self.adapters.items():
+            n = sum(p.numel() for p in module.parameters())
+            rows.append({"name": name, "type": "adapter", "parameters": n,
+                         "percent_of_base": 100.0 * n / base_params})
+        for name, module in self.fusions.items():
+            n = sum(p.numel() for p in module.parameters())
+            rows.append({"name": name, "type": "fusion", "parameters": n, "percent_of_base": 100.0 * n / base_params})
+        for name, module in self.heads.items():
+            n = sum(p.numel() for p in module.parameters())
+            rows.append({"name": name, "type": "head", "parameters": n, "percent_of_base": 100.0 * n / base_params})
+        return {"base_model": self.base_info.to_dict(), "base_parameters": base_params, "modules": rows}
+
+
+# ====================================================================== helpers
+
+
+def _check_format(format: str) -> None:
+    if format not in ("adapt", "adapterhub"):
+        raise UsageError(f"unknown format {format!r}; use 'adapt' or 'adapterhub'")
+
+
+def _fusion_members(adapters: Any) -> list[str]:
+    from .composition import Fuse
+
+    if isinstance(adapters, str):
+        block = parse_composition(adapters) if "(" in adapters or "[" in adapters else None
+        if block is not None:
+            adapters = block
+        else:
+            return [a.strip() for a in adapters.split(",") if a.strip()]
+    if isinstance(adapters, Fuse):
+        return [c if isinstance(c, str) else c.last() for c in adapters.children]
+    if isinstance(adapters, Block):
+        fuses = fuse_blocks(adapters)
+        if len(fuses) == 1:
+            return _fusion_members(fuses[0])
+        raise CompositionError(f"{adapters} is not a single fuse(...)")
+    return [str(a) for a in adapters]
+
+
+def _local_dir(path: str | os.PathLike, kind: str) -> Path:
+    """A local directory, or a Hub repository id downloaded with huggingface_hub (online only)."""
+    p = Path(path)
+    if p.exists():
+        if not p.is_dir():
+            raise ArtifactError(f"{p} is a file; an {kind} is a directory" if kind[0] in "aeiou"
+                                else f"{p} is a file; a {kind} is a directory")
+        return p
+    text = str(path)
+    if text.count("/") == 1 and not text.startswith((".", "/")):
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(text, library_name="adapt"))
+        except Exception as exc:
+            raise ArtifactError(f"no {kind} directory {text!r} here, and the Hub download failed: "
+                                f"{str(exc).splitlines()[0][:200]}") from None
+    raise ArtifactError(f"no {kind} directory at {text}")
+
+
+def _load_weights(module: nn.Module, weights: dict[str, torch.Tensor], source: Path | None) -> None:
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        detail = (f"missing {missing[0]!r}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")) if missing \
+            else f"unexpected {unexpected[0]!r}" + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else "")
+        raise ArtifactError(f"weights in {source} do not match their config: {detail}")
+    for key, tensor in weights.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise BaseModelMismatch(f"weights in {source} do not fit this model: {key} has shape "
+                                    f"{tuple(tensor.shape)}, expected {tuple(expected[key].shape)}")
+    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()})

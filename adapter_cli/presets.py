@@ -1,0 +1,137 @@
+"""Adapter presets: the YAML files under ``recipes/adapters``, the single registry of named configurations.
+
+A configuration is named by a preset (``pfeiffer``), an alias (``seq_bn``), a preset with inline
+overrides (``pfeiffer[reduction_factor=8,non_linearity=gelu]``, AdapterHub's mini-language) or a path
+to a YAML/JSON file. ``key=value`` overrides from the command line are applied last.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, UsageError, suggest
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    aliases: tuple[str, ...]
+    description: str
+    method: str
+    config: dict[str, Any]
+    path: str
+
+
+def recipes_root() -> Path:
+    return Path(str(resources.files("adapter_cli.recipes")))
+
+
+@lru_cache(maxsize=1)
+def adapter_presets() -> dict[str, Preset]:
+    """Every preset by name and by alias."""
+    table: dict[str, Preset] = {}
+    for path in sorted((recipes_root() / "adapters").glob("*.yaml")):
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        preset = Preset(name=data["name"], aliases=tuple(data.get("aliases") or ()),
+                        description=data.get("description", ""), method=data.get("method", "bottleneck"),
+                        config=dict(data["config"]), path=str(path))
+        for key in (preset.name, *preset.aliases):
+            if key in table:
+                raise RuntimeError(f"preset name {key!r} is defined twice ({table[key].path}, {path})")
+            table[key] = preset
+    return table
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as YAML: 8 -> int, true -> bool, [0,1] -> list, null -> None."""
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"override {item!r} is not of the form key=value")
+        out[key] = parse_value(value)
+    return out
+
+
+_INLINE = re.compile(r"^(?P<name>[\w+\-]+)\[(?P<body>.*)\]$")
+
+
+def _split_inline(body: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for ch in body:
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+            continue
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        cur += ch
+    if cur.strip():
+        parts.append(cur)
+    return parts
+
+
+def _load_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read adapter config {path}: {exc}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"adapter config {path} must hold a mapping")
+    # An adapter_config.json saved with an adapter nests the method config under "config".
+    return dict(data["config"]) if isinstance(data.get("config"), dict) else data
+
+
+def resolve_adapter_config(spec: Any = "pfeiffer", overrides: dict[str, Any] | None = None) -> Any:
+    """Turn a preset name, file, dict or config object plus overrides into a validated config."""
+    from .methods import config_from_dict
+
+    inline: dict[str, Any] = {}
+    if hasattr(spec, "to_dict"):
+        base, source = spec.to_dict(), "adapter config"
+    elif isinstance(spec, dict):
+        base, source = dict(spec), "adapter config"
+    elif isinstance(spec, str):
+        m = _INLINE.match(spec.strip())
+        if m:
+            spec = m.group("name")
+            inline = parse_overrides(_split_inline(m.group("body")))
+        presets = adapter_presets()
+        if spec in presets:
+            base, source = dict(presets[spec].config), f"preset {spec!r}"
+            base["architecture"] = presets[spec].method
+        elif Path(spec).is_file():
+            base, source = _load_file(Path(spec)), str(spec)
+        else:
+            names = sorted({p.name for p in presets.values()})
+            raise ConfigError(f"unknown adapter preset {spec!r}{suggest(spec, presets)}; "
+                              f"presets: {', '.join(names)} (or a path to a YAML/JSON config)")
+    else:
+        raise ConfigError(f"cannot make an adapter config from {type(spec).__name__}")
+    config = config_from_dict(base, source=source)
+    for label, changes in (("inline overrides", inline),
+                           ("overrides", overrides or {})):
+        known = set(config.field_names())
+        for key in changes:
+            if key not in known:
+                raise ConfigError(f"unknown key {key!r} in {label}{suggest(key, known)}")
+        if changes:
+            config = config.replace(**changes)
+    return config

@@ -1,0 +1,163 @@
+"""Stitching adapters into a transformers model with hooks, and running a composition at one site.
+
+For each site (layer x placement) three hooks are installed:
+
+* a forward pre-hook on the module that receives the residual input ``x`` stores it;
+* a forward hook on the module that produces the sub-layer output ``h`` stores it;
+* the site's LayerNorm gets an instance-level ``forward``: when no adapter of the active composition
+  lives at this site it calls the original LayerNorm unchanged (bit-identical to plain transformers),
+  otherwise it ignores its input ``h + x`` and returns the composition's output computed from ``h``
+  and ``x``, exactly as AdapterHub's ``bottleneck_layer_forward``.
+
+The active composition travels in a ``ForwardContext`` owned by the model and set per forward call.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from .architectures import SiteSpec
+from .composition import Block, Fuse, Stack
+
+
+class ForwardContext:
+    """The composition active during the current forward pass, per thread.
+
+    Copying a model (``copy.deepcopy``) gives the copy a fresh, empty context of its own.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    @property
+    def setup(self) -> Block | None:
+        return getattr(self._local, "setup", None)
+
+    @property
+    def leaves(self) -> frozenset[str]:
+        return getattr(self._local, "leaves", frozenset())
+
+    def set(self, setup: Block | None) -> tuple[Block | None, frozenset[str]]:
+        """Activate ``setup``; returns the previous state for ``restore``."""
+        previous = (self.setup, self.leaves)
+        self._local.setup = setup
+        self._local.leaves = frozenset(setup.leaves()) if setup is not None else frozenset()
+        return previous
+
+    def restore(self, previous: tuple[Block | None, frozenset[str]]) -> None:
+        self._local.setup, self._local.leaves = previous
+
+    def __deepcopy__(self, memo: dict) -> ForwardContext:
+        return ForwardContext()
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self._local = threading.local()
+
+
+@dataclass(frozen=True)
+class _State:
+    hidden: torch.Tensor
+    x: torch.Tensor
+    ln: nn.Module
+    residual: torch.Tensor | None = None
+    up: torch.Tensor | None = None
+    last: str | None = None
+
+
+def _submodule(root: nn.Module, path: str) -> nn.Module:
+    return root.get_submodule(path) if path else root
+
+
+class Site:
+    """One adapter site: the adapters and fusion layers placed there, and its hooks."""
+
+    def __init__(self, layer_module: nn.Module, layer: int, spec: SiteSpec, context: ForwardContext) -> None:
+        self.layer = layer
+        self.location = spec.location
+        self.context = context
+        self.adapters: dict[str, nn.Module] = {}
+        self.fusions: dict[str, nn.Module] = {}
+        self._h: torch.Tensor | None = None
+        self._x: torch.Tensor | None = None
+        self.layer_norm = _submodule(layer_module, spec.layer_norm)
+        self._original_ln_forward = type(self.layer_norm).forward.__get__(self.layer_norm)
+        self._residual_arg, self._residual_kwarg = spec.residual_arg, spec.residual_kwarg
+        # Bound methods, not closures: copy.deepcopy rebinds them to the copied site.
+        self._handles = [
+            _submodule(layer_module, spec.residual_module).register_forward_pre_hook(self._keep_residual,
+                                                                                      with_kwargs=True),
+            _submodule(layer_module, spec.output_of).register_forward_hook(self._keep_output),
+        ]
+        self.layer_norm.forward = self._layer_norm_forward
+
+    def _keep_residual(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self.context.setup is not None:
+            self._x = kwargs[self._residual_kwarg] if self._residual_kwarg in kwargs else args[self._residual_arg]
+
+    def _keep_output(self, _module: nn.Module, _args: tuple, output: Any) -> None:
+        if self.context.setup is not None:
+            self._h = output[0] if isinstance(output, tuple) else output
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        del self.layer_norm.forward
+
+    # ------------------------------------------------------------------ forward
+    def _layer_norm_forward(self, summed: torch.Tensor) -> torch.Tensor:
+        h, x = self._h, self._x
+        self._h = self._x = None
+        setup = self.context.setup
+        if setup is None or h is None or x is None or self.context.leaves.isdisjoint(self.adapters):
+            return self._original_ln_forward(summed)
+        state = self._run(setup, _State(hidden=h, x=x, ln=self._original_ln_forward))
+        if state.last is None:  # nothing of the composition ran here
+            return self._original_ln_forward(summed)
+        return self.adapters[state.last].post_forward(state.hidden, h, x, self._original_ln_forward)
+
+    def _run(self, block: Block, state: _State) -> _State:
+        if isinstance(block, Fuse):
+            return self._fuse(block, state)
+        return self._stack(block, state)
+
+    def _stack(self, block: Stack, state: _State) -> _State:
+        for child in block.children:
+            if isinstance(child, Block):
+                state = self._run(child, state)
+            elif child in self.adapters:
+                adapter = self.adapters[child]
+                a, _, residual = adapter.pre_forward(state.hidden, state.x, state.ln)
+                out, up = adapter(a, residual)
+                state = replace(state, hidden=out, residual=residual, up=up, last=child)
+        return state
+
+    def _fuse(self, block: Fuse, state: _State) -> _State:
+        fusion = self.fusions.get(block.fusion_name)
+        present = [c for c in block.children
+                   if (c in self.adapters if isinstance(c, str) else not self.adapters.keys().isdisjoint(c.leaves()))]
+        if not present:
+            return state
+        # The last member's configuration prepares the shared input, the query and the residual.
+        # AdapterHub fails when that member is left out of this layer; we use the last one present.
+        last = block.last()
+        if last not in self.adapters:
+            last = [leaf for leaf in block.leaves() if leaf in self.adapters][-1]
+        a, query, residual = self.adapters[last].pre_forward(state.hidden, state.x, state.ln, fusion.config)
+        shared = replace(state, hidden=a, residual=residual)
+        ups = []
+        for child in present:
+            if isinstance(child, Block):
+                child_state = self._run(child, replace(shared, up=None, last=None))
+                if child_state.up is not None:
+                    ups.append(child_state.up)
+            else:
+                ups.append(self.adapters[child](a, residual)[1])
+        return replace(shared, hidden=fusion(query, ups, residual), last=last)

@@ -1,0 +1,1 @@
+"""Built-in YAML recipes, shipped inside the package as ``adapter_cli.recipes`` (data only)."""
