@@ -8,7 +8,9 @@ pass is restructured algebraically, which is exact up to fp32 rounding:
 * the value projection has no bias, so ``sum_i p_i W_v u_i = W_v sum_i p_i u_i``: one projection after
   the weighted sum instead of N before it.
 
-``reference_forward`` keeps the straightforward formulation for tests.
+Which one runs is ``FusionLayer.restructured``. The default (False) evaluates in AdapterHub's order
+so outputs match the reference library bit for bit on the same machine; the restructured form is exact
+only up to fp32 rounding, which ill-conditioned fusions (near-tied scores of large magnitude) amplify.
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ def resolve_fusion_config(spec: Any = "dynamic") -> FusionConfig:
 class FusionLayer(nn.Module):
     """Fusion at one site. ``forward(query, ups, residual)`` with ``ups`` a list of N tensors [B, T, H]."""
 
+    restructured: bool = False  # see the module docstring
+
     def __init__(self, config: FusionConfig, hidden_size: int, attention_dropout: float,
                  initializer_range: float = 0.02) -> None:
         super().__init__()
@@ -100,7 +104,8 @@ class FusionLayer(nn.Module):
         self.keep_attention = False
 
     def _stack(self, ups: list[torch.Tensor], residual: torch.Tensor) -> torch.Tensor:
-        u = torch.stack(ups, dim=2)  # [B, T, N, H]
+        # [B, T, N, H] as a permuted view of [N, B, T, H], the layout AdapterHub's kernels see.
+        u = torch.stack(ups).permute(1, 2, 0, 3)
         if self.config.residual_before:
             u = u + residual.unsqueeze(2)
         return u
@@ -115,6 +120,12 @@ class FusionLayer(nn.Module):
         return probs
 
     def forward(self, query: torch.Tensor, ups: list[torch.Tensor], residual: torch.Tensor) -> torch.Tensor:
+        if self.restructured:
+            return self.restructured_forward(query, ups, residual)
+        return self.reference_forward(query, ups, residual)
+
+    def restructured_forward(self, query: torch.Tensor, ups: list[torch.Tensor],
+                             residual: torch.Tensor) -> torch.Tensor:
         u = self._stack(ups, residual)
         q = self.query(query) if self.query is not None else query
         if self.key is not None:

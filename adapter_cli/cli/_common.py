@@ -14,6 +14,24 @@ import typer
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def interactive() -> bool:
+    """Progress and notes go to stderr only when a person is watching it."""
+    return sys.stderr.isatty()
+
+
+def quiet_libraries() -> None:
+    """Keep transformers/huggingface_hub progress bars and warnings off a non-terminal stderr."""
+    if interactive():
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+
+
 def handle_errors(fn: F) -> F:
     """Turn a domain error into one line on stderr and its exit code (2 bad input, 1 failure)."""
 
@@ -21,6 +39,7 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from ..errors import AdaptError
 
+        quiet_libraries()
         try:
             return fn(*args, **kwargs)
         except AdaptError as exc:
@@ -73,4 +92,5 @@ def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: st
 
 
 def info(message: str) -> None:
-    print(message, file=sys.stderr)
+    if interactive():
+        print(message, file=sys.stderr)

@@ -30,7 +30,8 @@ def add(
     overrides: list[str] = typer.Argument(None, help="key=value changes to the config, e.g. reduction_factor=8 "
                                           "non_linearity=gelu leave_out=[0,1]", show_default=False),
     model: str = typer.Option(None, "--model", "-m", help="Base model directory or Hub id to introduce the adapter "
-                              "into (its parameters are counted and the adapter is built for real)."),
+                              "into (its parameters are counted and the adapter is built for real); 'minilm' is "
+                              "the embedded all-MiniLM-L6-v2."),
     hidden_size: int = typer.Option(None, "--hidden-size", help="Count from the config alone for this hidden size "
                                     "(no model needed)."),
     num_layers: int = typer.Option(None, "--num-layers", help="... and this number of layers."),
@@ -73,9 +74,13 @@ def add(
         import torch
 
         from ..model import AdapterModel
+        from ._common import quiet_libraries
 
         info(f"loading {model} ...")
-        m = AdapterModel.from_pretrained(model)
+        quiet_libraries()  # transformers is imported now
+        from ..defaults import resolve_model
+
+        m = AdapterModel.from_pretrained(resolve_model(model))
         m.add_adapter(adapter_name, adapter_config)
         counts = adapter_config.parameter_count(m.hidden_size, m.num_layers)
         built = sum(p.numel() for p in m.adapters[adapter_name].parameters())

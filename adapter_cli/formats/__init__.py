@@ -104,8 +104,9 @@ def load_torch_bin(path: Path) -> dict[str, torch.Tensor]:
 def save_safetensors(weights: dict[str, torch.Tensor], path: Path, dtype: torch.dtype | None = None) -> None:
     from safetensors.torch import save_file
 
+    # clone: AdapterHub's format names one LayerNorm twice, and safetensors refuses shared storage
     tensors = {k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach())
-               .contiguous().cpu() for k, v in weights.items()}
+               .cpu().clone().contiguous() for k, v in weights.items()}
     save_file(tensors, str(path), metadata={"format": "pt"})
 
 

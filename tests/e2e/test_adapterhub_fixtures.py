@@ -52,14 +52,13 @@ def _evaluations(root: Path, cases: dict) -> dict[str, list[dict[str, torch.Tens
     from adapter_cli.fusion import FusionLayer
 
     inputs = load_file(str(root / "cases.safetensors"))
-    fast, reference = FusionLayer.forward, FusionLayer.reference_forward
     runs: dict[str, list[dict[str, torch.Tensor]]] = {name: [] for name in cases}
     try:
         for attn in ("sdpa", "eager"):
             for dtype in (torch.float32, torch.float64):
                 model = _load(root, attn, dtype)
-                for forward in ((fast, reference) if dtype == torch.float32 else (reference,)):
-                    FusionLayer.forward = forward
+                for restructured in ((False, True) if dtype == torch.float32 else (False,)):
+                    FusionLayer.restructured = restructured
                     for name, case in cases.items():
                         active = None if case["active"] in (None, "None") else case["active"]
                         with torch.no_grad():
@@ -68,7 +67,7 @@ def _evaluations(root: Path, cases: dict) -> dict[str, list[dict[str, torch.Tens
                         runs[name].append({"last_hidden_state": out.last_hidden_state.float(),
                                            "logits": out.logits.float() if out.logits is not None else None})
     finally:
-        FusionLayer.forward = fast
+        FusionLayer.restructured = False
     return runs
 
 
