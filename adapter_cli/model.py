@@ -80,6 +80,8 @@ class AdapterModel(nn.Module):
         from transformers import AutoConfig, AutoModel
 
         name = str(name_or_path)
+        if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
+            raise UsageError(f"no model directory at {name}")
         try:
             config = AutoConfig.from_pretrained(name, revision=revision)
         except (OSError, ValueError) as exc:

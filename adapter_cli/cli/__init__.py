@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import add, inspect  # noqa: F401  (registers the commands)
+from . import add, infer, inspect  # noqa: F401  (registers the commands)
 from .app import app
 
 

@@ -37,6 +37,8 @@ def add(
     num_layers: int = typer.Option(None, "--num-layers", help="... and this number of layers."),
     name: str = typer.Option(None, "--name", "-n", help="Adapter name (default: the preset name)."),
     save: Path = typer.Option(None, "--save", help="Save the initialised adapter to this directory (needs --model)."),
+    head: str = typer.Option(None, "--head", help="Also add a head saved with the adapter: classification:N, "
+                             "regression or multiple_choice:N (N labels / choices)."),
     fmt: str = typer.Option("adapt", "--format", help="Format for --save: adapt or adapterhub."),
     dtype: str = typer.Option("float32", "--dtype", help="Weight precision for --save: float32, float16, bfloat16."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON object on stdout."),
@@ -61,7 +63,11 @@ def add(
     check_name(adapter_name)
     result: dict[str, Any] = {"name": adapter_name, "method": adapter_config.architecture,
                               "config": adapter_config.to_dict()}
+    if head is not None:
+        _head_spec(head)  # validate before loading anything
     if model is None:
+        if head is not None:
+            raise UsageError("--head needs --model")
         if save is not None:
             raise UsageError("--save needs --model: an adapter is saved for a specific base model")
         if hidden_size is None or num_layers is None:
@@ -88,6 +94,8 @@ def add(
         base_params = sum(p.numel() for p in m.base.parameters())
         result.update(hidden_size=m.hidden_size, num_layers=m.num_layers, base_model=m.base_info.to_dict(),
                       base_parameters=base_params)
+        if head is not None:
+            m.add_head(adapter_name, **_head_spec(head))
         if save is not None:
             m.save_adapter(save, adapter_name, format=fmt, dtype=getattr(torch, DTYPES[dtype.lower()]),
                            safetensors=True)
@@ -112,6 +120,25 @@ def add(
     print(line)
     if save is not None:
         print(f"saved to {save}")
+
+
+def _head_spec(text: str) -> dict[str, Any]:
+    from ..errors import UsageError
+
+    kind, _, count = text.partition(":")
+    try:
+        n = int(count) if count else None
+    except ValueError:
+        raise UsageError(f"--head {text!r}: the count after ':' must be a number") from None
+    if kind == "classification":
+        return {"head_type": kind, "num_labels": n or 2}
+    if kind == "regression":
+        return {"head_type": kind, "num_labels": 1}
+    if kind == "multiple_choice":
+        if not n:
+            raise UsageError("--head multiple_choice needs the number of choices, e.g. multiple_choice:4")
+        return {"head_type": kind, "num_choices": n, "num_labels": 1}
+    raise UsageError(f"unknown head type {kind!r}; use classification:N, regression or multiple_choice:N")
 
 
 def _default_name(config: str) -> str:

@@ -1,0 +1,89 @@
+"""Batched prediction with an AdapterModel: texts (or text pairs) in, label and score per row out."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+
+@dataclass
+class Row:
+    text: str
+    pair: str | None = None
+    extra: dict[str, Any] | None = None
+
+
+def read_rows(texts: list[str], input_path: str | None, text_column: str, pair_column: str | None) -> list[Row]:
+    """Rows from arguments, a CSV/TSV/JSONL file, or stdin ('-'): one text per line."""
+    if texts and input_path:
+        raise UsageError("give texts as arguments or --input, not both")
+    if texts:
+        return [Row(t) for t in texts]
+    if input_path is None:
+        raise UsageError("no input: pass texts as arguments, --input FILE, or --input - to read stdin")
+    if input_path == "-":
+        lines = [line.rstrip("\n") for line in sys.stdin]
+        return [Row(line) for line in lines if line.strip()]
+    path = Path(input_path)
+    if not path.is_file():
+        raise UsageError(f"input file {path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+    if suffix in (".jsonl", ".json"):
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise UsageError(f"{path}:{n} is not valid JSON") from None
+    elif suffix in (".csv", ".tsv"):
+        records = list(csv.DictReader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ","))
+    else:
+        records = [{text_column: line} for line in text.splitlines() if line.strip()]
+    if not records:
+        raise UsageError(f"{path} holds no rows")
+    for column in (text_column, pair_column):
+        if column is not None and column not in records[0]:
+            raise UsageError(f"{path} has no column {column!r}; columns: {', '.join(map(str, records[0]))}")
+    return [Row(str(r[text_column]), str(r[pair_column]) if pair_column else None, r) for r in records]
+
+
+def predict(model: Any, tokenizer: Any, rows: list[Row], active: Any = None, batch_size: int = 32,
+            max_length: int = 128) -> Iterator[dict[str, Any]]:
+    import torch
+
+    if model.active_head is None:
+        raise UsageError("no prediction head is loaded: load an adapter saved with its head, or pass --head")
+    head = model.heads[model.active_head]
+    id2label = head.config.id2label
+    model.eval()
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        texts = [r.text for r in chunk]
+        pairs = [r.pair for r in chunk] if chunk[0].pair is not None else None
+        enc = tokenizer(texts, pairs, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**enc, active=active).logits.float()
+        for row, vec in zip(chunk, logits):
+            out: dict[str, Any] = {"text": row.text}
+            if row.pair is not None:
+                out["pair"] = row.pair
+            if head.config.head_type == "regression":
+                out["score"] = float(vec[0])
+            else:
+                probs = vec.softmax(-1)
+                index = int(probs.argmax())
+                out.update(label=id2label.get(index, str(index)), score=float(probs[index]))
+            yield out
