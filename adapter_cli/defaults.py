@@ -23,3 +23,32 @@ def resolve_model(name: str) -> str:
     if name.lower() in EMBEDDED_NAMES:
         return str(embedded_model_path())
     return name
+
+EMBEDDED_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def model_id(name_or_path: str) -> str:
+    """A stable identity for a base model, used as the cache key and recorded in saved artifacts.
+
+    A Hub id stays as it is; the embedded model is its Hub id; another local directory becomes
+    ``local/<dir name>-<fingerprint>`` (its config and weight file sizes), never an absolute path.
+    """
+    import hashlib
+
+    if name_or_path.lower() in EMBEDDED_NAMES:
+        return EMBEDDED_ID
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        return name_or_path
+    try:
+        if path.resolve() == embedded_model_path().resolve():
+            return EMBEDDED_ID
+    except UsageError:
+        pass
+    h = hashlib.sha256()
+    config = path / "config.json"
+    if config.is_file():
+        h.update(config.read_bytes())
+    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return f"local/{path.resolve().name}-{h.hexdigest()[:10]}"

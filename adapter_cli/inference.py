@@ -19,9 +19,42 @@ class Row:
     text: str
     pair: str | None = None
     extra: dict[str, Any] | None = None
+    label: Any = None
 
 
-def read_rows(texts: list[str], input_path: str | None, text_column: str, pair_column: str | None) -> list[Row]:
+def rows_from_task(task: Any, data_dir: str | None) -> list[Row]:
+    """The task's evaluation split, labelled (single-text and pair tasks)."""
+    from .tasks.loading import load_split
+
+    if task.kind == "multiple_choice":
+        raise UsageError("adapt infer does not read multiple-choice tasks yet; evaluate them with adapt train")
+    return [Row(e.texts[0], e.texts[1] if len(e.texts) > 1 else None, label=e.label)
+            for e in load_split(task, "eval", data_dir)]
+
+
+def score(task: Any, model: Any, rows: list[Row], predictions: list[dict[str, Any]]) -> dict[str, float]:
+    """Task metrics for labelled rows; labels may be names or ids."""
+    from .tasks.metrics import compute
+
+    head = model.heads[model.active_head].config
+    if head.head_type == "regression":
+        gold = [float(r.label) for r in rows]
+        return compute(task.metrics if task else ("pearson", "spearman"), [p["score"] for p in predictions], gold)
+    names = [head.id2label[i] for i in range(len(head.id2label))]
+    def index(value: Any) -> int:
+        text = str(value).strip()
+        if text in names:
+            return names.index(text)
+        if text.lstrip("-").isdigit() and 0 <= int(text) < len(names):
+            return int(text)
+        raise UsageError(f"label {value!r} is not one of {', '.join(names)}")
+    gold_ids = [index(r.label) for r in rows]
+    pred_ids = [names.index(p["label"]) for p in predictions]
+    return compute(task.metrics if task else ("accuracy",), pred_ids, gold_ids)
+
+
+def read_rows(texts: list[str], input_path: str | None, text_column: str, pair_column: str | None,
+              label_column: str | None = None) -> list[Row]:
     """Rows from arguments, a CSV/TSV/JSONL file, or stdin ('-'): one text per line."""
     if texts and input_path:
         raise UsageError("give texts as arguments or --input, not both")
@@ -54,10 +87,11 @@ def read_rows(texts: list[str], input_path: str | None, text_column: str, pair_c
         records = [{text_column: line} for line in text.splitlines() if line.strip()]
     if not records:
         raise UsageError(f"{path} holds no rows")
-    for column in (text_column, pair_column):
+    for column in (text_column, pair_column, label_column):
         if column is not None and column not in records[0]:
             raise UsageError(f"{path} has no column {column!r}; columns: {', '.join(map(str, records[0]))}")
-    return [Row(str(r[text_column]), str(r[pair_column]) if pair_column else None, r) for r in records]
+    return [Row(str(r[text_column]), str(r[pair_column]) if pair_column else None, r,
+                r[label_column] if label_column else None) for r in records]
 
 
 def predict(model: Any, tokenizer: Any, rows: list[Row], active: Any = None, batch_size: int = 32,

@@ -91,7 +91,9 @@ class AdapterModel(nn.Module):
             raise UsageError(f"cannot load base model {name!r}: {str(exc).splitlines()[0][:160]}{hint}") from None
         architecture_for(config.model_type)  # unsupported architectures fail before weights are read
         base = AutoModel.from_pretrained(name, config=config, revision=revision, dtype=dtype or "auto", **kwargs)
-        return cls(base, name_or_path=name, revision=revision or getattr(config, "_commit_hash", None))
+        from .defaults import model_id
+
+        return cls(base, name_or_path=model_id(name), revision=revision or getattr(config, "_commit_hash", None))
 
     @classmethod
     def from_config(cls, config: Any) -> AdapterModel:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from . import add, infer, inspect  # noqa: F401  (registers the commands)
+from . import add, infer, inspect, train  # noqa: F401  (registers the commands)
 from .app import app
+from .cache import cache_app
+from .recipes import recipes_app
+
+app.add_typer(cache_app, name="cache")
+app.add_typer(recipes_app, name="recipes")
 
 
 def main() -> None:

@@ -25,15 +25,21 @@ def infer(
     texts: list[str] = typer.Argument(None, help="Texts to classify (or use --input).", show_default=False),
     model: str = typer.Option(..., "--model", "-m", help="Base model directory or Hub id; 'minilm' is the "
                               "embedded all-MiniLM-L6-v2."),
-    adapters: list[Path] = typer.Option(None, "--adapter", "-a", help="Adapter directory (ours or AdapterHub's); "
-                                        "repeat for several. Its saved head is loaded too."),
-    fusions: list[Path] = typer.Option(None, "--fusion", "-f", help="Fusion directory; repeatable."),
+    adapters: list[str] = typer.Option(None, "--adapter", "-a", help="Adapter directory (ours or AdapterHub's) or "
+                                       "cache name (see adapt cache ls); repeatable. Its saved head is loaded too."),
+    fusions: list[str] = typer.Option(None, "--fusion", "-f", help="Fusion directory or cache name; repeatable."),
     head: Path = typer.Option(None, "--head", help="Head directory (overrides heads saved with adapters)."),
     active: str = typer.Option(None, "--active", help="Composition, e.g. 'stack(lang,task)' or "
                                "'fuse(mnli,qqp,rte)'. Default: the last adapter given."),
     input_path: str = typer.Option(None, "--input", "-i", help="CSV, TSV, JSONL or text file; '-' reads stdin."),
     text_column: str = typer.Option("text", "--text-column", help="Column holding the text."),
     pair_column: str = typer.Option(None, "--pair-column", help="Column holding the second text of a pair."),
+    label_column: str = typer.Option(None, "--label-column", help="Column with gold labels: report the task "
+                                     "metrics (on stderr, and in --metrics)."),
+    task: str = typer.Option(None, "--task", "-t", help="Task whose metrics and label names apply; without texts "
+                             "or --input, its dev split is predicted and scored."),
+    data_dir: str = typer.Option(None, "--data-dir", "-d", help="The task's original files (default: the Hub)."),
+    metrics_path: Path = typer.Option(None, "--metrics", help="Write the metrics as JSON to this file."),
     output: Path = typer.Option(None, "--output", "-o", help="Write predictions here (.jsonl or .csv) "
                                 "instead of stdout."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Rows per forward pass."),
@@ -48,9 +54,17 @@ def infer(
     if output is not None and output.suffix.lower() not in (".jsonl", ".csv"):
         raise UsageError(f"--output must end in .jsonl or .csv, got {output.name}")
     parse_composition(active)  # a malformed composition fails before any model is loaded
-    from ..inference import predict, read_rows
+    from ..inference import predict, read_rows, rows_from_task, score
 
-    rows = read_rows(texts or [], input_path, text_column, pair_column)
+    spec = None
+    if task is not None:
+        from ..tasks import get_task
+
+        spec = get_task(task)
+    if spec is not None and not texts and input_path is None:
+        rows = rows_from_task(spec, data_dir)
+    else:
+        rows = read_rows(texts or [], input_path, text_column, pair_column, label_column)
     from transformers import AutoTokenizer
 
     from ..defaults import resolve_model
@@ -61,9 +75,9 @@ def infer(
     path = resolve_model(model)
     info(f"loading {model} ...")
     m = AdapterModel.from_pretrained(path)
-    names = [m.load_adapter(a) for a in adapters or []]
+    names = [m.load_adapter(_locate(a, m)) for a in adapters or []]
     for f in fusions or []:
-        m.load_fusion(f)
+        m.load_fusion(_locate(f, m))
     if head is not None:
         m.load_head(head, overwrite=True)
     composition = m.resolve_composition(active if active is not None else (names[-1] if names else None))
@@ -72,12 +86,32 @@ def infer(
     except (OSError, ValueError) as exc:
         raise UsageError(f"no tokenizer for {model}: {str(exc).splitlines()[0][:160]}") from None
     predictions = list(predict(m, tokenizer, rows, composition, batch_size, max_length))
+    if any(r.label is not None for r in rows):
+        metrics = score(spec, m, rows, predictions)
+        print("metrics: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + f" ({len(rows)} rows)",
+              file=__import__("sys").stderr)
+        if metrics_path is not None:
+            from ..fsutil import dump_json
+
+            metrics_path.write_text(dump_json({"rows": len(rows), **metrics}))
     if output is None:
         for p in predictions:
             print(json.dumps(p, ensure_ascii=False))
         return
     _write(output, predictions)
     info(f"wrote {len(predictions)} predictions to {output}")
+
+
+def _locate(spec: str, model: object) -> Path:
+    """A directory as given, or a cache entry for this base model (its files' sha256 checked first)."""
+    path = Path(spec)
+    if path.exists() or "/" in spec:
+        return path
+    from .. import cache
+
+    entry = cache.find(spec, model.name_or_path)  # type: ignore[attr-defined]
+    cache.verify(entry)
+    return entry.path
 
 
 def _write(path: Path, predictions: list[dict]) -> None:

@@ -1,0 +1,82 @@
+"""``adapt cache``: the local adapter cache, keyed by base model."""
+
+from __future__ import annotations
+
+import typer
+
+from ._common import emit_json, handle_errors, human_bytes, print_table
+
+cache_app = typer.Typer(help="List, locate and remove cached adapters (keyed by base model).", no_args_is_help=True)
+
+
+def _model_id(model: str | None) -> str | None:
+    if model is None:
+        return None
+    from ..defaults import model_id, resolve_model
+
+    return model_id(resolve_model(model)) if model.lower() != "all" else None
+
+
+@cache_app.command("ls", epilog="Examples:\n\n  adapt cache ls\n\n  adapt cache ls --model minilm --json")
+@handle_errors
+def ls(model: str = typer.Option(None, "--model", "-m", help="Only adapters for this base model."),
+       json_out: bool = typer.Option(False, "--json", help="Print a JSON list.")) -> None:
+    """List cached adapters: id, task, method, base model, dev metric, size."""
+    from .. import cache
+
+    found = [e.summary() for e in cache.entries(_model_id(model))]
+    if json_out:
+        emit_json(found)
+        return
+    if not found:
+        print(f"no cached adapters in {cache.cache_root()}")
+        return
+    rows = []
+    for e in found:
+        metric = ""
+        if e["metrics"]:
+            key = next(iter(e["metrics"]))
+            metric = f"{key} {e['metrics'][key]:.4f}"
+        rows.append([e["id"], e["task"] or "", e["config"] or e["method"] or "", e["base_model"], metric,
+                     human_bytes(e["bytes"])])
+    print_table(["id", "task", "config", "base model", "dev", "size"], rows)
+
+
+@cache_app.command("path", epilog="Examples:\n\n  adapt cache path\n\n  adapt cache path mrpc --model minilm")
+@handle_errors
+def path(entry: str = typer.Argument(None, help="A cache name; without it, the cache root."),
+         model: str = typer.Option("minilm", "--model", "-m", help="Base model the adapter was trained on.")) -> None:
+    """Print the cache root, or the directory of one cached adapter."""
+    from .. import cache
+
+    if entry is None:
+        print(cache.cache_root())
+    else:
+        print(cache.find(entry, _model_id(model)).path)
+
+
+@cache_app.command("rm", epilog="Examples:\n\n  adapt cache rm mrpc-pfeiffer-s42 --yes\n\n  adapt cache rm old-run --dry-run")
+@handle_errors
+def rm(entry: str = typer.Argument(..., help="The entry id (see adapt cache ls)."),
+       model: str = typer.Option(None, "--model", "-m", help="Only for this base model."),
+       yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask (required when not on a terminal)."),
+       dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be removed.")) -> None:
+    """Remove a cached adapter."""
+    import shutil
+    import sys
+
+    from .. import cache
+    from ..errors import UsageError
+
+    found = cache.remove(entry, _model_id(model))
+    for e in found:
+        if dry_run:
+            print(f"would remove {e.id} ({e.model}) at {e.path}")
+            continue
+        if not yes:
+            if not sys.stdin.isatty():
+                raise UsageError("refusing to remove without --yes when not on a terminal")
+            if not typer.confirm(f"remove {e.id} ({e.model})?"):
+                raise typer.Exit(1)
+        shutil.rmtree(e.path)
+        print(f"removed {e.id} ({e.model})")

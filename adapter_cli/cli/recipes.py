@@ -1,0 +1,80 @@
+"""``adapt recipes``: the built-in YAML recipes (adapter presets, training recipes, tasks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ._common import emit_json, handle_errors, print_table
+
+recipes_app = typer.Typer(help="Built-in recipes: adapter presets, training recipes and tasks.", no_args_is_help=True)
+KINDS = {"adapter": "adapters", "train": "train", "task": "tasks"}
+
+
+def _all() -> list[dict]:
+    import yaml
+
+    from ..presets import recipes_root
+
+    out = []
+    for kind, folder in KINDS.items():
+        for path in sorted((recipes_root() / folder).glob("*.yaml")):
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            out.append({"kind": kind, "name": data.get("name", path.stem), "aliases": data.get("aliases") or [],
+                        "description": data.get("description", ""), "path": str(path)})
+    return out
+
+
+def _find(name: str) -> dict:
+    from ..errors import UsageError, suggest
+
+    items = _all()
+    for item in items:
+        if name in (item["name"], *item["aliases"]) or name == f"{item['kind']}/{item['name']}":
+            return item
+    names = [i["name"] for i in items]
+    raise UsageError(f"no recipe {name!r}{suggest(name, names)}; see `adapt recipes ls`")
+
+
+@recipes_app.command("ls", epilog="Examples:\n\n  adapt recipes ls\n\n  adapt recipes ls --kind task --json")
+@handle_errors
+def ls(kind: str = typer.Option(None, "--kind", "-k", help="adapter, train or task."),
+       json_out: bool = typer.Option(False, "--json", help="Print a JSON list.")) -> None:
+    """List built-in recipes."""
+    from ..errors import UsageError
+
+    if kind is not None and kind not in KINDS:
+        raise UsageError(f"--kind must be one of {', '.join(KINDS)}")
+    items = [i for i in _all() if kind is None or i["kind"] == kind]
+    if json_out:
+        emit_json(items)
+        return
+    print_table(["kind", "name", "aliases", "description"],
+                [[i["kind"], i["name"], ",".join(i["aliases"]), i["description"]] for i in items])
+
+
+@recipes_app.command("show", epilog="Example:\n\n  adapt recipes show pfeiffer")
+@handle_errors
+def show(name: str = typer.Argument(..., help="A recipe name (see adapt recipes ls).")) -> None:
+    """Print a recipe's YAML, to read which keys can be overridden."""
+    print(Path(_find(name)["path"]).read_text(encoding="utf-8"), end="")
+
+
+@recipes_app.command("cp", epilog="Example:\n\n  adapt recipes cp adapter my-recipe.yaml && adapt train --recipe my-recipe.yaml")
+@handle_errors
+def cp(name: str = typer.Argument(..., help="A recipe name."),
+       dest: Path = typer.Argument(..., help="Destination file or directory."),
+       force: bool = typer.Option(False, "--force", help="Overwrite an existing file.")) -> None:
+    """Copy a built-in recipe to edit it."""
+    import shutil
+
+    from ..errors import UsageError
+
+    source = Path(_find(name)["path"])
+    target = dest / source.name if dest.is_dir() else dest
+    if target.exists() and not force:
+        raise UsageError(f"{target} exists; pass --force to overwrite it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    print(f"copied {source.name} to {target}")

@@ -1,0 +1,143 @@
+"""``adapt train`` and ``adapt extract``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ._common import emit_json, handle_errors
+from .app import app
+
+
+@app.command(
+    "train",
+    epilog=(
+        "Examples:\n\n"
+        "  adapt train --task mrpc --config pfeiffer --data-dir glue/MRPC\n\n"
+        "  adapt train --task rte --method full --data-dir glue/RTE epochs=3\n\n"
+        "  adapt train --task sst2 --config houlsby reduction_factor=32 learning_rate=3e-4 seed=2\n\n"
+        "  adapt train --recipe runs/mrpc-pfeiffer-s42/recipe.yaml --run-dir runs/rerun\n\n"
+        "  adapt train --resume --run-dir runs/mrpc-pfeiffer-s42        # continue a killed run\n\n"
+        "  torchrun --nproc_per_node 4 -m adapter_cli train --task mnli  # data parallel"
+    ),
+)
+@handle_errors
+def train(
+    overrides: list[str] = typer.Argument(None, help="Recipe changes as key=value (learning_rate=3e-4 epochs=5 "
+                                          "seed=2 max_train_samples=1000 ...); see `adapt recipes show adapter`.",
+                                          show_default=False),
+    task: str = typer.Option(None, "--task", "-t", help="Task name (mrpc, rte, sst-2, ...) or a task YAML file."),
+    config: str = typer.Option(None, "--config", "-c", help="Adapter config: preset (pfeiffer, houlsby, bapna, "
+                               "parallel), preset[key=value], or a file."),
+    method: str = typer.Option(None, "--method", help="adapter (default), full (all weights) or head (head only)."),
+    recipe: str = typer.Option(None, "--recipe", "-r", help="Built-in recipe name or YAML file "
+                               "(default: the one for --method)."),
+    model: str = typer.Option(None, "--model", "-m", help="Base model directory or Hub id (default: minilm, the "
+                              "embedded all-MiniLM-L6-v2)."),
+    data_dir: str = typer.Option(None, "--data-dir", "-d", help="Directory with the task's original files "
+                                 "(e.g. GLUE's train.tsv/dev.tsv). Default: the Hugging Face Hub."),
+    run_dir: Path = typer.Option(None, "--run-dir", help="Where the run is written (default: runs/<task>-<config>-s<seed>)."),
+    name: str = typer.Option(None, "--name", "-n", help="Adapter and head name (default: the task name)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --run-dir from its last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not put the result into the adapter cache."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
+) -> None:
+    """Train an adapter (or a head, or the whole model) on a task with the base frozen.
+
+    Evaluates on the dev split every epoch, keeps the best checkpoint, stops early, and at the end puts
+    the best adapter and head into the local cache (see `adapt cache ls`).
+    """
+    from ..errors import UsageError
+    from ..presets import parse_overrides
+    from ..training.loop import train as run_training
+    from ..training.recipe import load_recipe
+    from ._progress import reporter
+
+    changes = parse_overrides(overrides or [])
+    if resume:
+        if run_dir is None:
+            raise UsageError("--resume needs --run-dir (the run to continue)")
+        given = [flag for flag, value in (("--task", task), ("--config", config), ("--method", method),
+                                          ("--recipe", recipe), ("--model", model), ("--data-dir", data_dir),
+                                          ("--name", name)) if value is not None]
+        if given or changes:
+            raise UsageError(f"--resume continues the recipe saved in {run_dir}; drop {', '.join(given) or 'the key=value overrides'}")
+        resolved = load_recipe(str(run_dir / "recipe.yaml")) if (run_dir / "recipe.yaml").is_file() else None
+        if resolved is None:
+            raise UsageError(f"{run_dir} is not a run directory (no recipe.yaml)")
+    else:
+        base = load_recipe(recipe or {"full": "full", "head": "head"}.get(method or "", "adapter"))
+        flags = {"task": task, "adapter": config, "method": method, "model": model, "data_dir": data_dir,
+                 "name": name}
+        resolved = base.updated({**{k: v for k, v in flags.items() if v is not None}, **changes})
+        _precheck(resolved)
+        run_dir = run_dir or Path("runs") / _run_name(resolved)
+        if run_dir.exists() and any(run_dir.iterdir()):
+            if not overwrite:
+                raise UsageError(f"run directory {run_dir} already exists; pass --resume to continue it, "
+                                 "--overwrite to replace it, or --run-dir for a new one")
+            import shutil
+
+            shutil.rmtree(run_dir)
+    summary: dict[str, Any] = run_training(resolved, run_dir, resume=resume, reporter=reporter(quiet))
+    if not no_cache and resolved.method != "full":
+        from ..runs import extract
+
+        entry = extract(run_dir)
+        summary["cache"] = {"id": entry.id, "path": str(entry.path)}
+    if json_out:
+        emit_json(summary)
+        return
+    best = summary["best"]
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in (best["metrics"] or {}).items())
+    print(f"{summary['task']} ({summary['method']}): best dev {metrics} at epoch {best['epoch']} "
+          f"({summary['epochs_run']} epochs, {summary['steps']} steps, {summary['wall_time_s']:.0f}s)")
+    print(f"run: {run_dir}")
+    if "cache" in summary:
+        print(f"cached as {summary['cache']['id']}; next: adapt infer -m {resolved.model} -a {summary['cache']['id']} "
+              "'some text'")
+
+
+def _precheck(recipe: Any) -> None:
+    """Fail on bad names before any data is read or any directory is made."""
+    from ..composition import check_name
+    from ..presets import resolve_adapter_config
+    from ..tasks import get_task
+
+    if recipe.task is None:
+        from ..errors import UsageError
+
+        raise UsageError("no task: pass --task NAME (built-in tasks: `adapt recipes ls --kind task`)")
+    task = get_task(recipe.task)
+    check_name(recipe.name or task.name)
+    if recipe.method == "adapter":
+        resolve_adapter_config(recipe.adapter, recipe.adapter_overrides)
+
+
+def _run_name(recipe: Any) -> str:
+    from ..tasks import get_task
+
+    label = recipe.adapter if recipe.method == "adapter" and isinstance(recipe.adapter, str) else recipe.method
+    label = re.sub(r"[^A-Za-z0-9_\-]", "_", Path(str(label)).stem)
+    return f"{get_task(recipe.task).name}-{label}-s{recipe.seed}"
+
+
+@app.command("extract", epilog="Example:\n\n  adapt extract runs/mrpc-pfeiffer-s42 --json")
+@handle_errors
+def extract_cmd(
+    run: Path = typer.Argument(..., help="A run directory made by adapt train."),
+    json_out: bool = typer.Option(False, "--json", help="Print the cache entry as JSON."),
+) -> None:
+    """Put a run's best adapter and head into the local cache, keyed by base model (done by train too)."""
+    from ..runs import extract
+
+    entry = extract(run)
+    if json_out:
+        emit_json(entry.summary())
+    else:
+        print(f"cached {entry.id} for {entry.model} at {entry.path}")

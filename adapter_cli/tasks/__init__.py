@@ -1,0 +1,133 @@
+"""Tasks: what to train and evaluate on. Built-in tasks are the YAML files in ``recipes/tasks`` (the single
+registry); a user task is a YAML file of the same schema whose ``local`` files are paths.
+
+Schema (see docs/tasks.md)::
+
+    name, aliases, description
+    kind: single | pair | regression | multiple_choice
+    labels: [...]                 # label names in id order (not for regression / multiple choice)
+    metrics: [accuracy, f1, macro_f1, mcc, pearson, spearman]   # the first is the one early stopping uses
+    hub: {path, name, train, eval} | null
+    columns: {text, pair, label}  # Hub column names
+    choices: {context: [...], options: [...] | options_field: f, fill_blank: f, label, label_map}
+    local: {train, eval, header, columns}   # original distribution files inside --data-dir
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import UsageError, suggest
+
+KINDS = ("single", "pair", "regression", "multiple_choice")
+METRICS = ("accuracy", "f1", "macro_f1", "mcc", "pearson", "spearman")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    kind: str
+    metrics: tuple[str, ...]
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    hub: dict[str, Any] | None = None
+    columns: dict[str, Any] = field(default_factory=dict)
+    choices: dict[str, Any] | None = None
+    local: dict[str, Any] | None = None
+    source: str = ""  # the YAML file it came from
+
+    @property
+    def main_metric(self) -> str:
+        return self.metrics[0]
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels) if self.kind in ("single", "pair") else 1
+
+    @property
+    def head_type(self) -> str:
+        return {"single": "classification", "pair": "classification", "regression": "regression",
+                "multiple_choice": "multiple_choice"}[self.kind]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "source"}
+        out.update(aliases=list(self.aliases), labels=list(self.labels), metrics=list(self.metrics))
+        return out
+
+
+def task_from_dict(data: dict[str, Any], source: str) -> TaskSpec:
+    known = {"name", "kind", "metrics", "description", "aliases", "labels", "hub", "columns", "choices", "local"}
+    if not isinstance(data, dict):
+        raise UsageError(f"task file {source} must hold a mapping")
+    for key in data:
+        if key not in known:
+            raise UsageError(f"unknown key {key!r} in task {source}{suggest(key, known)}")
+    for key in ("name", "kind", "metrics"):
+        if key not in data:
+            raise UsageError(f"task {source} has no {key!r}")
+    kind = data["kind"]
+    if kind not in KINDS:
+        raise UsageError(f"task {source}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    metrics = tuple(data["metrics"] if isinstance(data["metrics"], list) else [data["metrics"]])
+    for m in metrics:
+        if m not in METRICS:
+            raise UsageError(f"task {source}: unknown metric {m!r}{suggest(str(m), METRICS)}; known: {', '.join(METRICS)}")
+    labels = tuple(str(x) for x in data.get("labels") or ())
+    if kind in ("single", "pair") and len(labels) < 2:
+        raise UsageError(f"task {source}: a {kind} classification task needs 'labels' (at least two)")
+    if kind == "multiple_choice" and not data.get("choices"):
+        raise UsageError(f"task {source}: a multiple_choice task needs 'choices'")
+    if kind != "multiple_choice" and "text" not in (data.get("columns") or {}) and \
+            "text" not in ((data.get("local") or {}).get("columns") or {}):
+        raise UsageError(f"task {source}: 'columns' must name the text column")
+    return TaskSpec(name=str(data["name"]), kind=kind, metrics=metrics, description=data.get("description", ""),
+                    aliases=tuple(data.get("aliases") or ()), labels=labels, hub=data.get("hub"),
+                    columns=dict(data.get("columns") or {}), choices=data.get("choices"),
+                    local=data.get("local"), source=source)
+
+
+@lru_cache(maxsize=1)
+def builtin_tasks() -> dict[str, TaskSpec]:
+    from ..presets import recipes_root
+
+    table: dict[str, TaskSpec] = {}
+    for path in sorted((recipes_root() / "tasks").glob("*.yaml")):
+        spec = task_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")), str(path))
+        for key in (spec.name, *spec.aliases):
+            if key in table:
+                raise RuntimeError(f"task name {key!r} is defined twice")
+            table[key] = spec
+    return table
+
+
+def get_task(name_or_path: str) -> TaskSpec:
+    """A built-in task by name or alias (case-insensitive), or a user task YAML file."""
+    table = builtin_tasks()
+    key = name_or_path.lower()
+    if key in table:
+        return table[key]
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise UsageError(f"task file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise UsageError(f"task file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        spec = task_from_dict(data, str(path))
+        if spec.local is None:
+            raise UsageError(f"task file {path} needs a 'local' section naming its train and eval files")
+        return spec
+    names = sorted({t.name for t in table.values()})
+    import difflib
+
+    close = difflib.get_close_matches(key, list(table), n=3, cutoff=0.5)
+    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    raise UsageError(f"unknown task {name_or_path!r}{hint}; built-in tasks: {', '.join(names)} "
+                     "(or a task YAML file)")

@@ -1,0 +1,126 @@
+"""Training recipes: a flat, typed set of keys read from YAML, with ``key=value`` overrides.
+
+Built-in recipes are ``recipes/train/*.yaml``. A resolved recipe is saved in every run directory
+(``recipe.yaml``), and ``adapt train --recipe RUN/recipe.yaml`` re-runs it exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import UsageError, suggest
+
+METHODS = ("adapter", "full", "head")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class Recipe:
+    task: str | None = None
+    model: str = "minilm"
+    method: str = "adapter"  # adapter | full (all weights) | head (head only)
+    adapter: Any = "pfeiffer"  # preset name, config file, or a mapping of config keys
+    adapter_overrides: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None  # adapter/head name; default: the task name
+    data_dir: str | None = None
+    learning_rate: float = 1e-4
+    epochs: int = 30
+    patience: int | None = 5  # evaluations without improvement before stopping; null = never stop early
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    grad_accum: int = 1
+    max_length: int = 128
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    precision: str = "auto"  # auto = bf16 autocast on a CUDA GPU that supports it, fp32 otherwise
+    device: str = "auto"
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    save_every_steps: int = 200  # checkpoint for --resume
+    log_every_steps: int = 10
+    description: str = ""
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def updated(self, changes: dict[str, Any], source: str = "overrides") -> Recipe:
+        known = set(self.keys())
+        for key in changes:
+            if key not in known:
+                raise UsageError(f"unknown recipe key {key!r} in {source}{suggest(key, known)}")
+        data = {**self.to_dict(), **changes}
+        recipe = Recipe(**data)
+        recipe.validate(source)
+        return recipe
+
+    def validate(self, source: str = "recipe") -> None:
+        def bad(msg: str) -> UsageError:
+            return UsageError(f"{source}: {msg}")
+
+        if self.method not in METHODS:
+            raise bad(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.precision not in PRECISIONS:
+            raise bad(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for key in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "max_length", "save_every_steps",
+                    "log_every_steps"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(f"{key} must be a positive integer, got {value!r}")
+        for key in ("learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise bad(f"{key} must be a non-negative number, got {value!r}")
+        if self.warmup_ratio >= 1:
+            raise bad("warmup_ratio must be below 1")
+        for key in ("patience", "max_train_samples", "max_eval_samples"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise bad(f"{key} must be a positive integer or null, got {value!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise bad(f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.adapter_overrides, dict):
+            raise bad("adapter_overrides must be a mapping")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read recipe {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"recipe {path} must hold a mapping of keys to values")
+    return data
+
+
+@lru_cache(maxsize=1)
+def builtin_recipes() -> dict[str, Path]:
+    from ..presets import recipes_root
+
+    return {p.stem: p for p in sorted((recipes_root() / "train").glob("*.yaml"))}
+
+
+def load_recipe(name_or_path: str | None = None) -> Recipe:
+    """A built-in recipe by name, or a YAML file; ``None`` means the defaults."""
+    if name_or_path is None:
+        return Recipe()
+    path = Path(name_or_path)
+    if name_or_path in builtin_recipes():
+        path = builtin_recipes()[name_or_path]
+    elif not path.is_file():
+        raise UsageError(f"no recipe {name_or_path!r}{suggest(name_or_path, builtin_recipes())}; built-in: "
+                         f"{', '.join(builtin_recipes())} (or a YAML file; see `adapt recipes ls`)")
+    return Recipe().updated(_read_yaml(path), source=f"recipe {path}")
