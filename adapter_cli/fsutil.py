@@ -1,4 +1,5 @@
-"""Atomic file and directory writes: a failed command never leaves a half-written artifact behind."""
+"""Atomic file and directory writes: a failed command never leaves a half-written artifact behind,
+and never deletes a directory that is not one of ours."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+# A directory holding one of these was written by adapt (or AdapterHub) and may be replaced.
+ARTIFACT_MARKERS = ("adapter_config.json", "fusion_config.json", "adapter_fusion_config.json", "head_config.json",
+                    "model.safetensors", "entry.json")
+
 
 def dump_json(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
@@ -20,33 +25,49 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(dump_json(data), encoding="utf-8")
 
 
+def _replaceable(target: Path) -> bool:
+    return not any(target.iterdir()) or any((target / m).is_file() for m in ARTIFACT_MARKERS)
+
+
 @contextmanager
 def atomic_directory(target: Path | str, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary directory beside ``target``; rename it into place only if the block succeeds.
+    """Yield a temporary directory beside ``target``; move it into place only if the block succeeds.
 
-    The temporary directory lives in the same parent so the final rename is atomic on one file system.
-    An existing ``target`` is replaced only after the new content is complete.
+    An existing ``target`` is replaced only when ``overwrite`` is set and it is empty or holds an artifact
+    (never an arbitrary user directory), and only after the new content is complete.
     """
-    target = Path(target)
-    if target.exists() and not target.is_dir():
-        from .errors import UsageError
+    from .errors import ArtifactError, UsageError
 
-        raise UsageError(f"{target} exists and is not a directory; choose another output path")
-    if target.exists() and not overwrite:
-        from .errors import UsageError
-
-        raise UsageError(f"{target} already exists; pass --overwrite or choose another path")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    target = Path(target).expanduser().resolve()
+    if target.exists():
+        if not target.is_dir():
+            raise UsageError(f"{target} exists and is not a directory; choose another output path")
+        if not overwrite:
+            raise UsageError(f"{target} already exists; choose another path")
+        if not _replaceable(target):
+            raise UsageError(f"{target} is a non-empty directory that holds no adapter, fusion or head; "
+                             "choose a new path (it is never replaced)")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as exc:
+        raise ArtifactError(f"cannot write to {target.parent}: {exc.strerror or exc}") from None
     try:
         yield tmp
         if target.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, backup / "old")
-            os.replace(tmp, target)
+            backup = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, backup)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                os.replace(backup, target)  # put the old content back
+                raise
             shutil.rmtree(backup, ignore_errors=True)
         else:
             os.replace(tmp, target)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ArtifactError(f"cannot write {target}: {exc.strerror or exc}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -50,6 +50,13 @@ class FusionConfig:
         # AdapterHub annotates value_initialized as str but stores a bool; accept both spellings.
         if isinstance(values.get("value_initialized"), str):
             values["value_initialized"] = values["value_initialized"].lower() in ("true", "1", "yes")
+        for key, value in values.items():
+            if key == "dropout_prob":
+                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                          or not 0 <= value < 1):
+                    raise ConfigError(f"{source}: dropout_prob must be a number in [0, 1) or null, got {value!r}")
+            elif not isinstance(value, bool):
+                raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

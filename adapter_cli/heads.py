@@ -33,6 +33,15 @@ class HeadConfig:
     dropout_prob: float | None = None
 
     def __post_init__(self) -> None:
+        types = {"head_type": str, "num_labels": int, "layers": int, "use_pooler": bool, "bias": bool}
+        for key, kind in types.items():
+            value = getattr(self, key)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ConfigError(f"head {key} must be {kind.__name__}, got {value!r}")
+        for key, kinds in (("num_choices", (int, type(None))), ("dropout_prob", (int, float, type(None))),
+                           ("activation_function", (str, type(None))), ("label2id", (dict, type(None)))):
+            if not isinstance(getattr(self, key), kinds) or isinstance(getattr(self, key), bool):
+                raise ConfigError(f"head {key} has the wrong type: {getattr(self, key)!r}")
         if self.head_type not in HEAD_TYPES:
             raise ConfigError(f"unknown head type {self.head_type!r}{suggest(self.head_type, HEAD_TYPES)}; "
                               f"known: {', '.join(HEAD_TYPES)}")

@@ -101,6 +101,9 @@ def predict(model: Any, tokenizer: Any, rows: list[Row], active: Any = None, bat
     if model.active_head is None:
         raise UsageError("no prediction head is loaded: load an adapter saved with its head, or pass --head")
     head = model.heads[model.active_head]
+    if head.config.head_type == "multiple_choice":
+        raise UsageError("adapt infer scores one text per row; a multiple-choice head needs its options grouped "
+                         "(evaluate multiple-choice tasks with adapt train)")
     id2label = head.config.id2label
     model.eval()
     for start in range(0, len(rows), batch_size):

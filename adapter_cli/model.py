@@ -71,6 +71,7 @@ class AdapterModel(nn.Module):
         self.active_head: str | None = None
         self._context = ForwardContext()
         self._sites: dict[tuple[str, int], Site] = {}
+        self.train(base.training)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -102,6 +103,22 @@ class AdapterModel(nn.Module):
 
         architecture_for(config.model_type)
         return cls(AutoModel.from_config(config))
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute activations in backward to save memory, with adapters still active in the recompute."""
+        import functools
+
+        import torch.utils.checkpoint
+
+        enable = getattr(self.base, "activation_checkpointing_enable", None)  # transformers >= 5.x name
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpoint = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
+        for module in self.base.modules():
+            if getattr(module, "gradient_checkpointing", False) and hasattr(module, "_gradient_checkpointing_func"):
+                module._gradient_checkpointing_func = self._context.wrap_checkpoint(checkpoint)
 
     # ------------------------------------------------------------------ shape
     @property
@@ -149,17 +166,22 @@ class AdapterModel(nn.Module):
     def _attach(self, name: str, adapter_set: BottleneckAdapterSet) -> None:
         if name in self.adapters:
             self.delete_adapter(name)
-        adapter_set.to(device=self._device(), dtype=self._dtype())
+        adapter_set.to(device=self._device(), dtype=self._dtype()).train(self.training)
         self.adapters[name] = adapter_set
         for location, layer, module in adapter_set.sites():
             self._site(location, layer).adapters[name] = module
 
     def delete_adapter(self, name: str) -> None:
+        """Remove an adapter, the fusions built on it, and the active composition if it used it."""
         if name not in self.adapters:
             raise UsageError(f"no adapter {name!r} is loaded")
+        for fusion in [f for f, module in self.fusions.items() if name in module.adapters]:
+            self.delete_fusion(fusion)
         for site in self._sites.values():
             site.adapters.pop(name, None)
         del self.adapters[name]
+        if self.active is not None and name in self.active.leaves():
+            self.active = None
 
     def adapter_config(self, name: str) -> Any:
         return self.adapters[name].config
@@ -238,12 +260,14 @@ class AdapterModel(nn.Module):
     def _attach_fusion(self, name: str, fusion: FusionSet) -> None:
         if name in self.fusions:
             self.delete_fusion(name)
-        fusion.to(device=self._device(), dtype=self._dtype())
+        fusion.to(device=self._device(), dtype=self._dtype()).train(self.training)
         self.fusions[name] = fusion
         for location, layer, module in fusion.sites():
             self._site(location, layer).fusions[name] = module
 
     def delete_fusion(self, name: str) -> None:
+        if name not in self.fusions:
+            raise UsageError(f"no fusion {name!r} is loaded")
         for site in self._sites.values():
             site.fusions.pop(name, None)
         del self.fusions[name]
@@ -286,17 +310,21 @@ class AdapterModel(nn.Module):
         check_name(name, "head")
         if name in self.heads and not overwrite:
             raise UsageError(f"head {name!r} is already loaded")
-        config = HeadConfig(head_type=head_type, num_labels=num_labels, **kwargs)
+        config = HeadConfig.from_dict({"head_type": head_type, "num_labels": num_labels, **kwargs},
+                                      source=f"head {name!r}")
         self._attach_head(name, config)
         return name
 
     def _attach_head(self, name: str, config: HeadConfig) -> PredictionHead:
+        if config.use_pooler and getattr(self.base, "pooler", None) is None:
+            raise UsageError(f"head {name!r} reads the pooler output, which this {self.config.model_type} model "
+                             "does not have")
         dropout = getattr(self.config, "classifier_dropout", None)
         if dropout is None:
             dropout = getattr(self.config, self.arch.hidden_dropout_attr, 0.0) or 0.0
         head = PredictionHead(config, self.hidden_size, float(dropout),
                               float(getattr(self.config, "initializer_range", 0.02)))
-        self.heads[name] = head.to(device=self._device(), dtype=self._dtype())
+        self.heads[name] = head.to(device=self._device(), dtype=self._dtype()).train(self.training)
         self.active_head = name
         return head
 

@@ -125,7 +125,10 @@ def resolve_adapter_config(spec: Any = "pfeiffer", overrides: dict[str, Any] | N
                               f"presets: {', '.join(names)} (or a path to a YAML/JSON config)")
     else:
         raise ConfigError(f"cannot make an adapter config from {type(spec).__name__}")
-    config = config_from_dict(base, source=source)
+    try:
+        config = config_from_dict(base, source=source)
+    except TypeError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     for label, changes in (("inline overrides", inline),
                            ("overrides", overrides or {})):
         known = set(config.field_names())
@@ -133,5 +136,8 @@ def resolve_adapter_config(spec: Any = "pfeiffer", overrides: dict[str, Any] | N
             if key not in known:
                 raise ConfigError(f"unknown key {key!r} in {label}{suggest(key, known)}")
         if changes:
-            config = config.replace(**changes)
+            try:
+                config = config.replace(**changes)
+            except TypeError as exc:
+                raise ConfigError(f"{label}: {exc}") from None
     return config

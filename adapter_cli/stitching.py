@@ -42,6 +42,14 @@ class ForwardContext:
     def leaves(self) -> frozenset[str]:
         return getattr(self._local, "leaves", frozenset())
 
+    @property
+    def captures(self) -> dict[int, list]:
+        """Per site, the [h, x] captured by its hooks in this thread's current forward pass."""
+        found = getattr(self._local, "captures", None)
+        if found is None:
+            found = self._local.captures = {}
+        return found
+
     def set(self, setup: Block | None) -> tuple[Block | None, frozenset[str]]:
         """Activate ``setup``; returns the previous state for ``restore``."""
         previous = (self.setup, self.leaves)
@@ -51,6 +59,24 @@ class ForwardContext:
 
     def restore(self, previous: tuple[Block | None, frozenset[str]]) -> None:
         self._local.setup, self._local.leaves = previous
+
+    def wrap_checkpoint(self, checkpoint: Any) -> Any:
+        """Wrap a gradient-checkpointing function so the recomputation in backward runs with the
+        composition that was active in the forward pass (the context is gone by then)."""
+
+        def run(function: Any, *args: Any, **kwargs: Any) -> Any:
+            setup = self.setup
+
+            def with_setup(*a: Any, **k: Any) -> Any:
+                previous = self.set(setup)
+                try:
+                    return function(*a, **k)
+                finally:
+                    self.restore(previous)
+
+            return checkpoint(with_setup, *args, **kwargs)
+
+        return run
 
     def __deepcopy__(self, memo: dict) -> ForwardContext:
         return ForwardContext()
@@ -85,9 +111,12 @@ class Site:
         self.context = context
         self.adapters: dict[str, nn.Module] = {}
         self.fusions: dict[str, nn.Module] = {}
-        self._h: torch.Tensor | None = None
-        self._x: torch.Tensor | None = None
         self.layer_norm = _submodule(layer_module, spec.layer_norm)
+        if "forward" in vars(self.layer_norm):
+            from .errors import UsageError
+
+            raise UsageError("this transformers model already has adapters stitched in by another AdapterModel; "
+                             "load a fresh copy of the base model")
         self._original_ln_forward = type(self.layer_norm).forward.__get__(self.layer_norm)
         self._residual_arg, self._residual_kwarg = spec.residual_arg, spec.residual_kwarg
         # Bound methods, not closures: copy.deepcopy rebinds them to the copied site.
@@ -98,13 +127,16 @@ class Site:
         ]
         self.layer_norm.forward = self._layer_norm_forward
 
+    # h and x live in the thread-local context, so concurrent forward passes on one model do not mix.
     def _keep_residual(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self.context.setup is not None:
-            self._x = kwargs[self._residual_kwarg] if self._residual_kwarg in kwargs else args[self._residual_arg]
+            x = kwargs[self._residual_kwarg] if self._residual_kwarg in kwargs else args[self._residual_arg]
+            self.context.captures.setdefault(id(self), [None, None])[1] = x
 
     def _keep_output(self, _module: nn.Module, _args: tuple, output: Any) -> None:
         if self.context.setup is not None:
-            self._h = output[0] if isinstance(output, tuple) else output
+            h = output[0] if isinstance(output, tuple) else output
+            self.context.captures.setdefault(id(self), [None, None])[0] = h
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -113,8 +145,7 @@ class Site:
 
     # ------------------------------------------------------------------ forward
     def _layer_norm_forward(self, summed: torch.Tensor) -> torch.Tensor:
-        h, x = self._h, self._x
-        self._h = self._x = None
+        h, x = self.context.captures.pop(id(self), (None, None))
         setup = self.context.setup
         if setup is None or h is None or x is None or self.context.leaves.isdisjoint(self.adapters):
             return self._original_ln_forward(summed)
@@ -150,6 +181,11 @@ class Site:
         last = block.last()
         if last not in self.adapters:
             last = [leaf for leaf in block.leaves() if leaf in self.adapters][-1]
+        if fusion is None:
+            from .errors import CompositionError
+
+            raise CompositionError(f"fusion {block.fusion_name!r} has no layer at {self.location} of layer "
+                                   f"{self.layer}, where {last!r} has an adapter; its members' placements differ")
         a, query, residual = self.adapters[last].pre_forward(state.hidden, state.x, state.ln, fusion.config)
         shared = replace(state, hidden=a, residual=residual)
         ups = []

@@ -49,3 +49,49 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} is absent (CI has it; user machines do not)")
     return SHARED
+
+
+WORDS_POS = ["good", "great", "fine", "nice", "happy", "love", "best", "fun"]
+WORDS_NEG = ["bad", "awful", "poor", "sad", "hate", "worst", "dull", "boring"]
+FILLER = ["the", "film", "was", "a", "it", "and", "plot", "very", "so", "movie"]
+
+
+def save_tiny_model(path: Path, model_type: str = "bert", seed: int = 0) -> Path:
+    """A tiny random encoder with a WordPiece tokenizer, saved like a real model directory."""
+    from transformers import BertTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS_POS + WORDS_NEG + FILLER
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    model = tiny_model(model_type, seed=seed, vocab_size=len(vocab), pad_token_id=0)
+    model.base.save_pretrained(path)
+    return path
+
+
+def write_sentiment_task(root: Path, n_train: int = 96, n_eval: int = 48, seed: int = 0, fmt: str = "csv") -> Path:
+    """A user task (YAML + files) that a tiny model can learn: the label is the sentiment word."""
+    import csv
+    import random
+
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+
+    def rows(n: int) -> list[dict]:
+        out = []
+        for _ in range(n):
+            label = rng.randint(0, 1)
+            words = rng.sample(FILLER, 4) + [rng.choice(WORDS_POS if label else WORDS_NEG)]
+            rng.shuffle(words)
+            out.append({"text": " ".join(words), "label": ["neg", "pos"][label]})
+        return out
+
+    for split, n in (("train", n_train), ("dev", n_eval)):
+        with open(root / f"{split}.{fmt}", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["text", "label"], delimiter="\t" if fmt == "tsv" else ",")
+            writer.writeheader()
+            writer.writerows(rows(n))
+    (root / "task.yaml").write_text(
+        "name: toy_sentiment\nkind: single\nlabels: [neg, pos]\nmetrics: [accuracy, f1]\n"
+        f"columns: {{text: text, label: label}}\nlocal: {{train: train.{fmt}, eval: dev.{fmt}}}\n")
+    return root / "task.yaml"

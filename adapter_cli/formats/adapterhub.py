@@ -9,6 +9,7 @@ architecture table says where each site lives. Legacy (v1) names are renamed on 
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -105,12 +106,17 @@ def config_to_adapterhub(config: Any, hidden_size: int, num_layers: int) -> dict
     out.pop("kind")
     size = out.pop("bottleneck_size")
     if size is not None:
-        # AdapterHub only knows reduction factors; express the width as one and check it round-trips.
-        factor = hidden_size / size if not isinstance(size, dict) else None
-        if factor is None or any(int(hidden_size // factor) != config.width(i, hidden_size)
-                                 for i in config.layers(num_layers)):
-            raise ConfigError("this bottleneck_size cannot be written as an AdapterHub reduction_factor")
-        out["reduction_factor"] = factor
+        # AdapterHub only knows reduction factors: write each width as a factor that reproduces it.
+        def factor(width: int) -> float:
+            for candidate in (hidden_size / width, math.nextafter(hidden_size / width, 0.0)):
+                if int(hidden_size // candidate) == width:
+                    return candidate
+            raise ConfigError(f"bottleneck_size {width} cannot be written as an AdapterHub reduction_factor")
+
+        if isinstance(size, dict):
+            out["reduction_factor"] = {str(i): factor(config.width(i, hidden_size)) for i in config.layers(num_layers)}
+        else:
+            out["reduction_factor"] = factor(int(size))
     out.update(UNSUPPORTED_AT)
     out.update(PHM_DEFAULTS)
     return out
@@ -280,18 +286,21 @@ def read_head(path: Path) -> HeadArtifact:
     data = read_json(path / HEAD_CONFIG, "a head")
     _rename_activation(data, "activation_function")
     base = _base(data, path / HEAD_CONFIG)
-    raw = dict(data.get("config") or {})
+    if not isinstance(data.get("config"), dict):
+        raise ArtifactError(f"corrupt {path / HEAD_CONFIG}: 'config' must be an object")
+    raw = dict(data["config"])
+    if raw.pop("multilabel", False):
+        raise ArtifactError(f"{path}: multi-label heads (sigmoid outputs) are not supported by adapt yet")
     head_type = raw.pop("head_type", None)
     if head_type == "classification":
-        if int(raw.get("num_labels", 2)) == 1:
+        if raw.get("num_labels") == 1:
             head_type = "regression"
     elif head_type != "multiple_choice":
         raise ArtifactError(f"{path}: AdapterHub head type {head_type!r} is not supported "
                             "(classification, regression and multiple_choice are)")
-    raw.pop("multilabel", None)
     try:
         config = HeadConfig.from_dict({"head_type": head_type, **raw}, source=str(path / HEAD_CONFIG))
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ArtifactError(f"corrupt {path / HEAD_CONFIG}: {exc}") from None
     name = data.get("name") or path.name
     weights = {}

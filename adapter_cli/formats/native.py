@@ -55,7 +55,10 @@ def _read(path: Path, kind: str) -> tuple[dict[str, Any], dict[str, torch.Tensor
     data = read_json(path / CONFIGS[kind], f"an {kind}" if kind[0] in "aeiou" else f"a {kind}")
     if data.get("format") != f"adapt.{kind}":
         raise ArtifactError(f"{path / CONFIGS[kind]} describes a {data.get('format')!r}, not an adapt {kind}")
-    if int(data.get("format_version", 0)) > FORMAT_VERSION:
+    version = data.get("format_version", 0)
+    if not isinstance(version, int) or not isinstance(data.get("config", {}), dict) or "name" not in data:
+        raise ArtifactError(f"corrupt {path / CONFIGS[kind]}: format_version, name or config is malformed")
+    if version > FORMAT_VERSION:
         raise ArtifactError(f"{path} was written by a newer adapt (format {data['format_version']}); upgrade adapt")
     weights_path = path / WEIGHTS[kind]
     if not weights_path.is_file():
@@ -81,6 +84,8 @@ def read_fusion(path: Path) -> FusionArtifact:
     from ..fusion import FusionConfig
 
     data, weights, base = _read(path, "fusion")
+    if not isinstance(data.get("adapters"), list):
+        raise ArtifactError(f"corrupt {path / FUSION_CONFIG}: 'adapters' must list the member adapters")
     config = FusionConfig.from_dict(data.get("config", {}), source=str(path / FUSION_CONFIG))
     return FusionArtifact(name=data["name"], adapters=list(data["adapters"]), config=config, weights=weights,
                           base=base, format="adapt", path=path, meta=data)

@@ -77,7 +77,15 @@ class BottleneckConfig:
             if key not in known:
                 raise ConfigError(f"unknown key {key!r} in {source}{suggest(key, known)}")
         if "leave_out" in data:
-            data["leave_out"] = tuple(int(i) for i in (data["leave_out"] or ()))
+            leave_out = data["leave_out"] or ()
+            if not isinstance(leave_out, (list, tuple)) or not all(
+                    isinstance(i, int) and not isinstance(i, bool) for i in leave_out):
+                raise ConfigError(f"{source}: leave_out must be a list of layer indices, e.g. [0, 1], "
+                                  f"got {data['leave_out']!r}")
+            data["leave_out"] = tuple(leave_out)
+        for key in ("reduction_factor", "bottleneck_size"):
+            if isinstance(data.get(key), dict):  # YAML gives int keys for {0: 4}; layers are looked up as str
+                data[key] = {str(k): v for k, v in data[key].items()}
         if "scaling" in data and isinstance(data["scaling"], int) and not isinstance(data["scaling"], bool):
             data["scaling"] = float(data["scaling"])  # AdapterHub rejects an int here; we do not
         config = cls(**data)
@@ -122,10 +130,17 @@ class BottleneckConfig:
                     raise bad(f"{label} keys must be layer indices or 'default', got {key!r}")
                 if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
                     raise bad(f"{label} must be a positive number, got {value!r}")
+        for key in ("non_linearity", "init_weights", "kind"):
+            if not isinstance(getattr(self, key), str):
+                raise bad(f"{key} must be a string, got {getattr(self, key)!r}")
+        if self.init_weights_seed is not None and (isinstance(self.init_weights_seed, bool)
+                                                   or not isinstance(self.init_weights_seed, int)):
+            raise bad(f"init_weights_seed must be an integer or null, got {self.init_weights_seed!r}")
         if self.non_linearity.lower() not in ACTIVATION_NAMES:
             raise bad(f"unknown non_linearity {self.non_linearity!r}{suggest(self.non_linearity, ACTIVATION_NAMES)};"
                       f" choose from {', '.join(ACTIVATION_NAMES)}")
-        if self.residual_before_ln not in (True, False, "post_add"):
+        if not (self.residual_before_ln is True or self.residual_before_ln is False
+                or self.residual_before_ln == "post_add"):
             raise bad(f"residual_before_ln must be true, false or 'post_add', got {self.residual_before_ln!r}")
         if isinstance(self.scaling, str):
             if self.scaling not in ("learned", "channel"):
@@ -176,6 +191,10 @@ class BottleneckConfig:
         return size
 
     def layers(self, num_layers: int) -> list[int]:
+        outside = [i for i in self.leave_out if i >= num_layers]
+        if outside:
+            raise ConfigError(f"leave_out names layers {outside} but the model has {num_layers} layers "
+                              f"(0..{num_layers - 1})")
         return [i for i in range(num_layers) if i not in set(self.leave_out)]
 
     def parameter_count(self, hidden_size: int, num_layers: int) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import math
 import os
 import platform
 import random
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -251,6 +252,7 @@ def train(recipe: Recipe, run_dir: Path, resume: bool = False, reporter: Reporte
         torch.save(payload, tmp)
         os.replace(tmp, checkpoint_path)
 
+    kill_at = int(os.environ.get("ADAPT_FAULT_KILL_AT_STEP", "0")) or None
     started = time.perf_counter()
     reporter.start(total_steps, step, f"{task.name} {recipe.method}")
     regression = task.kind == "regression"
@@ -286,6 +288,8 @@ def train(recipe: Recipe, run_dir: Path, resume: bool = False, reporter: Reporte
                         save_checkpoint()
                     if stop_after_steps is not None and step >= stop_after_steps:
                         raise _Stop()
+                    if kill_at == step:  # fault injection for the resume tests: a real, unclean kill
+                        os.kill(os.getpid(), signal.SIGKILL)
             # end of epoch: evaluate (on the main process), keep the best, maybe stop early
             epoch += 1
             batch_index = 0
