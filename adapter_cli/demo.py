@@ -1,85 +1,144 @@
-"""``make demo``: the adapter engine on the embedded default model (all-MiniLM-L6-v2), offline.
+"""``make demo``: the main job, offline, on the embedded all-MiniLM-L6-v2.
 
-Shows what each adapter architecture costs on a real pretrained model, runs single adapters, a stack
-and a fusion on real sentences, and saves/reloads in both formats with identical outputs.
+Generates two small tasks deterministically (no copied data), trains a Pfeiffer adapter for each with
+the base frozen, compares with a head-only baseline, puts the adapters into a demo cache, and runs
+inference by cache name. Everything is written under ``.demo/`` in the current directory.
 """
 
 from __future__ import annotations
 
+import csv
+import os
+import random
+import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import torch
+POSITIVE = ["wonderful", "delightful", "brilliant", "moving", "charming", "superb", "gripping", "heartfelt",
+            "funny", "beautiful", "clever", "excellent", "joyful", "stunning", "touching", "inspired"]
+NEGATIVE = ["dreadful", "boring", "clumsy", "tedious", "awful", "lifeless", "bland", "painful",
+            "pointless", "dull", "messy", "terrible", "weak", "forgettable", "irritating", "shallow"]
+SUBJECTS = ["the film", "this movie", "the story", "the acting", "the ending", "the script", "the soundtrack",
+            "the cast", "the direction", "the dialogue", "the plot", "the premise"]
+FRAMES = ["{s} was {a}.", "honestly, {s} felt {a}.", "i thought {s} was {a} overall.", "{s} is simply {a}.",
+          "we found {s} rather {a}.", "what a {a} experience {s} was."]
+TOPICS = {
+    "sports": ["the striker scored twice in the final", "the marathon runners crossed the line", "the coach changed "
+               "the line-up at half time", "the tennis match went to five sets", "the team won the league title",
+               "the goalkeeper saved a penalty", "the cyclists climbed the mountain stage", "fans cheered in the stadium"],
+    "cooking": ["simmer the sauce for ten minutes", "the bread rose overnight in the oven", "add garlic and fry the "
+                "onions", "the chef seasoned the soup with pepper", "knead the dough until smooth", "the cake needs "
+                "more sugar", "roast the vegetables with olive oil", "she baked fresh cookies for dinner"],
+    "computing": ["the server crashed after the update", "compile the code before running the tests", "the laptop "
+                  "battery drains quickly", "install the driver for the graphics card", "the database query was "
+                  "too slow", "the program leaks memory", "reboot the router to fix the network", "the app stores "
+                  "data in the cloud"],
+    "weather": ["heavy rain is expected tomorrow", "the storm brought strong winds to the coast", "it will be sunny and "
+                "warm all week", "snow covered the mountain roads", "a cold front moves in tonight", "fog delayed "
+                "the morning flights", "the heatwave broke records", "thunder rolled across the valley"],
+}
 
-SENTENCES = ["The movie was a delight from start to finish.", "The service was slow and the food was cold.",
-             "Adapters keep the pretrained model frozen."]
+
+def _sentiment(rng: random.Random, n: int, adjectives: tuple[list[str], list[str]]) -> list[dict]:
+    rows = []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        text = rng.choice(FRAMES).format(s=rng.choice(SUBJECTS), a=rng.choice(adjectives[label]))
+        rows.append({"text": text, "label": ["negative", "positive"][label]})
+    return rows
+
+
+def _topics(rng: random.Random, n: int, half: int) -> list[dict]:
+    rows, names = [], sorted(TOPICS)
+    for _ in range(n):
+        same = rng.randint(0, 1)
+        a = rng.choice(names)
+        b = a if same else rng.choice([t for t in names if t != a])
+        pool_a, pool_b = TOPICS[a][:half], TOPICS[b][:half]
+        if half < 0:
+            pool_a, pool_b = TOPICS[a][half:], TOPICS[b][half:]
+        first, second = rng.choice(pool_a), rng.choice(pool_b)
+        rows.append({"first": first, "second": second, "label": ["different", "same"][same]})
+    return rows
+
+
+def make_tasks(root: Path, seed: int = 0) -> dict[str, Path]:
+    """Two task folders (task.yaml + train/dev CSV). Dev uses words and sentences unseen in training."""
+    rng = random.Random(seed)
+    split = len(POSITIVE) * 3 // 4
+    tasks = {
+        "demo_sentiment": (
+            _sentiment(rng, 640, (NEGATIVE[:split], POSITIVE[:split])),
+            _sentiment(rng, 200, (NEGATIVE[split:], POSITIVE[split:])),
+            "kind: single\nlabels: [negative, positive]\nmetrics: [accuracy, f1]\ncolumns: {text: text, label: label}\n"),
+        "demo_topic": (
+            _topics(rng, 640, 6), _topics(rng, 200, -2),
+            "kind: pair\nlabels: [different, same]\nmetrics: [accuracy, f1]\n"
+            "columns: {text: first, pair: second, label: label}\n"),
+    }
+    paths = {}
+    for name, (train, dev, spec) in tasks.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for split_name, rows in (("train", train), ("dev", dev)):
+            with open(folder / f"{split_name}.csv", "w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+        (folder / "task.yaml").write_text(f"name: {name}\ndescription: generated demo task\n{spec}"
+                                          "local: {train: train.csv, eval: dev.csv}\n", encoding="utf-8")
+        paths[name] = folder / "task.yaml"
+    return paths
 
 
 def main() -> int:
-    from transformers import AutoTokenizer
-
-    from . import AdapterModel
-    from .defaults import embedded_model_path
+    root = Path(".demo").resolve()
+    shutil.rmtree(root, ignore_errors=True)
+    os.environ["ADAPT_CACHE"] = str(root / "cache")
+    from .cli._progress import reporter
+    from .inference import Row, predict
+    from .runs import extract
+    from .training.loop import train
+    from .training.recipe import Recipe
 
     start = time.perf_counter()
-    path = embedded_model_path()
-    print(f"base model: all-MiniLM-L6-v2 from {path}")
-    model = AdapterModel.from_pretrained(path)
-    tok = AutoTokenizer.from_pretrained(path)
-    base_params = sum(p.numel() for p in model.base.parameters())
-    print(f"  {model.config.model_type}, hidden {model.hidden_size}, {model.num_layers} layers, "
-          f"{base_params / 1e6:.1f}M parameters (frozen)\n")
+    print("adapt demo: all-MiniLM-L6-v2 (embedded, offline), two generated tasks\n", flush=True)
+    tasks = make_tasks(root / "tasks")
+    results = []
+    for name, task in tasks.items():
+        for method in ("adapter", "head"):
+            recipe = Recipe(task=str(task), model="minilm", method=method, adapter="pfeiffer", epochs=3, patience=None,
+                            learning_rate=1e-3 if method == "adapter" else 3e-3, batch_size=32, max_length=48,
+                            save_every_steps=1000, seed=0)
+            t0 = time.perf_counter()
+            summary = train(recipe, root / "runs" / f"{name}-{method}", reporter=reporter(quiet=False))
+            if method == "adapter":
+                extract(root / "runs" / f"{name}-{method}")
+            results.append((name, method, summary["best"]["metrics"]["accuracy"], time.perf_counter() - t0))
+    print(f"\n{'task':<16}{'method':<10}{'dev accuracy':>13}{'chance':>8}{'time':>8}")
+    for name, method, acc, secs in results:
+        print(f"{name:<16}{method:<10}{acc:>13.3f}{0.5:>8.2f}{secs:>7.0f}s")
 
-    print(f"{'adapter':<10}{'placement':<30}{'parameters':>12}{'% of base':>11}{'fp32 size':>11}")
-    for preset in ("pfeiffer", "houlsby", "bapna", "parallel"):
-        model.add_adapter(preset, preset)
-        n = sum(p.numel() for p in model.adapters[preset].parameters())
-        cfg = model.adapter_config(preset)
-        print(f"{preset:<10}{' + '.join(cfg.locations):<30}{n:>12,}{100 * n / base_params:>10.2f}%"
-              f"{n * 4 / 1e6:>9.2f} MB")
+    from transformers import AutoTokenizer
 
-    torch.manual_seed(0)
-    with torch.no_grad():  # give the fresh adapters some weight so their effect is visible
-        for name in ("pfeiffer", "bapna"):
-            for p in model.adapters[name].parameters():
-                p.add_(torch.randn_like(p) * 0.05)
-    model.add_fusion(["pfeiffer", "bapna"])
-    model.add_head("sentiment", num_labels=2)
-    model.eval()
-    batch = tok(SENTENCES, padding=True, return_tensors="pt")
-    print("\nforward passes on real sentences (max change of the final hidden states vs. no adapter):")
-    with torch.no_grad():
-        base = model(**batch).last_hidden_state
-        for active in ("pfeiffer", "houlsby", "stack(pfeiffer,bapna)", "fuse(pfeiffer,bapna)"):
-            out = model(**batch, active=active)
-            print(f"  {active:<24} {float((out.last_hidden_state - base).abs().max()):.4f}"
-                  f"   logits shape {tuple(out.logits.shape)}")
+    from .defaults import embedded_model_path
+    from .model import AdapterModel
+    from . import cache
 
-    with tempfile.TemporaryDirectory() as tmp:
-        print("\nsave -> load round trips:")
-        for fmt in ("adapt", "adapterhub"):
-            target = Path(tmp) / fmt
-            model.save_adapter(target / "pfeiffer", "pfeiffer", format=fmt)
-            model.save_adapter(target / "bapna", "bapna", format=fmt)
-            model.save_fusion(target / "fusion", "pfeiffer,bapna", format=fmt)
-            fresh = AdapterModel.from_pretrained(path)
-            fresh.load_adapter(target / "pfeiffer")
-            fresh.load_adapter(target / "bapna")
-            fresh.load_fusion(target / "fusion")
-            fresh.eval()
-            with torch.no_grad():
-                same = torch.equal(fresh(**batch, active="fuse(pfeiffer,bapna)").last_hidden_state,
-                                   model(**batch, active="fuse(pfeiffer,bapna)").last_hidden_state)
-            size = sum(f.stat().st_size for f in (target / "pfeiffer").iterdir())
-            print(f"  {fmt:<11} pfeiffer adapter {size / 1e3:.0f} KB on disk; reloaded fusion outputs identical: {same}")
-            if not same:
-                return 1
-    print(f"\ndone in {time.perf_counter() - start:.1f}s. Next:")
-    print("  .venv/bin/adapt add houlsby --model minilm reduction_factor=8 --save ./my-adapter")
-    print("  .venv/bin/adapt inspect ./my-adapter --json")
-    return 0
+    model = AdapterModel.from_pretrained(embedded_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
+    model.load_adapter(cache.find("demo_sentiment", model.name_or_path).path)
+    texts = ["the soundtrack was absolutely magical.", "a sluggish, joyless two hours."]
+    print("\ninference with the cached demo_sentiment adapter:")
+    for p in predict(model, tokenizer, [Row(t) for t in texts], active="demo_sentiment"):
+        print(f"  {p['label']:<9} {p['score']:.2f}  {p['text']}")
+    adapter_accuracy = [acc for _, method, acc, _ in results if method == "adapter"]
+    print(f"\ndone in {time.perf_counter() - start:.0f}s. Runs in {root / 'runs'}, cache in {root / 'cache'}. Next:")
+    print(f"  ADAPT_CACHE={root / 'cache'} .venv/bin/adapt cache ls")
+    print(f"  ADAPT_CACHE={root / 'cache'} .venv/bin/adapt infer -m minilm -a demo_sentiment 'what a lovely film'")
+    print("  .venv/bin/adapt train --task rte --data-dir path/to/glue/RTE --config pfeiffer")
+    return 0 if min(adapter_accuracy) >= 0.75 else 1
 
 
 if __name__ == "__main__":

@@ -51,7 +51,12 @@ def adapter_presets() -> dict[str, Preset]:
 
 
 def parse_value(text: str) -> Any:
-    """A command-line value as YAML: 8 -> int, true -> bool, [0,1] -> list, null -> None."""
+    """A command-line value as YAML: 8 -> int, 3e-4 -> float, true -> bool, [0,1] -> list, null -> None."""
+    for number in (int, float):  # YAML 1.1 would read "3e-4" as a string
+        try:
+            return number(text)
+        except ValueError:
+            pass
     try:
         return yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:

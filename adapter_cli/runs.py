@@ -42,7 +42,7 @@ def extract(run_dir: Path | str, overwrite: bool = True) -> Any:
     model = artifact.get("base_model", {}).get("name_or_path") or recipe.get("model")
     entry_id = re.sub(r"[^A-Za-z0-9_\-]", "_", run_dir.resolve().name)
     adapter = recipe.get("adapter")
-    info = {"name": artifact.get("name"), "task": recipe.get("task"), "method": recipe.get("method"),
+    info = {"name": artifact.get("name"), "task": final.get("task") or recipe.get("task"), "method": recipe.get("method"),
             "kind": "adapter" if recipe.get("method") == "adapter" else "head",
             "config_name": adapter if isinstance(adapter, str) and recipe.get("method") == "adapter" else None,
             "config": artifact.get("config"), "metrics": (final.get("best") or {}).get("metrics"),

@@ -104,8 +104,10 @@ def infer(
 
 def _locate(spec: str, model: object) -> Path:
     """A directory as given, or a cache entry for this base model (its files' sha256 checked first)."""
+    from ..formats import ADAPTER_CONFIG, FUSION_CONFIGS
+
     path = Path(spec)
-    if path.exists() or "/" in spec:
+    if any((path / f).is_file() for f in (ADAPTER_CONFIG, *FUSION_CONFIGS)) or "/" in spec:
         return path
     from .. import cache
 

@@ -122,7 +122,8 @@ def detect(path: Path, kind: str) -> str:
     if adapterhub.is_adapterhub(path, kind):
         return "adapterhub"
     names = {"adapter": ADAPTER_CONFIG, "fusion": " or ".join(FUSION_CONFIGS), "head": HEAD_CONFIG}[kind]
-    raise ArtifactError(f"{path} is not a {kind} directory: {names} is missing")
+    article = "an" if kind[0] in "aeiou" else "a"
+    raise ArtifactError(f"{path} is not {article} {kind} directory: {names} is missing")
 
 
 def read_adapter(path: Path | str) -> AdapterArtifact:

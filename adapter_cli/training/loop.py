@@ -247,7 +247,8 @@ def train(recipe: Recipe, run_dir: Path, resume: bool = False, reporter: Reporte
         payload = {"trainable": {n: p.detach().cpu() for n, p in trainable.items()},
                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                    "rng": torch.get_rng_state(), "epoch": epoch, "batch": batch_index, "step": step,
-                   "best": best, "bad_evals": bad_evals, "elapsed": elapsed_before + time.perf_counter() - started}
+                   "best": best, "bad_evals": bad_evals, "elapsed": elapsed_before + time.perf_counter() - started,
+                   "running": [running_loss, running_count]}
         tmp = run_dir / f".{CHECKPOINT}.tmp"
         torch.save(payload, tmp)
         os.replace(tmp, checkpoint_path)
@@ -257,7 +258,7 @@ def train(recipe: Recipe, run_dir: Path, resume: bool = False, reporter: Reporte
     reporter.start(total_steps, step, f"{task.name} {recipe.method}")
     regression = task.kind == "regression"
     stopped_early = False
-    running_loss, running_count = 0.0, 0
+    running_loss, running_count = state["running"] if state is not None else (0.0, 0)
     try:
         while epoch < recipe.epochs and not stopped_early:
             model.train()
