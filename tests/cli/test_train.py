@@ -212,3 +212,10 @@ def test_cache_path_rm_and_recipes(env) -> None:
     assert "learning_rate" in runner.invoke(app, ["recipes", "show", "adapter"]).stdout
     assert runner.invoke(app, ["recipes", "cp", "adapter", "mine.yaml"]).exit_code == 0
     assert "exists" in one_line_error(runner.invoke(app, ["recipes", "cp", "adapter", "mine.yaml"]))
+
+
+def test_offline_hub_task_says_what_was_needed(env, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    message = one_line_error(runner.invoke(app, ["train", "--task", "rte", "--model", env["model"], "--quiet"]))
+    assert "nyu-mll/glue (rte)" in message and "HF_HUB_OFFLINE" in message and "--data-dir" in message
+    assert not Path("runs").exists()
