@@ -133,3 +133,16 @@ def remove(entry_id: str, model_id: str | None = None) -> list[Entry]:
         raise UsageError(f"no cache entry {entry_id!r}" + (f" for {model_id}" if model_id else "") +
                          "; see `adapt cache ls`")
     return found
+
+
+def locate(spec: str, model_id: str) -> Path:
+    """An adapter or fusion given as a directory (ours or AdapterHub's) or as a cache name for ``model_id``;
+    a cached entry's files are checked against their sha256 first."""
+    from .formats import ADAPTER_CONFIG, FUSION_CONFIGS, HEAD_CONFIG
+
+    path = Path(spec)
+    if any((path / f).is_file() for f in (ADAPTER_CONFIG, *FUSION_CONFIGS, HEAD_CONFIG)) or "/" in spec:
+        return path
+    entry = find(spec, model_id)
+    verify(entry)
+    return entry.path

@@ -272,7 +272,8 @@ class AdapterModel(nn.Module):
             site.fusions.pop(name, None)
         del self.fusions[name]
 
-    def load_fusion(self, path: str | os.PathLike, name: str | None = None, overwrite: bool = False) -> str:
+    def load_fusion(self, path: str | os.PathLike, name: str | None = None, overwrite: bool = False,
+                    with_head: bool = True) -> str:
         """Load a fusion directory; its member adapters must be loaded (under their saved names) first."""
         from .formats import read_fusion
 
@@ -284,10 +285,15 @@ class AdapterModel(nn.Module):
                              f"{', '.join(missing)} (load them with load_adapter / --adapter)")
         name = self.add_fusion(artifact.adapters, artifact.config, name=name or artifact.name, overwrite=overwrite)
         _load_weights(self.fusions[name], artifact.weights, artifact.path)
+        from .formats import has_head
+
+        if with_head and has_head(artifact.path):
+            self.load_head(artifact.path, overwrite=True)
         return name
 
     def save_fusion(self, directory: str | os.PathLike, name: str, format: str = "adapt",
-                    dtype: torch.dtype | None = None, safetensors: bool = False) -> Path:
+                    dtype: torch.dtype | None = None, safetensors: bool = False, head: str | None = None) -> Path:
+        """Write fusion ``name`` (and, when given, a head beside it) atomically."""
         from .formats import adapterhub, native
         from .fsutil import atomic_directory
 
@@ -302,7 +308,26 @@ class AdapterModel(nn.Module):
                 native.write_fusion(tmp, artifact, dtype)
             else:
                 adapterhub.write_fusion(tmp, artifact, safetensors, dtype)
+            if head is not None:
+                self._write_head(tmp, head, format, dtype, safetensors)
         return Path(directory)
+
+    def fusion_regularization(self, names: list[str] | None = None) -> torch.Tensor:
+        """sum over fusion layers of ||I - W_v||^2 for trainable value matrices (Pfeiffer et al. 2021).
+
+        Added to the training loss (weight 0.01 in the reference), so it is scaled with the loss under mixed
+        precision, logged with it, and usable in any training loop.
+        """
+        total = torch.zeros((), device=self._device())
+        for name, fusion in self.fusions.items():
+            if names is not None and name not in names:
+                continue
+            for _, _, layer in fusion.sites():
+                value = layer.value
+                if value is not None and value.weight.requires_grad:
+                    eye = torch.eye(value.weight.shape[0], device=value.weight.device, dtype=value.weight.dtype)
+                    total = total + ((eye - value.weight) ** 2).sum()
+        return total
 
     # ------------------------------------------------------------------ heads
     def add_head(self, name: str, head_type: str = "classification", num_labels: int = 2,

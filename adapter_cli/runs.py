@@ -37,13 +37,16 @@ def extract(run_dir: Path | str, overwrite: bool = True) -> Any:
         raise UsageError("a full fine-tuning run holds a whole model, not an adapter; its weights stay in "
                          f"{best}")
     final = read_json(run_dir / "final_metrics.json") if (run_dir / "final_metrics.json").is_file() else {}
-    config_file = best / ("adapter_config.json" if recipe.get("method") == "adapter" else "head_config.json")
-    artifact = read_artifact_json(config_file, "an adapter")
+    method = recipe.get("method")
+    config_file = best / {"adapter": "adapter_config.json", "fusion": "fusion_config.json"}.get(method,
+                                                                                               "head_config.json")
+    artifact = read_artifact_json(config_file, f"a {method}")
     model = artifact.get("base_model", {}).get("name_or_path") or recipe.get("model")
     entry_id = re.sub(r"[^A-Za-z0-9_\-]", "_", run_dir.resolve().name)
     adapter = recipe.get("adapter")
     info = {"name": artifact.get("name"), "task": final.get("task") or recipe.get("task"), "method": recipe.get("method"),
-            "kind": "adapter" if recipe.get("method") == "adapter" else "head",
+            "kind": {"adapter": "adapter", "fusion": "fusion"}.get(method, "head"),
+            "adapters": artifact.get("adapters"), "fusion_adapters": recipe.get("fusion_adapters") or None,
             "config_name": adapter if isinstance(adapter, str) and recipe.get("method") == "adapter" else None,
             "config": artifact.get("config"), "metrics": (final.get("best") or {}).get("metrics"),
             "main_metric": final.get("main_metric"), "seed": recipe.get("seed"),

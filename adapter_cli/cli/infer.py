@@ -103,17 +103,9 @@ def infer(
 
 
 def _locate(spec: str, model: object) -> Path:
-    """A directory as given, or a cache entry for this base model (its files' sha256 checked first)."""
-    from ..formats import ADAPTER_CONFIG, FUSION_CONFIGS
+    from ..cache import locate
 
-    path = Path(spec)
-    if any((path / f).is_file() for f in (ADAPTER_CONFIG, *FUSION_CONFIGS)) or "/" in spec:
-        return path
-    from .. import cache
-
-    entry = cache.find(spec, model.name_or_path)  # type: ignore[attr-defined]
-    cache.verify(entry)
-    return entry.path
+    return locate(spec, model.name_or_path)  # type: ignore[attr-defined]
 
 
 def _write(path: Path, predictions: list[dict]) -> None:

@@ -54,9 +54,7 @@ def train(
     """
     from ..errors import UsageError
     from ..presets import parse_overrides
-    from ..training.loop import train as run_training
     from ..training.recipe import load_recipe
-    from ._progress import reporter
 
     changes = parse_overrides(overrides or [])
     if resume:
@@ -84,6 +82,13 @@ def train(
             import shutil
 
             shutil.rmtree(run_dir)
+    _run(resolved, run_dir, resume, no_cache, json_out, quiet)
+
+
+def _run(resolved: Any, run_dir: Path, resume: bool, no_cache: bool, json_out: bool, quiet: bool) -> dict:
+    from ..training.loop import train as run_training
+    from ._progress import reporter
+
     summary: dict[str, Any] = run_training(resolved, run_dir, resume=resume, reporter=reporter(quiet))
     if not no_cache and resolved.method != "full":
         from ..runs import extract
@@ -92,15 +97,36 @@ def train(
         summary["cache"] = {"id": entry.id, "path": str(entry.path)}
     if json_out:
         emit_json(summary)
-        return
+        return summary
     best = summary["best"]
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in (best["metrics"] or {}).items())
     print(f"{summary['task']} ({summary['method']}): best dev {metrics} at epoch {best['epoch']} "
           f"({summary['epochs_run']} epochs, {summary['steps']} steps, {summary['wall_time_s']:.0f}s)")
     print(f"run: {run_dir}")
-    if "cache" in summary:
+    if "cache" in summary and resolved.method == "fusion":
+        members = " ".join(f"-a {a}" for a in resolved.fusion_adapters)
+        print(f"cached as {summary['cache']['id']}; next: adapt infer -m {resolved.model} {members} "
+              f"-f {summary['cache']['id']} --active 'fuse({','.join(_member_names(resolved))})' 'some text'")
+    elif "cache" in summary:
         print(f"cached as {summary['cache']['id']}; next: adapt infer -m {resolved.model} -a {summary['cache']['id']} "
               "'some text'")
+    return summary
+
+
+def _member_names(recipe: Any) -> list[str]:
+    import json
+
+    from ..cache import locate
+    from ..defaults import model_id, resolve_model
+
+    names = []
+    for spec in recipe.fusion_adapters:
+        path = locate(spec, model_id(resolve_model(recipe.model)))
+        try:
+            names.append(json.loads((path / "adapter_config.json").read_text())["name"])
+        except (OSError, KeyError, ValueError):
+            names.append(Path(spec).name)
+    return names
 
 
 def _precheck(recipe: Any) -> None:
@@ -117,6 +143,22 @@ def _precheck(recipe: Any) -> None:
     check_name(recipe.name or task.name)
     if recipe.method == "adapter":
         resolve_adapter_config(recipe.adapter, recipe.adapter_overrides)
+    if recipe.method == "fusion":
+        from ..cache import locate
+        from ..defaults import model_id, resolve_model
+        from ..errors import UsageError
+        from ..fusion import resolve_fusion_config
+
+        resolve_fusion_config(recipe.fusion)
+        if len(recipe.fusion_adapters) < 2:
+            raise UsageError("a fusion needs at least two adapters")
+        seen = [s for s in recipe.fusion_adapters if recipe.fusion_adapters.count(s) > 1]
+        if seen:
+            raise UsageError(f"adapter {seen[0]!r} is named twice; a fusion combines different adapters")
+        base = model_id(resolve_model(recipe.model))
+        for spec in recipe.fusion_adapters:
+            if not locate(spec, base).is_dir():
+                raise UsageError(f"no adapter directory {spec}")
 
 
 def _run_name(recipe: Any) -> str:
@@ -124,7 +166,76 @@ def _run_name(recipe: Any) -> str:
 
     label = recipe.adapter if recipe.method == "adapter" and isinstance(recipe.adapter, str) else recipe.method
     label = re.sub(r"[^A-Za-z0-9_\-]", "_", Path(str(label)).stem)
+    if recipe.method == "fusion":
+        label = "fusion-" + "+".join(re.sub(r"[^A-Za-z0-9_\-]", "_", Path(a).name) for a in recipe.fusion_adapters)
     return f"{get_task(recipe.task).name}-{label}-s{recipe.seed}"
+
+
+@app.command(
+    "fuse",
+    epilog=(
+        "Examples:\n\n"
+        "  adapt fuse mnli qqp rte --target rte --data-dir glue/RTE\n\n"
+        "  adapt fuse ./adapters/sst2 ./adapters/mrpc AdapterHub/bert-base-uncased-pf-rte --target rte \\\n"
+        "      --model bert-base-uncased epochs=5 --export-adapterhub ./rte-fusion-ah"
+    ),
+)
+@handle_errors
+def fuse(
+    adapters: list[str] = typer.Argument(..., help="Member adapters: cache names (for --model), directories "
+                                         "(ours or AdapterHub's), then key=value recipe changes."),
+    target: str = typer.Option(..., "--target", "-t", help="The target task the fusion is trained on."),
+    model: str = typer.Option(None, "--model", "-m", help="Base model (default: minilm)."),
+    data_dir: str = typer.Option(None, "--data-dir", "-d", help="The target task's original files."),
+    recipe: str = typer.Option("fusion", "--recipe", "-r", help="Recipe (default: fusion, the paper's settings)."),
+    fusion: str = typer.Option(None, "--fusion-config", help="dynamic (default) or static."),
+    unfreeze_adapters: bool = typer.Option(False, "--unfreeze-adapters", help="Also train the member adapters."),
+    run_dir: Path = typer.Option(None, "--run-dir", help="Where the run is written."),
+    export_adapterhub: Path = typer.Option(None, "--export-adapterhub", help="Also write the best fusion and head "
+                                           "in AdapterHub's format to this directory."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not put the result into the cache."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
+) -> None:
+    """Train AdapterFusion over frozen adapters for a target task (Pfeiffer et al. 2021).
+
+    Per layer, a query/key/value attention over the members' outputs learns which adapters help the
+    target. The result (fusion + the target's head) goes into the cache under the target task.
+    """
+    from ..errors import UsageError
+    from ..presets import parse_overrides
+    from ..training.recipe import load_recipe
+
+    members = [a for a in adapters if "=" not in a]
+    changes = parse_overrides([a for a in adapters if "=" in a])
+    base = load_recipe(recipe)
+    flags = {"task": target, "method": "fusion", "fusion_adapters": members, "model": model, "data_dir": data_dir,
+             "fusion": fusion, "unfreeze_adapters": unfreeze_adapters or None}
+    resolved = base.updated({**{k: v for k, v in flags.items() if v is not None}, **changes})
+    _precheck(resolved)
+    run_dir = run_dir or Path("runs") / _run_name(resolved)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise UsageError(f"run directory {run_dir} already exists; pass --overwrite or --run-dir for a new one")
+        import shutil
+
+        shutil.rmtree(run_dir)
+    summary = _run(resolved, run_dir, False, no_cache, json_out, quiet)
+    if export_adapterhub is not None:
+        _export_adapterhub(resolved, run_dir, export_adapterhub, summary)
+
+
+def _export_adapterhub(recipe: Any, run_dir: Path, target: Path, summary: dict) -> None:
+    from ..cache import locate
+    from ..model import AdapterModel
+    from ..defaults import resolve_model
+
+    model = AdapterModel.from_pretrained(resolve_model(recipe.model))
+    for spec in recipe.fusion_adapters:
+        model.load_adapter(locate(spec, model.name_or_path), with_head=False)
+    name = model.load_fusion(run_dir / "best")
+    model.save_fusion(target, name, format="adapterhub", head=model.active_head)
 
 
 @app.command("extract", epilog="Example:\n\n  adapt extract runs/mrpc-pfeiffer-s42 --json")

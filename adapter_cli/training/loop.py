@@ -98,8 +98,8 @@ def environment(device: torch.device, world: int) -> dict[str, Any]:
     return env
 
 
-def build_model(recipe: Recipe, task: Any) -> tuple[Any, Any, str]:
-    """The model, its tokenizer and the adapter/head name, set up for the recipe's method."""
+def build_model(recipe: Recipe, task: Any) -> tuple[Any, Any, str, Any]:
+    """The model, its tokenizer, the adapter/head name and the composition to train, set up for the method."""
     from transformers import AutoTokenizer
 
     from ..defaults import resolve_model
@@ -117,17 +117,29 @@ def build_model(recipe: Recipe, task: Any) -> tuple[Any, Any, str]:
         head_kw["label2id"] = {label: i for i, label in enumerate(task.labels)}
     if task.kind == "multiple_choice":
         head_kw["num_choices"] = 2  # reshaped per batch; the stored value is only a default
+    active: Any = None
     if recipe.method == "adapter":
         model.add_adapter(name, recipe.adapter, recipe.adapter_overrides)
+        active = name
+    elif recipe.method == "fusion":
+        from ..cache import locate
+        from ..composition import Fuse
+
+        members = [model.load_adapter(locate(spec, model.name_or_path), with_head=False)
+                   for spec in recipe.fusion_adapters]
+        fusion = model.add_fusion(members, recipe.fusion)
+        active = Fuse(tuple(members))
     model.add_head(name, task.head_type, **head_kw)
     if recipe.method == "adapter":
         model.train_adapters([name], heads=[name])
+    elif recipe.method == "fusion":
+        model.train_adapters(members if recipe.unfreeze_adapters else [], fusions=[fusion], heads=[name])
     elif recipe.method == "head":
         model.train_adapters([], heads=[name])
     else:
         model.train_adapters([], heads=[name])
         model.base.requires_grad_(True)
-    return model, tokenizer, name
+    return model, tokenizer, name, active
 
 
 def evaluate(model: Any, data: Encoded, task: Any, batch_size: int, active: Any, device: torch.device,
@@ -170,14 +182,13 @@ def train(recipe: Recipe, run_dir: Path, resume: bool = False, reporter: Reporte
     train_examples = load_split(task, "train", recipe.data_dir, recipe.max_train_samples)
     eval_examples = load_split(task, "eval", recipe.data_dir, recipe.max_eval_samples)
 
-    model, tokenizer, name = build_model(recipe, task)
+    model, tokenizer, name, active = build_model(recipe, task)
     device = _device(recipe)
     model.to(device)
     autocast = _precision(recipe, device)
     pad_id = tokenizer.pad_token_id or 0
     train_data = encode(task, train_examples, tokenizer, recipe.max_length)
     eval_data = encode(task, eval_examples, tokenizer, recipe.max_length)
-    active = name if recipe.method == "adapter" else None
 
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() > 1]
@@ -268,6 +279,8 @@ def train(recipe: Recipe, run_dir: Path, resume: bool = False, reporter: Reporte
                 batch = {k: v.to(device) for k, v in batch.items()}
                 with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                     loss = wrapped(**batch, active=active).loss
+                    if recipe.method == "fusion" and recipe.fusion_reg_weight:
+                        loss = loss + recipe.fusion_reg_weight * model.fusion_regularization()
                 scaler.scale(loss / recipe.grad_accum).backward()
                 running_loss += float(loss.detach())
                 running_count += 1
@@ -354,6 +367,8 @@ def _save_best(model: Any, name: str, recipe: Recipe, run_dir: Path) -> None:
 
     if recipe.method == "adapter":
         model.save_adapter(run_dir / "best", name)
+    elif recipe.method == "fusion":
+        model.save_fusion(run_dir / "best", next(iter(model.fusions)), head=name)
     elif recipe.method == "head":
         model.save_head(run_dir / "best", name)
     else:

@@ -16,7 +16,7 @@ import yaml
 
 from ..errors import UsageError, suggest
 
-METHODS = ("adapter", "full", "head")
+METHODS = ("adapter", "full", "head", "fusion")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -28,6 +28,10 @@ class Recipe:
     adapter: Any = "pfeiffer"  # preset name, config file, or a mapping of config keys
     adapter_overrides: dict[str, Any] = field(default_factory=dict)
     name: str | None = None  # adapter/head name; default: the task name
+    fusion_adapters: list[str] = field(default_factory=list)  # method fusion: member adapters (dirs or cache names)
+    fusion: Any = "dynamic"  # fusion config: dynamic, static, or a mapping of its fields
+    fusion_reg_weight: float = 0.01  # weight of sum ||I - W_v||^2 in the loss
+    unfreeze_adapters: bool = False  # train the member adapters together with the fusion
     data_dir: str | None = None
     learning_rate: float = 1e-4
     epochs: int = 30
@@ -92,6 +96,13 @@ class Recipe:
             raise bad(f"seed must be an integer, got {self.seed!r}")
         if not isinstance(self.adapter_overrides, dict):
             raise bad("adapter_overrides must be a mapping")
+        if not isinstance(self.fusion_adapters, list) or not all(isinstance(a, str) for a in self.fusion_adapters):
+            raise bad("fusion_adapters must be a list of adapter directories or cache names")
+        if not isinstance(self.unfreeze_adapters, bool):
+            raise bad("unfreeze_adapters must be true or false")
+        if isinstance(self.fusion_reg_weight, bool) or not isinstance(self.fusion_reg_weight, (int, float)) \
+                or self.fusion_reg_weight < 0:
+            raise bad("fusion_reg_weight must be a non-negative number")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -1,0 +1,116 @@
+"""``adapt fuse``: AdapterFusion training over cached or directory adapters, and its bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from adapter_cli.cli import app
+from conftest import save_tiny_model, tiny_model, write_sentiment_task
+
+runner = CliRunner()
+FAST = ["epochs=2", "batch_size=16", "learning_rate=5e-3", "patience=null"]
+
+
+def one_line_error(result, code: int = 2) -> str:
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny model, a task, and three cached adapters: two Pfeiffer (a, b) and one Houlsby (h)."""
+    root = tmp_path_factory.mktemp("fuse")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ADAPT_CACHE", str(root / "cache"))
+    mp.chdir(root)
+    model = str(save_tiny_model(root / "tiny"))
+    task = str(write_sentiment_task(root / "task"))
+    for name, config in (("a", "pfeiffer"), ("b", "pfeiffer"), ("h", "houlsby")):
+        result = runner.invoke(app, ["train", "--task", task, "--model", model, "--name", name, "--config", config,
+                                     "--run-dir", f"r-{name}", "--quiet", *FAST])
+        assert result.exit_code == 0, result.stderr
+    yield {"root": root, "model": model, "task": task}
+    mp.undo()
+
+
+def test_fuse_trains_caches_and_infers(world) -> None:
+    result = runner.invoke(app, ["fuse", "a", "b", "--target", world["task"], "--model", world["model"], "--quiet",
+                                 "--json", "--run-dir", "fz", "--export-adapterhub", "fz-ah", *FAST])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["method"] == "fusion"
+    assert (Path("fz/best/fusion_config.json")).is_file() and (Path("fz/best/head_config.json")).is_file()
+    entry = next(e for e in json.loads(runner.invoke(app, ["cache", "ls", "--json"]).stdout) if e["id"] == "fz")
+    assert entry["kind"] == "fusion" and entry["task"] == "toy_sentiment"
+    cached = json.loads((Path(entry["path"]) / "entry.json").read_text())
+    assert cached["adapters"] == ["a", "b"]
+    # value matrices are trained but regularised towards the identity
+    state = torch.load("fz/checkpoint.pt", weights_only=True)["trainable"]
+    values = [v for k, v in state.items() if k.endswith("value.weight")]
+    assert values and all(float((torch.eye(v.shape[0]) - v).abs().max()) < 0.5 for v in values)
+    assert not any(k.startswith("adapters.") for k in state)  # members stay frozen
+    out = runner.invoke(app, ["infer", "-m", world["model"], "-a", "a", "-a", "b", "-f", "fz", "--active",
+                              "fuse(a,b)", "good film"])
+    assert out.exit_code == 0, out.stderr
+    info = json.loads(runner.invoke(app, ["inspect", "fz-ah", "--json"]).stdout)
+    assert info["format"] == "adapterhub" and info["adapters"] == ["a", "b"]
+
+
+def test_fusion_numerics_survive_the_round_trip(world) -> None:
+    from adapter_cli import AdapterModel
+    from adapter_cli.cache import locate
+
+    if not Path("fz").exists():
+        pytest.skip("needs test_fuse_trains_caches_and_infers")
+    outs = []
+    for fusion_dir in ("fz/best", "fz-ah"):
+        m = AdapterModel.from_pretrained(world["model"])
+        for name in ("a", "b"):
+            m.load_adapter(locate(name, m.name_or_path), with_head=False)
+        m.load_fusion(fusion_dir)
+        m.eval()
+        with torch.no_grad():
+            outs.append(m(input_ids=torch.tensor([[2, 5, 6, 3]]), active="fuse(a,b)").logits)
+    assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["a", "nosuch"], "no cached adapter 'nosuch'"),
+    (["a", "a"], "named twice"),
+    (["a"], "at least two adapters"),
+    (["a", "h"], "different placements"),
+])
+def test_bad_fusion_input(world, args, message) -> None:
+    result = runner.invoke(app, ["fuse", *args, "--target", world["task"], "--model", world["model"], "--quiet",
+                                 "--run-dir", "bad", *FAST])
+    assert message in one_line_error(result)
+    assert not Path("bad").exists()
+
+
+def test_target_must_be_a_task(world) -> None:
+    result = runner.invoke(app, ["fuse", "a", "b", "--target", "nottask", "--model", world["model"], "--quiet"])
+    assert "unknown task 'nottask'" in one_line_error(result)
+
+
+def test_adapters_from_another_base_model(world, tmp_path) -> None:
+    other = tiny_model(hidden_size=48)
+    other.add_adapter("z")
+    other.save_adapter(tmp_path / "z", "z")
+    result = runner.invoke(app, ["fuse", "a", str(tmp_path / "z"), "--target", world["task"], "--model",
+                                 world["model"], "--quiet", "--run-dir", "bad2", *FAST])
+    assert "hidden size 48" in one_line_error(result)
+    assert not Path("bad2").exists()
+
+
+def test_fusion_without_its_members(world) -> None:
+    if not Path("fz").exists():
+        pytest.skip("needs test_fuse_trains_caches_and_infers")
+    result = runner.invoke(app, ["infer", "-m", world["model"], "-a", "a", "-f", "fz", "--active", "fuse(a,b)", "x"])
+    assert "missing: b" in one_line_error(result)
