@@ -7,6 +7,9 @@ Written as strings in the API and the CLI::
     fuse(mnli,qqp,rte)                AdapterFusion over three adapters
     stack(lang_en,fuse(mnli,qqp,rte)) a language adapter below a fusion
     fuse(a,b,name=my_fusion)          a fusion saved under a custom name
+    average(a,b,weights=[0.7,0.3])    a weighted average of adapter outputs (weights normalised to sum 1)
+    batch_split(a,b,sizes=[2,3])      the first 2 rows of a batch through a, the next 3 through b
+    parallel(a,b)                     the whole batch through a and through b in one pass (one output each)
 
 Block names are case-insensitive and ``[ ]`` may replace ``( )``, so AdapterHub's printed form
 ``Stack[hb, pf]`` parses too. This module has no torch dependency.
@@ -66,7 +69,47 @@ class Block:
 @dataclass(frozen=True)
 class Stack(Block):
     kind: ClassVar[str] = "stack"
-    allowed_children: ClassVar[tuple[str, ...]] = ("adapter", "fuse")
+    allowed_children: ClassVar[tuple[str, ...]] = ("adapter", "fuse", "average", "batch_split")
+
+
+@dataclass(frozen=True)
+class Average(Block):
+    """out = sum_i w_i * out_i with sum_i w_i = 1 (AdapterHub divides by N once more; we do not)."""
+
+    weights: tuple[float, ...] | None = None
+    kind: ClassVar[str] = "average"
+    allowed_children: ClassVar[tuple[str, ...]] = ("adapter", "stack")
+    min_children: ClassVar[int] = 2
+
+    def normalized_weights(self) -> list[float]:
+        raw = list(self.weights) if self.weights else [1.0] * len(self.children)
+        total = sum(raw)
+        return [w / total for w in raw]
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"weights": "[" + ",".join(f"{w:g}" for w in self.weights) + "]"} if self.weights else {}
+
+
+@dataclass(frozen=True)
+class BatchSplit(Block):
+    """Rows of a batch in consecutive parts, each part through one child."""
+
+    sizes: tuple[int, ...] = ()
+    kind: ClassVar[str] = "batch_split"
+    allowed_children: ClassVar[tuple[str, ...]] = ("adapter", "stack", "average", "fuse")
+    min_children: ClassVar[int] = 2
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"sizes": "[" + ",".join(map(str, self.sizes)) + "]"}
+
+
+@dataclass(frozen=True)
+class Parallel(Block):
+    """The batch replicated once per child; each copy through one child; one output per child."""
+
+    kind: ClassVar[str] = "parallel"
+    allowed_children: ClassVar[tuple[str, ...]] = ("adapter", "stack", "average", "fuse")
+    min_children: ClassVar[int] = 2
 
 
 @dataclass(frozen=True)
@@ -93,12 +136,17 @@ Node = Union[str, Block]
 BLOCKS: dict[str, tuple[type[Block], tuple[str, ...]]] = {
     "stack": (Stack, ()),
     "fuse": (Fuse, ("name",)),
+    "average": (Average, ("weights",)),
+    "batch_split": (BatchSplit, ("sizes",)),
+    "batchsplit": (BatchSplit, ("sizes",)),
+    "parallel": (Parallel, ()),
 }
 
 
 # ==================================================================== parser
 
-_TOKEN = re.compile(rf"\s*(?:(?P<name>{NAME_PATTERN})|(?P<punct>[()\[\],=])|(?P<bad>\S))")
+_TOKEN = re.compile(rf"\s*(?:(?P<number>\d*\.\d+(?:[eE][-+]?\d+)?)|(?P<name>{NAME_PATTERN})|(?P<punct>[()\[\],=])"
+                    rf"|(?P<bad>\S))")
 
 
 def _tokenize(text: str) -> list[tuple[str, str, int]]:
@@ -109,7 +157,9 @@ def _tokenize(text: str) -> list[tuple[str, str, int]]:
                 f"malformed composition {text!r}: unexpected {m.group('bad')!r} at position {m.start('bad') + 1}"
                 " (adapter names use letters, digits, '_' and '-')"
             )
-        if m.group("name"):
+        if m.group("number"):
+            tokens.append(("number", m.group("number"), m.start("number")))
+        elif m.group("name"):
             tokens.append(("name", m.group("name"), m.start("name")))
         elif m.group("punct"):
             tokens.append(("punct", m.group("punct"), m.start("punct")))
@@ -167,7 +217,7 @@ class _Parser:
                         f"malformed composition {self.text!r}: {block}() takes no argument {child!r}"
                         + (f"; it accepts {', '.join(accepted)}" if accepted else "")
                     )
-                kwargs[child] = self.take(kind="name", expected=f"a value for {child}=")
+                kwargs[child] = self.value(child)
             else:
                 if kwargs:
                     raise self.error("keyword arguments after the adapters")
@@ -178,7 +228,29 @@ class _Parser:
                 continue
             break
         self.take(close, expected=f"',' or {close!r}")
-        return cls(tuple(children), **kwargs)
+        return _build(cls, tuple(children), kwargs, self.text)
+
+    def value(self, key: str) -> Any:
+        """A keyword value: a name, or a bracketed list of numbers such as [0.7,0.3]."""
+        tok = self.peek()
+        if tok is not None and tok[1] == "[":
+            self.pos += 1
+            items = []
+            while True:
+                tok = self.peek()
+                if tok is None or tok[0] not in ("name", "number"):
+                    raise self.error(f"a number in {key}=[...]")
+                try:
+                    items.append(float(tok[1]) if tok[0] == "number" or "." in tok[1] else int(tok[1]))
+                except ValueError:
+                    raise self.error(f"a number in {key}=[...]") from None
+                self.pos += 1
+                if self.peek() is not None and self.peek()[1] == ",":
+                    self.pos += 1
+                    continue
+                self.take("]", expected=f"',' or ']' to close {key}=[...]")
+                return tuple(items)
+        return self.take(kind="name", expected=f"a value for {key}=")
 
     def parse(self) -> Node:
         if not self.tokens:
@@ -187,6 +259,19 @@ class _Parser:
         if self.peek() is not None:
             raise self.error("the end of the composition")
         return node
+
+
+def _build(cls: type[Block], children: tuple[Node, ...], kwargs: dict[str, Any], text: str) -> Block:
+    if cls is Average and "weights" in kwargs:
+        if not isinstance(kwargs["weights"], tuple):
+            raise CompositionError(f"{text!r}: weights must be a list such as [0.7,0.3]")
+        return Average(children, weights=tuple(float(w) for w in kwargs["weights"]))
+    if cls is BatchSplit:
+        sizes = kwargs.get("sizes")
+        if not isinstance(sizes, tuple) or not all(isinstance(n, int) for n in sizes):
+            raise CompositionError(f"{text!r}: batch_split needs sizes=[n1,n2,...] with whole numbers of rows")
+        return BatchSplit(children, sizes=sizes)
+    return cls(children, **kwargs)
 
 
 def parse_composition(spec: Any) -> Block | None:
@@ -205,7 +290,16 @@ def parse_composition(spec: Any) -> Block | None:
         raise CompositionError(f"cannot read a composition from {type(spec).__name__}: use a string such as 'stack(a,b)'")
     block = node if isinstance(node, Block) else Stack((node,))
     validate(block)
+    _no_parallel_inside(block)
     return block
+
+
+def _no_parallel_inside(block: Block) -> None:
+    for child in block.children:
+        if isinstance(child, Parallel):
+            raise CompositionError(f"parallel() must be the outermost block, not inside {block.kind}() in {block}")
+        if isinstance(child, Block):
+            _no_parallel_inside(child)
 
 
 def _kind(node: Node) -> str:
@@ -225,9 +319,21 @@ def validate(block: Block, depth: int = 0) -> None:
             allowed = ", ".join(block.allowed_children)
             raise CompositionError(f"{child.kind}() cannot be nested inside {block.kind}() in {block}; "
                                    f"{block.kind}() may hold: {allowed}")
-        if depth + 1 > 1 and not isinstance(child, Stack):
+        if depth + 1 > 1 and not isinstance(child, Stack) and not isinstance(block, Parallel):
             raise CompositionError(f"{block} nests {child.kind}() too deeply; at most two levels of blocks")
         validate(child, depth + 1)
+    if isinstance(block, Average):
+        if block.weights is not None and (len(block.weights) != len(block.children) or min(block.weights) < 0
+                                          or sum(block.weights) <= 0):
+            raise CompositionError(f"{block}: give one non-negative weight per member ({len(block.children)}), "
+                                   "not all zero")
+    if isinstance(block, BatchSplit):
+        if len(block.sizes) != len(block.children) or min(block.sizes) < 1:
+            raise CompositionError(f"{block}: give one positive row count per member ({len(block.children)})")
+    if isinstance(block, Stack):
+        for child in block.children[:-1]:
+            if isinstance(child, BatchSplit):
+                raise CompositionError(f"batch_split() must be the last member of stack() in {block}")
     if isinstance(block, Fuse):
         names = block.leaves() if all(isinstance(c, str) for c in block.children) else \
             [c if isinstance(c, str) else c.last() for c in block.children]

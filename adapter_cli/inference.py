@@ -20,6 +20,7 @@ class Row:
     pair: str | None = None
     extra: dict[str, Any] | None = None
     label: Any = None
+    route: str | None = None  # the composition for this row (per-example routing)
 
 
 def rows_from_task(task: Any, data_dir: str | None) -> list[Row]:
@@ -54,7 +55,7 @@ def score(task: Any, model: Any, rows: list[Row], predictions: list[dict[str, An
 
 
 def read_rows(texts: list[str], input_path: str | None, text_column: str, pair_column: str | None,
-              label_column: str | None = None) -> list[Row]:
+              label_column: str | None = None, route_column: str | None = None) -> list[Row]:
     """Rows from arguments, a CSV/TSV/JSONL file, or stdin ('-'): one text per line."""
     if texts and input_path:
         raise UsageError("give texts as arguments or --input, not both")
@@ -87,15 +88,38 @@ def read_rows(texts: list[str], input_path: str | None, text_column: str, pair_c
         records = [{text_column: line} for line in text.splitlines() if line.strip()]
     if not records:
         raise UsageError(f"{path} holds no rows")
-    for column in (text_column, pair_column, label_column):
+    for column in (text_column, pair_column, label_column, route_column):
         if column is not None and column not in records[0]:
             raise UsageError(f"{path} has no column {column!r}; columns: {', '.join(map(str, records[0]))}")
     return [Row(str(r[text_column]), str(r[pair_column]) if pair_column else None, r,
-                r[label_column] if label_column else None) for r in records]
+                r[label_column] if label_column else None, str(r[route_column]) if route_column else None)
+            for r in records]
 
 
 def predict(model: Any, tokenizer: Any, rows: list[Row], active: Any = None, batch_size: int = 32,
             max_length: int = 128) -> Iterator[dict[str, Any]]:
+    """Predictions in row order. Rows with a ``route`` use that composition (validated up front), the
+    others ``active``; rows are batched per composition."""
+    routes = {r.route for r in rows if r.route is not None}
+    compositions = {route: model.resolve_composition(route) for route in sorted(routes)}
+    if not routes:
+        yield from _predict(model, tokenizer, rows, active, batch_size, max_length)
+        return
+    results: list[dict[str, Any] | None] = [None] * len(rows)
+    groups: dict[Any, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(row.route, []).append(i)
+    for route, indices in groups.items():
+        chosen = compositions[route] if route is not None else active
+        for i, out in zip(indices, _predict(model, tokenizer, [rows[i] for i in indices], chosen, batch_size,
+                                             max_length)):
+            out["active"] = str(chosen) if chosen is not None else None
+            results[i] = out
+    yield from (r for r in results if r is not None)
+
+
+def _predict(model: Any, tokenizer: Any, rows: list[Row], active: Any, batch_size: int,
+             max_length: int) -> Iterator[dict[str, Any]]:
     import torch
 
     if model.active_head is None:

@@ -43,6 +43,7 @@ class AdapterModelOutput(ModelOutput):
     pooler_output: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
+    branches: tuple[AdapterModelOutput, ...] | None = None  # parallel(...): one output per member
 
 
 @lru_cache(maxsize=256)
@@ -423,6 +424,10 @@ class AdapterModel(nn.Module):
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 active: Any = _UNSET, head: Any = _UNSET, **kwargs: Any) -> AdapterModelOutput:
         setup = self.active if active is _UNSET else self.resolve_composition(active)
+        from .composition import Parallel
+
+        if isinstance(setup, Parallel):
+            return self._parallel(setup, input_ids, attention_mask, token_type_ids, labels, head, kwargs)
         head_name = self.active_head if head is _UNSET else head
         if head_name is not None and head_name not in self.heads:
             raise UsageError(f"no head {head_name!r} is loaded")
@@ -458,6 +463,32 @@ class AdapterModel(nn.Module):
             if labels is not None:
                 result.loss = head_module.loss(result.logits, labels)
         return result
+
+    def _parallel(self, block: Any, input_ids: Any, attention_mask: Any, token_type_ids: Any, labels: Any,
+                  head: Any, kwargs: dict[str, Any]) -> AdapterModelOutput:
+        """parallel(a,b,...): the batch is replicated once per member and each copy goes through one member
+        (a batch split), so all members run in one forward pass. Each branch uses the head named like its
+        last adapter when there is one, else the active head."""
+        from .composition import BatchSplit
+
+        n, rows = len(block.children), input_ids.shape[0]
+        repeat = (lambda t: None if t is None else t.repeat(n, *([1] * (t.dim() - 1))))  # noqa: E731
+        split = BatchSplit(block.children, sizes=(rows,) * n)
+        whole = self.forward(input_ids=repeat(input_ids), attention_mask=repeat(attention_mask),
+                             token_type_ids=repeat(token_type_ids), active=split, head=None, **kwargs)
+        branches = []
+        for i, child in enumerate(block.children):
+            hidden = whole.last_hidden_state[i * rows:(i + 1) * rows]
+            last = child if isinstance(child, str) else child.last()
+            head_name = last if last in self.heads else (self.active_head if head is _UNSET else head)
+            branch = AdapterModelOutput(last_hidden_state=hidden)
+            if head_name is not None:
+                module = self.heads[head_name]
+                branch.logits = module.logits(hidden[:, 0])
+                if labels is not None:
+                    branch.loss = module.loss(branch.logits, labels)
+            branches.append(branch)
+        return AdapterModelOutput(last_hidden_state=whole.last_hidden_state, branches=tuple(branches))
 
     # ------------------------------------------------------------------ summaries
     def summary(self) -> dict[str, Any]:

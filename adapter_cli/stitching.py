@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .architectures import SiteSpec
-from .composition import Block, Fuse, Stack
+from .composition import Average, BatchSplit, Block, Fuse, Stack
 
 
 class ForwardContext:
@@ -96,6 +96,7 @@ class _State:
     residual: torch.Tensor | None = None
     up: torch.Tensor | None = None
     last: str | None = None
+    final: bool = False  # hidden is already the sub-layer output (a batch split closed each part itself)
 
 
 def _submodule(root: nn.Module, path: str) -> nn.Module:
@@ -150,6 +151,8 @@ class Site:
         if setup is None or h is None or x is None or self.context.leaves.isdisjoint(self.adapters):
             return self._original_ln_forward(summed)
         state = self._run(setup, _State(hidden=h, x=x, ln=self._original_ln_forward))
+        if state.final:
+            return state.hidden
         if state.last is None:  # nothing of the composition ran here
             return self._original_ln_forward(summed)
         return self.adapters[state.last].post_forward(state.hidden, h, x, self._original_ln_forward)
@@ -157,7 +160,57 @@ class Site:
     def _run(self, block: Block, state: _State) -> _State:
         if isinstance(block, Fuse):
             return self._fuse(block, state)
+        if isinstance(block, Average):
+            return self._average(block, state)
+        if isinstance(block, BatchSplit):
+            return self._batch_split(block, state)
         return self._stack(block, state)
+
+    def _present(self, child: Any) -> bool:
+        return child in self.adapters if isinstance(child, str) else not self.adapters.keys().isdisjoint(child.leaves())
+
+    def _average(self, block: Average, state: _State) -> _State:
+        """sum_i w_i * out_i over the members present here, weights renormalised to sum to 1."""
+        members = [(c, w) for c, w in zip(block.children, block.normalized_weights()) if self._present(c)]
+        if not members:
+            return state
+        leaves = [leaf for c, _ in members for leaf in ([c] if isinstance(c, str) else c.leaves())
+                  if leaf in self.adapters]
+        a, _, residual = self.adapters[leaves[0]].pre_forward(state.hidden, state.x, state.ln)
+        shared = replace(state, hidden=a, residual=residual)
+        total = sum(w for _, w in members)
+        mixed = None
+        for child, weight in members:
+            if isinstance(child, str):
+                out = self.adapters[child](a, residual)[0]
+            else:
+                out = self._run(child, replace(shared, up=None, last=None)).hidden
+            mixed = out * (weight / total) if mixed is None else mixed + out * (weight / total)
+        last = block.last() if block.last() in self.adapters else leaves[-1]
+        return replace(shared, hidden=mixed, last=last)
+
+    def _batch_split(self, block: BatchSplit, state: _State) -> _State:
+        """Consecutive rows through each member; every part is closed by its own member's add & norm."""
+        rows = state.hidden.shape[0]
+        if sum(block.sizes) != rows:
+            from .errors import CompositionError
+
+            raise CompositionError(f"{block}: the sizes add up to {sum(block.sizes)} rows but the batch has {rows}")
+        parts, start = [], 0
+        for child, size in zip(block.children, block.sizes):
+            rows_here = slice(start, start + size)
+            start += size
+            part = _State(hidden=state.hidden[rows_here], x=state.x[rows_here], ln=state.ln,
+                          residual=state.residual[rows_here] if state.residual is not None else None,
+                          last=state.last)
+            done = self._run(child if isinstance(child, Block) else Stack((child,)), part)
+            if done.final:
+                parts.append(done.hidden)
+            elif done.last is not None:
+                parts.append(self.adapters[done.last].post_forward(done.hidden, part.hidden, part.x, state.ln))
+            else:  # no member of this part lives here: the plain sub-layer
+                parts.append(state.ln(part.hidden + part.x))
+        return replace(state, hidden=torch.cat(parts, dim=0), final=True)
 
     def _stack(self, block: Stack, state: _State) -> _State:
         for child in block.children:

@@ -34,6 +34,8 @@ def infer(
     input_path: str = typer.Option(None, "--input", "-i", help="CSV, TSV, JSONL or text file; '-' reads stdin."),
     text_column: str = typer.Option("text", "--text-column", help="Column holding the text."),
     pair_column: str = typer.Option(None, "--pair-column", help="Column holding the second text of a pair."),
+    route_column: str = typer.Option(None, "--route-column", help="Column naming the adapter or composition for "
+                                     "each row (per-example routing), e.g. values 'sst2' or 'fuse(a,b)'."),
     label_column: str = typer.Option(None, "--label-column", help="Column with gold labels: report the task "
                                      "metrics (on stderr, and in --metrics)."),
     task: str = typer.Option(None, "--task", "-t", help="Task whose metrics and label names apply; without texts "
@@ -64,7 +66,7 @@ def infer(
     if spec is not None and not texts and input_path is None:
         rows = rows_from_task(spec, data_dir)
     else:
-        rows = read_rows(texts or [], input_path, text_column, pair_column, label_column)
+        rows = read_rows(texts or [], input_path, text_column, pair_column, label_column, route_column)
     from transformers import AutoTokenizer
 
     from ..defaults import resolve_model
