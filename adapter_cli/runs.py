@@ -44,7 +44,9 @@ def extract(run_dir: Path | str, overwrite: bool = True) -> Any:
     model = artifact.get("base_model", {}).get("name_or_path") or recipe.get("model")
     entry_id = re.sub(r"[^A-Za-z0-9_\-]", "_", run_dir.resolve().name)
     adapter = recipe.get("adapter")
-    info = {"name": artifact.get("name"), "task": final.get("task") or recipe.get("task"), "method": recipe.get("method"),
+    task_spec = str(recipe.get("task"))
+    info = {"name": artifact.get("name"), "task": final.get("task") or recipe.get("task"),
+            "task_source": str(Path(task_spec).resolve()) if task_spec.endswith((".yaml", ".yml")) else task_spec, "method": recipe.get("method"),
             "kind": {"adapter": "adapter", "fusion": "fusion"}.get(method, "head"),
             "adapters": artifact.get("adapters"), "fusion_adapters": recipe.get("fusion_adapters") or None,
             "config_name": adapter if isinstance(adapter, str) and recipe.get("method") == "adapter" else None,

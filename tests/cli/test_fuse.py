@@ -114,3 +114,24 @@ def test_fusion_without_its_members(world) -> None:
         pytest.skip("needs test_fuse_trains_caches_and_infers")
     result = runner.invoke(app, ["infer", "-m", world["model"], "-a", "a", "-f", "fz", "--active", "fuse(a,b)", "x"])
     assert "missing: b" in one_line_error(result)
+
+
+def test_inspect_activations_rows_sum_to_one(world) -> None:
+    if not Path("fz").exists():
+        pytest.skip("needs test_fuse_trains_caches_and_infers")
+    assert runner.invoke(app, ["fuse", "a", "b", "--target", world["task"], "--model", world["model"], "--quiet",
+                               "--run-dir", "fz2", "seed=3", *FAST]).exit_code == 0
+    result = runner.invoke(app, ["inspect-activations", "fz", "fz2", "--model", world["model"], "--out", "act",
+                                 "--json"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [r["fusion"] for r in data["results"]] == ["fz", "fz2"]
+    for r in data["results"]:
+        assert r["adapters"] == ["a", "b"] and len(r["layers"]) == 2
+        for layer in r["layers"]:
+            assert sum(layer["weights"]) == pytest.approx(1.0, abs=1e-6)
+            assert all(0.0 <= w <= 1.0 for w in layer["weights"])
+    assert {p.name for p in Path("act").iterdir()} == {"activations.png", "activations.csv", "activations.json"}
+    assert Path("act/activations.png").stat().st_size > 5000
+    table = runner.invoke(app, ["inspect-activations", "fz", "--model", world["model"]])
+    assert table.exit_code == 0 and "each row sums to 1" in table.stdout

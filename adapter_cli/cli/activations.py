@@ -1,0 +1,124 @@
+"""``adapt inspect-activations``: which adapters each fusion layer attends to (AdapterFusion Fig. 4/6)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ._common import emit_json, handle_errors, info, print_table
+from .app import app
+
+
+@app.command(
+    "inspect-activations",
+    epilog=(
+        "Examples:\n\n"
+        "  adapt inspect-activations rte-fusion --data-dir glue/RTE --out plots/\n\n"
+        "  adapt inspect-activations rte-fusion mrpc-fusion --data-dir rte=glue/RTE --data-dir mrpc=glue/MRPC "
+        "--out plots/ --json\n\n"
+        "  adapt inspect-activations ./my-fusion -a ./sst2 -a ./mrpc --task rte --data-dir glue/RTE"
+    ),
+)
+@handle_errors
+def inspect_activations(
+    fusions: list[str] = typer.Argument(..., help="Fusions: cache names (they know their members and target "
+                                        "task) or directories (then give -a and --task)."),
+    model: str = typer.Option("minilm", "--model", "-m", help="Base model (default: minilm)."),
+    adapters: list[str] = typer.Option(None, "--adapter", "-a", help="Member adapters for fusion directories."),
+    task: str = typer.Option(None, "--task", "-t", help="Task whose dev split is used (default: the fusion's "
+                             "target task)."),
+    data_dirs: list[str] = typer.Option(None, "--data-dir", "-d", help="The task's original files; with several "
+                                        "fusions, task=DIR per task."),
+    max_examples: int = typer.Option(None, "--max-examples", min=1, help="Use at most this many dev examples."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write activations.png, .csv and .json to this directory."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    json_out: bool = typer.Option(False, "--json", help="Print the mean weights as JSON on stdout."),
+) -> None:
+    """Mean AdapterFusion attention per layer and adapter on a task's dev split, as a heat map grid
+    (rows: target tasks, columns: adapters, one panel per layer), CSV/JSON and a terminal table."""
+    from ..errors import UsageError
+
+    dirs = _data_dirs(data_dirs or [])
+    from transformers import AutoTokenizer
+
+    from .. import cache
+    from ..activations import measure, plot
+    from ..defaults import resolve_model
+    from ..formats import read_fusion
+    from ..model import AdapterModel
+    from ..tasks import get_task
+    from ..tasks.loading import load_split
+    from ..training.data import encode
+    from ._common import quiet_libraries
+
+    quiet_libraries()
+    path = resolve_model(model)
+    info(f"loading {model} ...")
+    m = AdapterModel.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    loaded: set[str] = set()
+    results = []
+    for index, spec in enumerate(fusions):
+        location = cache.locate(spec, m.name_or_path)
+        artifact = read_fusion(location)
+        entry = json.loads((location / "entry.json").read_text()) if (location / "entry.json").is_file() else {}
+        member_specs = entry.get("fusion_adapters") or adapters or []
+        for member in member_specs:
+            name = json.loads((cache.locate(member, m.name_or_path) / "adapter_config.json").read_text()).get("name")
+            if name not in loaded and name in artifact.adapters:
+                m.load_adapter(cache.locate(member, m.name_or_path), with_head=False)
+                loaded.add(name)
+        target = task or entry.get("task_source") or entry.get("task")
+        if target is None:
+            raise UsageError(f"{spec}: give --task (a fusion directory does not say which task it was trained on)")
+        spec_task = get_task(target)
+        fusion_name = m.load_fusion(location, name=f"fusion{index}", with_head=False)
+        data_dir = dirs.get(spec_task.name, dirs.get(""))
+        examples = load_split(spec_task, "eval", data_dir, max_examples)
+        if spec_task.kind == "multiple_choice":
+            raise UsageError("multiple-choice targets are not supported by inspect-activations yet")
+        encoded = encode(spec_task, examples, tokenizer, 128)
+        info(f"{spec}: {len(examples)} {spec_task.name} dev examples")
+        result = measure(m, fusion_name, encoded, batch_size, tokenizer.pad_token_id or 0, spec_task.name)
+        result.fusion = spec
+        results.append(result)
+    rows = [r for result in results for r in result.rows()]
+    if out is not None:
+        _write(out, results, rows, plot)
+    if json_out:
+        emit_json({"results": [{"target": r.target, "fusion": r.fusion, "adapters": r.adapters,
+                                "layers": [{"placement": loc, "layer": layer, "weights": w}
+                                           for (loc, layer), w in sorted(r.weights.items())]} for r in results],
+                   "files": sorted(str(p) for p in out.iterdir()) if out is not None else []})
+        return
+    for r in results:
+        print_table(["layer", *r.adapters], [[f"{layer + 1}" + (" mh" if loc == "mh_adapter" else ""),
+                                              *(f"{w:.2f}" for w in ws)] for (loc, layer), ws in sorted(
+                                                  r.weights.items(), key=lambda kv: (kv[0][1], kv[0][0]))],
+                    title=f"{r.fusion} on {r.target} (mean fusion attention; each row sums to 1)")
+    if out is not None:
+        print(f"wrote {out / 'activations.png'}, activations.csv, activations.json")
+
+
+def _data_dirs(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        task, sep, path = item.partition("=")
+        out[task if sep else ""] = path if sep else item
+    return out
+
+
+def _write(out: Path, results: list, rows: list[dict], plot) -> None:
+    import csv
+
+    from ..fsutil import atomic_directory
+
+    with atomic_directory(out) as tmp:
+        with open(tmp / "activations.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        (tmp / "activations.json").write_text(json.dumps(rows, indent=1) + "\n")
+        plot(results, tmp / "activations.png")
