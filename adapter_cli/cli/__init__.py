@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import activations, add, infer, inspect, train  # noqa: F401  (registers the commands)
+from . import activations, add, infer, inspect, results, train  # noqa: F401  (registers the commands)
 from .app import app
 from .cache import cache_app
 from .recipes import recipes_app

@@ -40,11 +40,17 @@ def world(tmp_path_factory):
     mp.undo()
 
 
-def test_fuse_trains_caches_and_infers(world) -> None:
+@pytest.fixture(scope="module")
+def fused(world):
+    """A fusion of a and b trained on the task: run fz, cached as fz, exported to fz-ah."""
     result = runner.invoke(app, ["fuse", "a", "b", "--target", world["task"], "--model", world["model"], "--quiet",
                                  "--json", "--run-dir", "fz", "--export-adapterhub", "fz-ah", *FAST])
     assert result.exit_code == 0, result.stderr
-    summary = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+def test_fuse_trains_caches_and_infers(world, fused) -> None:
+    summary = fused
     assert summary["method"] == "fusion"
     assert (Path("fz/best/fusion_config.json")).is_file() and (Path("fz/best/head_config.json")).is_file()
     entry = next(e for e in json.loads(runner.invoke(app, ["cache", "ls", "--json"]).stdout) if e["id"] == "fz")
@@ -63,12 +69,9 @@ def test_fuse_trains_caches_and_infers(world) -> None:
     assert info["format"] == "adapterhub" and info["adapters"] == ["a", "b"]
 
 
-def test_fusion_numerics_survive_the_round_trip(world) -> None:
+def test_fusion_numerics_survive_the_round_trip(world, fused) -> None:
     from adapter_cli import AdapterModel
     from adapter_cli.cache import locate
-
-    if not Path("fz").exists():
-        pytest.skip("needs test_fuse_trains_caches_and_infers")
     outs = []
     for fusion_dir in ("fz/best", "fz-ah"):
         m = AdapterModel.from_pretrained(world["model"])
@@ -109,16 +112,12 @@ def test_adapters_from_another_base_model(world, tmp_path) -> None:
     assert not Path("bad2").exists()
 
 
-def test_fusion_without_its_members(world) -> None:
-    if not Path("fz").exists():
-        pytest.skip("needs test_fuse_trains_caches_and_infers")
+def test_fusion_without_its_members(world, fused) -> None:
     result = runner.invoke(app, ["infer", "-m", world["model"], "-a", "a", "-f", "fz", "--active", "fuse(a,b)", "x"])
     assert "missing: b" in one_line_error(result)
 
 
-def test_inspect_activations_rows_sum_to_one(world) -> None:
-    if not Path("fz").exists():
-        pytest.skip("needs test_fuse_trains_caches_and_infers")
+def test_inspect_activations_rows_sum_to_one(world, fused) -> None:
     assert runner.invoke(app, ["fuse", "a", "b", "--target", world["task"], "--model", world["model"], "--quiet",
                                "--run-dir", "fz2", "seed=3", *FAST]).exit_code == 0
     result = runner.invoke(app, ["inspect-activations", "fz", "fz2", "--model", world["model"], "--out", "act",
@@ -135,3 +134,17 @@ def test_inspect_activations_rows_sum_to_one(world) -> None:
     assert Path("act/activations.png").stat().st_size > 5000
     table = runner.invoke(app, ["inspect-activations", "fz", "--model", world["model"]])
     assert table.exit_code == 0 and "each row sums to 1" in table.stdout
+
+
+def test_results_table(world, fused) -> None:
+    runs = [str(p) for p in sorted(Path(".").glob("r-*"))] + ["fz"]
+    md = runner.invoke(app, ["results", *runs])
+    assert md.exit_code == 0, md.stderr
+    header = md.stdout.splitlines()[0]
+    assert header.startswith("| task | metric | adapter") and "fusion" in header and "adapter (houlsby)" in header
+    assert "(n=2)" in md.stdout  # a and b: two pfeiffer runs of the same task, averaged
+    data = json.loads(runner.invoke(app, ["results", *runs, "--format", "json"]).stdout)
+    cell = data["cells"]["toy_sentiment"]["adapter"]
+    values = [r["value"] for r in data["runs"] if r["method"] == "adapter"]
+    assert cell["n"] == 2 and cell["mean"] == pytest.approx(sum(values) / 2)
+    assert "not a finished adapt run" in one_line_error(runner.invoke(app, ["results", "."]))
