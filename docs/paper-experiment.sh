@@ -12,6 +12,7 @@ SEEDS=${SEEDS:-1}
 EPOCHS=${EPOCHS:-3}
 MODEL=${MODEL:-minilm}
 MAX_TRAIN=${MAX_TRAIN:-null}          # e.g. 2000 to cap the larger training sets on a CPU
+BASELINES=${BASELINES:-1}             # 0: skip the head-only and full fine-tuning runs
 OUT=${OUT:-out}
 export ADAPT_CACHE=${ADAPT_CACHE:-$OUT/cache}
 ADAPT=${ADAPT:-.venv/bin/adapt}
@@ -32,7 +33,7 @@ for seed in $SEEDS; do
       learning_rate=1e-3 max_train_samples=$MAX_TRAIN
   done
   for target in rte mrpc; do
-    for method in head full; do
+    for method in $([ "$BASELINES" = 1 ] && echo head full); do
       lr=$([ $method = full ] && echo 3e-5 || echo 3e-3)
       run "$OUT/runs/$target-$method-s$seed" "$ADAPT" train --task $target --data-dir "$GLUE/${DIR[$target]}" \
         --model "$MODEL" --method $method seed=$seed epochs=$EPOCHS patience=null learning_rate=$lr \
