@@ -121,3 +121,23 @@ def test_metrics() -> None:
     assert compute(["mcc"], [1, 0, 1, 0], [1, 0, 1, 0])["mcc"] == 1.0
     r = compute(["pearson", "spearman"], [0.1, 0.4, 0.35, 0.8], [0.0, 0.5, 0.3, 1.0])
     assert 0.9 < r["pearson"] <= 1 and r["spearman"] == 1.0
+
+
+def test_hub_code_path_with_a_local_dataset_folder(tmp_path) -> None:
+    """The Hub path goes through datasets.load_dataset, which also reads a local folder: same code, no network."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.csv").write_text("sentence,label\ngood,1\nbad,0\nfine,1\n")
+    (tmp_path / "data" / "validation.csv").write_text("sentence,label\nnice,1\n")
+    (tmp_path / "t.yaml").write_text(
+        "name: hubby\nkind: single\nlabels: [neg, pos]\nmetrics: [accuracy]\n"
+        f"hub: {{path: {tmp_path / 'data'}, train: train, eval: validation}}\n"
+        "columns: {text: sentence, label: label}\nlocal: {train: train.csv, eval: validation.csv}\n")
+    from adapter_cli.tasks import task_from_dict
+    import yaml
+
+    spec = task_from_dict(yaml.safe_load((tmp_path / "t.yaml").read_text()), "builtin-like")
+    from adapter_cli.tasks import loading
+
+    rows, columns, where = loading._read_hub(spec, "train")
+    assert len(rows) == 3 and columns["text"] == "sentence"
+    assert [e.label for e in [loading._example(spec, r, columns, where, i) for i, r in enumerate(rows)]] == [1, 0, 1]
