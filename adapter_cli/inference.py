@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -69,22 +66,15 @@ def read_rows(texts: list[str], input_path: str | None, text_column: str, pair_c
     path = Path(input_path)
     if not path.is_file():
         raise UsageError(f"input file {path} does not exist")
-    suffix = path.suffix.lower()
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from None
-    if suffix in (".jsonl", ".json"):
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise UsageError(f"{path}:{n} is not valid JSON") from None
-    elif suffix in (".csv", ".tsv"):
-        records = list(csv.DictReader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ","))
-    else:
+    if path.suffix.lower() in (".jsonl", ".json", ".csv", ".tsv", ".parquet"):
+        from .tasks.loading import read_table
+
+        records = read_table(path)
+    else:  # plain text: one row per line
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read {path}: {exc}") from None
         records = [{text_column: line} for line in text.splitlines() if line.strip()]
     if not records:
         raise UsageError(f"{path} holds no rows")

@@ -34,20 +34,24 @@ def recipes_root() -> Path:
     return Path(str(resources.files("adapter_cli.recipes")))
 
 
+def yaml_registry(folder: str, build: Any) -> dict[str, Any]:
+    """Entries built from ``recipes/<folder>/*.yaml``, by name and by alias; a name defined twice is a bug."""
+    table: dict[str, Any] = {}
+    for path in sorted((recipes_root() / folder).glob("*.yaml")):
+        entry = build(yaml.safe_load(path.read_text(encoding="utf-8")), str(path))
+        for key in (entry.name, *entry.aliases):
+            if key in table:
+                raise RuntimeError(f"{folder} name {key!r} is defined twice ({path})")
+            table[key] = entry
+    return table
+
+
 @lru_cache(maxsize=1)
 def adapter_presets() -> dict[str, Preset]:
     """Every preset by name and by alias."""
-    table: dict[str, Preset] = {}
-    for path in sorted((recipes_root() / "adapters").glob("*.yaml")):
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        preset = Preset(name=data["name"], aliases=tuple(data.get("aliases") or ()),
-                        description=data.get("description", ""), method=data.get("method", "bottleneck"),
-                        config=dict(data["config"]), path=str(path))
-        for key in (preset.name, *preset.aliases):
-            if key in table:
-                raise RuntimeError(f"preset name {key!r} is defined twice ({table[key].path}, {path})")
-            table[key] = preset
-    return table
+    return yaml_registry("adapters", lambda data, path: Preset(
+        name=data["name"], aliases=tuple(data.get("aliases") or ()), description=data.get("description", ""),
+        method=data.get("method", "bottleneck"), config=dict(data["config"]), path=path))
 
 
 def parse_value(text: str) -> Any:

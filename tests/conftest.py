@@ -102,3 +102,12 @@ def write_sentiment_task(root: Path, n_train: int = 96, n_eval: int = 48, seed: 
         "name: toy_sentiment\nkind: single\nlabels: [neg, pos]\nmetrics: [accuracy, f1]\n"
         f"columns: {{text: text, label: label}}\nlocal: {{train: train.{fmt}, eval: dev.{fmt}}}\n")
     return root / "task.yaml"
+
+
+def one_line_error(result, code: int = 2) -> str:
+    """A CLI result that failed with exactly one 'error: ...' line on stderr and nothing on stdout."""
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert result.stdout == ""
+    return lines[0]

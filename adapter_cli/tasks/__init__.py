@@ -94,16 +94,9 @@ def task_from_dict(data: dict[str, Any], source: str) -> TaskSpec:
 
 @lru_cache(maxsize=1)
 def builtin_tasks() -> dict[str, TaskSpec]:
-    from ..presets import recipes_root
+    from ..presets import yaml_registry
 
-    table: dict[str, TaskSpec] = {}
-    for path in sorted((recipes_root() / "tasks").glob("*.yaml")):
-        spec = task_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")), str(path))
-        for key in (spec.name, *spec.aliases):
-            if key in table:
-                raise RuntimeError(f"task name {key!r} is defined twice")
-            table[key] = spec
-    return table
+    return yaml_registry("tasks", task_from_dict)
 
 
 def get_task(name_or_path: str) -> TaskSpec:

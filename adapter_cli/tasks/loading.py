@@ -58,10 +58,11 @@ def _read_local(task: TaskSpec, split: str, data_dir: str | Path | None) -> tupl
         expected = ", ".join(str(local[s]) for s in ("train", "eval") if s in local)
         raise UsageError(f"{base} has no {split} file {local[split]} (task {task.name} expects {expected})")
     columns = dict(local.get("columns") or task.columns)
-    return _read_file(path, header=bool(local.get("header", True))), columns, str(path)
+    return read_table(path, header=bool(local.get("header", True))), columns, str(path)
 
 
-def _read_file(path: Path, header: bool) -> list[Any]:
+def read_table(path: Path, header: bool = True) -> list[Any]:
+    """Rows of a CSV/TSV (dicts, or lists without a header), JSONL or Parquet file."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from adapter_cli.cli import app
-from conftest import ROOT, tiny_model
+from conftest import one_line_error, ROOT, tiny_model
 
 runner = CliRunner()
 
@@ -19,12 +19,6 @@ def run(*args: str):
     return runner.invoke(app, list(args))
 
 
-def one_line_error(result, code: int = 2) -> str:
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert result.stdout == ""
-    return lines[0]
 
 
 @pytest.fixture

@@ -10,17 +10,12 @@ import torch
 from typer.testing import CliRunner
 
 from adapter_cli.cli import app
-from conftest import save_tiny_model, tiny_model, write_sentiment_task
+from conftest import one_line_error, save_tiny_model, tiny_model, write_sentiment_task
 
 runner = CliRunner()
 FAST = ["epochs=2", "batch_size=16", "learning_rate=5e-3", "patience=null"]
 
 
-def one_line_error(result, code: int = 2) -> str:
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

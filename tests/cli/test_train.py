@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from adapter_cli.cli import app
-from conftest import ROOT, save_tiny_model, write_sentiment_task
+from conftest import one_line_error, save_tiny_model, write_sentiment_task
 
 runner = CliRunner()
 FAST = ["epochs=3", "batch_size=16", "learning_rate=5e-3", "save_every_steps=2", "log_every_steps=2", "patience=null"]
@@ -32,11 +32,6 @@ def train(env, *args: str):
     return runner.invoke(app, ["train", "--task", env["task"], "--model", env["model"], "--quiet", *args])
 
 
-def one_line_error(result, code: int = 2) -> str:
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 def test_train_writes_a_complete_run_and_caches_it(env) -> None:
