@@ -302,10 +302,6 @@ def _no_parallel_inside(block: Block) -> None:
             _no_parallel_inside(child)
 
 
-def _kind(node: Node) -> str:
-    return "adapter" if isinstance(node, str) else node.kind
-
-
 def validate(block: Block, depth: int = 0) -> None:
     """Nesting rules: Stack holds adapters and Fuse; Fuse holds adapters and Stack; at most two levels
     of blocks below the top unless the deeper element is a Stack or an adapter (AdapterHub's rule)."""

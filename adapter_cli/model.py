@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -49,10 +48,6 @@ class AdapterModelOutput(ModelOutput):
 @lru_cache(maxsize=256)
 def _parse(spec: str) -> Block | None:
     return parse_composition(spec)
-
-
-def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
 
 
 class AdapterModel(nn.Module):
