@@ -225,8 +225,7 @@ class Site:
 
     def _fuse(self, block: Fuse, state: _State) -> _State:
         fusion = self.fusions.get(block.fusion_name)
-        present = [c for c in block.children
-                   if (c in self.adapters if isinstance(c, str) else not self.adapters.keys().isdisjoint(c.leaves()))]
+        present = [c for c in block.children if self._present(c)]
         if not present:
             return state
         # The last member's configuration prepares the shared input, the query and the residual.

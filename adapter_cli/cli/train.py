@@ -74,14 +74,7 @@ def train(
                  "name": name}
         resolved = base.updated({**{k: v for k, v in flags.items() if v is not None}, **changes})
         _precheck(resolved)
-        run_dir = run_dir or Path("runs") / _run_name(resolved)
-        if run_dir.exists() and any(run_dir.iterdir()):
-            if not overwrite:
-                raise UsageError(f"run directory {run_dir} already exists; pass --resume to continue it, "
-                                 "--overwrite to replace it, or --run-dir for a new one")
-            import shutil
-
-            shutil.rmtree(run_dir)
+        run_dir = _fresh_run_dir(run_dir or Path("runs") / _run_name(resolved), overwrite)
     _run(resolved, run_dir, resume, no_cache, json_out, quiet)
 
 
@@ -106,27 +99,25 @@ def _run(resolved: Any, run_dir: Path, resume: bool, no_cache: bool, json_out: b
     if "cache" in summary and resolved.method == "fusion":
         members = " ".join(f"-a {a}" for a in resolved.fusion_adapters)
         print(f"cached as {summary['cache']['id']}; next: adapt infer -m {resolved.model} {members} "
-              f"-f {summary['cache']['id']} --active 'fuse({','.join(_member_names(resolved))})' 'some text'")
+              f"-f {summary['cache']['id']} --active 'fuse({','.join(summary['fusion_members'])})' 'some text'")
     elif "cache" in summary:
         print(f"cached as {summary['cache']['id']}; next: adapt infer -m {resolved.model} -a {summary['cache']['id']} "
               "'some text'")
     return summary
 
 
-def _member_names(recipe: Any) -> list[str]:
-    import json
+def _fresh_run_dir(run_dir: Path, overwrite: bool) -> Path:
+    """A run directory to start in: an existing non-empty one only with --overwrite."""
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            from ..errors import UsageError
 
-    from ..cache import locate
-    from ..defaults import model_id, resolve_model
+            raise UsageError(f"run directory {run_dir} already exists; pass --resume to continue it, "
+                             "--overwrite to replace it, or --run-dir for a new one")
+        import shutil
 
-    names = []
-    for spec in recipe.fusion_adapters:
-        path = locate(spec, model_id(resolve_model(recipe.model)))
-        try:
-            names.append(json.loads((path / "adapter_config.json").read_text())["name"])
-        except (OSError, KeyError, ValueError):
-            names.append(Path(spec).name)
-    return names
+        shutil.rmtree(run_dir)
+    return run_dir
 
 
 def _precheck(recipe: Any) -> None:
@@ -203,7 +194,6 @@ def fuse(
     Per layer, a query/key/value attention over the members' outputs learns which adapters help the
     target. The result (fusion + the target's head) goes into the cache under the target task.
     """
-    from ..errors import UsageError
     from ..presets import parse_overrides
     from ..training.recipe import load_recipe
 
@@ -214,13 +204,7 @@ def fuse(
              "fusion": fusion, "unfreeze_adapters": unfreeze_adapters or None}
     resolved = base.updated({**{k: v for k, v in flags.items() if v is not None}, **changes})
     _precheck(resolved)
-    run_dir = run_dir or Path("runs") / _run_name(resolved)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise UsageError(f"run directory {run_dir} already exists; pass --overwrite or --run-dir for a new one")
-        import shutil
-
-        shutil.rmtree(run_dir)
+    run_dir = _fresh_run_dir(run_dir or Path("runs") / _run_name(resolved), overwrite)
     summary = _run(resolved, run_dir, False, no_cache, json_out, quiet)
     if export_adapterhub is not None:
         _export_adapterhub(resolved, run_dir, export_adapterhub, summary)

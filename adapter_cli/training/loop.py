@@ -344,6 +344,8 @@ def train(recipe: Recipe, run_dir: Path, resume: bool = False, reporter: Reporte
                "main_metric": task.main_metric, "best": best, "epochs_run": epoch, "steps": step,
                "stopped_early": stopped_early, "train_examples": len(train_data), "eval_examples": len(eval_data),
                "wall_time_s": round(wall, 2), "run_dir": str(run_dir)}
+    if recipe.method == "fusion":
+        summary["fusion_members"] = active.leaves()
     if main:
         _write_atomic(run_dir / "final_metrics.json", dump_json(summary))
         _set_status(run_dir, "completed", recipe, task.name, best=best)
