@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench browser clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ test: $(STAMP)
 # Speed/memory ratios, all from one run (GPU when there is one; a small shape on CPU).
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+# Debian's chromium for the explore-site browser test (tests/cli/test_hub.py); best effort: without it
+# that one test skips.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  timeout 600 sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium' \
+	  >/dev/null 2>&1; } || echo "note: no chromium; the browser test will be skipped"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

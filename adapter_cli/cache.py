@@ -27,6 +27,10 @@ from .fsutil import atomic_directory, dump_json
 ENTRY = "entry.json"
 
 
+class NotCached(UsageError):
+    """No cache entry of that name for this base model (there may be one in a registry)."""
+
+
 def cache_root() -> Path:
     if os.environ.get("ADAPT_CACHE"):
         return Path(os.environ["ADAPT_CACHE"]).expanduser()
@@ -66,7 +70,7 @@ class Entry:
         d = self.data
         return {"id": self.id, "name": self.name, "task": d.get("task"), "method": d.get("method"),
                 "config": d.get("config_name"), "base_model": self.model, "metrics": d.get("metrics"),
-                "kind": d.get("kind"), "created": d.get("created"), "path": str(self.path),
+                "main_metric": d.get("main_metric"), "kind": d.get("kind"), "created": d.get("created"), "path": str(self.path),
                 "bytes": sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())}
 
 
@@ -111,20 +115,23 @@ def verify(entry: Entry) -> None:
 def find(query: str, model_id: str) -> Entry:
     """The single entry for ``query`` (entry id, adapter name or task) cached for ``model_id``."""
     mine = entries(model_id)
-    exact = [e for e in mine if e.id == query]
+    exact = [e for e in mine if e.id == query] or \
+        [e for e in mine if query in (e.data.get("registry_id"), f"{e.data.get('registry_id')}:{e.data.get('version')}",
+                                      e.data.get("source"))]
     matches = exact or [e for e in mine if e.name == query] or [e for e in mine if e.data.get("task") == query]
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
         listed = ", ".join(e.id for e in matches)
         raise UsageError(f"cache name {query!r} is ambiguous for {model_id}: it matches {listed}; use one of these ids")
-    elsewhere = sorted({e.model for e in entries() if query in (e.id, e.name, e.data.get("task"))})
+    elsewhere = sorted({e.model for e in entries() if query in (e.id, e.name, e.data.get("task"),
+                                                                 e.data.get("registry_id"))})
     if elsewhere:
-        raise UsageError(f"adapter {query!r} is cached for {', '.join(elsewhere)}, not for {model_id}; "
+        raise NotCached(f"adapter {query!r} is cached for {', '.join(elsewhere)}, not for {model_id}; "
                          "it was trained on another base model")
     have = ", ".join(sorted(e.id for e in mine)) or "none"
-    raise UsageError(f"no cached adapter {query!r} for {model_id} (cached for this model: {have}); "
-                     "give a directory or train one with `adapt train`")
+    raise NotCached(f"no cached adapter {query!r} for {model_id} (cached for this model: {have}); "
+                    "give a directory, train one with `adapt train` or pull one with `adapt pull`")
 
 
 def remove(entry_id: str, model_id: str | None = None) -> list[Entry]:
@@ -136,13 +143,30 @@ def remove(entry_id: str, model_id: str | None = None) -> list[Entry]:
 
 
 def locate(spec: str, model_id: str) -> Path:
-    """An adapter or fusion given as a directory (ours or AdapterHub's) or as a cache name for ``model_id``;
-    a cached entry's files are checked against their sha256 first."""
+    """An adapter or fusion given as a directory (ours or AdapterHub's), a cache name for ``model_id``, or a
+    registry id / hf:// repo pulled on the fly when not cached; a cached entry's files are checked against
+    their sha256 first."""
     from .formats import ADAPTER_CONFIG, FUSION_CONFIGS, HEAD_CONFIG
 
+    from .hub.card import parse_query
+    from .hub.pull import ensure
+
     path = Path(spec)
-    if any((path / f).is_file() for f in (ADAPTER_CONFIG, *FUSION_CONFIGS, HEAD_CONFIG)) or "/" in spec:
+    if any((path / f).is_file() for f in (ADAPTER_CONFIG, *FUSION_CONFIGS, HEAD_CONFIG)):
         return path
-    entry = find(spec, model_id)
+    if "/" in spec and not spec.startswith("hf://"):
+        try:
+            parse_query(spec)
+            if path.exists():
+                return path  # a directory that happens to look like an id: the reader says what is wrong
+        except UsageError:
+            return path  # not an id like task/dataset@author: a missing directory, reported by the reader
+    try:
+        entry = find(spec, model_id)
+    except NotCached:
+        pulled = ensure(spec, model_id)  # from ADAPT_REGISTRY, or the hf:// repo it names
+        if pulled is None:
+            raise
+        return pulled
     verify(entry)
     return entry.path

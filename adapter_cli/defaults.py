@@ -52,3 +52,22 @@ def model_id(name_or_path: str) -> str:
     for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
         h.update(f"{f.name}:{f.stat().st_size}".encode())
     return f"local/{path.resolve().name}-{h.hexdigest()[:10]}"
+
+
+# Hub ids the Hugging Face Hub moved under an organisation; adapters made for either name are the same.
+LEGACY_IDS = {
+    "bert-base-uncased": "google-bert/bert-base-uncased", "bert-base-cased": "google-bert/bert-base-cased",
+    "bert-large-uncased": "google-bert/bert-large-uncased", "bert-base-multilingual-cased":
+    "google-bert/bert-base-multilingual-cased", "roberta-base": "FacebookAI/roberta-base",
+    "roberta-large": "FacebookAI/roberta-large", "xlm-roberta-base": "FacebookAI/xlm-roberta-base",
+    "xlm-roberta-large": "FacebookAI/xlm-roberta-large", "distilbert-base-uncased":
+    "distilbert/distilbert-base-uncased", "distilbert-base-cased": "distilbert/distilbert-base-cased",
+}
+
+
+def canonical_model_id(model: str) -> str:
+    """One name per base model for matching artifacts: legacy and moved Hub ids compare equal, and the
+    embedded MiniLM's names all mean its Hub id (AdapterHub's index missed renamed ids)."""
+    if model.lower() in EMBEDDED_NAMES:
+        return EMBEDDED_ID
+    return LEGACY_IDS.get(model, model)

@@ -35,7 +35,7 @@ def ls(model: str = typer.Option(None, "--model", "-m", help="Only adapters for 
     for e in found:
         metric = ""
         if e["metrics"]:
-            key = next(iter(e["metrics"]))
+            key = e["main_metric"] if e["main_metric"] in e["metrics"] else next(iter(e["metrics"]))
             metric = f"{key} {e['metrics'][key]:.4f}"
         rows.append([e["id"], e["task"] or "", e["config"] or e["method"] or "", e["base_model"], metric,
                      human_bytes(e["bytes"])])

@@ -4,6 +4,7 @@ registry); a user task is a YAML file of the same schema whose ``local`` files a
 Schema (see docs/tasks.md)::
 
     name, aliases, description
+    catalog: category/dataset     # where its adapters sit in the hub hierarchy (AdapterHub style, e.g. sentiment/sst-2)
     kind: single | pair | regression | multiple_choice
     labels: [...]                 # label names in id order (not for regression / multiple choice)
     metrics: [accuracy, f1, macro_f1, mcc, pearson, spearman]   # the first is the one early stopping uses
@@ -15,6 +16,7 @@ Schema (see docs/tasks.md)::
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -40,6 +42,7 @@ class TaskSpec:
     columns: dict[str, Any] = field(default_factory=dict)
     choices: dict[str, Any] | None = None
     local: dict[str, Any] | None = None
+    catalog: str = ""
     source: str = ""  # the YAML file it came from
 
     @property
@@ -62,7 +65,8 @@ class TaskSpec:
 
 
 def task_from_dict(data: dict[str, Any], source: str) -> TaskSpec:
-    known = {"name", "kind", "metrics", "description", "aliases", "labels", "hub", "columns", "choices", "local"}
+    known = {"name", "kind", "metrics", "description", "aliases", "labels", "hub", "columns", "choices", "local",
+             "catalog"}
     if not isinstance(data, dict):
         raise UsageError(f"task file {source} must hold a mapping")
     for key in data:
@@ -81,6 +85,9 @@ def task_from_dict(data: dict[str, Any], source: str) -> TaskSpec:
     labels = tuple(str(x) for x in data.get("labels") or ())
     if kind in ("single", "pair") and len(labels) < 2:
         raise UsageError(f"task {source}: a {kind} classification task needs 'labels' (at least two)")
+    catalog = data.get("catalog")
+    if catalog is not None and not re.fullmatch(r"[a-z0-9][a-z0-9_.\-]*/[a-z0-9][a-z0-9_.\-]*", str(catalog)):
+        raise UsageError(f"task {source}: catalog must look like category/dataset (lower case), got {catalog!r}")
     if kind == "multiple_choice" and not data.get("choices"):
         raise UsageError(f"task {source}: a multiple_choice task needs 'choices'")
     if kind != "multiple_choice" and "text" not in (data.get("columns") or {}) and \
@@ -89,7 +96,7 @@ def task_from_dict(data: dict[str, Any], source: str) -> TaskSpec:
     return TaskSpec(name=str(data["name"]), kind=kind, metrics=metrics, description=data.get("description", ""),
                     aliases=tuple(data.get("aliases") or ()), labels=labels, hub=data.get("hub"),
                     columns=dict(data.get("columns") or {}), choices=data.get("choices"),
-                    local=data.get("local"), source=source)
+                    local=data.get("local"), catalog=str(data.get("catalog") or ""), source=source)
 
 
 @lru_cache(maxsize=1)

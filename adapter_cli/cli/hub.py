@@ -1,0 +1,225 @@
+"""``adapt pack | publish | search | pull`` and ``adapt hub site | serve``: sharing adapters."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ._common import emit_json, handle_errors, human_bytes, info, print_table
+from .app import app
+
+hub_app = typer.Typer(help="Registries as websites and servers: `hub site`, `hub serve`.", no_args_is_help=True)
+
+REGISTRY_HELP = "A registry: a directory, an http(s):// base URL or hf://org/repo. Default: $ADAPT_REGISTRY."
+
+
+Author = typer.Option(None, "--author", help="Who made it; part of the id (task/dataset@author). Default: $ADAPT_AUTHOR.")
+Version = typer.Option("1", "--version", help="Version of this adapter; a published version never changes.")
+Catalog = typer.Option(None, "--catalog", help="Place in the hub: CATEGORY/DATASET (default: from the task, "
+                       "e.g. sst2 -> sentiment/sst-2).")
+Description = typer.Option("", "--description", help="One paragraph on what it does and how it was trained.")
+Citation = typer.Option("", "--citation", help="BibTeX to cite.")
+License = typer.Option(None, "--license", help="License of the weights (e.g. apache-2.0).")
+Url = typer.Option(None, "--url", help="A page about it (paper, code).")
+Model = typer.Option(None, "--model", "-m", help="Base model it was trained on, when the name is cached for several.")
+
+
+def _summary(card: Any, digest: str, path: Path) -> dict[str, Any]:
+    return {"id": card.id, "version": card.version, "name": card.name, "base_model": card.base_model.id,
+            "architecture": card.architecture, "reduction_factor": card.reduction_factor,
+            "archive": str(path), "sha256": digest, "bytes": path.stat().st_size, "files": sorted(card.files)}
+
+
+@app.command("pack", epilog="Examples:\n\n  adapt pack sst2 --author me\n\n"
+             "  adapt pack demo_topic --author me --catalog sts/topic-pairs -o dist/ --json")
+@handle_errors
+def pack(name: str = typer.Argument(..., help="A cached adapter (see adapt cache ls) or an adapter directory."),
+         output: Path = typer.Option(None, "--output", "-o", help="Archive file or directory (default: ./<id>.tar.gz)."),
+         model: str = Model, author: str = Author, version: str = Version, catalog: str = Catalog,
+         description: str = Description, citation: str = Citation, license: str = License, url: str = Url,
+         json_out: bool = typer.Option(False, "--json", help="Print a JSON object on stdout.")) -> None:
+    """Pack an adapter (weights, config, head) and its card into one verifiable .tar.gz.
+
+    The card records the id (task/dataset@author), version, base model and revision, architecture and
+    reduction factor, dev metrics, author, description, citation, license and the sha256 of every file.
+    """
+    from ..hub.pack import pack as do_pack
+
+    path, card, digest = do_pack(name, output, model=model, author=author, version=version, catalog=catalog,
+                                 description=description, citation=citation, license=license, url=url)
+    result = _summary(card, digest, path)
+    if json_out:
+        emit_json(result)
+        return
+    print(f"packed {card.id} v{card.version} ({card.base_model.id}) -> {path} "
+          f"({human_bytes(result['bytes'])}, sha256 {digest[:12]})")
+
+
+@app.command("publish", epilog="Examples:\n\n  adapt publish sst2 --author me --to ./hub\n\n"
+             "  adapt publish sentiment_sst-2@me-1.tar.gz --to https://adapters.example.org/hub\n\n"
+             "  adapt publish sst2 --author me --to hf://me/adapters")
+@handle_errors
+def publish(name: str = typer.Argument(..., help="A cached adapter, an adapter directory or a packed .tar.gz."),
+            to: str = typer.Option(..., "--to", help="The registry: a directory, an http(s):// URL or hf://org/repo."),
+            model: str = Model, author: str = Author, version: str = Version, catalog: str = Catalog,
+            description: str = Description, citation: str = Citation, license: str = License, url: str = Url,
+            force: bool = typer.Option(False, "--force", help="Replace a published version with other content."),
+            json_out: bool = typer.Option(False, "--json", help="Print a JSON object on stdout.")) -> None:
+    """Publish an adapter to a registry: its archive, then the index, atomically.
+
+    Racing publishers are safe: a directory registry takes a lock for the index update; an HTTP registry
+    uses conditional PUT (If-Match) and retries; an hf:// registry commits with a parent commit and retries.
+    """
+    import tempfile
+
+    from ..hub.archive import extract_archive, file_digest
+    from ..hub.pack import pack as do_pack
+    from ..hub.registry import open_registry
+
+    registry = open_registry(to)
+    with tempfile.TemporaryDirectory(prefix="adapt-publish-") as tmp:
+        if name.endswith((".tar.gz", ".tgz")) and Path(name).is_file():
+            archive = Path(name)
+            card = extract_archive(archive, Path(tmp), source=name).card  # publish only what verifies
+            digest = file_digest(archive)
+        else:
+            archive, card, digest = do_pack(name, Path(tmp), model=model, author=author, version=version,
+                                            catalog=catalog, description=description, citation=citation,
+                                            license=license, url=url)
+        done = registry.publish(archive, card, digest, force=force)
+    result = {**{k: v for k, v in done.record.items() if k in ("id", "version", "name", "archive", "sha256", "size")},
+              "base_model": card.base_model.id, "registry": to, "new": done.new, "url": registry.url_of(done.record)}
+    if json_out:
+        emit_json(result)
+        return
+    verb = "published" if done.new else "already published (same archive)"
+    print(f"{verb}: {card.id} v{card.version} ({card.base_model.id}) in {to}")
+    info(f"pull it with: adapt pull {card.id} --registry {to} --model {card.base_model.id}")
+
+
+@app.command("search", epilog="Examples:\n\n  adapt search --registry ./hub\n\n"
+             "  adapt search sentiment --model bert-base-uncased --arch pfeiffer\n\n"
+             "  adapt search --task nli --reduction-factor 16 --json")
+@handle_errors
+def search(query: str = typer.Argument(None, help="Free text: every word must appear in the id, name, task, "
+                                       "dataset, author, architecture, description or base model."),
+           registry: list[str] = typer.Option(None, "--registry", "-r", help=REGISTRY_HELP),
+           task: str = typer.Option(None, "--task", help="Task category, e.g. sentiment, nli, sts."),
+           dataset: str = typer.Option(None, "--dataset", help="Dataset, e.g. sst-2."),
+           model: str = typer.Option(None, "--model", "-m", help="Base model id (minilm for the embedded one)."),
+           architecture: str = typer.Option(None, "--arch", help="Adapter architecture: pfeiffer, houlsby, ..."),
+           reduction_factor: float = typer.Option(None, "--reduction-factor", help="Reduction factor, e.g. 16."),
+           author: str = typer.Option(None, "--author", help="Author (the part after @)."),
+           all_versions: bool = typer.Option(False, "--all-versions", help="List every version, not the latest."),
+           json_out: bool = typer.Option(False, "--json", help="Print a JSON list on stdout.")) -> None:
+    """Find adapters in registries by task, dataset, base model, architecture, reduction factor, author or text."""
+    from ..defaults import canonical_model_id
+    from ..errors import UsageError
+    from ..hub.registry import (
+        configured_registries,
+        latest,
+        open_registry,
+        search_records,
+    )
+
+    specs = configured_registries(registry)
+    if not specs:
+        raise UsageError("which registry? pass --registry DIR|URL|hf://org/repo (or set ADAPT_REGISTRY)")
+    found: list[dict[str, Any]] = []
+    for spec in specs:
+        records = open_registry(spec).read_index()["adapters"]
+        hits = search_records(records, query, task=task, dataset=dataset,
+                              model=canonical_model_id(model) if model else None, architecture=architecture,
+                              reduction_factor=reduction_factor, author=author)
+        hits = hits if all_versions else [r for r in hits if r in latest(hits)]
+        found.extend({**r, "registry": spec} for r in hits)
+    if json_out:
+        emit_json(found)
+        return
+    if not found:
+        print("no adapters match", file=sys.stderr)
+        raise typer.Exit(1)
+    rows = []
+    for r in found:
+        metrics = r.get("metrics") or {}
+        key = r.get("main_metric") or next(iter(metrics), None)
+        metric = f"{key} {metrics[key]:.3f}" if key in metrics else ""
+        rf = r.get("reduction_factor")
+        rows.append([r["id"], r["version"], r["base_model"]["id"], r.get("architecture") or "",
+                     f"{rf:g}" if isinstance(rf, (int, float)) else "", metric, human_bytes(r.get("size") or 0)])
+    print_table(["id", "version", "base model", "arch", "rf", "dev", "size"], rows)
+
+
+@app.command("pull", epilog="Examples:\n\n  adapt pull sentiment/sst-2@ukp --registry ./hub --model bert-base-uncased\n\n"
+             "  adapt pull sst --registry https://adapters.example.org/hub\n\n"
+             "  adapt pull hf://AdapterHub/bert-base-uncased-pf-mrpc\n\n  adapt pull ./sentiment_sst-2@me-1.tar.gz")
+@handle_errors
+def pull(adapter: str = typer.Argument(..., help="An id (task/dataset@author[:version]), an unambiguous part or "
+                                       "name prefix, an hf://org/repo, or a .tar.gz archive."),
+         registry: list[str] = typer.Option(None, "--registry", "-r", help=REGISTRY_HELP),
+         model: str = typer.Option(None, "--model", "-m", help="The base model you will use it with; an adapter "
+                                   "for another base model is refused."),
+         architecture: str = typer.Option(None, "--arch", help="The architecture, when the id is published in "
+                                          "several (e.g. pfeiffer and houlsby)."),
+         json_out: bool = typer.Option(False, "--json", help="Print a JSON object on stdout.")) -> None:
+    """Download an adapter, verify its sha256 and every file, and put it into the cache under its base model.
+
+    Commands that take an adapter (infer, fuse, inspect-activations) also pull on the fly from
+    $ADAPT_REGISTRY, or from an hf:// repo named directly.
+    """
+    from ..defaults import model_id, resolve_model
+    from ..hub.pull import pull as do_pull
+
+    entry = do_pull(adapter, model_id=model_id(resolve_model(model)) if model else None, registries=registry,
+                    architecture=architecture)
+    result = {"id": entry.id, "registry_id": entry.data.get("registry_id"), "version": entry.data.get("version"),
+              "name": entry.name, "base_model": entry.model, "path": str(entry.path), "source": entry.data.get("source")}
+    if json_out:
+        emit_json(result)
+        return
+    print(f"pulled {result['registry_id'] or adapter} v{result['version']} for {entry.model} into {entry.path}")
+    info(f"use it with: adapt infer --model {entry.model} -a {entry.id} \"some text\"")
+
+
+@hub_app.command("site", epilog="Examples:\n\n  adapt hub site ./hub -o site/\n\n"
+                 "  adapt hub site https://adapters.example.org/hub -o public/ --title 'Our adapters'")
+@handle_errors
+def site(registry: str = typer.Argument(..., help="The registry to describe: a directory, URL or hf://org/repo."),
+         output: Path = typer.Option(..., "--output", "-o", help="Directory to write the site into."),
+         title: str = typer.Option("Adapter hub", "--title", help="Title of the pages."),
+         json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout.")) -> None:
+    """Write a static explore website for a registry: task -> dataset -> adapters, filters by base model and
+    architecture, and one page per adapter with its metadata and the command that uses it. No server needed."""
+    from ..hub.registry import open_registry
+    from ..hub.site import build_site
+
+    reg = open_registry(registry)
+    result = build_site(reg, output, title=title)
+    if json_out:
+        emit_json(result)
+        return
+    print(f"wrote {result['pages']} pages for {result['adapters']} adapters to {result['index']}")
+
+
+@hub_app.command("serve", epilog="Examples:\n\n  adapt hub serve ./hub --port 8080\n\n"
+                 "  adapt hub serve ./hub --writable   # accept adapt publish --to http://...")
+@handle_errors
+def serve(directory: Path = typer.Argument(..., help="The registry directory to serve."),
+          host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+          port: int = typer.Option(8000, "--port", help="Port (0 picks a free one)."),
+          writable: bool = typer.Option(False, "--writable", help="Accept publishing with conditional PUT.")) -> None:
+    """Serve a registry directory over HTTP (for a lab or a CI cache). Ctrl-C stops it."""
+    from ..hub.http import make_server
+
+    server = make_server(directory, host, port, writable)
+    print(f"serving {directory} at http://{host}:{server.server_address[1]}"
+          + (" (writable)" if writable else ""), file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

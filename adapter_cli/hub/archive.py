@@ -1,0 +1,154 @@
+"""Adapter archives: one gzip'd tar holding the card and the artifact files, flat, nothing else.
+
+Writing is deterministic (sorted members, fixed owner and time), so the same adapter packs to the same
+bytes and the same sha256. Reading trusts nothing: every member must be a plain regular file with a plain
+name (no directories, ``..``, absolute paths, links or devices), sizes are bounded while reading (not only
+as declared), and every file must match the sha256 its card lists, with no file missing or extra.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import io
+import json
+import os
+import re
+import tarfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..cache import sha256 as file_digest
+from ..errors import ArtifactError
+from .card import CARD, Card
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+MAX_MEMBERS = 64
+
+
+def max_bytes() -> int:
+    """The largest unpacked archive accepted (ADAPT_MAX_ARCHIVE_MB, default 2048 MB): a bottleneck
+    adapter is a few MB, so anything near this is a mistake or an attack."""
+    return int(float(os.environ.get("ADAPT_MAX_ARCHIVE_MB", "2048")) * 1_000_000)
+
+
+def write_archive(directory: Path, card: Card, target: Path, skip: tuple[str, ...] = ()) -> str:
+    """Pack ``directory``'s files (but ``skip``) plus ``card``, with their hashes filled in, into ``target``;
+    return the archive's sha256.
+
+    ``target`` is written beside itself and renamed into place, so a reader never sees half an archive.
+    """
+    files = sorted(f for f in directory.iterdir() if f.is_file() and f.name != CARD and f.name not in skip)
+    for f in files:
+        if not SAFE_NAME.fullmatch(f.name):
+            raise ArtifactError(f"cannot pack {f}: file names must be plain ASCII names")
+    card.files = {f.name: {"sha256": file_digest(f), "size": f.stat().st_size} for f in files}
+    card_bytes = (json.dumps(card.to_dict(), indent=2, sort_keys=True) + "\n").encode()
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("wb") as raw:
+            # mtime=0 in the gzip header and fixed tar metadata: the same content gives the same bytes
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+                with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                    _add(tar, CARD, io.BytesIO(card_bytes), len(card_bytes))
+                    for f in files:
+                        with f.open("rb") as fh:
+                            _add(tar, f.name, fh, f.stat().st_size)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return file_digest(target)
+
+
+def _add(tar: tarfile.TarFile, name: str, fileobj: io.IOBase, size: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime, info.uid, info.gid, info.uname, info.gname = size, 0o644, 0, 0, 0, "", ""
+    tar.addfile(info, fileobj)
+
+
+@dataclass
+class Unpacked:
+    card: Card
+    directory: Path
+
+
+def extract_archive(archive: Path, into: Path, *, source: str | None = None) -> Unpacked:
+    """Unpack ``archive`` into the empty directory ``into`` after checking every member; verify every file.
+
+    Raises ArtifactError (one line, naming the archive) on anything unsafe or inconsistent; the caller
+    removes ``into`` then, so nothing half-checked is ever kept.
+    """
+    label = source or str(archive)
+    limit = max_bytes()
+    total = 0
+    seen: set[str] = set()
+    try:
+        with tarfile.open(archive, mode="r:gz") as tar:
+            for count, member in enumerate(iter(tar.next, None), start=1):
+                if count > MAX_MEMBERS:
+                    raise ArtifactError(f"refusing {label}: more than {MAX_MEMBERS} files")
+                _check_member(member, label)
+                if member.name in seen:
+                    raise ArtifactError(f"refusing {label}: {member.name} appears twice")
+                seen.add(member.name)
+                total += member.size
+                if total > limit:
+                    raise ArtifactError(f"refusing {label}: unpacks to more than {limit // 1_000_000} MB "
+                                        "(raise ADAPT_MAX_ARCHIVE_MB if this is expected)")
+                source_file = tar.extractfile(member)
+                assert source_file is not None  # a regular file, checked above
+                written = 0
+                with (into / member.name).open("xb") as out:
+                    for chunk in iter(functools.partial(source_file.read, 1 << 20), b""):
+                        written += len(chunk)
+                        if written > member.size:
+                            raise ArtifactError(f"refusing {label}: {member.name} is larger than declared")
+                        out.write(chunk)
+                if written != member.size:
+                    raise ArtifactError(f"refusing {label}: {member.name} is truncated")
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise ArtifactError(f"refusing {label}: not a readable adapter archive ({str(exc) or type(exc).__name__}); "
+                            "the download may be truncated or the file damaged") from None
+    if CARD not in seen:
+        raise ArtifactError(f"refusing {label}: it has no {CARD}")
+    try:
+        card = Card.from_dict(json.loads((into / CARD).read_text(encoding="utf-8")), f"{label}:{CARD}")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"refusing {label}: {CARD} is not valid JSON ({exc})") from None
+    listed = set(card.files)
+    present = seen - {CARD}
+    if listed != present:
+        extra, missing = sorted(present - listed), sorted(listed - present)
+        raise ArtifactError(f"refusing {label}: its files do not match its card "
+                            f"(unlisted: {', '.join(extra) or 'none'}; missing: {', '.join(missing) or 'none'})")
+    for name, meta in sorted(card.files.items()):
+        if file_digest(into / name) != meta.get("sha256"):
+            raise ArtifactError(f"refusing {label}: {name} does not match the sha256 in its card (tampered or damaged)")
+    return Unpacked(card, into)
+
+
+def _check_member(member: tarfile.TarInfo, label: str) -> None:
+    name = member.name
+    if member.issym() or member.islnk():
+        raise ArtifactError(f"refusing {label}: {name} is a link (archives may hold only plain files)")
+    if not member.isreg():
+        raise ArtifactError(f"refusing {label}: {name} is not a regular file (archives may hold only plain files)")
+    if name.startswith("/") or "\\" in name or ".." in name.split("/") or "/" in name:
+        raise ArtifactError(f"refusing {label}: unsafe path {name!r} (archives are flat; no directories or '..')")
+    if not SAFE_NAME.fullmatch(name):
+        raise ArtifactError(f"refusing {label}: unsafe file name {name!r}")
+
+
+def read_card(archive: Path) -> Card:
+    """The card of an archive without unpacking the rest (for `adapt publish ARCHIVE`); not yet verified."""
+    try:
+        with tarfile.open(archive, mode="r:gz") as tar:
+            member = tar.next()
+            if member is None or member.name != CARD or not member.isreg() or member.size > 1_000_000:
+                raise ArtifactError(f"{archive} is not an adapter archive: it does not start with {CARD}")
+            fh = tar.extractfile(member)
+            assert fh is not None
+            return Card.from_dict(json.loads(fh.read().decode("utf-8")), f"{archive}:{CARD}")
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{archive} is not a readable adapter archive ({exc})") from None

@@ -1,0 +1,141 @@
+"""The card of a shared adapter: what it is, what it was trained on and for which base model, who made it,
+and the sha256 of every file. One card travels inside each archive (``adapt-card.json``) and a copy of its
+searchable part sits in the registry index.
+
+Identifiers follow AdapterHub's hub: ``<task>/<dataset>@<author>``, e.g. ``sentiment/sst-2@ukp``, where the
+task is a category and the dataset the data the adapter was trained on.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import UsageError
+
+CARD = "adapt-card.json"
+CARD_FORMAT = "adapt.card"
+CARD_VERSION = 1
+
+_PART = r"[a-z0-9][a-z0-9_.\-]*"
+SLUG = re.compile(_PART)
+ID_RE = re.compile(rf"(?:(?P<task>{_PART})/)?(?P<dataset>{_PART})?(?:@(?P<author>{_PART}))?")
+VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,39}")
+
+
+def slug(text: str, what: str) -> str:
+    """A lower-case identifier part; anything else is refused rather than silently rewritten."""
+    value = str(text).strip().lower()
+    if not SLUG.fullmatch(value):
+        raise UsageError(f"{what} {text!r} must be lower-case letters, digits, '.', '_' or '-' "
+                         "(starting with a letter or digit)")
+    return value
+
+
+def format_id(task: str, dataset: str, author: str) -> str:
+    return f"{task}/{dataset}@{author}"
+
+
+@dataclass(frozen=True)
+class Query:
+    """A parsed identifier or name, possibly partial: ``sst-2``, ``sst-2@ukp``, ``sentiment/sst-2``..."""
+
+    text: str
+    task: str | None = None
+    dataset: str | None = None
+    author: str | None = None
+    version: str | None = None
+
+    @property
+    def structured(self) -> bool:
+        return bool(self.task or self.author)
+
+
+def parse_query(text: str) -> Query:
+    """Split ``task/dataset@author[:version]``; every part is optional but something must be given."""
+    raw = text.strip()
+    version = None
+    if ":" in raw:
+        raw, version = raw.rsplit(":", 1)
+        if not VERSION_RE.fullmatch(version):
+            raise UsageError(f"bad version {version!r} in {text!r}; write ID:VERSION, e.g. sentiment/sst-2@ukp:1")
+    m = ID_RE.fullmatch(raw.lower())
+    if not raw or not m or not (m["dataset"] or m["task"] or m["author"]):
+        raise UsageError(f"{text!r} is not an adapter identifier; write task/dataset@author "
+                         "(e.g. sentiment/sst-2@ukp), a part of it, or an adapter name")
+    return Query(text=raw.lower(), task=m["task"], dataset=m["dataset"], author=m["author"], version=version)
+
+
+@dataclass
+class BaseModelRef:
+    id: str
+    model_type: str
+    hidden_size: int
+    num_layers: int | None = None
+    revision: str | None = None
+
+
+@dataclass
+class Card:
+    name: str
+    task: str
+    dataset: str
+    author: str
+    version: str
+    base_model: BaseModelRef
+    kind: str = "task"                     # task | language (AdapterHub's text_task / text_lang)
+    method: str = "bottleneck"
+    architecture: str = "custom"           # the preset the config equals: pfeiffer, houlsby, ...
+    reduction_factor: float | None = None
+    non_linearity: str | None = None
+    parameters: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    head: dict[str, Any] | None = None     # {type, num_labels, labels} when a prediction head ships with it
+    metrics: dict[str, float] = field(default_factory=dict)
+    main_metric: str | None = None
+    description: str = ""
+    citation: str = ""
+    license: str | None = None
+    url: str | None = None
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)   # name -> {sha256, size}
+    created: str | None = None
+    adapt_version: str | None = None
+
+    @property
+    def id(self) -> str:
+        return format_id(self.task, self.dataset, self.author)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": CARD_FORMAT, "format_version": CARD_VERSION, "id": self.id, **asdict(self)}
+
+    def index_record(self) -> dict[str, Any]:
+        """What the registry index keeps: everything but the per-file hashes (the archive hash covers them)."""
+        record = self.to_dict()
+        for key in ("format", "format_version", "files", "config"):
+            record.pop(key)
+        return record
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str) -> Card:
+        if not isinstance(data, dict) or data.get("format") != CARD_FORMAT:
+            raise UsageError(f"{source} is not an adapter card ({CARD_FORMAT})")
+        if int(data.get("format_version", 0)) > CARD_VERSION:
+            raise UsageError(f"{source} was written by a newer adapt (card version {data['format_version']}); "
+                             "upgrade adapt")
+        try:
+            fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+            fields["base_model"] = BaseModelRef(**data["base_model"])
+            card = cls(**fields)
+        except (KeyError, TypeError) as exc:
+            raise UsageError(f"{source} is not a valid adapter card: {exc}") from None
+        for part, what in ((card.task, "task"), (card.dataset, "dataset"), (card.author, "author")):
+            slug(part, f"{source}: {what}")
+        if not VERSION_RE.fullmatch(card.version):
+            raise UsageError(f"{source}: bad version {card.version!r}")
+        return card
+
+
+def version_key(version: str) -> tuple[Any, ...]:
+    """Order versions naturally: 2 < 10, 1.2 < 1.10; text parts sort after numbers."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.\-_]", version))

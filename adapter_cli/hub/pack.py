@@ -1,0 +1,148 @@
+"""`adapt pack`: a cached adapter (or an adapter directory) and what is known about it, as one archive."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from .card import BaseModelRef, Card, slug
+
+
+def architecture_name(config: dict[str, Any]) -> str:
+    """The preset a configuration is an instance of (width and activation aside), as AdapterHub names it."""
+    from ..methods import config_from_dict
+    from ..presets import adapter_presets
+
+    free = {"reduction_factor", "bottleneck_size", "non_linearity", "init_weights", "init_weights_seed",
+            "dropout", "stochastic_depth", "kind"}
+
+    def shape(cfg: Any) -> dict[str, Any]:
+        return {k: v for k, v in cfg.to_dict().items() if k not in free}
+
+    mine = shape(config_from_dict(config))
+    for name, preset in sorted(adapter_presets().items()):
+        if name == preset.name and shape(config_from_dict(preset.config)) == mine:
+            return name
+    return "custom"
+
+
+def _catalog(entry_data: dict[str, Any]) -> str | None:
+    """The task's place in the hub hierarchy, from the built-in task or the task file it was trained on."""
+    from ..tasks import get_task
+
+    specs = [entry_data.get("task_source"), entry_data.get("task")]
+    recipe = Path(str(entry_data.get("run_dir") or "")) / "recipe.yaml"
+    if entry_data.get("run_dir") and recipe.is_file():
+        import yaml
+
+        specs.insert(1, (yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}).get("task"))
+    for spec in specs:
+        if not spec:
+            continue
+        try:
+            catalog = get_task(str(spec)).catalog
+        except UsageError:
+            continue
+        if catalog:
+            return catalog
+    return None
+
+
+def card_for(directory: Path, entry_data: dict[str, Any], *, author: str | None, version: str = "1",
+             catalog: str | None = None, description: str = "", citation: str = "", license: str | None = None,
+             url: str | None = None, kind: str | None = None) -> Card:
+    """A card for the adapter in ``directory`` (ours or AdapterHub's), with what the cache entry knows."""
+    from .. import __version__
+    from ..formats import has_head, read_adapter, read_head
+    from ..methods.bottleneck import BottleneckConfig
+
+    if (directory / "fusion_config.json").is_file() or (directory / "adapter_fusion_config.json").is_file():
+        raise UsageError(f"{directory} holds a fusion; only single adapters can be packed for now "
+                         "(pack each member adapter instead)")
+    if not (directory / "adapter_config.json").is_file():
+        raise UsageError(f"{directory} holds no adapter (a head-only run has nothing to share); "
+                         "pack an adapter from `adapt cache ls`")
+    artifact = read_adapter(directory)
+    author = author or os.environ.get("ADAPT_AUTHOR")
+    if not author:
+        raise UsageError("who made this adapter? pass --author NAME (or set ADAPT_AUTHOR); "
+                         "it becomes part of the id, as in sentiment/sst-2@ukp")
+    catalog = catalog or _catalog(entry_data)
+    if not catalog or "/" not in catalog:
+        task = entry_data.get("task") or artifact.name
+        raise UsageError(f"task {task!r} has no place in the hub hierarchy; pass --catalog CATEGORY/DATASET "
+                         "(e.g. sentiment/my-reviews) or add `catalog:` to its task file")
+    category, dataset = catalog.split("/", 1)
+    config: BottleneckConfig = artifact.config
+    config_dict = config.to_dict()
+    rf = config.reduction_factor if isinstance(config.reduction_factor, (int, float)) else None
+    if isinstance(config.bottleneck_size, int):
+        rf = artifact.base.hidden_size / config.bottleneck_size
+    head = None
+    if has_head(directory):
+        head_cfg = read_head(directory).config
+        labels = sorted((head_cfg.label2id or {}).items(), key=lambda kv: kv[1]) if getattr(head_cfg, "label2id", None) else []
+        head = {"type": head_cfg.head_type, "num_labels": head_cfg.num_labels, "labels": [k for k, _ in labels]}
+    raw = json.loads((directory / "adapter_config.json").read_text(encoding="utf-8"))
+    base_model = entry_data.get("base_model") or artifact.base.name_or_path
+    if not base_model:
+        raise UsageError(f"{directory} does not record its base model; load it into a model and save it again")
+    return Card(
+        name=artifact.name, task=slug(category, "catalog category"), dataset=slug(dataset, "catalog dataset"),
+        author=slug(author, "author"), version=str(version),
+        base_model=BaseModelRef(id=base_model, model_type=artifact.base.model_type,
+                                hidden_size=artifact.base.hidden_size, num_layers=artifact.base.num_layers,
+                                revision=artifact.base.revision),
+        kind=kind or config.kind, architecture=architecture_name(config_dict), reduction_factor=rf,
+        non_linearity=config.non_linearity, parameters=raw.get("parameters"), config=config_dict, head=head,
+        metrics=dict(entry_data.get("metrics") or {}), main_metric=entry_data.get("main_metric"),
+        description=description or "", citation=citation or "", license=license, url=url,
+        # when the adapter was made, not when it was packed: packing twice gives the same bytes
+        created=entry_data.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(
+            (directory / "adapter_config.json").stat().st_mtime)), adapt_version=__version__)
+
+
+def resolve_source(name: str, model: str | None) -> tuple[Path, dict[str, Any]]:
+    """A cache name (for ``model``, or the only base model it is cached for) or an adapter directory."""
+    from .. import cache
+    from ..defaults import model_id, resolve_model
+
+    path = Path(name)
+    if path.is_dir():
+        if (path / cache.ENTRY).is_file():
+            return path, json.loads((path / cache.ENTRY).read_text(encoding="utf-8"))
+        return path, {}
+    if model:
+        entry = cache.find(name, model_id(resolve_model(model)))
+    else:
+        found = [e for e in cache.entries() if name in (e.id, e.name, e.data.get("task"))]
+        models = sorted({e.model for e in found})
+        if len(models) > 1:
+            raise UsageError(f"{name!r} is cached for several base models ({', '.join(models)}); pass --model")
+        if not found:
+            raise UsageError(f"no cached adapter {name!r} and no such directory; see `adapt cache ls`")
+        entry = cache.find(name, models[0])
+    cache.verify(entry)
+    return entry.path, entry.data
+
+
+def pack(name: str, output: Path | None = None, *, model: str | None = None, **card_fields: Any) -> tuple[Path, Card, str]:
+    """Write the archive for ``name``; returns (path, card, sha256)."""
+    from .archive import write_archive
+
+    directory, entry_data = resolve_source(name, model)
+    card = card_for(directory, entry_data, **card_fields)
+    file_name = f"{card.task}_{card.dataset}@{card.author}-{card.version}.tar.gz"
+    if output is None:
+        output = Path(file_name)
+    elif not output.name.endswith((".tar.gz", ".tgz")):  # a directory to put it in
+        output = output / file_name
+    output.parent.mkdir(parents=True, exist_ok=True)
+    from ..cache import ENTRY
+
+    digest = write_archive(directory, card, output, skip=(ENTRY,))
+    return output, card, digest

@@ -1,0 +1,339 @@
+"""Registries: where shared adapters live. A registry is an ``index.json`` plus archives, reached as
+
+- a directory (``./hub``, ``file:///srv/hub``): publishing takes a lock file, writes the archive, then
+  replaces the index by rename, so readers never see half an index and racing publishers both land;
+- an HTTP(S) base URL (``https://example.org/hub``): read with GET; publishing uses PUT with
+  ``If-Match`` on the index's ETag and retries on 412, which any server with conditional writes
+  (``adapt hub serve --writable``, WebDAV, object stores) makes safe against racing publishers;
+- a Hugging Face repo (``hf://org/repo``, ``hf://datasets/org/repo``): see ``hub.hf``.
+
+Layout (all paths relative to the registry)::
+
+    index.json                              {"format": "adapt.registry", "adapters": [record, ...]}
+    archives/<author>/<task>_<dataset>_<model>_<version>-<sha8>.tar.gz
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import AdaptError, ArtifactError, UsageError
+from .card import Card, Query, parse_query, version_key
+
+INDEX = "index.json"
+INDEX_FORMAT = "adapt.registry"
+
+
+class RegistryError(AdaptError):
+    """A registry that cannot be reached or read (exit 1: the work failed, the input may be fine)."""
+
+
+class IndexConflict(Exception):
+    """Somebody else changed the index between our read and our write; read again and retry."""
+
+
+def empty_index() -> dict[str, Any]:
+    return {"format": INDEX_FORMAT, "format_version": 1, "adapters": []}
+
+
+def parse_index(raw: bytes, where: str) -> dict[str, Any]:
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RegistryError(f"the index of {where} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT or not isinstance(data.get("adapters"), list):
+        raise RegistryError(f"{where} does not hold an adapt registry index ({INDEX})")
+    return data
+
+
+def archive_path(card: Card, digest: str) -> str:
+    model = re.sub(r"[^A-Za-z0-9_.\-]", "-", card.base_model.id.replace("/", "--"))
+    return (f"archives/{card.author}/{card.task}_{card.dataset}_{model}_{card.architecture}_{card.version}"
+            f"-{digest[:8]}.tar.gz")
+
+
+def record_for(card: Card, digest: str, size: int) -> dict[str, Any]:
+    return {**card.index_record(), "archive": archive_path(card, digest), "sha256": digest, "size": size,
+            "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def add_record(index: dict[str, Any], record: dict[str, Any], force: bool) -> bool:
+    """Put ``record`` into ``index``; False if this exact archive is already there. A version is immutable:
+    publishing other bytes under the same id, base model and version is refused (unless ``force``)."""
+    same = [r for r in index["adapters"] if variant(r) == variant(record) and r.get("version") == record["version"]]
+    if any(r.get("sha256") == record["sha256"] for r in same):
+        return False
+    if same and not force:
+        raise UsageError(f"{record['id']} ({record.get('architecture')}) version {record['version']} for "
+                         f"{record['base_model']['id']} is already published with other content; publish a new "
+                         "--version (or --force to replace it)")
+    index["adapters"] = [r for r in index["adapters"] if r not in same] + [record]
+    index["updated"] = record["published"]
+    return True
+
+
+@dataclass
+class Published:
+    record: dict[str, Any]
+    registry: str
+    new: bool
+
+
+class Registry:
+    """What every kind of registry does; subclasses supply the storage."""
+
+    spec: str
+
+    def read_index(self) -> dict[str, Any]:
+        return self._read_index()[0]
+
+    def _read_index(self) -> tuple[dict[str, Any], Any]:
+        """The index and a token for conditional replacement (None if there is no index yet)."""
+        raise NotImplementedError
+
+    def fetch(self, record: dict[str, Any], dest: Path) -> None:
+        """Download ``record``'s archive to ``dest``, refusing more bytes than it declares."""
+        raise NotImplementedError
+
+    def url_of(self, record: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def publish(self, archive: Path, card: Card, digest: str, *, force: bool = False) -> Published:
+        record = record_for(card, digest, archive.stat().st_size)
+        return self._publish(archive, record, force)
+
+    def _publish(self, archive: Path, record: dict[str, Any], force: bool) -> Published:
+        raise NotImplementedError
+
+    def search(self, query: str | None = None, **filters: Any) -> list[dict[str, Any]]:
+        return search_records(self.read_index()["adapters"], query, **filters)
+
+
+class DirectoryRegistry(Registry):
+    def __init__(self, root: Path, spec: str) -> None:
+        self.root, self.spec = root, spec
+
+    def _read_index(self) -> tuple[dict[str, Any], Any]:
+        path = self.root / INDEX
+        if not path.is_file():
+            if not self.root.is_dir():
+                raise RegistryError(f"registry {self.spec} does not exist (no such directory)")
+            return empty_index(), None
+        return parse_index(path.read_bytes(), self.spec), None
+
+    def fetch(self, record: dict[str, Any], dest: Path) -> None:
+        source = self._inside(record["archive"])
+        if not source.is_file():
+            raise RegistryError(f"registry {self.spec} lists {record['archive']} but the file is missing")
+        copy_limited(source.open("rb"), dest, int(record.get("size") or 0), self.url_of(record))
+
+    def url_of(self, record: dict[str, Any]) -> str:
+        return str(self._inside(record["archive"]))
+
+    def _inside(self, relative: str) -> Path:
+        target = (self.root / relative).resolve()
+        if not target.is_relative_to(self.root.resolve()):
+            raise RegistryError(f"registry {self.spec} points outside itself ({relative}); refusing it")
+        return target
+
+    def _publish(self, archive: Path, record: dict[str, Any], force: bool) -> Published:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with _locked(self.root / ".lock", self.spec):
+            index, _ = self._read_index()
+            new = add_record(index, record, force)
+            if new:
+                target = self._inside(record["archive"])
+                target.parent.mkdir(parents=True, exist_ok=True)
+                _atomic_write(target, archive.read_bytes())
+                _atomic_write(self.root / INDEX, dump_index(index))
+        return Published(record, self.spec, new)
+
+
+def dump_index(index: dict[str, Any]) -> bytes:
+    index["adapters"].sort(key=lambda r: (r["id"], r["base_model"]["id"], version_key(r["version"])))
+    return (json.dumps(index, indent=1, sort_keys=True) + "\n").encode()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def _locked(lock_path: Path, spec: str, timeout: float = 60.0) -> Iterator[None]:
+    """An exclusive lock on the registry for one read-modify-write of its index (released if we die)."""
+    import fcntl
+
+    with lock_path.open("a") as fh:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RegistryError(f"registry {spec} stayed locked by another publisher for {timeout:.0f} s; "
+                                        "try again") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def copy_limited(source: Any, dest: Path, expected: int, label: str, progress: Any = None) -> None:
+    """Stream ``source`` into ``dest``; more bytes than ``expected`` or fewer are a failed download."""
+    from .archive import max_bytes
+
+    limit = expected or max_bytes()
+    written = 0
+    with source, dest.open("wb") as out:
+        for chunk in iter(lambda: source.read(1 << 20), b""):
+            written += len(chunk)
+            if written > limit:
+                raise ArtifactError(f"refusing {label}: larger than its declared {limit} bytes")
+            out.write(chunk)
+            if progress:
+                progress(len(chunk))
+    if expected and written != expected:
+        raise RegistryError(f"refusing {label}: got {written} of {expected} bytes (truncated download); "
+                            "nothing was kept, try again")
+
+
+# ------------------------------------------------------------------------------------------- search
+
+FILTERS = ("task", "dataset", "model", "architecture", "reduction_factor", "author", "kind")
+
+
+def search_records(records: list[dict[str, Any]], query: str | None = None, **filters: Any) -> list[dict[str, Any]]:
+    """Records matching every given filter (exact, case-insensitive; ``model`` also matches the end of an
+    id such as bert-base-uncased for google-bert/bert-base-uncased) and the free text, latest version first."""
+    def field(r: dict[str, Any], key: str) -> str:
+        value = r.get("base_model", {}).get("id") if key == "model" else r.get(key)
+        return "" if value is None else str(value).lower()
+
+    out = []
+    for r in records:
+        ok = True
+        for key, want in filters.items():
+            if want is None:
+                continue
+            have, want_s = field(r, key), str(want).lower()
+            if key == "reduction_factor":
+                ok = ok and have != "" and float(have) == float(want)
+            elif key == "model":
+                ok = ok and (have == want_s or have.endswith("/" + want_s) or want_s.endswith("/" + have))
+            else:
+                ok = ok and have == want_s
+        if ok and query:
+            text = " ".join(str(r.get(k) or "") for k in ("id", "name", "task", "dataset", "author", "description",
+                                                          "architecture")).lower() + " " + field(r, "model")
+            ok = all(word in text for word in query.lower().split())
+        if ok:
+            out.append(r)
+    out.sort(key=lambda r: version_key(r["version"]), reverse=True)
+    return sorted(out, key=variant)  # stable: newest version first
+
+
+def variant(record: dict[str, Any]) -> tuple[str, str, str]:
+    """What one adapter is, across its versions: the same id may exist for several base models and, as on
+    AdapterHub, in several architectures (sentiment/sst-2@ukp as pfeiffer and as houlsby)."""
+    return record["id"], record["base_model"]["id"], str(record.get("architecture"))
+
+
+def latest(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per variant: its highest version."""
+    best: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r in records:
+        key = variant(r)
+        if key not in best or version_key(r["version"]) > version_key(best[key]["version"]):
+            best[key] = r
+    return list(best.values())
+
+
+def resolve(records: list[dict[str, Any]], text: str, model_id: str | None, where: str,
+            architecture: str | None = None) -> dict[str, Any]:
+    """The one record ``text`` names (an id, part of one, or a name prefix) for ``model_id`` (and
+    ``architecture``, when the id exists in several).
+
+    A name matching several adapters lists them; one published only for other base models is refused
+    with those models named.
+    """
+    q: Query = parse_query(text)
+    if q.version:
+        records = [r for r in records if r.get("version") == q.version]
+    if architecture:
+        records = [r for r in records if str(r.get("architecture")).lower() == architecture.lower()]
+
+    def matches(r: dict[str, Any]) -> bool:
+        if q.structured or "@" in q.text:
+            return ((q.task is None or r["task"] == q.task) and (q.dataset is None or r["dataset"] == q.dataset)
+                    and (q.author is None or r["author"] == q.author))
+        return False
+
+    found = [r for r in records if matches(r)]
+    if not found and not q.structured:
+        name = q.text
+        exact = [r for r in records if name in (r["dataset"], str(r.get("name", "")).lower())]
+        found = exact or [r for r in records if r["dataset"].startswith(name) or
+                          str(r.get("name", "")).lower().startswith(name) or r["id"].startswith(name)]
+    if not found:
+        raise UsageError(f"no adapter {text!r} in {where}; try `adapt search` to see what it holds")
+    if model_id is not None:
+        mine = [r for r in found if same_model(r["base_model"]["id"], model_id)]
+        if not mine:
+            others = sorted({r["base_model"]["id"] for r in found})
+            raise UsageError(f"adapter {text!r} in {where} is published for {', '.join(others)}, not for {model_id}; "
+                             "adapters only work with the base model they were trained on")
+        found = mine
+    found = latest(found)
+    if len(found) > 1:
+        listed = ", ".join(f"{r['id']} ({r['base_model']['id']}, {r.get('architecture')})"
+                           for r in sorted(found, key=variant))
+        raise UsageError(f"{text!r} is ambiguous in {where}: it matches {listed}; give the full id, --model or --arch")
+    return found[0]
+
+
+def same_model(a: str, b: str) -> bool:
+    from ..defaults import canonical_model_id
+
+    return canonical_model_id(a) == canonical_model_id(b)
+
+
+# ------------------------------------------------------------------------------------------- opening
+
+def open_registry(spec: str) -> Registry:
+    from .http import HttpRegistry
+
+    if spec.startswith(("http://", "https://")):
+        return HttpRegistry(spec.rstrip("/"), spec)
+    if spec.startswith("hf://"):
+        from .hf import HfRegistry
+
+        return HfRegistry.from_spec(spec)
+    if spec.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        return DirectoryRegistry(Path(unquote(urlparse(spec).path)), spec)
+    if "://" in spec:
+        raise UsageError(f"unknown registry {spec!r}; use a directory, an http(s):// URL or hf://org/repo")
+    return DirectoryRegistry(Path(spec).expanduser(), spec)
+
+
+def configured_registries(explicit: list[str] | None = None) -> list[str]:
+    """Registries given on the command line, else those in ADAPT_REGISTRY (separated by spaces or commas)."""
+    if explicit:
+        return list(explicit)
+    return [s for s in re.split(r"[\s,]+", os.environ.get("ADAPT_REGISTRY", "")) if s]

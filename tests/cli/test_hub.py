@@ -1,0 +1,408 @@
+"""Sharing adapters end to end: pack, publish to a registry served over real loopback HTTP, search, pull
+into a fresh cache, identical outputs; and every refusal (tampering, traversal, links, truncation,
+another base model), with nothing left in the cache."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, one_line_error, save_tiny_model
+from typer.testing import CliRunner
+
+from adapter_cli.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny base model and a cache holding two trained-looking adapters with heads (Pfeiffer, Houlsby)."""
+    from adapter_cli import AdapterModel, cache
+    from adapter_cli.defaults import model_id
+
+    root = tmp_path_factory.mktemp("hub")
+    model_dir = save_tiny_model(root / "base")
+    m = AdapterModel.from_pretrained(model_dir)
+    g = torch.Generator().manual_seed(0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ADAPT_CACHE", str(root / "cache_a"))
+        for name, preset, task in (("sst2", "pfeiffer", "sst2"), ("mrpc", "houlsby", "mrpc")):
+            m.add_adapter(name, preset)
+            m.add_head(name, num_labels=2, label2id={"no": 0, "yes": 1})
+            with torch.no_grad():
+                for p in list(m.adapters[name].parameters()) + list(m.heads[name].parameters()):
+                    p.add_(torch.randn(p.shape, generator=g) * 0.1)
+            m.save_adapter(root / f"saved-{name}", name)
+            cache.put(root / f"saved-{name}", model_id=model_id(str(model_dir)), entry_id=f"{name}-run",
+                      info={"name": name, "task": task, "method": "adapter", "kind": "adapter",
+                            "config_name": preset, "metrics": {"accuracy": 0.875}, "main_metric": "accuracy"})
+    return {"root": root, "model": model_dir, "cache_a": root / "cache_a"}
+
+
+class _Server:
+    def __init__(self, directory: Path, handler: type | None = None, writable: bool = False) -> None:
+        from adapter_cli.hub.http import make_server
+
+        if handler is None:
+            self.httpd = make_server(directory, writable=writable)
+        else:
+            self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), lambda *a, **k: handler(*a, directory=str(directory), **k))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def registry(world, tmp_path, monkeypatch):
+    """Both adapters published from cache A into a directory registry, served over loopback HTTP."""
+    monkeypatch.setenv("ADAPT_CACHE", str(world["cache_a"]))
+    reg = tmp_path / "registry"
+    for name in ("sst2-run", "mrpc-run"):
+        r = runner.invoke(app, ["publish", name, "--to", str(reg), "--author", "ukp", "--license", "apache-2.0",
+                                "--json"])
+        assert r.exit_code == 0, r.stderr
+        assert json.loads(r.stdout)["new"] is True
+    server = _Server(reg)
+    monkeypatch.setenv("ADAPT_CACHE", str(tmp_path / "cache_b"))  # from here on: a fresh cache
+    yield {"dir": reg, "url": server.url, "cache_b": tmp_path / "cache_b"}
+    server.close()
+
+
+def _nothing_cached(cache_dir: Path) -> bool:
+    return not cache_dir.exists() or not any(p.is_file() for p in cache_dir.rglob("*"))
+
+
+def _infer(model: Path, adapter: str) -> list[dict]:
+    r = runner.invoke(app, ["infer", "--model", str(model), "-a", adapter, "good film", "the worst plot"])
+    assert r.exit_code == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines()]
+
+
+def test_publish_search_pull_over_http_gives_identical_outputs(world, registry, monkeypatch):
+    r = runner.invoke(app, ["search", "--registry", registry["url"], "--json"])
+    assert r.exit_code == 0, r.stderr
+    found = {x["id"]: x for x in json.loads(r.stdout)}
+    assert set(found) == {"sentiment/sst-2@ukp", "sts/mrpc@ukp"}
+    assert found["sts/mrpc@ukp"]["architecture"] == "houlsby"
+    assert found["sentiment/sst-2@ukp"]["reduction_factor"] == 16
+    assert found["sentiment/sst-2@ukp"]["license"] == "apache-2.0"
+
+    r = runner.invoke(app, ["pull", "sentiment/sst-2@ukp", "--registry", registry["url"], "--model",
+                            str(world["model"]), "--json"])
+    assert r.exit_code == 0, r.stderr
+    pulled = json.loads(r.stdout)
+    assert pulled["registry_id"] == "sentiment/sst-2@ukp" and str(registry["cache_b"]) in pulled["path"]
+
+    fresh = _infer(world["model"], "sentiment/sst-2@ukp")
+    monkeypatch.setenv("ADAPT_CACHE", str(world["cache_a"]))
+    original = _infer(world["model"], "sst2-run")
+    assert fresh == original
+    # and the weights are byte-identical
+    from safetensors.torch import load_file
+
+    a = load_file(Path(pulled["path"]) / "adapter_weights.safetensors")
+    b = load_file(world["root"] / "saved-sst2" / "adapter_weights.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_commands_pull_on_the_fly_from_ADAPT_REGISTRY(world, registry, monkeypatch):
+    monkeypatch.setenv("ADAPT_REGISTRY", registry["url"])
+    out = _infer(world["model"], "sts/mrpc@ukp:1")
+    assert len(out) == 2 and {"label", "score"} <= set(out[0])
+    r = runner.invoke(app, ["cache", "ls", "--json"])
+    assert [e["id"] for e in json.loads(r.stdout)] == ["sts--mrpc@ukp--houlsby"]
+
+
+def test_search_filters_prefixes_and_ambiguity(world, registry):
+    url = registry["url"]
+
+    def ids(*args: str) -> list[str]:
+        r = runner.invoke(app, ["search", "--registry", url, "--json", *args])
+        assert r.exit_code == 0, r.stderr
+        return [x["id"] for x in json.loads(r.stdout)]
+
+    assert ids("--arch", "houlsby") == ["sts/mrpc@ukp"]
+    assert ids("--task", "sentiment", "--reduction-factor", "16") == ["sentiment/sst-2@ukp"]
+    assert ids("--author", "someone-else") == []
+    assert ids("--dataset", "mrpc", "--model", str(world["model"])) == []  # a path is not the recorded model id
+    assert ids("mrpc ukp") == ["sts/mrpc@ukp"]
+    r = runner.invoke(app, ["search", "--registry", url, "--model", "bert-base-uncased"])
+    assert r.exit_code == 1  # nothing found is a failure for scripts, said on stderr
+    # a unique prefix of a name is enough; an ambiguous one lists the candidates
+    r = runner.invoke(app, ["pull", "ss", "--registry", url, "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["registry_id"] == "sentiment/sst-2@ukp"
+    msg = one_line_error(runner.invoke(app, ["pull", "@ukp", "--registry", url]))
+    assert "ambiguous" in msg and "sentiment/sst-2@ukp" in msg and "sts/mrpc@ukp" in msg
+
+
+def test_pull_refuses_an_adapter_for_another_base_model(world, registry, tmp_path):
+    other = save_tiny_model(tmp_path / "other", seed=3)  # same shapes, other weights: another base model
+    msg = one_line_error(runner.invoke(app, ["pull", "sentiment/sst-2@ukp", "--registry", registry["url"],
+                                             "--model", str(other)]))
+    assert "published for local/base-" in msg and "not for local/other-" in msg
+    assert _nothing_cached(registry["cache_b"])
+
+
+def _record(reg: Path, rid: str) -> dict:
+    return next(r for r in json.loads((reg / "index.json").read_text())["adapters"] if r["id"] == rid)
+
+
+def _point_record_at(reg: Path, rid: str, data: bytes) -> None:
+    """What a malicious or broken registry does: serve other bytes, with an index that vouches for them."""
+    import hashlib
+
+    index = json.loads((reg / "index.json").read_text())
+    for r in index["adapters"]:
+        if r["id"] == rid:
+            (reg / r["archive"]).write_bytes(data)
+            r["sha256"], r["size"] = hashlib.sha256(data).hexdigest(), len(data)
+    (reg / "index.json").write_text(json.dumps(index))
+
+
+def _tar(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def _file(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+def _pull_refused(registry: dict, world: dict, rid: str = "sentiment/sst-2@ukp") -> str:
+    msg = one_line_error(runner.invoke(app, ["pull", rid, "--registry", registry["url"], "--model",
+                                             str(world["model"])]))
+    assert _nothing_cached(registry["cache_b"])
+    return msg
+
+
+def test_a_tampered_archive_is_refused(world, registry):
+    path = registry["dir"] / _record(registry["dir"], "sentiment/sst-2@ukp")["archive"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))  # the index still has the honest sha256
+    assert "tampered" in _pull_refused(registry, world)
+
+
+def test_a_file_changed_inside_a_rebuilt_archive_is_refused(world, registry, tmp_path):
+    """Even when the index is rewritten to match, each file must match the sha256 in the card."""
+    path = registry["dir"] / _record(registry["dir"], "sentiment/sst-2@ukp")["archive"]
+    members = []
+    with tarfile.open(path) as tar:
+        for m in tar.getmembers():
+            data = tar.extractfile(m).read()
+            if m.name == "head_config.json":
+                data = data.replace(b'"yes"', b'"YES"')
+            members.append(_file(m.name, data))
+    _point_record_at(registry["dir"], "sentiment/sst-2@ukp", _tar(members))
+    msg = _pull_refused(registry, world)
+    assert "head_config.json does not match the sha256 in its card" in msg
+
+
+@pytest.mark.parametrize("evil, expected", [
+    ("../evil.json", "unsafe path"),
+    ("/tmp/evil.json", "unsafe path"),
+    ("sub/dir.json", "unsafe path"),
+    ("symlink", "is a link"),
+    ("hardlink", "is a link"),
+    ("fifo", "not a regular file"),
+])
+def test_archives_with_paths_links_or_devices_are_refused(world, registry, tmp_path, evil, expected):
+    path = registry["dir"] / _record(registry["dir"], "sentiment/sst-2@ukp")["archive"]
+    with tarfile.open(path) as tar:
+        members = [_file(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    if evil in ("symlink", "hardlink", "fifo"):
+        info = tarfile.TarInfo("adapter_weights2.safetensors")
+        info.type = {"symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE, "fifo": tarfile.FIFOTYPE}[evil]
+        info.linkname = "/etc/passwd"
+        members.insert(1, (info, None))
+    else:
+        members.insert(1, _file(evil, b"{}"))
+    _point_record_at(registry["dir"], "sentiment/sst-2@ukp", _tar(members))
+    assert expected in _pull_refused(registry, world)
+    assert not (tmp_path / "evil.json").exists() and not Path("/tmp/evil.json").exists()
+
+
+def test_an_oversized_archive_is_refused(world, registry, monkeypatch):
+    monkeypatch.setenv("ADAPT_MAX_ARCHIVE_MB", "0.01")  # 10 kB: smaller than the adapter
+    assert "unpacks to more than" in _pull_refused(registry, world)
+
+
+class _Truncating(SimpleHTTPRequestHandler):
+    """Announces the whole archive, sends half of it and hangs up."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def copyfile(self, source, outputfile) -> None:
+        if self.path.endswith(".tar.gz"):
+            data = source.read()
+            outputfile.write(data[: len(data) // 2])
+            self.close_connection = True
+        else:
+            super().copyfile(source, outputfile)
+
+
+def test_a_truncated_download_is_refused(world, registry):
+    server = _Server(registry["dir"], handler=_Truncating)
+    try:
+        msg = one_line_error(runner.invoke(app, ["pull", "sentiment/sst-2@ukp", "--registry", server.url,
+                                                 "--model", str(world["model"])]), code=1)
+    finally:
+        server.close()
+    assert "broke off" in msg or "truncated" in msg
+    assert _nothing_cached(registry["cache_b"])
+
+
+def test_a_truncated_archive_file_is_refused(world, registry):
+    path = registry["dir"] / _record(registry["dir"], "sentiment/sst-2@ukp")["archive"]
+    _point_record_at(registry["dir"], "sentiment/sst-2@ukp", path.read_bytes()[:3000])
+    assert "truncated" in _pull_refused(registry, world)
+
+
+def _archives(world: dict, out: Path, n: int) -> list[Path]:
+    """n distinct archives (versions 1..n of one adapter) packed from cache A."""
+    from adapter_cli.hub.pack import pack
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ADAPT_CACHE", str(world["cache_a"]))
+        return [pack("sst2-run", out, author="lab", version=str(i))[0] for i in range(1, n + 1)]
+
+
+def test_concurrent_publishers_to_a_directory_all_land(world, tmp_path):
+    archives = _archives(world, tmp_path / "dist", 6)
+    reg = tmp_path / "shared-registry"
+    procs = [subprocess.Popen([sys.executable, "-m", "adapter_cli", "publish", str(a), "--to", str(reg)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for a in archives]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err.decode()
+    index = json.loads((reg / "index.json").read_text())
+    assert sorted(r["version"] for r in index["adapters"]) == [str(i) for i in range(1, 7)]
+    for r in index["adapters"]:
+        assert (reg / r["archive"]).is_file()
+    assert not [p for p in reg.iterdir() if ".tmp-" in p.name]
+
+
+def test_concurrent_publishers_over_http_all_land(world, tmp_path):
+    from adapter_cli.hub.archive import file_digest, read_card
+    from adapter_cli.hub.registry import open_registry
+
+    archives = _archives(world, tmp_path / "dist", 8)
+    reg = tmp_path / "http-registry"
+    reg.mkdir()
+    server = _Server(reg, writable=True)
+    errors: list[BaseException] = []
+
+    def publish(a: Path) -> None:
+        try:
+            open_registry(server.url).publish(a, read_card(a), file_digest(a))
+        except BaseException as exc:  # collected and re-raised in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publish, args=(a,)) for a in archives]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    server.close()
+    assert not errors, errors
+    index = json.loads((reg / "index.json").read_text())
+    assert sorted(int(r["version"]) for r in index["adapters"]) == list(range(1, 9))
+
+
+def test_a_read_only_http_registry_refuses_publishing(world, registry, monkeypatch):
+    monkeypatch.setenv("ADAPT_CACHE", str(world["cache_a"]))
+    msg = one_line_error(runner.invoke(app, ["publish", "sst2-run", "--author", "x", "--to", registry["url"]]), code=1)
+    assert "HTTP 501" in msg or "HTTP 405" in msg
+
+
+def test_a_published_version_is_immutable(world, registry, monkeypatch):
+    monkeypatch.setenv("ADAPT_CACHE", str(world["cache_a"]))
+    again = runner.invoke(app, ["publish", "sst2-run", "--to", str(registry["dir"]), "--author", "ukp",
+                                "--license", "apache-2.0", "--json"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["new"] is False  # same bytes: nothing to do
+    msg = one_line_error(runner.invoke(app, ["publish", "sst2-run", "--to", str(registry["dir"]), "--author", "ukp",
+                                             "--description", "changed"]))
+    assert "already published with other content" in msg
+
+
+def test_pack_needs_an_author_and_a_catalog(world, tmp_path, monkeypatch):
+    monkeypatch.setenv("ADAPT_CACHE", str(world["cache_a"]))
+    monkeypatch.delenv("ADAPT_AUTHOR", raising=False)
+    assert "--author" in one_line_error(runner.invoke(app, ["pack", "sst2-run", "-o", str(tmp_path)]))
+    r = runner.invoke(app, ["pack", "sst2-run", "-o", str(tmp_path), "--author", "Not Valid"])
+    assert "lower-case" in one_line_error(r)
+    assert not list(tmp_path.glob("*.tar.gz"))
+    r = runner.invoke(app, ["pack", "sst2-run", "-o", str(tmp_path / "a.tar.gz"), "--author", "me", "--json"])
+    first = json.loads(r.stdout)
+    r = runner.invoke(app, ["pack", "sst2-run", "-o", str(tmp_path / "b.tar.gz"), "--author", "me", "--json"])
+    assert json.loads(r.stdout)["sha256"] == first["sha256"]  # packing is deterministic
+    assert first["files"] == ["adapter_config.json", "adapter_weights.safetensors", "head_config.json",
+                              "head_weights.safetensors"]
+
+
+def _site(registry: dict, tmp_path: Path) -> Path:
+    out = tmp_path / "site"
+    r = runner.invoke(app, ["hub", "site", registry["url"], "-o", str(out), "--json"])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout) == {"index": str(out / "index.html"), "pages": 3, "adapters": 2, "tasks": 2}
+    return out
+
+
+def test_the_explore_site_has_the_hierarchy_and_a_page_per_adapter(world, registry, tmp_path):
+
+
+    out = _site(registry, tmp_path)
+    index = (out / "index.html").read_text()
+    # task -> dataset -> adapters
+    assert re.search(r'<section class="task" id="task-sentiment">.*?<div class="dataset" id="ds-sentiment-sst-2">'
+                     r'.*?sentiment/sst-2@ukp', index, re.DOTALL)
+    assert re.search(r'id="task-sts">.*?id="ds-sts-mrpc">.*?sts/mrpc@ukp', index, re.DOTALL)
+    assert 'data-arch="houlsby"' in index and 'data-arch="pfeiffer"' in index
+    links = re.findall(r'href="(adapters/[^"]+)"', index)
+    assert len(links) == 2 and all((out / link).is_file() for link in links)
+    page = (out / links[0]).read_text()
+    rec = _record(registry["dir"], "sentiment/sst-2@ukp")
+    assert "-a sentiment/sst-2@ukp:1" in page and rec["sha256"] in page and "apache-2.0" in page
+    assert f"ADAPT_REGISTRY={registry['url']} adapt infer --model {rec['base_model']['id']}" in page
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--hide-scrollbars", "--virtual-time-budget=2000"]
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium (apt-get install chromium) for the browser test")
+def test_the_explore_site_filters_in_a_real_browser(world, registry, tmp_path):
+    out = _site(registry, tmp_path)
+    url = (out / "index.html").as_uri() + "?arch=houlsby"
+    dom = subprocess.run([_chromium(), *CHROME_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert 'id="count">1 adapter<' in dom  # the script ran and counted what the filter leaves
+    rows = {m.group(2): "hidden" in m.group(1) for m in
+            re.finditer(r'<tr class="adapter"([^>]*)>.*?>((?:sentiment|sts)/[^<]+)</a>', dom)}
+    assert rows == {"sentiment/sst-2@ukp": True, "sts/mrpc@ukp": False}
+    assert re.search(r'<section class="task" id="task-sentiment" hidden', dom)

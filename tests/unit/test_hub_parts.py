@@ -1,0 +1,125 @@
+"""Hub pieces without a server: identifiers, versions, the Hugging Face paths (through huggingface_hub's
+own offline cache), and the retry of a racing hf:// publish."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FIXTURES
+
+from adapter_cli.errors import UsageError
+from adapter_cli.hub.card import parse_query, version_key
+
+
+def test_identifiers_parse_like_adapterhub():
+    q = parse_query("sentiment/sst-2@ukp")
+    assert (q.task, q.dataset, q.author, q.version) == ("sentiment", "sst-2", "ukp", None)
+    q = parse_query("sst-2@ukp:2")
+    assert (q.task, q.dataset, q.author, q.version) == (None, "sst-2", "ukp", "2")
+    assert parse_query("@ukp").author == "ukp" and parse_query("sst").dataset == "sst"
+    for bad in ("", "a/b/c", "x@", "sst:bad version"):
+        with pytest.raises(UsageError):
+            parse_query(bad)
+
+
+def test_versions_sort_naturally():
+    assert sorted(["10", "2", "1.10", "1.2", "1"], key=version_key) == ["1", "1.2", "1.10", "2", "10"]
+
+
+def _fake_hf_cache(root: Path, repo: str, files: list[Path], readme: str | None = None) -> None:
+    """What huggingface_hub leaves after downloading ``repo``: refs/main -> a snapshot holding the files."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    folder = root / ("models--" + repo.replace("/", "--"))
+    snap = folder / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(commit)
+    for f in files:
+        shutil.copy(f, snap / f.name)
+    if readme:
+        (snap / "README.md").write_text(readme)
+
+
+def test_an_adapterhub_repo_on_the_hf_hub_loads_as_it_is(tmp_path, monkeypatch):
+    """hf://AdapterHub/... through huggingface_hub (offline, from its cache): cached under its base model and
+    reproducing the reference library's outputs."""
+    from safetensors.torch import load_file
+
+    from adapter_cli import AdapterModel, cache
+    from adapter_cli.defaults import model_id
+
+    fx = FIXTURES / "adapterhub_roberta"
+    files = sorted((fx / "adapters" / "pfr").iterdir()) + sorted((fx / "head").iterdir())
+    _fake_hf_cache(tmp_path / "hf", "AdapterHub/roberta-tiny-pf-demo", files,
+                   readme="---\ntags: [adapter-transformers, roberta]\ndatasets: [glue]\nlicense: apache-2.0\n---\n")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("ADAPT_CACHE", str(tmp_path / "cache"))
+
+    base = fx / "base"
+    path = cache.locate("hf://AdapterHub/roberta-tiny-pf-demo", model_id(str(base)))  # pulled on the fly
+    entry = json.loads((path / "entry.json").read_text())
+    assert entry["source"] == "hf://AdapterHub/roberta-tiny-pf-demo" and entry["config_name"] == "pfeiffer"
+    assert (path / "pytorch_adapter.bin").is_file()  # AdapterHub's files, as they are
+    assert cache.locate("hf://AdapterHub/roberta-tiny-pf-demo", model_id(str(base))) == path  # now cached
+
+    model = AdapterModel.from_pretrained(base)
+    name = model.load_adapter(path, with_head=False)
+    inputs = load_file(str(fx / "cases.safetensors"))
+    with torch.no_grad():
+        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], active=name)
+    expected = inputs["single_pfr.last_hidden_state"]
+    assert (out.last_hidden_state - expected).abs().max().item() < 1e-5
+
+
+def test_hf_registry_publish_retries_when_another_commit_lands_first(tmp_path):
+    httpx = pytest.importorskip("httpx2", reason="huggingface_hub builds its HTTP errors from httpx2")
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from adapter_cli.hub.card import BaseModelRef, Card
+    from adapter_cli.hub.hf import HfRegistry
+    from adapter_cli.hub.registry import add_record, empty_index, record_for
+
+    theirs = record_for(Card(name="a", task="nli", dataset="rte", author="them", version="1",
+                             base_model=BaseModelRef("bert-base-uncased", "bert", 768)), "a" * 64, 10)
+    remote = {"commit": "c0", "index": empty_index()}
+
+    class Api:
+        commits: list[dict] = []
+
+        def create_repo(self, *a, **k):
+            return None
+
+        def repo_info(self, *a, **k):
+            return type("Info", (), {"sha": remote["commit"]})()
+
+        def create_commit(self, repo_id, operations, parent_commit=None, **k):
+            if not self.commits:  # somebody else's commit lands between our read and our write
+                add_record(remote["index"], theirs, False)
+                remote["commit"] = "c1"
+                self.commits.append({"by": "them"})
+            if parent_commit != remote["commit"]:
+                request = httpx.Request("POST", "https://huggingface.co/api/models/x/commit/main")
+                raise HfHubHTTPError("412 parent commit moved", response=httpx.Response(412, request=request))
+            index = json.loads(next(op for op in operations if op.path_in_repo == "index.json").path_or_fileobj)
+            remote["index"], remote["commit"] = index, "c2"
+            self.commits.append({"by": "us", "parent": parent_commit})
+
+    class Registry(HfRegistry):
+        def _index_at(self, commit):
+            return json.loads(json.dumps(remote["index"]))
+
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(b"x" * 10)
+    ours = Card(name="b", task="sentiment", dataset="sst-2", author="us", version="1",
+                base_model=BaseModelRef("bert-base-uncased", "bert", 768))
+    api = Api()
+    done = Registry.from_spec("hf://us/adapters")._publish(archive, record_for(ours, "b" * 64, 10), False, api=api)
+    assert done.new and api.commits[-1] == {"by": "us", "parent": "c1"}
+    assert sorted(r["id"] for r in remote["index"]["adapters"]) == ["nli/rte@them", "sentiment/sst-2@us"]
