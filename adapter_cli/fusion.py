@@ -8,9 +8,11 @@ pass is restructured algebraically, which is exact up to fp32 rounding:
 * the value projection has no bias, so ``sum_i p_i W_v u_i = W_v sum_i p_i u_i``: one projection after
   the weighted sum instead of N before it.
 
-Which one runs is ``FusionLayer.restructured``. The default (False) evaluates in AdapterHub's order
-so outputs match the reference library bit for bit on the same machine; the restructured form is exact
-only up to fp32 rounding, which ill-conditioned fusions (near-tied scores of large magnitude) amplify.
+Which one runs is ``FusionLayer.restructured``: by default the restructured form (2N fewer H x H
+products per token; docs/performance.md). ``ADAPT_REFERENCE_ORDER=1`` evaluates in AdapterHub's order
+instead, so outputs match the reference library bit for bit on the same machine; the restructured form
+is exact up to fp32 rounding, which ill-conditioned fusions (near-tied scores of large magnitude) amplify
+(docs/numerics.md measures it).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import fastpaths
 from .errors import ConfigError, suggest
 
 
@@ -83,7 +86,7 @@ def resolve_fusion_config(spec: Any = "dynamic") -> FusionConfig:
 class FusionLayer(nn.Module):
     """Fusion at one site. ``forward(query, ups, residual)`` with ``ups`` a list of N tensors [B, T, H]."""
 
-    restructured: bool = False  # see the module docstring
+    restructured: bool = fastpaths.ENABLED  # see the module docstring
 
     def __init__(self, config: FusionConfig, hidden_size: int, attention_dropout: float,
                  initializer_range: float = 0.02) -> None:
@@ -110,9 +113,10 @@ class FusionLayer(nn.Module):
         self.last_attention: torch.Tensor | None = None
         self.keep_attention = False
 
-    def _stack(self, ups: list[torch.Tensor], residual: torch.Tensor) -> torch.Tensor:
-        # [B, T, N, H] as a permuted view of [N, B, T, H], the layout AdapterHub's kernels see.
-        u = torch.stack(ups).permute(1, 2, 0, 3)
+    def _stack(self, ups: list[torch.Tensor] | torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        # [B, T, N, H]: given as such by the stacked fast path, or a permuted view of [N, B, T, H] (the
+        # layout AdapterHub's kernels see) when the members ran one by one.
+        u = ups if isinstance(ups, torch.Tensor) else torch.stack(ups).permute(1, 2, 0, 3)
         if self.config.residual_before:
             u = u + residual.unsqueeze(2)
         return u
@@ -126,12 +130,13 @@ class FusionLayer(nn.Module):
             self.last_attention = probs.detach()
         return probs
 
-    def forward(self, query: torch.Tensor, ups: list[torch.Tensor], residual: torch.Tensor) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, ups: list[torch.Tensor] | torch.Tensor,
+                residual: torch.Tensor) -> torch.Tensor:
         if self.restructured:
             return self.restructured_forward(query, ups, residual)
         return self.reference_forward(query, ups, residual)
 
-    def restructured_forward(self, query: torch.Tensor, ups: list[torch.Tensor],
+    def restructured_forward(self, query: torch.Tensor, ups: list[torch.Tensor] | torch.Tensor,
                              residual: torch.Tensor) -> torch.Tensor:
         u = self._stack(ups, residual)
         q = self.query(query) if self.query is not None else query
@@ -148,7 +153,8 @@ class FusionLayer(nn.Module):
             context = context + residual
         return context
 
-    def reference_forward(self, query: torch.Tensor, ups: list[torch.Tensor], residual: torch.Tensor) -> torch.Tensor:
+    def reference_forward(self, query: torch.Tensor, ups: list[torch.Tensor] | torch.Tensor,
+                          residual: torch.Tensor) -> torch.Tensor:
         """AdapterHub's formulation, term by term (for tests of the restructured forward)."""
         u = self._stack(ups, residual)
         q = self.query(query) if self.query is not None else query

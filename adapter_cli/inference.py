@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -95,6 +96,9 @@ def predict(model: Any, tokenizer: Any, rows: list[Row], active: Any = None, bat
     if not routes:
         yield from _predict(model, tokenizer, rows, active, batch_size, max_length)
         return
+    if all(r.route in model.adapters for r in rows):
+        yield from _predict_routed(model, tokenizer, rows, batch_size, max_length)
+        return
     results: list[dict[str, Any] | None] = [None] * len(rows)
     groups: dict[Any, list[int]] = {}
     for i, row in enumerate(rows):
@@ -106,6 +110,27 @@ def predict(model: Any, tokenizer: Any, rows: list[Row], active: Any = None, bat
             out["active"] = str(chosen) if chosen is not None else None
             results[i] = out
     yield from (r for r in results if r is not None)
+
+
+def _predict_routed(model: Any, tokenizer: Any, rows: list[Row], batch_size: int,
+                    max_length: int) -> Iterator[dict[str, Any]]:
+    """Every row names one adapter: each batch runs once, its rows grouped by adapter in a batch split
+    (one batched product over per-row weights, whatever the number of distinct adapters)."""
+    from .composition import BatchSplit
+
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        order = sorted(range(len(chunk)), key=lambda i: str(chunk[i].route))
+        names = [str(chunk[i].route) for i in order]
+        runs = [(name, len(list(group))) for name, group in itertools.groupby(names)]
+        split: Any = runs[0][0] if len(runs) == 1 else BatchSplit(tuple(name for name, _ in runs),
+                                                                  sizes=tuple(n for _, n in runs))
+        outs = list(_predict(model, tokenizer, [chunk[i] for i in order], split, len(chunk), max_length))
+        placed: list[dict[str, Any]] = [{}] * len(chunk)
+        for i, out in zip(order, outs):
+            out["active"] = chunk[i].route
+            placed[i] = out
+        yield from placed
 
 
 def _predict(model: Any, tokenizer: Any, rows: list[Row], active: Any, batch_size: int,

@@ -23,6 +23,7 @@ from torch import nn
 
 from .architectures import SiteSpec
 from .composition import Average, BatchSplit, Block, Fuse, Stack
+from .fastpaths import routed_adapters, stacked_bottlenecks
 
 
 class ForwardContext:
@@ -196,6 +197,10 @@ class Site:
             from .errors import CompositionError
 
             raise CompositionError(f"{block}: the sizes add up to {sum(block.sizes)} rows but the batch has {rows}")
+        if len(block.children) > 1 and all(isinstance(c, str) and c in self.adapters for c in block.children):
+            routed = self._routed(block, state)
+            if routed is not None:
+                return routed
         parts, start = [], 0
         for child, size in zip(block.children, block.sizes):
             rows_here = slice(start, start + size)
@@ -211,6 +216,19 @@ class Site:
             else:  # no member of this part lives here: the plain sub-layer
                 parts.append(state.ln(part.hidden + part.x))
         return replace(state, hidden=torch.cat(parts, dim=0), final=True)
+
+    def _routed(self, block: BatchSplit, state: _State) -> _State | None:
+        """Every member a plain adapter here: all rows in one batched pass over per-row weights."""
+        names = list(dict.fromkeys(block.children))
+        adapters = [self.adapters[n] for n in names]
+        first = adapters[0]
+        a, _, residual = first.pre_forward(state.hidden, state.x, state.ln)
+        index = torch.tensor([names.index(c) for c in block.children], device=a.device)
+        rows = torch.repeat_interleave(index, torch.tensor(block.sizes, device=a.device))
+        out = routed_adapters(adapters, rows, a, residual)
+        if out is None:
+            return None
+        return replace(state, hidden=first.post_forward(out, state.hidden, state.x, state.ln), final=True)
 
     def _stack(self, block: Stack, state: _State) -> _State:
         for child in block.children:
@@ -240,6 +258,10 @@ class Site:
                                    f"{self.layer}, where {last!r} has an adapter; its members' placements differ")
         a, query, residual = self.adapters[last].pre_forward(state.hidden, state.x, state.ln, fusion.config)
         shared = replace(state, hidden=a, residual=residual)
+        if all(isinstance(c, str) for c in present):
+            stacked = stacked_bottlenecks([self.adapters[c] for c in present], a)  # one product for all members
+            if stacked is not None:
+                return replace(shared, hidden=fusion(query, stacked, residual), last=last)
         ups = []
         for child in present:
             if isinstance(child, Block):

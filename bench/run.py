@@ -13,6 +13,7 @@ CUDA. Output: JSON and a markdown table (bench/results-<device>.{json,md}).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -68,6 +69,19 @@ def main() -> int:
                                   num_attention_heads=shape["num_attention_heads"],
                                   intermediate_size=shape["intermediate_size"])
     rows: list[dict[str, Any]] = []
+
+    @contextlib.contextmanager
+    def reference_order() -> Any:
+        """The product with its fast paths off (ADAPT_REFERENCE_ORDER=1): the baseline they are measured against."""
+        from adapter_cli import fastpaths
+        from adapter_cli.fusion import FusionLayer
+
+        saved = fastpaths.ENABLED, FusionLayer.restructured
+        fastpaths.ENABLED = FusionLayer.restructured = False
+        try:
+            yield
+        finally:
+            fastpaths.ENABLED, FusionLayer.restructured = saved
 
     def autocast():
         return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
@@ -130,9 +144,18 @@ def main() -> int:
             model.train()
             record(f"fuse-{n} training step", train_step(model, [p for p in model.parameters() if p.requires_grad],
                                                          active=active, labels=labels))
+            if n == max(shape["fuse"]):
+                with reference_order():
+                    record(f"fuse-{n} training step, reference order",
+                           train_step(model, [p for p in model.parameters() if p.requires_grad], active=active,
+                                      labels=labels))
             model.eval()
             with torch.no_grad():
                 record(f"inference, fuse-{n}", lambda: model(input_ids=ids, attention_mask=mask, active=active))
+                if n == max(shape["fuse"]):
+                    with reference_order():
+                        record(f"inference, fuse-{n}, reference order",
+                               lambda: model(input_ids=ids, attention_mask=mask, active=active))
         for i in range(batch):
             if f"m{i}" not in model.adapters:
                 model.add_adapter(f"m{i}")
@@ -140,6 +163,9 @@ def main() -> int:
         with torch.no_grad():
             record(f"inference, {batch} distinct adapters", lambda: model(input_ids=ids, attention_mask=mask,
                                                                             active=mixed))
+            with reference_order():
+                record(f"inference, {batch} distinct adapters, one by one",
+                       lambda: model(input_ids=ids, attention_mask=mask, active=mixed))
         del model
 
     def ratio(batch: int, num: str, den: str) -> float:
@@ -158,6 +184,12 @@ def main() -> int:
             (f"fuse-{biggest} step / full fine-tuning step", f"fuse-{biggest} training step", "full fine-tuning step"),
             (f"one adapter / mixed batch of {batch} adapters (throughput)", "inference, one adapter",
              f"inference, {batch} distinct adapters"),
+            (f"fast paths / reference order: fuse-{biggest} inference", f"inference, fuse-{biggest}",
+             f"inference, fuse-{biggest}, reference order"),
+            (f"fast paths / reference order: fuse-{biggest} step", f"fuse-{biggest} training step",
+             f"fuse-{biggest} training step, reference order"),
+            (f"fast paths / one by one: mixed batch of {batch}", f"inference, {batch} distinct adapters",
+             f"inference, {batch} distinct adapters, one by one"),
         ):
             ratios.append({"batch": batch, "ratio": name, "value": ratio(batch, num, den)})
     env = {"device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),

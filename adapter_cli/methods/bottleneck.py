@@ -307,6 +307,11 @@ class BottleneckAdapter(nn.Module):
             out = out + residual
         return out, up
 
+    def plain_output(self, up: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``forward``'s output from its ``up``, for an adapter without a gate or a LayerNorm after
+        (what batched paths that compute ``up`` themselves need)."""
+        return self.dropout(up) + residual
+
     def post_forward(self, out: torch.Tensor, h: torch.Tensor, x: torch.Tensor,
                      ln: nn.Module | None) -> torch.Tensor:
         if self.config.original_ln_after:
@@ -330,6 +335,9 @@ class ParallelBottleneckAdapter(BottleneckAdapter):
         if self.norm_after is not None:
             out = self.norm_after(out)
         return out, up
+
+    def plain_output(self, up: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.dropout(up)  # added beside the sub-layer in post_forward
 
     def post_forward(self, out: torch.Tensor, h: torch.Tensor, x: torch.Tensor,
                      ln: nn.Module | None) -> torch.Tensor:

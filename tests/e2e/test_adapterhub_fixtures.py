@@ -53,11 +53,12 @@ def _evaluations(root: Path, cases: dict) -> dict[str, list[dict[str, torch.Tens
 
     inputs = load_file(str(root / "cases.safetensors"))
     runs: dict[str, list[dict[str, torch.Tensor]]] = {name: [] for name in cases}
+    default = FusionLayer.restructured
     try:
         for attn in ("sdpa", "eager"):
             for dtype in (torch.float32, torch.float64):
                 model = _load(root, attn, dtype)
-                for restructured in ((False, True) if dtype == torch.float32 else (False,)):
+                for restructured in ((default, not default) if dtype == torch.float32 else (False,)):
                     FusionLayer.restructured = restructured
                     for name, case in cases.items():
                         active = None if case["active"] in (None, "None") else case["active"]
@@ -67,7 +68,7 @@ def _evaluations(root: Path, cases: dict) -> dict[str, list[dict[str, torch.Tens
                         runs[name].append({"last_hidden_state": out.last_hidden_state.float(),
                                            "logits": out.logits.float() if out.logits is not None else None})
     finally:
-        FusionLayer.restructured = False
+        FusionLayer.restructured = default
     return runs
 
 
