@@ -92,7 +92,12 @@ def entries(model_id: str | None = None) -> list[Entry]:
 
 def put(source: Path, *, model_id: str, entry_id: str, info: dict[str, Any], overwrite: bool = True) -> Entry:
     """Copy an adapter (or head) directory into the cache atomically, with entry.json."""
-    target = cache_root() / "adapters" / model_key(model_id) / entry_id
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.@\-]{0,199}", entry_id) or ".." in entry_id:
+        raise UsageError(f"bad cache entry id {entry_id[:80]!r}: letters, digits, '_', '.', '@' and '-' only")
+    root = (cache_root() / "adapters").resolve()
+    target = root / model_key(model_id) / entry_id
+    if not target.resolve().is_relative_to(root):  # defence in depth: ids above cannot climb out
+        raise UsageError(f"refusing to write outside the cache: {target}")
     with atomic_directory(target, overwrite=overwrite) as tmp:
         for f in sorted(Path(source).iterdir()):
             if f.is_file():

@@ -116,7 +116,7 @@ def search(query: str = typer.Argument(None, help="Free text: every word must ap
            all_versions: bool = typer.Option(False, "--all-versions", help="List every version, not the latest."),
            json_out: bool = typer.Option(False, "--json", help="Print a JSON list on stdout.")) -> None:
     """Find adapters in registries by task, dataset, base model, architecture, reduction factor, author or text."""
-    from ..defaults import canonical_model_id
+    from ..defaults import canonical_model_id, model_id, resolve_model
     from ..errors import UsageError
     from ..hub.registry import (
         configured_registries,
@@ -132,16 +132,18 @@ def search(query: str = typer.Argument(None, help="Free text: every word must ap
     for spec in specs:
         records = open_registry(spec).read_index()["adapters"]
         hits = search_records(records, query, task=task, dataset=dataset,
-                              model=canonical_model_id(model) if model else None, architecture=architecture,
+                              model=canonical_model_id(model_id(resolve_model(model))) if model else None,
+                              architecture=architecture,
                               reduction_factor=reduction_factor, author=author)
         hits = hits if all_versions else [r for r in hits if r in latest(hits)]
         found.extend({**r, "registry": spec} for r in hits)
     if json_out:
         emit_json(found)
-        return
-    if not found:
+    if not found:  # like grep: nothing found is exit 1, so scripts can branch on it
         print("no adapters match", file=sys.stderr)
         raise typer.Exit(1)
+    if json_out:
+        return
     rows = []
     for r in found:
         metrics = r.get("metrics") or {}

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..cache import sha256 as file_digest
-from ..errors import ArtifactError
+from ..errors import ArtifactError, UsageError
 from .card import CARD, Card
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
@@ -30,7 +30,11 @@ MAX_MEMBERS = 64
 def max_bytes() -> int:
     """The largest unpacked archive accepted (ADAPT_MAX_ARCHIVE_MB, default 2048 MB): a bottleneck
     adapter is a few MB, so anything near this is a mistake or an attack."""
-    return int(float(os.environ.get("ADAPT_MAX_ARCHIVE_MB", "2048")) * 1_000_000)
+    raw = os.environ.get("ADAPT_MAX_ARCHIVE_MB", "2048")
+    try:
+        return int(float(raw) * 1_000_000)
+    except ValueError:
+        raise UsageError(f"ADAPT_MAX_ARCHIVE_MB must be a number of megabytes, got {raw!r}") from None
 
 
 def write_archive(directory: Path, card: Card, target: Path, skip: tuple[str, ...] = ()) -> str:
@@ -84,12 +88,13 @@ def extract_archive(archive: Path, into: Path, *, source: str | None = None) -> 
     total = 0
     seen: set[str] = set()
     try:
+        _prescan(archive, limit, label)
         with tarfile.open(archive, mode="r:gz") as tar:
             for count, member in enumerate(iter(tar.next, None), start=1):
                 if count > MAX_MEMBERS:
                     raise ArtifactError(f"refusing {label}: more than {MAX_MEMBERS} files")
                 _check_member(member, label)
-                if member.name in seen:
+                if member.name.lower() in {n.lower() for n in seen}:
                     raise ArtifactError(f"refusing {label}: {member.name} appears twice")
                 seen.add(member.name)
                 total += member.size
@@ -108,8 +113,10 @@ def extract_archive(archive: Path, into: Path, *, source: str | None = None) -> 
                 if written != member.size:
                     raise ArtifactError(f"refusing {label}: {member.name} is truncated")
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise ArtifactError(f"refusing {label}: not a readable adapter archive ({str(exc) or type(exc).__name__}); "
+        raise ArtifactError(f"refusing {label}: not a readable adapter archive ({_short(str(exc) or type(exc).__name__)}); "
                             "the download may be truncated or the file damaged") from None
+    except OSError as exc:
+        raise ArtifactError(f"refusing {label}: cannot unpack it ({_short(str(exc))})") from None
     if CARD not in seen:
         raise ArtifactError(f"refusing {label}: it has no {CARD}")
     try:
@@ -128,21 +135,66 @@ def extract_archive(archive: Path, into: Path, *, source: str | None = None) -> 
     return Unpacked(card, into)
 
 
+def _prescan(archive: Path, limit: int, label: str) -> None:
+    """Walk the raw tar headers before tarfile sees them: anything but a plain file is refused here,
+    including GNU long-name and pax headers, which tarfile would read whole into memory first (a tiny
+    archive could claim gigabytes). Member sizes are bounded as declared, and the walk reads in 1 MB chunks."""
+    members = total = 0
+    with gzip.open(archive, "rb") as gz:
+        while True:
+            header = gz.read(512)
+            if len(header) < 512:
+                raise ArtifactError(f"refusing {label}: the archive ends in the middle (truncated)")
+            if header == bytes(512):
+                return
+            name = _short(header[:100].split(b"\0")[0].decode("utf-8", "replace"))
+            kind = header[156:157]
+            if kind in (b"1", b"2"):
+                raise ArtifactError(f"refusing {label}: {name!r} is a link (archives may hold only plain files)")
+            if kind not in (b"0", b"\0"):
+                raise ArtifactError(f"refusing {label}: {name!r} is not a regular file (archives may hold only "
+                                    "plain files with short names)")
+            try:
+                size = int(header[124:136].split(b"\0")[0].strip() or b"0", 8)
+            except ValueError:
+                raise ArtifactError(f"refusing {label}: a damaged tar header") from None
+            members, total = members + 1, total + size
+            if members > MAX_MEMBERS:
+                raise ArtifactError(f"refusing {label}: more than {MAX_MEMBERS} files")
+            if total > limit:
+                raise ArtifactError(f"refusing {label}: unpacks to more than {limit // 1_000_000} MB "
+                                    "(raise ADAPT_MAX_ARCHIVE_MB if this is expected)")
+            left = (size + 511) // 512 * 512
+            while left:
+                chunk = gz.read(min(left, 1 << 20))
+                if not chunk:
+                    raise ArtifactError(f"refusing {label}: the archive ends in the middle (truncated)")
+                left -= len(chunk)
+
+
+def _short(text: str, n: int = 80) -> str:
+    return text if len(text) <= n else text[:n] + "…"
+
+
+RESERVED = ("entry.json",)  # the cache's own record of an entry: never taken from an archive
+
+
 def _check_member(member: tarfile.TarInfo, label: str) -> None:
-    name = member.name
+    name = _short(member.name)
     if member.issym() or member.islnk():
         raise ArtifactError(f"refusing {label}: {name} is a link (archives may hold only plain files)")
     if not member.isreg():
         raise ArtifactError(f"refusing {label}: {name} is not a regular file (archives may hold only plain files)")
     if name.startswith("/") or "\\" in name or ".." in name.split("/") or "/" in name:
         raise ArtifactError(f"refusing {label}: unsafe path {name!r} (archives are flat; no directories or '..')")
-    if not SAFE_NAME.fullmatch(name):
+    if not SAFE_NAME.fullmatch(member.name) or member.name in RESERVED:
         raise ArtifactError(f"refusing {label}: unsafe file name {name!r}")
 
 
 def read_card(archive: Path) -> Card:
     """The card of an archive without unpacking the rest (for `adapt publish ARCHIVE`); not yet verified."""
     try:
+        _prescan(archive, max_bytes(), str(archive))
         with tarfile.open(archive, mode="r:gz") as tar:
             member = tar.next()
             if member is None or member.name != CARD or not member.isreg() or member.size > 1_000_000:

@@ -118,24 +118,83 @@ class Card:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str) -> Card:
+        """A card from JSON that nobody vouches for: every field that reaches a path, a page or a command
+        line is checked, so a hostile card is refused with one line instead of being used."""
         if not isinstance(data, dict) or data.get("format") != CARD_FORMAT:
             raise UsageError(f"{source} is not an adapter card ({CARD_FORMAT})")
-        if int(data.get("format_version", 0)) > CARD_VERSION:
+        if not isinstance(data.get("format_version"), int):
+            raise UsageError(f"{source} is not a valid adapter card: format_version must be a number")
+        if data["format_version"] > CARD_VERSION:
             raise UsageError(f"{source} was written by a newer adapt (card version {data['format_version']}); "
                              "upgrade adapt")
-        try:
-            fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-            fields["base_model"] = BaseModelRef(**data["base_model"])
-            card = cls(**fields)
-        except (KeyError, TypeError) as exc:
-            raise UsageError(f"{source} is not a valid adapter card: {exc}") from None
-        for part, what in ((card.task, "task"), (card.dataset, "dataset"), (card.author, "author")):
-            slug(part, f"{source}: {what}")
-        if not VERSION_RE.fullmatch(card.version):
-            raise UsageError(f"{source}: bad version {card.version!r}")
-        return card
+        problem = card_problem(data)
+        if problem:
+            raise UsageError(f"{source} is not a valid adapter card: {problem}")
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        fields["base_model"] = BaseModelRef(**{k: v for k, v in data["base_model"].items()
+                                               if k in BaseModelRef.__dataclass_fields__})
+        return cls(**fields)
 
 
 def version_key(version: str) -> tuple[Any, ...]:
     """Order versions naturally: 2 < 10, 1.2 < 1.10; text parts sort after numbers."""
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.\-_]", version))
+
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}")
+MODEL_ID_RE = re.compile(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def common_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with the fields a card and an index record share, or None."""
+    for key in ("task", "dataset", "author"):
+        if not isinstance(data.get(key), str) or not SLUG.fullmatch(data[key]):
+            return f"{key} must be a lower-case identifier"
+    if not isinstance(data.get("architecture"), str) or not SLUG.fullmatch(data["architecture"]):
+        return "architecture must be a lower-case identifier"
+    if not isinstance(data.get("name"), str) or not NAME_RE.fullmatch(data["name"]):
+        return "name must be letters, digits, '_' or '-'"
+    if not isinstance(data.get("version"), str) or not VERSION_RE.fullmatch(data["version"]):
+        return "version must be a short string of letters, digits, '.', '_' or '-'"
+    if data.get("kind", "task") not in ("task", "language"):
+        return "kind must be task or language"
+    base = data.get("base_model")
+    if not isinstance(base, dict) or not isinstance(base.get("id"), str) or len(base["id"]) > 200 \
+            or not (MODEL_ID_RE.fullmatch(base["id"]) or base["id"].startswith("/")) or any(c.isspace() for c in base["id"]):
+        return "base_model.id must be a model id"
+    if not isinstance(base.get("model_type"), str) or not SLUG.fullmatch(base["model_type"]) \
+            or not isinstance(base.get("hidden_size"), int):
+        return "base_model needs model_type and hidden_size"
+    metrics = data.get("metrics") or {}
+    if not isinstance(metrics, dict) or not all(isinstance(k, str) and _number(v) for k, v in metrics.items()):
+        return "metrics must map names to numbers"
+    if data.get("reduction_factor") is not None and not _number(data["reduction_factor"]):
+        return "reduction_factor must be a number"
+    head = data.get("head")
+    if head is not None and (not isinstance(head, dict) or not all(isinstance(x, str) for x in head.get("labels") or [])):
+        return "head.labels must be strings"
+    for key in ("description", "citation", "license", "url", "main_metric", "non_linearity", "method"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            return f"{key} must be text"
+    if data.get("url") and not str(data["url"]).startswith(("https://", "http://")):
+        return "url must be an http(s) address"
+    return None
+
+
+def card_problem(data: dict[str, Any]) -> str | None:
+    problem = common_problem(data)
+    if problem:
+        return problem
+    files = data.get("files")
+    if not isinstance(files, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("sha256"), str) and SHA256_RE.fullmatch(v["sha256"])
+            and isinstance(v.get("size"), int) for v in files.values()):
+        return "files must map names to {sha256, size}"
+    if not isinstance(data.get("config", {}), dict):
+        return "config must be an object"
+    return None

@@ -20,6 +20,7 @@ from typing import Any
 from ..errors import UsageError
 from .registry import (
     INDEX,
+    IndexConflict,
     Published,
     Registry,
     RegistryError,
@@ -73,8 +74,8 @@ class HfRepo:
 class _hub_errors:
     """huggingface_hub's exceptions as one line each."""
 
-    def __init__(self, repo: HfRepo, filename: str | None, probe: bool = False) -> None:
-        self.repo, self.filename, self.probe = repo, filename, probe
+    def __init__(self, repo: HfRepo, filename: str | None, probe: bool = False, conflicts: bool = False) -> None:
+        self.repo, self.filename, self.probe, self.conflicts = repo, filename, probe, conflicts
 
     def __enter__(self) -> None:
         return None
@@ -85,6 +86,9 @@ class _hub_errors:
         from huggingface_hub import errors
 
         where = f"hf://{self.repo.repo_id}" + (f" ({self.filename})" if self.filename else "")
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if self.conflicts and isinstance(exc, errors.HfHubHTTPError) and status in (409, 412):
+            raise IndexConflict() from None
         if isinstance(exc, errors.LocalEntryNotFoundError) and not self.probe:
             raise RegistryError(f"{where} is not in the local Hugging Face cache and the Hub cannot be reached "
                                 "(offline?)") from None
@@ -94,8 +98,10 @@ class _hub_errors:
             raise UsageError(f"{where}: no such repository (or it is private: log in with `hf auth login`)") from None
         if isinstance(exc, errors.RevisionNotFoundError):
             raise UsageError(f"{where}: no revision {self.repo.revision!r}") from None
-        if isinstance(exc, (errors.HfHubHTTPError, OSError, ValueError)):
-            raise RegistryError(f"{where}: {str(exc).splitlines()[0]}") from None
+        from ..errors import AdaptError
+
+        if isinstance(exc, Exception) and not isinstance(exc, AdaptError):  # network, HTTP, parsing: one line
+            raise RegistryError(f"{where}: {(str(exc).splitlines() or [type(exc).__name__])[0][:200]}") from None
         return False
 
 
@@ -136,7 +142,7 @@ class HfRegistry(Registry):
             return empty_index()
 
     def _publish(self, archive: Path, record: dict[str, Any], force: bool, api: Any = None) -> Published:
-        from huggingface_hub import CommitOperationAdd, HfApi, errors
+        from huggingface_hub import CommitOperationAdd, HfApi
 
         api = api or HfApi(library_name="adapt")
         repo = self.repo
@@ -151,14 +157,12 @@ class HfRegistry(Registry):
             operations = [CommitOperationAdd(record["archive"], str(archive)),
                           CommitOperationAdd(INDEX, dump_index(index))]
             try:
-                api.create_commit(repo.repo_id, operations, repo_type=repo.repo_type, revision=repo.revision,
-                                  parent_commit=head, commit_message=f"Publish {record['id']} {record['version']}")
+                with _hub_errors(repo, None, conflicts=True):
+                    api.create_commit(repo.repo_id, operations, repo_type=repo.repo_type, revision=repo.revision,
+                                      parent_commit=head, commit_message=f"Publish {record['id']} {record['version']}")
                 return Published(record, self.spec, True)
-            except errors.HfHubHTTPError as exc:
-                status = getattr(getattr(exc, "response", None), "status_code", None)
-                if status in (409, 412):
-                    continue  # another publisher committed first: start again from their index
-                raise RegistryError(f"publishing to {self.spec} failed: {str(exc).splitlines()[0]}") from None
+            except IndexConflict:
+                continue  # another publisher committed first: start again from their index
         raise RegistryError(f"{self.spec} kept changing under us ({RETRIES} tries); try again")
 
 
@@ -194,15 +198,15 @@ def adapterhub_card(directory: Path, spec: str) -> tuple[Path, Any]:
     artifact = read_adapter(directory)  # refuses configs and weights it cannot use, with one line
     repo = HfRepo.parse(spec)
     front = _front_matter(directory / "README.md")
-    dataset = (front.get("datasets") or [None])[0] if isinstance(front.get("datasets"), list) else front.get("datasets")
     org, name = repo.repo_id.split("/", 1)
     head = None
     if (directory / "head_config.json").is_file():
         h = read_head(directory).config
         head = {"type": h.head_type, "num_labels": h.num_labels, "labels": list((h.label2id or {}).keys())}
     raw = json.loads((directory / "adapter_config.json").read_text(encoding="utf-8"))
-    card = Card(name=artifact.name, task="hf", dataset=slug(re.sub(r"[^a-z0-9_.\-]", "-", str(dataset or name).lower()),
-                                                            "dataset"),
+    card = Card(name=re.sub(r"[^A-Za-z0-9_\-]", "_", artifact.name)[:64] or "adapter", task="hf",
+                # the repo name, not the README's datasets (often just "glue" for every GLUE task)
+                dataset=slug(re.sub(r"[^a-z0-9_.\-]", "-", name.lower()).lstrip(".-_") or "adapter", "dataset"),
                 author=slug(re.sub(r"[^a-z0-9_.\-]", "-", org.lower()), "author"), version=repo.revision or "main",
                 base_model=BaseModelRef(id=artifact.base.name_or_path or raw.get("model_name") or "unknown",
                                         model_type=artifact.base.model_type, hidden_size=artifact.base.hidden_size),

@@ -49,26 +49,31 @@ class HttpRegistry(Registry):
         request = urllib.request.Request(f"{self.base}/{relative}", data=data, method=method, headers={
             "User-Agent": "adapt", **(headers or {})})
         try:
-            return urllib.request.urlopen(request, timeout=TIMEOUT)
+            return urllib.request.urlopen(request, timeout=TIMEOUT)  # http(s) only: checked by open_registry
         except urllib.error.HTTPError as exc:
             if exc.code == HTTPStatus.PRECONDITION_FAILED:
                 raise IndexConflict() from None
+            if exc.code == HTTPStatus.NOT_FOUND:
+                raise FileNotFoundError(relative) from None
             raise RegistryError(f"{method} {self.base}/{relative} failed: HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or exc
             raise RegistryError(f"cannot reach registry {self.spec}: {reason}") from None
 
     def _read_index(self) -> tuple[dict[str, Any], Any]:
         try:
             with self._open(INDEX) as response:
                 return parse_index(response.read(), self.spec), response.headers.get("ETag")
-        except RegistryError as exc:
-            if "HTTP 404" in str(exc):
-                return empty_index(), None
-            raise
+        except FileNotFoundError:
+            return empty_index(), None
+        except (OSError, http.client.HTTPException) as exc:  # the body broke off
+            raise RegistryError(f"reading the index of {self.spec} failed: {exc}") from None
 
     def fetch(self, record: dict[str, Any], dest: Path) -> None:
-        response = self._open(record["archive"])
+        try:
+            response = self._open(record["archive"])
+        except FileNotFoundError:
+            raise RegistryError(f"registry {self.spec} lists {record['archive']} but serves no such file") from None
         size = int(record.get("size") or 0)
         with download_progress(size, record["id"]) as advance:
             try:
@@ -86,7 +91,11 @@ class HttpRegistry(Registry):
             index, etag = self._read_index()
             if not add_record(index, record, force):
                 return Published(record, self.spec, False)
-            self._open(record["archive"], "PUT", data, {"Content-Type": "application/gzip"}).close()
+            try:  # archives are write-once: the server refuses to replace one with other bytes
+                self._open(record["archive"], "PUT", data, {"Content-Type": "application/gzip",
+                                                            "If-None-Match": "*"}).close()
+            except IndexConflict:
+                raise RegistryError(f"{self.spec} already holds {record['archive']} with other bytes") from None
             condition = {"If-Match": etag} if etag else {"If-None-Match": "*"}
             try:
                 self._open(INDEX, "PUT", dump_index(index), {"Content-Type": "application/json", **condition}).close()
@@ -127,15 +136,34 @@ class RegistryHandler(SimpleHTTPRequestHandler):
         if os.environ.get("ADAPT_DEBUG"):
             super().log_message(format, *args)
 
+    def _relative(self) -> str | None:
+        """The request's path inside the registry, resolved (so '..' cannot climb out), or None."""
+        from urllib.parse import unquote
+
+        root = Path(self.directory).resolve()
+        target = (root / unquote(self.path.split("?")[0]).lstrip("/")).resolve()
+        if not target.is_relative_to(root):
+            return None
+        relative = target.relative_to(root).as_posix()
+        return None if any(part.startswith(".") for part in relative.split("/")) else relative
+
+    def list_directory(self, path: Any) -> None:  # no listings: a registry is its index
+        self.send_error(HTTPStatus.NOT_FOUND)
+
     def do_GET(self) -> None:
-        if self.path.split("?")[0].lstrip("/") == INDEX:
-            self._send_index(body=True)
-        else:
-            super().do_GET()
+        self._get(body=True)
 
     def do_HEAD(self) -> None:
-        if self.path.split("?")[0].lstrip("/") == INDEX:
-            self._send_index(body=False)
+        self._get(body=False)
+
+    def _get(self, body: bool) -> None:
+        relative = self._relative()
+        if relative is None:
+            self.send_error(HTTPStatus.NOT_FOUND)
+        elif relative == INDEX:
+            self._send_index(body)
+        elif body:
+            super().do_GET()
         else:
             super().do_HEAD()
 
@@ -161,13 +189,13 @@ class RegistryHandler(SimpleHTTPRequestHandler):
         if not self.writable:
             self.send_error(HTTPStatus.METHOD_NOT_ALLOWED, "this registry is read-only (serve it with --writable)")
             return
-        relative = self.path.split("?")[0].lstrip("/")
-        root = Path(self.directory).resolve()
-        target = (root / relative).resolve()
-        if not relative or not target.is_relative_to(root) or not (relative == INDEX or relative.startswith("archives/")) \
-                or not relative.endswith((".json", ".tar.gz")):
-            self.send_error(HTTPStatus.FORBIDDEN, "only index.json and archives/... may be written")
+        relative = self._relative()
+        if relative is None or not (relative == INDEX or (relative.startswith("archives/")
+                                                          and relative.endswith(".tar.gz"))):
+            self.send_error(HTTPStatus.FORBIDDEN, "only index.json and archives/....tar.gz may be written")
             return
+        root = Path(self.directory).resolve()
+        target = root / relative
         length = int(self.headers.get("Content-Length") or -1)
         from .archive import max_bytes
 
@@ -175,11 +203,25 @@ class RegistryHandler(SimpleHTTPRequestHandler):
             self.send_error(HTTPStatus.LENGTH_REQUIRED if length < 0 else HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
             return
         body = self.rfile.read(length)
-        with self.write_lock:
+        from .registry import _locked
+
+        # The same lock as directory publishers: serving a directory others publish to directly is safe.
+        with self.write_lock, _locked(root / ".lock", str(root)):
             current = target.read_bytes() if target.is_file() else None
             if_match, if_none = self.headers.get("If-Match"), self.headers.get("If-None-Match")
-            if (if_match and (current is None or etag_of(current) != if_match)) or (if_none == "*" and current is not None):
-                self.send_error(HTTPStatus.PRECONDITION_FAILED, "the resource changed; read it again")
+            if relative != INDEX:  # archives are write-once; the same bytes again are fine
+                if current is not None:
+                    if current == body:
+                        self.send_response(HTTPStatus.NO_CONTENT)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                    else:
+                        self.send_error(HTTPStatus.PRECONDITION_FAILED, "a published archive never changes")
+                    return
+            elif (if_match and (current is None or etag_of(current) != if_match)) or \
+                    (if_none == "*" and current is not None) or (not if_match and if_none != "*"):
+                self.send_error(HTTPStatus.PRECONDITION_FAILED, "the index changed (or no condition was given); "
+                                "read it again")
                 return
             if relative == INDEX:
                 try:
@@ -206,4 +248,7 @@ def make_server(directory: Path, host: str = "127.0.0.1", port: int = 0, writabl
         pass
 
     Handler.writable = writable
-    return ThreadingHTTPServer((host, port), lambda *a, **k: Handler(*a, directory=str(directory), **k))
+    try:
+        return ThreadingHTTPServer((host, port), lambda *a, **k: Handler(*a, directory=str(directory), **k))
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None

@@ -141,8 +141,12 @@ def pack(name: str, output: Path | None = None, *, model: str | None = None, **c
         output = Path(file_name)
     elif not output.name.endswith((".tar.gz", ".tgz")):  # a directory to put it in
         output = output / file_name
-    output.parent.mkdir(parents=True, exist_ok=True)
     from ..cache import ENTRY
+    from ..errors import ArtifactError
 
-    digest = write_archive(directory, card, output, skip=(ENTRY,))
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        digest = write_archive(directory, card, output, skip=(ENTRY,))
+    except OSError as exc:
+        raise ArtifactError(f"cannot write {output}: {exc.strerror or exc}") from None
     return output, card, digest

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import UsageError
 from .card import Card
-from .registry import configured_registries, open_registry, resolve, same_model
+from .registry import RegistryError, configured_registries, open_registry, resolve, same_model
 
 
 def entry_id(task: str, dataset: str, author: str, architecture: str | None) -> str:
@@ -23,6 +23,8 @@ def install(directory: Path, card: Card, *, model_id: str | None, source: str, d
     """Put a verified, unpacked adapter into the cache; refuse one made for another base model."""
     from .. import cache
     from ..tasks import builtin_tasks
+
+    card = Card.from_dict(card.to_dict(), source)  # every card, also one made here from a Hub repo, is checked
 
     if model_id is not None and not same_model(card.base_model.id, model_id) and not _unnamed(card.base_model.id):
         raise UsageError(f"{card.id} was trained on {card.base_model.id}, not on {model_id}; "
@@ -73,7 +75,7 @@ def pull(spec: str, *, model_id: str | None = None, registries: list[str] | None
         registry = open_registry(registry_spec)
         try:
             record = resolve(registry.read_index()["adapters"], spec, model_id, registry_spec, architecture)
-        except UsageError as exc:
+        except (UsageError, RegistryError) as exc:  # not there, or unreachable: try the next registry
             misses.append(str(exc))
             continue
         with tempfile.TemporaryDirectory(prefix="adapt-pull-") as tmp:
@@ -86,9 +88,23 @@ def pull(spec: str, *, model_id: str | None = None, registries: list[str] | None
     raise UsageError(f"{spec!r} is in none of the registries: " + "; ".join(misses))
 
 
+def is_full_id(spec: str) -> bool:
+    """Only a complete id (task/dataset@author[:version]) or an hf:// repo is pulled on the fly: a short
+    name that misses the cache is a typo, not a request for whatever a registry has under that prefix."""
+    from .card import parse_query
+
+    if spec.startswith("hf://"):
+        return True
+    try:
+        q = parse_query(spec)
+    except UsageError:
+        return False
+    return bool(q.task and q.dataset and q.author)
+
+
 def ensure(spec: str, model_id: str) -> Path | None:
     """On-the-fly pulling for commands that take an adapter: the cached copy's directory after pulling,
     or None when no registry is configured and ``spec`` is not an hf:// repo."""
-    if not (spec.startswith("hf://") or configured_registries()):
+    if not is_full_id(spec) or not (spec.startswith("hf://") or configured_registries()):
         return None
     return pull(spec, model_id=model_id).path

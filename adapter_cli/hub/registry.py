@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,7 +52,36 @@ def parse_index(raw: bytes, where: str) -> dict[str, Any]:
         raise RegistryError(f"the index of {where} is not valid JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT or not isinstance(data.get("adapters"), list):
         raise RegistryError(f"{where} does not hold an adapt registry index ({INDEX})")
+    good = [r for r in data["adapters"] if record_problem(r) is None]
+    if len(good) < len(data["adapters"]):
+        # One broken record must not take the whole registry down: skip it, say so once.
+        print(f"warning: {where}: skipped {len(data['adapters']) - len(good)} malformed index record(s)",
+              file=sys.stderr)
+    data["adapters"] = good
     return data
+
+
+def record_problem(record: Any) -> str | None:
+    """What is wrong with one index record, or None. Records come from the network: every field that is
+    used for a path, a comparison, a page or a command is checked."""
+    from .card import SHA256_RE, common_problem, format_id
+
+    if not isinstance(record, dict):
+        return "not an object"
+    problem = common_problem(record)
+    if problem:
+        return problem
+    if record.get("id") != format_id(record["task"], record["dataset"], record["author"]):
+        return "id does not match task, dataset and author"
+    archive = record.get("archive")
+    if not isinstance(archive, str) or not archive.startswith("archives/") or ".." in archive.split("/") \
+            or not archive.endswith(".tar.gz") or "\\" in archive:
+        return "archive must be a path under archives/"
+    if not isinstance(record.get("sha256"), str) or not SHA256_RE.fullmatch(record["sha256"]):
+        return "sha256 must be 64 hex digits"
+    if not isinstance(record.get("size"), int) or record["size"] < 0:
+        return "size must be a number of bytes"
+    return None
 
 
 def archive_path(card: Card, digest: str) -> str:
@@ -127,13 +157,19 @@ class DirectoryRegistry(Registry):
             if not self.root.is_dir():
                 raise RegistryError(f"registry {self.spec} does not exist (no such directory)")
             return empty_index(), None
-        return parse_index(path.read_bytes(), self.spec), None
+        try:
+            return parse_index(path.read_bytes(), self.spec), None
+        except OSError as exc:
+            raise RegistryError(f"cannot read the index of {self.spec}: {exc.strerror or exc}") from None
 
     def fetch(self, record: dict[str, Any], dest: Path) -> None:
         source = self._inside(record["archive"])
         if not source.is_file():
             raise RegistryError(f"registry {self.spec} lists {record['archive']} but the file is missing")
-        copy_limited(source.open("rb"), dest, int(record.get("size") or 0), self.url_of(record))
+        try:
+            copy_limited(source.open("rb"), dest, int(record.get("size") or 0), self.url_of(record))
+        except OSError as exc:
+            raise RegistryError(f"cannot read {record['archive']} from {self.spec}: {exc.strerror or exc}") from None
 
     def url_of(self, record: dict[str, Any]) -> str:
         return str(self._inside(record["archive"]))
@@ -145,15 +181,24 @@ class DirectoryRegistry(Registry):
         return target
 
     def _publish(self, archive: Path, record: dict[str, Any], force: bool) -> Published:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with _locked(self.root / ".lock", self.spec):
-            index, _ = self._read_index()
-            new = add_record(index, record, force)
-            if new:
-                target = self._inside(record["archive"])
-                target.parent.mkdir(parents=True, exist_ok=True)
-                _atomic_write(target, archive.read_bytes())
-                _atomic_write(self.root / INDEX, dump_index(index))
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with _locked(self.root / ".lock", self.spec):
+                index, _ = self._read_index()
+                new = add_record(index, record, force)
+                if new:
+                    target = self._inside(record["archive"])
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    existed = target.exists()
+                    _atomic_write(target, archive.read_bytes())
+                    try:
+                        _atomic_write(self.root / INDEX, dump_index(index))
+                    except OSError:
+                        if not existed:
+                            target.unlink(missing_ok=True)  # no archive without an index entry
+                        raise
+        except OSError as exc:
+            raise RegistryError(f"cannot publish to {self.spec}: {exc.strerror or exc}") from None
         return Published(record, self.spec, new)
 
 

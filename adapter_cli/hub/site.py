@@ -107,14 +107,16 @@ def _layout(title: str, body: str, root: str, subtitle: str) -> str:
 def use_command(record: dict[str, Any], registry: str, unique: bool = True) -> str:
     """The command that runs this adapter, pulling it on the fly from the registry. When its id is published
     in several architectures for this base model, the architecture has to be chosen while pulling."""
-    model, ref = record["base_model"]["id"], f"{record['id']}:{record['version']}"
-    if unique:
-        return f"ADAPT_REGISTRY={registry} adapt infer --model {model} -a {ref} \"Your text here\""
+    from shlex import quote  # every part comes from the registry: quote it so a copied command runs as shown
+
     from .pull import entry_id
 
-    local = entry_id(record["task"], record["dataset"], record["author"], record.get("architecture"))
-    return (f"adapt pull {ref} --arch {record.get('architecture')} --registry {registry} --model {model} && "
-            f"adapt infer --model {model} -a {local} \"Your text here\"")
+    model, ref, reg = quote(record["base_model"]["id"]), quote(f"{record['id']}:{record['version']}"), quote(registry)
+    if unique:
+        return f"ADAPT_REGISTRY={reg} adapt infer --model {model} -a {ref} 'Your text here'"
+    local = quote(entry_id(record["task"], record["dataset"], record["author"], record.get("architecture")))
+    return (f"adapt pull {ref} --arch {quote(str(record.get('architecture')))} --registry {reg} --model {model} && "
+            f"adapt infer --model {model} -a {local} 'Your text here'")
 
 
 def _index_page(records: list[dict[str, Any]], title: str, registry: str) -> str:
@@ -169,12 +171,12 @@ def _adapter_page(r: dict[str, Any], title: str, registry: str, archive_url: str
         labels = ", ".join(head.get("labels") or []) or "—"
         rows.append(("prediction head", f"{esc(head.get('type'))}, {esc(head.get('num_labels'))} outputs ({esc(labels)})"))
     for key, value in (r.get("metrics") or {}).items():
-        rows.append((f"dev {key}", f"{value:.4f}" if isinstance(value, (int, float)) else esc(value)))
+        rows.append((f"dev {esc(key)}", f"{value:.4f}" if isinstance(value, (int, float)) else esc(value)))
     rows += [("license", esc(r.get("license") or "not stated")), ("published", esc(r.get("published"))),
              ("archive", f'<a href="{esc(archive_url)}">{esc(Path(r["archive"]).name)}</a> ({esc(r.get("size"))} bytes)'),
              ("sha256", f"<code>{esc(r['sha256'])}</code>")]
-    if r.get("url"):
-        rows.append(("more", f'<a href="{esc(r["url"])}">{esc(r["url"])}</a>'))
+    if str(r.get("url") or "").startswith(("https://", "http://")):
+        rows.append(("more", f'<a href="{esc(r["url"])}" rel="nofollow noopener">{esc(r["url"])}</a>'))
     body = [f"<h2>{esc(r['id'])} <span class=\"chip\">v{esc(r['version'])}</span></h2>"]
     if r.get("description"):
         body.append(f"<p>{esc(r['description'])}</p>")

@@ -133,13 +133,14 @@ def test_search_filters_prefixes_and_ambiguity(world, registry):
 
     def ids(*args: str) -> list[str]:
         r = runner.invoke(app, ["search", "--registry", url, "--json", *args])
-        assert r.exit_code == 0, r.stderr
-        return [x["id"] for x in json.loads(r.stdout)]
+        found = [x["id"] for x in json.loads(r.stdout)]
+        assert r.exit_code == (0 if found else 1), r.stderr  # nothing found: [] and exit 1, like grep
+        return found
 
     assert ids("--arch", "houlsby") == ["sts/mrpc@ukp"]
     assert ids("--task", "sentiment", "--reduction-factor", "16") == ["sentiment/sst-2@ukp"]
     assert ids("--author", "someone-else") == []
-    assert ids("--dataset", "mrpc", "--model", str(world["model"])) == []  # a path is not the recorded model id
+    assert ids("--dataset", "mrpc", "--model", str(world["model"])) == ["sts/mrpc@ukp"]  # a local model by path
     assert ids("mrpc ukp") == ["sts/mrpc@ukp"]
     r = runner.invoke(app, ["search", "--registry", url, "--model", "bert-base-uncased"])
     assert r.exit_code == 1  # nothing found is a failure for scripts, said on stderr
@@ -406,3 +407,105 @@ def test_the_explore_site_filters_in_a_real_browser(world, registry, tmp_path):
             re.finditer(r'<tr class="adapter"([^>]*)>.*?>((?:sentiment|sts)/[^<]+)</a>', dom)}
     assert rows == {"sentiment/sst-2@ukp": True, "sts/mrpc@ukp": False}
     assert re.search(r'<section class="task" id="task-sentiment" hidden', dom)
+
+
+# ------------------------------------------------------------------ hostile registries and archives
+
+
+def _rewrite_card(registry: dict, rid: str, **changes) -> None:
+    """Rebuild an archive whose card says something else, hashes still valid, and vouch for it in the index."""
+    path = registry["dir"] / _record(registry["dir"], rid)["archive"]
+    members = []
+    with tarfile.open(path) as tar:
+        for m in tar.getmembers():
+            data = tar.extractfile(m).read()
+            if m.name == "adapt-card.json":
+                card = json.loads(data)
+                card.update(changes)
+                data = json.dumps(card).encode()
+            members.append(_file(m.name, data))
+    _point_record_at(registry["dir"], rid, _tar(members))
+
+
+def test_a_card_cannot_steer_the_cache_path(world, registry, tmp_path):
+    victim = tmp_path / "victim_model"
+    victim.mkdir()
+    (victim / "model.safetensors").write_text("precious")
+    _rewrite_card(registry, "sentiment/sst-2@ukp", architecture=f"x/../../../../../../..{victim}")
+    msg = _pull_refused(registry, world)
+    assert "architecture must be a lower-case identifier" in msg
+    assert (victim / "model.safetensors").read_text() == "precious"
+
+
+def test_an_archive_may_not_bring_its_own_cache_record(world, registry):
+    path = registry["dir"] / _record(registry["dir"], "sentiment/sst-2@ukp")["archive"]
+    with tarfile.open(path) as tar:
+        members = [_file(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    members.append(_file("entry.json", b"{}"))
+    _point_record_at(registry["dir"], "sentiment/sst-2@ukp", _tar(members))
+    assert "unsafe file name 'entry.json'" in _pull_refused(registry, world)
+
+
+def test_long_name_headers_are_refused_before_tarfile_reads_them(world, registry):
+    info = tarfile.TarInfo("a" * 5000)  # a GNU long-name header: tarfile would read it whole first
+    info.size = 2
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.GNU_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(b"{}"))
+    _point_record_at(registry["dir"], "sentiment/sst-2@ukp", buf.getvalue())
+    assert "not a regular file" in _pull_refused(registry, world)
+
+
+def test_a_malformed_index_record_is_skipped_not_fatal(world, registry):
+    index = json.loads((registry["dir"] / "index.json").read_text())
+    index["adapters"] += ["junk", {"id": "x"}, {**index["adapters"][0], "version": 1},
+                          {**index["adapters"][0], "archive": "../../etc/passwd"}]
+    (registry["dir"] / "index.json").write_text(json.dumps(index))
+    r = runner.invoke(app, ["search", "--registry", registry["url"], "--json"])
+    assert r.exit_code == 0 and len(json.loads(r.stdout)) == 2
+    assert "skipped 4 malformed index record(s)" in r.stderr
+
+
+def test_the_writable_server_only_writes_the_index_and_new_archives(world, registry, tmp_path):
+    import urllib.error
+    import urllib.request
+
+    server = _Server(registry["dir"], writable=True)
+    archive = _record(registry["dir"], "sentiment/sst-2@ukp")["archive"]
+
+    def put(path: str, data: bytes, **headers: str) -> int:
+        from http.client import HTTPConnection
+
+        conn = HTTPConnection("127.0.0.1", server.httpd.server_address[1])
+        conn.request("PUT", path, body=data, headers=headers)  # raw path: no client-side normalising
+        status = conn.getresponse().status
+        conn.close()
+        return status
+
+    try:
+        before = (registry["dir"] / "index.json").read_bytes()
+        assert put("/archives/../index.json", b"garbage", **{"If-None-Match": "*"}) in (403, 412)
+        assert put("/archives/../evil.json", b"{}") == 403
+        assert put("/index.json", b"garbage") == 412  # no condition: refused
+        assert put(f"/{archive}", b"other bytes") == 412  # a published archive never changes
+        assert put(f"/{archive}", (registry["dir"] / archive).read_bytes()) == 204  # the same bytes: fine
+        assert (registry["dir"] / "index.json").read_bytes() == before
+        assert not (registry["dir"] / "evil.json").exists()
+        with pytest.raises(urllib.error.HTTPError) as listing:
+            urllib.request.urlopen(server.url + "/archives/")
+        assert listing.value.code == 404  # no directory listings
+    finally:
+        server.close()
+
+
+def test_on_the_fly_pulls_need_a_full_id(world, registry, monkeypatch):
+    monkeypatch.setenv("ADAPT_REGISTRY", registry["url"])
+    r = runner.invoke(app, ["infer", "--model", str(world["model"]), "-a", "sst", "good film"])
+    assert "no cached adapter 'sst'" in one_line_error(r)  # a typo is not a request for a stranger's adapter
+    assert _nothing_cached(registry["cache_b"])
+
+
+def test_one_unreachable_registry_does_not_hide_the_next(world, registry):
+    r = runner.invoke(app, ["pull", "sentiment/sst-2@ukp", "--registry", "http://127.0.0.1:9", "--registry",
+                            registry["url"], "--model", str(world["model"]), "--json"])
+    assert r.exit_code == 0, r.stderr

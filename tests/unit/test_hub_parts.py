@@ -56,6 +56,8 @@ def test_an_adapterhub_repo_on_the_hf_hub_loads_as_it_is(tmp_path, monkeypatch):
     files = sorted((fx / "adapters" / "pfr").iterdir()) + sorted((fx / "head").iterdir())
     _fake_hf_cache(tmp_path / "hf", "AdapterHub/roberta-tiny-pf-demo", files,
                    readme="---\ntags: [adapter-transformers, roberta]\ndatasets: [glue]\nlicense: apache-2.0\n---\n")
+    _fake_hf_cache(tmp_path / "hf", "AdapterHub/roberta-tiny-pf-other", files,
+                   readme="---\ndatasets: [glue]\n---\n")  # same README datasets: must not share an entry
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
@@ -68,6 +70,8 @@ def test_an_adapterhub_repo_on_the_hf_hub_loads_as_it_is(tmp_path, monkeypatch):
     assert entry["source"] == "hf://AdapterHub/roberta-tiny-pf-demo" and entry["config_name"] == "pfeiffer"
     assert (path / "pytorch_adapter.bin").is_file()  # AdapterHub's files, as they are
     assert cache.locate("hf://AdapterHub/roberta-tiny-pf-demo", model_id(str(base))) == path  # now cached
+    other = cache.locate("hf://AdapterHub/roberta-tiny-pf-other", model_id(str(base)))
+    assert other != path and path.is_dir() and path.name == "hf--roberta-tiny-pf-demo@adapterhub--pfeiffer"
 
     model = AdapterModel.from_pretrained(base)
     name = model.load_adapter(path, with_head=False)
