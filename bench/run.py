@@ -48,6 +48,21 @@ def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeat: int)
     return statistics.median(samples), peak
 
 
+def saved_activation_bytes(fn: Callable[[], Any], params: set[int]) -> int:
+    """Bytes of the tensors autograd keeps for the backward of one call (weights excluded): the activation
+    memory of a training step, measurable on any device (a CPU stand-in for peak memory)."""
+    seen: dict[tuple[int, int, Any], int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in params:
+            seen[(t.data_ptr(), t.numel(), t.dtype)] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -91,9 +106,12 @@ def main() -> int:
         mask = torch.ones_like(ids)
         labels = torch.randint(0, 2, (batch,), device=device)
 
-        def record(arm: str, fn: Callable[[], Any]) -> None:
+        def record(arm: str, fn: Callable[[], Any], model: Any = None) -> None:
             seconds, peak = timed(fn, device, args.warmup, args.repeat)
-            rows.append({"batch": batch, "arm": arm, "seconds": seconds, "peak_bytes": peak})
+            saved = None
+            if model is not None:  # a training arm: also the activation bytes autograd keeps
+                saved = saved_activation_bytes(fn, {p.untyped_storage().data_ptr() for p in model.parameters()})
+            rows.append({"batch": batch, "arm": arm, "seconds": seconds, "peak_bytes": peak, "saved_bytes": saved})
             print(f"batch {batch:>4} {arm:<28} {seconds * 1000:9.2f} ms" +
                   (f"  peak {peak / 2**30:.2f} GiB" if peak else ""), file=sys.stderr)
 
@@ -114,10 +132,10 @@ def main() -> int:
 
         torch.manual_seed(0)
         plain = AutoModel.from_config(config).to(device).train()
-        record("full fine-tuning step", train_step(plain, list(plain.parameters())))
+        record("full fine-tuning step", train_step(plain, list(plain.parameters())), plain)
         plain.requires_grad_(False)
         plain.embeddings.word_embeddings.weight.requires_grad_(True)  # the floor: backward crosses every layer
-        record("frozen floor", train_step(plain, []))
+        record("frozen floor", train_step(plain, []), plain)
         plain.eval()
         with torch.no_grad():
             record("inference, no adapter", lambda: plain(input_ids=ids, attention_mask=mask))
@@ -129,7 +147,7 @@ def main() -> int:
         model.train_adapters(["a0"], heads=["h"])
         model.train()
         record("adapter training step", train_step(model, [p for p in model.parameters() if p.requires_grad],
-                                                   active="a0", labels=labels))
+                                                   active="a0", labels=labels), model)
         model.eval()
         with torch.no_grad():
             record("inference, one adapter", lambda: model(input_ids=ids, attention_mask=mask, active="a0"))
@@ -143,7 +161,7 @@ def main() -> int:
             model.train_adapters([], fusions=[fusion], heads=["h"])
             model.train()
             record(f"fuse-{n} training step", train_step(model, [p for p in model.parameters() if p.requires_grad],
-                                                         active=active, labels=labels))
+                                                         active=active, labels=labels), model)
             if n == max(shape["fuse"]):
                 with reference_order():
                     record(f"fuse-{n} training step, reference order",
@@ -172,9 +190,17 @@ def main() -> int:
         get = {r["arm"]: r["seconds"] for r in rows if r["batch"] == batch}
         return get[num] / get[den]
 
+    def saved_ratio(batch: int, num: str, den: str) -> float:
+        get = {r["arm"]: r["saved_bytes"] for r in rows if r["batch"] == batch}
+        return get[num] / get[den]
+
     ratios = []
     for batch in shape["batches"]:
         biggest = max(shape["fuse"])
+        ratios.append({"batch": batch, "ratio": "adapter step / full fine-tuning step: saved activation bytes",
+                       "value": saved_ratio(batch, "adapter training step", "full fine-tuning step")})
+        ratios.append({"batch": batch, "ratio": f"fuse-{biggest} step / full fine-tuning step: saved activation bytes",
+                       "value": saved_ratio(batch, f"fuse-{biggest} training step", "full fine-tuning step")})
         for name, num, den in (
             ("adapter step / full fine-tuning step", "adapter training step", "full fine-tuning step"),
             ("adapter step / frozen floor", "adapter training step", "frozen floor"),
@@ -201,10 +227,10 @@ def main() -> int:
     lines = [f"# adapt benchmark: {env['device']}, preset {args.preset}, dtype {env['dtype']}", "",
              "| batch | ratio | value |", "|---|---|---|"]
     lines += [f"| {r['batch']} | {r['ratio']} | {r['value']:.2f} |" for r in ratios]
-    lines += ["", "| batch | arm | median ms | peak GiB |", "|---|---|---|---|"]
+    lines += ["", "| batch | arm | median ms | peak GiB | saved activations MB |", "|---|---|---|---|---|"]
     lines += [f"| {r['batch']} | {r['arm']} | {r['seconds'] * 1000:.2f} | "
-              f"{r['peak_bytes'] / 2**30:.2f} |" if r["peak_bytes"] else
-              f"| {r['batch']} | {r['arm']} | {r['seconds'] * 1000:.2f} | - |" for r in rows]
+              + (f"{r['peak_bytes'] / 2**30:.2f}" if r["peak_bytes"] else "-") + " | "
+              + (f"{r['saved_bytes'] / 1e6:.1f}" if r["saved_bytes"] else "-") + " |" for r in rows]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
