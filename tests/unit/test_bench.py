@@ -1,0 +1,25 @@
+"""The benchmark suite runs end to end at its small CPU shape and writes every ratio (no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_bench_writes_every_arm_and_ratio(tmp_path):
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--device", "cpu", "--preset", "small",
+                          "--repeat", "1", "--warmup", "0", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads((tmp_path / "results-cpu-small.json").read_text())
+    arms = {r["arm"] for r in result["arms"]}
+    assert {"full fine-tuning step", "frozen floor", "adapter training step", "inference, one adapter",
+            "inference, fuse-8", "inference, fuse-8, reference order", "inference, 8 distinct adapters"} <= arms
+    ratios = {r["ratio"]: r["value"] for r in result["ratios"]}
+    assert len(ratios) == 11 and all(v > 0 for v in ratios.values())
+    # saved activations are counted, not timed: an adapter step keeps less than full fine-tuning
+    assert ratios["adapter step / full fine-tuning step: saved activation bytes"] < 1.0
+    assert (tmp_path / "results-cpu-small.md").read_text().startswith("# adapt benchmark")
