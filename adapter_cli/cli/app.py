@@ -7,7 +7,7 @@ import typer
 app = typer.Typer(
     name="adapt",
     help=(
-        "adapt: add, train, extract, fuse and run adapters on pretrained transformers.\n\n"
+        "adapt: add, train, extract, fuse, run and share adapters on pretrained transformers.\n\n"
         "Results go to stdout (--json for scripts), progress and errors to stderr. Exit codes: "
         "0 success, 1 failure, 2 bad input. ADAPT_DEBUG=1 shows tracebacks."
     ),
