@@ -189,18 +189,3 @@ def _check_member(member: tarfile.TarInfo, label: str) -> None:
         raise ArtifactError(f"refusing {label}: unsafe path {name!r} (archives are flat; no directories or '..')")
     if not SAFE_NAME.fullmatch(member.name) or member.name in RESERVED:
         raise ArtifactError(f"refusing {label}: unsafe file name {name!r}")
-
-
-def read_card(archive: Path) -> Card:
-    """The card of an archive without unpacking the rest (for `adapt publish ARCHIVE`); not yet verified."""
-    try:
-        _prescan(archive, max_bytes(), str(archive))
-        with tarfile.open(archive, mode="r:gz") as tar:
-            member = tar.next()
-            if member is None or member.name != CARD or not member.isreg() or member.size > 1_000_000:
-                raise ArtifactError(f"{archive} is not an adapter archive: it does not start with {CARD}")
-            fh = tar.extractfile(member)
-            assert fh is not None
-            return Card.from_dict(json.loads(fh.read().decode("utf-8")), f"{archive}:{CARD}")
-    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{archive} is not a readable adapter archive ({exc})") from None

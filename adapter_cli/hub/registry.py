@@ -143,8 +143,6 @@ class Registry:
     def _publish(self, archive: Path, record: dict[str, Any], force: bool) -> Published:
         raise NotImplementedError
 
-    def search(self, query: str | None = None, **filters: Any) -> list[dict[str, Any]]:
-        return search_records(self.read_index()["adapters"], query, **filters)
 
 
 class DirectoryRegistry(Registry):

@@ -305,10 +305,14 @@ def test_concurrent_publishers_to_a_directory_all_land(world, tmp_path):
 
 
 def test_concurrent_publishers_over_http_all_land(world, tmp_path):
-    from adapter_cli.hub.archive import file_digest, read_card
+    from adapter_cli.hub.archive import extract_archive, file_digest
     from adapter_cli.hub.registry import open_registry
 
     archives = _archives(world, tmp_path / "dist", 8)
+    cards = {}
+    for a in archives:
+        (tmp_path / a.name).mkdir()
+        cards[a] = extract_archive(a, tmp_path / a.name).card
     reg = tmp_path / "http-registry"
     reg.mkdir()
     server = _Server(reg, writable=True)
@@ -316,7 +320,7 @@ def test_concurrent_publishers_over_http_all_land(world, tmp_path):
 
     def publish(a: Path) -> None:
         try:
-            open_registry(server.url).publish(a, read_card(a), file_digest(a))
+            open_registry(server.url).publish(a, cards[a], file_digest(a))
         except BaseException as exc:  # collected and re-raised in the main thread
             errors.append(exc)
 
