@@ -111,10 +111,23 @@ class AdapterModel(nn.Module):
             enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             self.base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers also makes the embedding output require grad, which only reentrant checkpointing
+        # needs; with the non-reentrant kind it only adds a backward below the lowest trainable module.
+        self._drop_input_grad_hook()
         checkpoint = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
         for module in self.base.modules():
             if getattr(module, "gradient_checkpointing", False) and hasattr(module, "_gradient_checkpointing_func"):
                 module._gradient_checkpointing_func = self._context.wrap_checkpoint(checkpoint)
+
+    def gradient_checkpointing_disable(self) -> None:
+        disable = getattr(self.base, "activation_checkpointing_disable", None) or \
+            self.base.gradient_checkpointing_disable
+        disable()
+        self._drop_input_grad_hook()
+
+    def _drop_input_grad_hook(self) -> None:
+        if getattr(self.base, "_require_grads_hook", None) is not None:
+            self.base.disable_input_require_grads()
 
     # ------------------------------------------------------------------ shape
     @property

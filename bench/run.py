@@ -148,6 +148,10 @@ def main() -> int:
         model.train()
         record("adapter training step", train_step(model, [p for p in model.parameters() if p.requires_grad],
                                                    active="a0", labels=labels), model)
+        model.gradient_checkpointing_enable()  # the recipe's gradient_checkpointing=true
+        record("adapter training step, checkpointed",
+               train_step(model, [p for p in model.parameters() if p.requires_grad], active="a0", labels=labels), model)
+        model.gradient_checkpointing_disable()
         model.eval()
         with torch.no_grad():
             record("inference, one adapter", lambda: model(input_ids=ids, attention_mask=mask, active="a0"))
@@ -199,6 +203,10 @@ def main() -> int:
         biggest = max(shape["fuse"])
         ratios.append({"batch": batch, "ratio": "adapter step / full fine-tuning step: saved activation bytes",
                        "value": saved_ratio(batch, "adapter training step", "full fine-tuning step")})
+        ratios.append({"batch": batch, "ratio": "checkpointed adapter step / full fine-tuning step: saved activation bytes",
+                       "value": saved_ratio(batch, "adapter training step, checkpointed", "full fine-tuning step")})
+        ratios.append({"batch": batch, "ratio": "checkpointed adapter step / full fine-tuning step",
+                       "value": ratio(batch, "adapter training step, checkpointed", "full fine-tuning step")})
         ratios.append({"batch": batch, "ratio": f"fuse-{biggest} step / full fine-tuning step: saved activation bytes",
                        "value": saved_ratio(batch, f"fuse-{biggest} training step", "full fine-tuning step")})
         for name, num, den in (

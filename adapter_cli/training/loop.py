@@ -139,6 +139,8 @@ def build_model(recipe: Recipe, task: Any) -> tuple[Any, Any, str, Any]:
     else:
         model.train_adapters([], heads=[name])
         model.base.requires_grad_(True)
+    if recipe.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     return model, tokenizer, name, active
 
 

@@ -214,3 +214,13 @@ def test_offline_hub_task_says_what_was_needed(env, monkeypatch) -> None:
     message = one_line_error(runner.invoke(app, ["train", "--task", "rte", "--model", env["model"], "--quiet"]))
     assert "nyu-mll/glue (rte)" in message and "HF_HUB_OFFLINE" in message and "--data-dir" in message
     assert not Path("runs").exists()
+
+
+def test_gradient_checkpointing_trains_the_same_adapter(env) -> None:
+    """Recomputing layers in the backward (less activation memory) changes nothing in what is learned."""
+    a = json.loads(train(env, "--json", "--run-dir", "plain", "--no-cache", *FAST).stdout)
+    b = json.loads(train(env, "--json", "--run-dir", "ckpt", "--no-cache", "gradient_checkpointing=true", *FAST).stdout)
+    assert a["best"]["metrics"] == b["best"]["metrics"]
+    wa = torch.load(Path("plain/checkpoint.pt"), weights_only=True)["trainable"]
+    wb = torch.load(Path("ckpt/checkpoint.pt"), weights_only=True)["trainable"]
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)

@@ -19,7 +19,9 @@ def test_bench_writes_every_arm_and_ratio(tmp_path):
     assert {"full fine-tuning step", "frozen floor", "adapter training step", "inference, one adapter",
             "inference, fuse-8", "inference, fuse-8, reference order", "inference, 8 distinct adapters"} <= arms
     ratios = {r["ratio"]: r["value"] for r in result["ratios"]}
-    assert len(ratios) == 11 and all(v > 0 for v in ratios.values())
+    assert len(ratios) == 13 and all(v > 0 for v in ratios.values())
     # saved activations are counted, not timed: an adapter step keeps less than full fine-tuning
     assert ratios["adapter step / full fine-tuning step: saved activation bytes"] < 1.0
+    assert ratios["checkpointed adapter step / full fine-tuning step: saved activation bytes"] < \
+        ratios["adapter step / full fine-tuning step: saved activation bytes"]
     assert (tmp_path / "results-cpu-small.md").read_text().startswith("# adapt benchmark")

@@ -173,3 +173,17 @@ def test_multilabel_adapterhub_heads_are_refused(tmp_path) -> None:
     (tmp_path / "h" / "head_config.json").write_text(json.dumps(config))
     with pytest.raises(ArtifactError, match="multi-label"):
         tiny_model().load_head(tmp_path / "h")
+
+
+def test_checkpointing_adds_no_backward_below_the_lowest_adapter() -> None:
+    """transformers' checkpointing makes the embedding output require grad (only reentrant checkpointing
+    needs that); left in place it costs a backward through layer 0 to nothing, and survived disabling."""
+    from conftest import tiny_inputs, tiny_model
+
+    model = tiny_model()
+    model.add_adapter("a")
+    model.train_adapters(["a"])
+    ids, _ = tiny_inputs()
+    for toggle in (model.gradient_checkpointing_enable, model.gradient_checkpointing_disable):
+        toggle()
+        assert not model.base.embeddings(input_ids=ids).requires_grad
