@@ -135,7 +135,9 @@ def search(query: str = typer.Argument(None, help="Free text: every word must ap
                               model=canonical_model_id(model_id(resolve_model(model))) if model else None,
                               architecture=architecture,
                               reduction_factor=reduction_factor, author=author)
-        hits = hits if all_versions else [r for r in hits if r in latest(hits)]
+        if not all_versions:
+            newest = {id(r) for r in latest(hits)}
+            hits = [r for r in hits if id(r) in newest]
         found.extend({**r, "registry": spec} for r in hits)
     if json_out:
         emit_json(found)

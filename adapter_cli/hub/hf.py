@@ -215,7 +215,7 @@ def adapterhub_card(directory: Path, spec: str) -> tuple[Path, Any]:
                                                                                 (int, float)) else None,
                 non_linearity=artifact.config.non_linearity, head=head, license=front.get("license"),
                 url=f"https://huggingface.co/{repo.repo_id}", description=f"AdapterHub adapter {repo.repo_id}")
-    return directory, card
+    return directory, Card.from_dict(card.to_dict(), spec)  # checked like a downloaded card
 
 
 def _front_matter(readme: Path) -> dict[str, Any]:

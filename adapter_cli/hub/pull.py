@@ -20,11 +20,10 @@ def entry_id(task: str, dataset: str, author: str, architecture: str | None) -> 
 
 
 def install(directory: Path, card: Card, *, model_id: str | None, source: str, digest: str | None = None) -> Any:
-    """Put a verified, unpacked adapter into the cache; refuse one made for another base model."""
+    """Put a verified, unpacked adapter (its card already checked) into the cache; refuse one made for
+    another base model."""
     from .. import cache
     from ..tasks import builtin_tasks
-
-    card = Card.from_dict(card.to_dict(), source)  # every card, also one made here from a Hub repo, is checked
 
     if model_id is not None and not same_model(card.base_model.id, model_id) and not _unnamed(card.base_model.id):
         raise UsageError(f"{card.id} was trained on {card.base_model.id}, not on {model_id}; "
