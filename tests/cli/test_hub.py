@@ -513,3 +513,27 @@ def test_one_unreachable_registry_does_not_hide_the_next(world, registry):
     r = runner.invoke(app, ["pull", "sentiment/sst-2@ukp", "--registry", "http://127.0.0.1:9", "--registry",
                             registry["url"], "--model", str(world["model"]), "--json"])
     assert r.exit_code == 0, r.stderr
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["search", "--registry", "ftp://x"], 2, "unknown registry 'ftp://x'"),
+    (["search", "--registry", "nope"], 1, "registry nope does not exist"),
+    (["search", "--registry", "bad-index"], 1, "is not valid JSON"),
+    (["pull", "sentiment/sst-2@ukp"], 2, "pass --registry"),
+    (["pull", "./missing.tar.gz", "--registry", "."], 2, "is not an adapter identifier"),
+    (["publish", "no-such-adapter", "--to", "out"], 2, "no cached adapter 'no-such-adapter'"),
+    (["publish", "sst2-run", "--author", "me", "--to", "a-file"], 1, "cannot publish to a-file"),
+    (["pack", "sst2-run", "--author", "me", "--catalog", "Bad Catalog/x", "-o", "out"], 2, "lower-case"),
+    (["hub", "site", "nope", "-o", "out"], 1, "does not exist"),
+    (["hub", "serve", "nope"], 2, "is not a directory"),
+], ids=lambda v: v[0] if isinstance(v, list) else None)
+def test_bad_hub_input_is_one_line_and_writes_nothing(world, tmp_path, monkeypatch, args, code, message):
+    monkeypatch.setenv("ADAPT_CACHE", str(world["cache_a"]))
+    monkeypatch.delenv("ADAPT_REGISTRY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("not a registry")
+    (tmp_path / "bad-index").mkdir()
+    (tmp_path / "bad-index" / "index.json").write_text("{bad")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert message in one_line_error(runner.invoke(app, args), code=code)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing half-written: no out/, no archive
