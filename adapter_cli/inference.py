@@ -88,16 +88,17 @@ def read_rows(texts: list[str], input_path: str | None, text_column: str, pair_c
 
 
 def predict(model: Any, tokenizer: Any, rows: list[Row], active: Any = None, batch_size: int = 32,
-            max_length: int = 128) -> Iterator[dict[str, Any]]:
-    """Predictions in row order. Rows with a ``route`` use that composition (validated up front), the
-    others ``active``; rows are batched per composition."""
+            max_length: int = 128, autocast: Any = None) -> Iterator[dict[str, Any]]:
+    """Predictions in row order, on the model's device (under autocast to ``autocast`` when given). Rows
+    with a ``route`` use that composition (validated up front), the others ``active``; rows are batched
+    per composition."""
     routes = {r.route for r in rows if r.route is not None}
     compositions = {route: model.resolve_composition(route) for route in sorted(routes)}
     if not routes:
-        yield from _predict(model, tokenizer, rows, active, batch_size, max_length)
+        yield from _predict(model, tokenizer, rows, active, batch_size, max_length, autocast)
         return
     if all(r.route in model.adapters for r in rows):
-        yield from _predict_routed(model, tokenizer, rows, batch_size, max_length)
+        yield from _predict_routed(model, tokenizer, rows, batch_size, max_length, autocast)
         return
     results: list[dict[str, Any] | None] = [None] * len(rows)
     groups: dict[Any, list[int]] = {}
@@ -106,14 +107,14 @@ def predict(model: Any, tokenizer: Any, rows: list[Row], active: Any = None, bat
     for route, indices in groups.items():
         chosen = compositions[route] if route is not None else active
         for i, out in zip(indices, _predict(model, tokenizer, [rows[i] for i in indices], chosen, batch_size,
-                                             max_length)):
+                                             max_length, autocast)):
             out["active"] = str(chosen) if chosen is not None else None
             results[i] = out
     yield from (r for r in results if r is not None)
 
 
 def _predict_routed(model: Any, tokenizer: Any, rows: list[Row], batch_size: int,
-                    max_length: int) -> Iterator[dict[str, Any]]:
+                    max_length: int, autocast: Any) -> Iterator[dict[str, Any]]:
     """Every row names one adapter: each batch runs once, its rows grouped by adapter in a batch split
     (one batched product over per-row weights, whatever the number of distinct adapters)."""
     from .composition import BatchSplit
@@ -125,7 +126,8 @@ def _predict_routed(model: Any, tokenizer: Any, rows: list[Row], batch_size: int
         runs = [(name, len(list(group))) for name, group in itertools.groupby(names)]
         split: Any = runs[0][0] if len(runs) == 1 else BatchSplit(tuple(name for name, _ in runs),
                                                                   sizes=tuple(n for _, n in runs))
-        outs = list(_predict(model, tokenizer, [chunk[i] for i in order], split, len(chunk), max_length))
+        outs = list(_predict(model, tokenizer, [chunk[i] for i in order], split, len(chunk), max_length,
+                             autocast))
         placed: list[dict[str, Any]] = [{}] * len(chunk)
         for i, out in zip(order, outs):
             out["active"] = chunk[i].route
@@ -134,7 +136,7 @@ def _predict_routed(model: Any, tokenizer: Any, rows: list[Row], batch_size: int
 
 
 def _predict(model: Any, tokenizer: Any, rows: list[Row], active: Any, batch_size: int,
-             max_length: int) -> Iterator[dict[str, Any]]:
+             max_length: int, autocast: Any) -> Iterator[dict[str, Any]]:
     import torch
 
     if model.active_head is None:
@@ -145,13 +147,15 @@ def _predict(model: Any, tokenizer: Any, rows: list[Row], active: Any, batch_siz
                          "(evaluate multiple-choice tasks with adapt train)")
     id2label = head.config.id2label
     model.eval()
+    device = next(model.parameters()).device
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         texts = [r.text for r in chunk]
         pairs = [r.pair for r in chunk] if chunk[0].pair is not None else None
         enc = tokenizer(texts, pairs, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        with torch.no_grad():
-            logits = model(**enc, active=active).logits.float()
+        enc = {k: v.to(device) for k, v in enc.items()}
+        with torch.inference_mode(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            logits = model(**enc, active=active).logits.float().cpu()
         for row, vec in zip(chunk, logits):
             out: dict[str, Any] = {"text": row.text}
             if row.pair is not None:

@@ -148,7 +148,22 @@ class AdapterModel(nn.Module):
                              name_or_path=self.name_or_path, revision=self.revision, num_layers=self.num_layers)
 
     def _dtype(self) -> torch.dtype:
-        return next(self.base.parameters()).dtype
+        # The embeddings, not the linear layers: those may be stored in bf16 (cast_frozen_linears) while
+        # new adapters must still be created in the model's working precision.
+        return self.base.get_input_embeddings().weight.dtype
+
+    def cast_frozen_linears(self, dtype: torch.dtype) -> int:
+        """Store the frozen linear layers of the base model in ``dtype``; returns how many weights were cast.
+
+        Under autocast to ``dtype`` every linear layer casts its weight to ``dtype`` on each call anyway, so
+        outputs and gradients stay the same bit for bit, while the weights take half the memory and no
+        per-step cast copies are made (autograd would keep them for the backward). Embeddings and layer norms
+        keep their precision: autocast does not cast them, so storing them lower would change the numbers.
+        Only for use under autocast to ``dtype``: without it the layers would see inputs of another dtype.
+        """
+        from .devices import cast_frozen_linears
+
+        return cast_frozen_linears(self.base, dtype)
 
     def _device(self) -> torch.device:
         return next(self.base.parameters()).device

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ..devices import autocast_dtype, resolve_device
 from ..errors import UsageError
 from ..fsutil import dump_json
 from ..tasks import get_task
@@ -70,19 +71,23 @@ def _distributed() -> tuple[int, int]:
 
 
 def _device(recipe: Recipe) -> torch.device:
-    if recipe.device != "auto":
-        return torch.device(recipe.device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
+    return resolve_device(recipe.device)
 
 
 def _precision(recipe: Recipe, device: torch.device) -> torch.dtype | None:
-    if recipe.precision == "fp32" or (recipe.precision == "auto" and device.type != "cuda"):
-        return None
-    if recipe.precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[recipe.precision]
+    return autocast_dtype(recipe.precision, device)
+
+
+def _frozen_dtype(recipe: Recipe, autocast: torch.dtype | None) -> torch.dtype | None:
+    """The dtype the frozen linear layers are stored in (None: as loaded). Only the autocast dtype is
+    allowed, because only then are the results unchanged (see AdapterModel.cast_frozen_linears)."""
+    if recipe.frozen_dtype in ("auto", "fp32"):
+        return autocast if recipe.frozen_dtype == "auto" else None
+    wanted = {"bf16": torch.bfloat16, "fp16": torch.float16}[recipe.frozen_dtype]
+    if wanted != autocast:
+        raise UsageError(f"frozen_dtype={recipe.frozen_dtype} needs autocast to the same dtype: set "
+                         f"precision={recipe.frozen_dtype}")
+    return wanted
 
 
 def environment(device: torch.device, world: int) -> dict[str, Any]:
@@ -188,6 +193,9 @@ def train(recipe: Recipe, run_dir: Path, resume: bool = False, reporter: Reporte
     device = _device(recipe)
     model.to(device)
     autocast = _precision(recipe, device)
+    frozen = _frozen_dtype(recipe, autocast)
+    if frozen is not None:
+        model.cast_frozen_linears(frozen)
     pad_id = tokenizer.pad_token_id or 0
     train_data = encode(task, train_examples, tokenizer, recipe.max_length)
     eval_data = encode(task, eval_examples, tokenizer, recipe.max_length)

@@ -14,10 +14,10 @@ from typing import Any
 
 import yaml
 
+from ..devices import PRECISIONS
 from ..errors import UsageError, suggest
 
 METHODS = ("adapter", "full", "head", "fusion")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -45,6 +45,7 @@ class Recipe:
     max_grad_norm: float = 1.0
     seed: int = 42
     precision: str = "auto"  # auto = bf16 autocast on a CUDA GPU that supports it, fp32 otherwise
+    frozen_dtype: str = "auto"  # storage of the frozen linear layers; auto = the autocast dtype (exact), else fp32
     gradient_checkpointing: bool = False  # recompute each layer in the backward: far less activation memory
     device: str = "auto"
     max_train_samples: int | None = None
@@ -78,6 +79,13 @@ class Recipe:
             raise bad(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.precision not in PRECISIONS:
             raise bad(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.frozen_dtype not in PRECISIONS:
+            raise bad(f"frozen_dtype must be one of {', '.join(PRECISIONS)}, got {self.frozen_dtype!r}")
+        if self.frozen_dtype in ("bf16", "fp16") and self.precision not in ("auto", self.frozen_dtype):
+            raise bad(f"frozen_dtype={self.frozen_dtype} needs precision={self.frozen_dtype} (frozen layers are "
+                      f"stored in the dtype autocast computes in), got precision={self.precision}")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise bad("gradient_checkpointing must be true or false")
         for key in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "max_length", "save_every_steps",
                     "log_every_steps"):
             value = getattr(self, key)

@@ -107,3 +107,28 @@ def test_nothing_written_on_error(minilm_adapters, tmp_path) -> None:
 
 def test_missing_model_directory() -> None:
     assert "no model directory" in one_line_error(runner.invoke(app, ["infer", "-m", "./no/such/model", "x"]))
+
+
+def test_bf16_inference_agrees_with_fp32(minilm_adapters) -> None:
+    """--precision bf16 (the default on a GPU) runs under autocast with the frozen linears stored in bf16."""
+    texts = ["a lovely film", "awful", "it was fine, I suppose", "the worst plot in years"]
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        result = runner.invoke(app, ["infer", "-m", "minilm", "-a", str(minilm_adapters / "pos"), "--precision",
+                                     precision, "--device", "cpu", *texts])
+        assert result.exit_code == 0, result.stderr
+        scores[precision] = [(row["label"], row["score"]) for row in map(json.loads, result.stdout.splitlines())]
+    assert [label for label, _ in scores["fp32"]] == [label for label, _ in scores["bf16"]]
+    assert max(abs(a[1] - b[1]) for a, b in zip(scores["fp32"], scores["bf16"])) < 2e-2
+    assert scores["fp32"] != scores["bf16"]  # bf16 really ran
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--precision", "fp64"], "precision must be one of"),
+    (["--device", "tpu:0"], "unknown device"),
+    pytest.param(["--device", "cuda"], "no usable CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
+])
+def test_bad_device_or_precision(minilm_adapters, args, message) -> None:
+    result = runner.invoke(app, ["infer", "-m", "minilm", "-a", str(minilm_adapters / "pos"), *args, "x"])
+    assert message in one_line_error(result)

@@ -142,6 +142,10 @@ def test_data_parallel_with_two_processes(env) -> None:
     (["epochs=zero"], "epochs must be a positive integer"),
     (["--recipe", "nosuch"], "no recipe"),
     (["--name", "a.b"], "invalid adapter name"),
+    (["frozen_dtype=int8"], "frozen_dtype must be one of"),
+    (["precision=fp32", "frozen_dtype=bf16"], "needs precision=bf16"),
+    pytest.param(["device=cuda"], "no usable CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
 ])
 def test_bad_training_input(env, args, message) -> None:
     argv = ["train", "--model", env["model"], "--quiet", *args]
@@ -224,3 +228,16 @@ def test_gradient_checkpointing_trains_the_same_adapter(env) -> None:
     wa = torch.load(Path("plain/checkpoint.pt"), weights_only=True)["trainable"]
     wb = torch.load(Path("ckpt/checkpoint.pt"), weights_only=True)["trainable"]
     assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_frozen_layers_in_bf16_learn_the_same_adapter(env) -> None:
+    """Under bf16 autocast the frozen linear layers are stored in bf16 by default (frozen_dtype=auto):
+    half their memory, and bit for bit the same training as keeping them in fp32."""
+    a = json.loads(train(env, "--json", "--run-dir", "fp32", "--no-cache", "precision=bf16", "frozen_dtype=fp32",
+                         *FAST).stdout)
+    b = json.loads(train(env, "--json", "--run-dir", "bf16", "--no-cache", "precision=bf16", *FAST).stdout)
+    assert a["best"]["metrics"] == b["best"]["metrics"]
+    wa = torch.load(Path("fp32/checkpoint.pt"), weights_only=True)["trainable"]
+    wb = torch.load(Path("bf16/checkpoint.pt"), weights_only=True)["trainable"]
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert all(v.dtype == torch.float32 for v in wb.values())  # what is trained stays fp32

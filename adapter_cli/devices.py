@@ -1,0 +1,61 @@
+"""Where a model runs and in which precision: one rule for training and inference.
+
+* device ``auto``: the GPU of this process (``LOCAL_RANK`` under torchrun) when CUDA is available, else CPU;
+* precision ``auto``: bf16 autocast on a CUDA GPU that supports it (fp16 on older ones), fp32 elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from .errors import UsageError
+
+if TYPE_CHECKING:  # torch is imported where it is used: `adapt recipes` and `--help` stay instant
+    import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {name} asked for, but this machine has no usable CUDA GPU; use --device cpu")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype to autocast to, or None for plain fp32."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def cast_frozen_linears(module: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Store every linear layer in ``module`` whose parameters are all frozen in ``dtype``; returns how many
+    were cast. Exact under autocast to ``dtype`` (see AdapterModel.cast_frozen_linears)."""
+    from torch import nn
+
+    cast = 0
+    for child in module.modules():
+        own = list(child.parameters(recurse=False))
+        if isinstance(child, nn.Linear) and own and not any(p.requires_grad for p in own) \
+                and child.weight.dtype != dtype:
+            child.to(dtype)
+            cast += 1
+    return cast
