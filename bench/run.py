@@ -2,12 +2,19 @@
 
     python bench/run.py --device cpu --preset small        # a quick CPU shape (make bench)
     python bench/run.py --device cuda --preset bert-base   # BERT-base shape, seq 128, batch 32 and 128, bf16
+    python bench/run.py --preset bert-base --batch 8 --memory-only   # CPU peak memory of the training arms
 
 Arms: full fine-tuning step (plain transformers model, fused AdamW on CUDA), the frozen floor (all weights
-frozen, but the backward still crosses every layer), adapter training step, fusion training steps for
+frozen but layer 0's output LayerNorm, so the backward still crosses every layer above it), adapter training step, fusion training steps for
 N = 2, 4, 8, 16, inference with no adapter / one adapter / fuse-N, and a mixed batch where every example
-uses another adapter. Wall time is CUDA-synchronised, after warm-up, as a median; peak memory per arm on
-CUDA. Output: JSON and a markdown table (bench/results-<device>.{json,md}).
+uses another adapter. Wall time is CUDA-synchronised, after warm-up, as a median. Peak memory: on CUDA the
+allocator's peak per arm; on CPU the peak resident memory of each training arm run alone in a child
+process, above what the process held before building the model. Every training arm also records the bytes
+autograd keeps for its backward. Output: JSON and a markdown table (bench/results-<device>-<preset>.*).
+
+The adapter-model arms run as `adapt train` / `adapt infer` run them: under bf16 autocast (CUDA) the frozen
+linear layers are stored in bf16. The frozen floor and the backbone-only arm get the same storage, so the
+ratios against them measure the adapters, not the storage.
 """
 
 from __future__ import annotations
@@ -15,11 +22,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import re
 import statistics
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -29,6 +40,9 @@ PRESETS = {
     "bert-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
                   "intermediate_size": 3072, "seq": 128, "batches": [32, 128], "fuse": [2, 4, 8, 16]},
 }
+# Training arms whose peak resident memory is measured in a child process on CPU.
+MEMORY_ARMS = ("full fine-tuning step", "frozen floor", "adapter training step",
+               "adapter training step, checkpointed")
 
 
 def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeat: int) -> tuple[float, int | None]:
@@ -50,7 +64,7 @@ def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeat: int)
 
 def saved_activation_bytes(fn: Callable[[], Any], params: set[int]) -> int:
     """Bytes of the tensors autograd keeps for the backward of one call (weights excluded): the activation
-    memory of a training step, measurable on any device (a CPU stand-in for peak memory)."""
+    memory of a training step, measurable on any device."""
     seen: dict[tuple[int, int, Any], int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -63,6 +77,127 @@ def saved_activation_bytes(fn: Callable[[], Any], params: set[int]) -> int:
     return sum(seen.values())
 
 
+class Bench:
+    """The model shapes, inputs and precision of one batch size; builds each arm's step function."""
+
+    def __init__(self, preset: str, device: torch.device, batch: int) -> None:
+        from transformers import AutoConfig
+
+        self.shape = PRESETS[preset]
+        self.device = device
+        self.dtype = torch.bfloat16 if device.type == "cuda" else None
+        self.config = AutoConfig.for_model(
+            "bert", vocab_size=30522, hidden_size=self.shape["hidden_size"],
+            num_hidden_layers=self.shape["num_hidden_layers"], num_attention_heads=self.shape["num_attention_heads"],
+            intermediate_size=self.shape["intermediate_size"])
+        torch.manual_seed(0)
+        self.ids = torch.randint(1000, 20000, (batch, self.shape["seq"]), device=device)
+        self.mask = torch.ones_like(self.ids)
+        self.labels = torch.randint(0, 2, (batch,), device=device)
+
+    def autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    def store_frozen(self, module: torch.nn.Module) -> None:
+        """What adapt train / adapt infer do under autocast: frozen linear layers stored in its dtype."""
+        from adapter_cli.devices import cast_frozen_linears
+
+        if self.dtype is not None:
+            cast_frozen_linears(module, self.dtype)
+
+    def train_step(self, model: Any, **kw: Any) -> Callable[[], None]:
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-4, fused=self.device.type == "cuda") if params else None
+
+        def step() -> None:
+            with self.autocast():
+                out = model(input_ids=self.ids, attention_mask=self.mask, **kw)
+                loss = out.loss if getattr(out, "loss", None) is not None \
+                    else out.last_hidden_state[:, 0].float().pow(2).mean()
+            loss.backward()
+            if opt is not None:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        return step
+
+    def infer(self, model: Any, **kw: Any) -> Callable[[], Any]:
+        def run() -> Any:
+            with torch.inference_mode(), self.autocast():
+                return model(input_ids=self.ids, attention_mask=self.mask, **kw)
+        return run
+
+    def plain(self, trainable: bool) -> Any:
+        from transformers import AutoModel
+
+        torch.manual_seed(0)
+        model = AutoModel.from_config(self.config).to(self.device).train()
+        if not trainable:
+            # The floor: only layer 0's output LayerNorm trains, where the lowest adapter sits, so the
+            # backward crosses every layer above it with nothing but activation gradients: what any adapter
+            # placed in every layer must pay at least.
+            model.requires_grad_(False)
+            model.encoder.layer[0].output.LayerNorm.requires_grad_(True)
+            self.store_frozen(model)
+        return model
+
+    def adapter_model(self) -> Any:
+        from adapter_cli import AdapterModel
+
+        torch.manual_seed(0)
+        model = AdapterModel.from_config(self.config).to(self.device)
+        model.add_adapter("a0")
+        model.add_head("h", num_labels=2)
+        model.train_adapters(["a0"], heads=["h"])
+        self.store_frozen(model.base)
+        return model.train()
+
+    def training_arm(self, arm: str) -> tuple[Callable[[], None], Any]:
+        """The step function and model of one training arm that needs nothing else built first."""
+        if arm in ("full fine-tuning step", "frozen floor"):
+            model = self.plain(trainable=arm == "full fine-tuning step")
+            return self.train_step(model), model
+        model = self.adapter_model()
+        if arm == "adapter training step, checkpointed":
+            model.gradient_checkpointing_enable()  # the recipe's gradient_checkpointing=true
+        return self.train_step(model, active="a0", labels=self.labels), model
+
+
+def peak_rss_child(preset: str, batch: int, arm: str, steps: int) -> int:
+    """Run one training arm alone in this process; bytes of resident memory at its peak, above what the
+    process held before the model was built (Linux: the high-water mark is reset through clear_refs)."""
+    def status(key: str) -> int:
+        return int(re.search(rf"{key}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+
+    import gc
+
+    # Touch every kernel first on a throwaway tiny model: the library code paged in on first use is
+    # resident memory too, and it belongs to the process, not to the arm.
+    warm = Bench(preset, torch.device("cpu"), 2)
+    warm.config = type(warm.config)(**{**warm.config.to_dict(), "hidden_size": 32, "num_attention_heads": 2,
+                                       "intermediate_size": 64, "num_hidden_layers": 2})
+    warm.training_arm(arm)[0]()
+    del warm
+    gc.collect()
+    bench = Bench(preset, torch.device("cpu"), batch)
+    Path("/proc/self/clear_refs").write_text("5")
+    before = status("VmRSS")
+    step, _ = bench.training_arm(arm)
+    for _ in range(steps):
+        step()
+    return status("VmHWM") - before
+
+
+def peak_rss(preset: str, batch: int, arm: str, steps: int = 3) -> int | None:
+    if not Path("/proc/self/clear_refs").exists():
+        return None
+    # With every allocation of 64 KiB or more mapped on its own, a freed tensor leaves resident memory at
+    # once; otherwise glibc keeps freed heap memory, and the peak would tell the allocator's history.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    done = subprocess.run([sys.executable, __file__, "--preset", preset, "--peak-rss-arm", arm, "--batch", str(batch),
+                           "--repeat", str(steps)], capture_output=True, text=True, check=True, env=env)
+    return int(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -70,27 +205,37 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
+    parser.add_argument("--batch", type=int, help="one batch size instead of the preset's")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="CPU: only the peak resident memory of the training arms (quick at BERT-base shape)")
+    parser.add_argument("--peak-rss-arm", choices=MEMORY_ARMS, help=argparse.SUPPRESS)  # the child of peak_rss
     args = parser.parse_args()
+    if args.peak_rss_arm:
+        print(peak_rss_child(args.preset, args.batch, args.peak_rss_arm, args.repeat))
+        return 0
+    batches = [args.batch] if args.batch else PRESETS[args.preset]["batches"]
+    if args.memory_only:
+        peaks = {arm: peak_rss(args.preset, batches[0], arm) for arm in MEMORY_ARMS}
+        if None in peaks.values():
+            print("peak resident memory needs Linux (/proc/self/clear_refs)", file=sys.stderr)
+            return 1
+        full = peaks["full fine-tuning step"]
+        print(f"| arm (preset {args.preset}, batch {batches[0]}, CPU fp32) | peak MiB | / full fine-tuning |")
+        print("|---|---|---|")
+        for arm, peak in peaks.items():
+            print(f"| {arm} | {peak / 2**20:.0f} | {peak / full:.2f} |")
+        return 0
 
-    from transformers import AutoConfig, AutoModel
-
-    from adapter_cli import AdapterModel
+    from adapter_cli import fastpaths
+    from adapter_cli.fusion import FusionLayer
 
     shape = PRESETS[args.preset]
     device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else None
-    config = AutoConfig.for_model("bert", vocab_size=30522, hidden_size=shape["hidden_size"],
-                                  num_hidden_layers=shape["num_hidden_layers"],
-                                  num_attention_heads=shape["num_attention_heads"],
-                                  intermediate_size=shape["intermediate_size"])
     rows: list[dict[str, Any]] = []
 
     @contextlib.contextmanager
     def reference_order() -> Any:
         """The product with its fast paths off (ADAPT_REFERENCE_ORDER=1): the baseline they are measured against."""
-        from adapter_cli import fastpaths
-        from adapter_cli.fusion import FusionLayer
-
         saved = fastpaths.ENABLED, FusionLayer.restructured
         fastpaths.ENABLED = FusionLayer.restructured = False
         try:
@@ -98,63 +243,34 @@ def main() -> int:
         finally:
             fastpaths.ENABLED, FusionLayer.restructured = saved
 
-    def autocast():
-        return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-
+    shape = {**shape, "batches": batches}
     for batch in shape["batches"]:
-        ids = torch.randint(1000, 20000, (batch, shape["seq"]), device=device)
-        mask = torch.ones_like(ids)
-        labels = torch.randint(0, 2, (batch,), device=device)
+        bench = Bench(args.preset, device, batch)
 
         def record(arm: str, fn: Callable[[], Any], model: Any = None) -> None:
             seconds, peak = timed(fn, device, args.warmup, args.repeat)
             saved = None
             if model is not None:  # a training arm: also the activation bytes autograd keeps
                 saved = saved_activation_bytes(fn, {p.untyped_storage().data_ptr() for p in model.parameters()})
+                if device.type == "cpu" and arm in MEMORY_ARMS:
+                    peak = peak_rss(args.preset, batch, arm)
             rows.append({"batch": batch, "arm": arm, "seconds": seconds, "peak_bytes": peak, "saved_bytes": saved})
             print(f"batch {batch:>4} {arm:<28} {seconds * 1000:9.2f} ms" +
-                  (f"  peak {peak / 2**30:.2f} GiB" if peak else ""), file=sys.stderr)
+                  (f"  peak {peak / 2**20:.0f} MiB" if peak else ""), file=sys.stderr)
 
-        def train_step(model: Any, params: list[torch.Tensor], **kw: Any) -> Callable[[], None]:
-            opt = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda") if params else None
+        for arm in ("full fine-tuning step", "frozen floor"):
+            step, model = bench.training_arm(arm)
+            record(arm, step, model)
+        model.eval()
+        record("inference, no adapter", bench.infer(model))
+        del model, step
 
-            def step() -> None:
-                with autocast():
-                    out = model(input_ids=ids, attention_mask=mask, **kw)
-                    hidden = out.last_hidden_state
-                    loss = hidden[:, 0].float().pow(2).mean() if not hasattr(out, "loss") or out.loss is None \
-                        else out.loss
-                loss.backward()
-                if opt is not None:
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-            return step
-
-        torch.manual_seed(0)
-        plain = AutoModel.from_config(config).to(device).train()
-        record("full fine-tuning step", train_step(plain, list(plain.parameters())), plain)
-        plain.requires_grad_(False)
-        plain.embeddings.word_embeddings.weight.requires_grad_(True)  # the floor: backward crosses every layer
-        record("frozen floor", train_step(plain, []), plain)
-        plain.eval()
-        with torch.no_grad():
-            record("inference, no adapter", lambda: plain(input_ids=ids, attention_mask=mask))
-        del plain
-
-        model = AdapterModel.from_config(config).to(device)
-        model.add_adapter("a0")
-        model.add_head("h", num_labels=2)
-        model.train_adapters(["a0"], heads=["h"])
-        model.train()
-        record("adapter training step", train_step(model, [p for p in model.parameters() if p.requires_grad],
-                                                   active="a0", labels=labels), model)
-        model.gradient_checkpointing_enable()  # the recipe's gradient_checkpointing=true
-        record("adapter training step, checkpointed",
-               train_step(model, [p for p in model.parameters() if p.requires_grad], active="a0", labels=labels), model)
+        for arm in ("adapter training step", "adapter training step, checkpointed"):
+            step, model = bench.training_arm(arm)
+            record(arm, step, model)
         model.gradient_checkpointing_disable()
         model.eval()
-        with torch.no_grad():
-            record("inference, one adapter", lambda: model(input_ids=ids, attention_mask=mask, active="a0"))
+        record("inference, one adapter", bench.infer(model, active="a0"))
         for n in shape["fuse"]:
             for i in range(1, n):
                 if f"a{i}" not in model.adapters:
@@ -164,84 +280,85 @@ def main() -> int:
             active = f"fuse({','.join(members)},name=f{n})"
             model.train_adapters([], fusions=[fusion], heads=["h"])
             model.train()
-            record(f"fuse-{n} training step", train_step(model, [p for p in model.parameters() if p.requires_grad],
-                                                         active=active, labels=labels), model)
+            record(f"fuse-{n} training step", bench.train_step(model, active=active, labels=bench.labels), model)
             if n == max(shape["fuse"]):
                 with reference_order():
                     record(f"fuse-{n} training step, reference order",
-                           train_step(model, [p for p in model.parameters() if p.requires_grad], active=active,
-                                      labels=labels))
+                           bench.train_step(model, active=active, labels=bench.labels))
             model.eval()
-            with torch.no_grad():
-                record(f"inference, fuse-{n}", lambda: model(input_ids=ids, attention_mask=mask, active=active))
-                if n == max(shape["fuse"]):
-                    with reference_order():
-                        record(f"inference, fuse-{n}, reference order",
-                               lambda: model(input_ids=ids, attention_mask=mask, active=active))
+            record(f"inference, fuse-{n}", bench.infer(model, active=active))
+            if n == max(shape["fuse"]):
+                with reference_order():
+                    record(f"inference, fuse-{n}, reference order", bench.infer(model, active=active))
         for i in range(batch):
             if f"m{i}" not in model.adapters:
                 model.add_adapter(f"m{i}")
         mixed = f"batch_split({','.join(f'm{i}' for i in range(batch))},sizes=[{','.join(['1'] * batch)}])"
-        with torch.no_grad():
-            record(f"inference, {batch} distinct adapters", lambda: model(input_ids=ids, attention_mask=mask,
-                                                                            active=mixed))
-            with reference_order():
-                record(f"inference, {batch} distinct adapters, one by one",
-                       lambda: model(input_ids=ids, attention_mask=mask, active=mixed))
-        del model
+        record(f"inference, {batch} distinct adapters", bench.infer(model, active=mixed))
+        with reference_order():
+            record(f"inference, {batch} distinct adapters, one by one", bench.infer(model, active=mixed))
+        del model, step
 
-    def ratio(batch: int, num: str, den: str) -> float:
-        get = {r["arm"]: r["seconds"] for r in rows if r["batch"] == batch}
-        return get[num] / get[den]
-
-    def saved_ratio(batch: int, num: str, den: str) -> float:
-        get = {r["arm"]: r["saved_bytes"] for r in rows if r["batch"] == batch}
-        return get[num] / get[den]
-
-    ratios = []
-    for batch in shape["batches"]:
-        biggest = max(shape["fuse"])
-        ratios.append({"batch": batch, "ratio": "adapter step / full fine-tuning step: saved activation bytes",
-                       "value": saved_ratio(batch, "adapter training step", "full fine-tuning step")})
-        ratios.append({"batch": batch, "ratio": "checkpointed adapter step / full fine-tuning step: saved activation bytes",
-                       "value": saved_ratio(batch, "adapter training step, checkpointed", "full fine-tuning step")})
-        ratios.append({"batch": batch, "ratio": "checkpointed adapter step / full fine-tuning step",
-                       "value": ratio(batch, "adapter training step, checkpointed", "full fine-tuning step")})
-        ratios.append({"batch": batch, "ratio": f"fuse-{biggest} step / full fine-tuning step: saved activation bytes",
-                       "value": saved_ratio(batch, f"fuse-{biggest} training step", "full fine-tuning step")})
-        for name, num, den in (
-            ("adapter step / full fine-tuning step", "adapter training step", "full fine-tuning step"),
-            ("adapter step / frozen floor", "adapter training step", "frozen floor"),
-            ("one-adapter inference / backbone inference", "inference, one adapter", "inference, no adapter"),
-            (f"fuse-{biggest} inference / one-adapter inference", f"inference, fuse-{biggest}",
-             "inference, one adapter"),
-            (f"fuse-{biggest} step / full fine-tuning step", f"fuse-{biggest} training step", "full fine-tuning step"),
-            (f"one adapter / mixed batch of {batch} adapters (throughput)", "inference, one adapter",
-             f"inference, {batch} distinct adapters"),
-            (f"fast paths / reference order: fuse-{biggest} inference", f"inference, fuse-{biggest}",
-             f"inference, fuse-{biggest}, reference order"),
-            (f"fast paths / reference order: fuse-{biggest} step", f"fuse-{biggest} training step",
-             f"fuse-{biggest} training step, reference order"),
-            (f"fast paths / one by one: mixed batch of {batch}", f"inference, {batch} distinct adapters",
-             f"inference, {batch} distinct adapters, one by one"),
-        ):
-            ratios.append({"batch": batch, "ratio": name, "value": ratio(batch, num, den)})
+    ratios = compute_ratios(rows, shape)
     env = {"device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-           "torch": torch.__version__, "preset": args.preset, "shape": shape, "dtype": str(dtype),
-           "threads": torch.get_num_threads()}
+           "torch": torch.__version__, "preset": args.preset, "shape": shape,
+           "dtype": str(torch.bfloat16 if device.type == "cuda" else None), "threads": torch.get_num_threads(),
+           "peak_memory": "CUDA allocator peak" if device.type == "cuda" else "resident memory peak (child process)"}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"results-{device.type}-{args.preset}"
     stem.with_suffix(".json").write_text(json.dumps({"environment": env, "arms": rows, "ratios": ratios}, indent=1))
-    lines = [f"# adapt benchmark: {env['device']}, preset {args.preset}, dtype {env['dtype']}", "",
+    markdown = table(env, rows, ratios)
+    stem.with_suffix(".md").write_text(markdown)
+    print(markdown, end="")
+    return 0
+
+
+def compute_ratios(rows: list[dict[str, Any]], shape: dict[str, Any]) -> list[dict[str, Any]]:
+    ratios = []
+    biggest = max(shape["fuse"])
+    for batch in shape["batches"]:
+        arms = {r["arm"]: r for r in rows if r["batch"] == batch}
+
+        def add(name: str, num: str, den: str, key: str = "seconds") -> None:
+            if arms[num][key] and arms[den][key]:
+                ratios.append({"batch": batch, "ratio": name, "value": arms[num][key] / arms[den][key]})
+
+        full, adapter, fuse_step = "full fine-tuning step", "adapter training step", f"fuse-{biggest} training step"
+        add("adapter step / full fine-tuning step", adapter, full)
+        add("adapter step / frozen floor", adapter, "frozen floor")
+        add("adapter step / full fine-tuning step: peak memory", adapter, full, "peak_bytes")
+        add("one-adapter inference / backbone inference", "inference, one adapter", "inference, no adapter")
+        add(f"fuse-{biggest} inference / one-adapter inference", f"inference, fuse-{biggest}",
+            "inference, one adapter")
+        add(f"fuse-{biggest} step / full fine-tuning step", fuse_step, full)
+        add(f"one adapter / mixed batch of {batch} adapters (throughput)", "inference, one adapter",
+            f"inference, {batch} distinct adapters")
+        add("adapter step / full fine-tuning step: saved activation bytes", adapter, full, "saved_bytes")
+        add("checkpointed adapter step / full fine-tuning step: peak memory", f"{adapter}, checkpointed", full,
+            "peak_bytes")
+        add("checkpointed adapter step / full fine-tuning step: saved activation bytes", f"{adapter}, checkpointed",
+            full, "saved_bytes")
+        add("checkpointed adapter step / full fine-tuning step", f"{adapter}, checkpointed", full)
+        add(f"fuse-{biggest} step / full fine-tuning step: peak memory", fuse_step, full, "peak_bytes")
+        add(f"fuse-{biggest} step / full fine-tuning step: saved activation bytes", fuse_step, full, "saved_bytes")
+        add(f"fast paths / reference order: fuse-{biggest} inference", f"inference, fuse-{biggest}",
+            f"inference, fuse-{biggest}, reference order")
+        add(f"fast paths / reference order: fuse-{biggest} step", fuse_step, f"{fuse_step}, reference order")
+        add(f"fast paths / one by one: mixed batch of {batch}", f"inference, {batch} distinct adapters",
+            f"inference, {batch} distinct adapters, one by one")
+    return ratios
+
+
+def table(env: dict[str, Any], rows: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> str:
+    lines = [f"# adapt benchmark: {env['device']}, preset {env['preset']}, dtype {env['dtype']}", "",
              "| batch | ratio | value |", "|---|---|---|"]
     lines += [f"| {r['batch']} | {r['ratio']} | {r['value']:.2f} |" for r in ratios]
-    lines += ["", "| batch | arm | median ms | peak GiB | saved activations MB |", "|---|---|---|---|---|"]
+    lines += ["", f"Peak memory: {env['peak_memory']}.", "",
+              "| batch | arm | median ms | peak MiB | saved activations MB |", "|---|---|---|---|---|"]
     lines += [f"| {r['batch']} | {r['arm']} | {r['seconds'] * 1000:.2f} | "
-              + (f"{r['peak_bytes'] / 2**30:.2f}" if r["peak_bytes"] else "-") + " | "
+              + (f"{r['peak_bytes'] / 2**20:.0f}" if r["peak_bytes"] else "-") + " | "
               + (f"{r['saved_bytes'] / 1e6:.1f}" if r["saved_bytes"] else "-") + " |" for r in rows]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -19,7 +19,16 @@ def test_bench_writes_every_arm_and_ratio(tmp_path):
     assert {"full fine-tuning step", "frozen floor", "adapter training step", "inference, one adapter",
             "inference, fuse-8", "inference, fuse-8, reference order", "inference, 8 distinct adapters"} <= arms
     ratios = {r["ratio"]: r["value"] for r in result["ratios"]}
-    assert len(ratios) == 13 and all(v > 0 for v in ratios.values())
+    assert all(v > 0 for v in ratios.values())
+    assert {"adapter step / full fine-tuning step", "adapter step / frozen floor",
+            "one-adapter inference / backbone inference", "fuse-8 inference / one-adapter inference",
+            "fuse-8 step / full fine-tuning step", "one adapter / mixed batch of 8 adapters (throughput)",
+            "fast paths / reference order: fuse-8 inference", "fast paths / reference order: fuse-8 step",
+            "fast paths / one by one: mixed batch of 8",
+            "checkpointed adapter step / full fine-tuning step"} <= set(ratios)
+    if sys.platform == "linux":  # peak resident memory per training arm, each run alone in a child process
+        assert ratios["adapter step / full fine-tuning step: peak memory"] < 1.0
+        assert ratios["checkpointed adapter step / full fine-tuning step: peak memory"] < 1.0
     # saved activations are counted, not timed: an adapter step keeps less than full fine-tuning
     assert ratios["adapter step / full fine-tuning step: saved activation bytes"] < 1.0
     assert ratios["checkpointed adapter step / full fine-tuning step: saved activation bytes"] < \

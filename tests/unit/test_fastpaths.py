@@ -140,3 +140,20 @@ def test_infer_routing_runs_each_batch_once_and_equals_per_row_runs(tmp_path):
         alone = next(predict(model, tok, [Row(t)], active=r))
         assert got["label"] == alone["label"] and abs(got["score"] - alone["score"]) < 1e-5
         assert got["active"] == r
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "distilbert", "electra"])
+def test_attention_stays_on_sdpa_with_adapters_and_fusion(model_type, monkeypatch):
+    """Stitching adapters in must not push the encoder off PyTorch's fused attention (SDPA)."""
+    model = tiny_model(model_type)
+    for i in range(2):
+        model.add_adapter(f"a{i}")
+    model.add_fusion(["a0", "a1"])
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    ids, mask = tiny_inputs()
+    model(input_ids=ids, attention_mask=mask, active="fuse(a0,a1)")
+    assert model.base.config._attn_implementation == "sdpa"
+    assert len(calls) == model.num_layers
