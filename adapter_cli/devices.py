@@ -21,15 +21,21 @@ def resolve_device(name: str = "auto") -> torch.device:
     import torch
 
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        name = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"  # one GPU per torchrun process
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {name} asked for, but this machine has no usable CUDA GPU; use --device cpu")
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {name} asked for, but this machine has no usable CUDA GPU; use cpu")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise UsageError(f"device {name} asked for, but this machine has {torch.cuda.device_count()} "
+                             f"CUDA GPU(s): cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 

@@ -153,7 +153,7 @@ class AdapterModel(nn.Module):
         return self.base.get_input_embeddings().weight.dtype
 
     def cast_frozen_linears(self, dtype: torch.dtype) -> int:
-        """Store the frozen linear layers of the base model in ``dtype``; returns how many weights were cast.
+        """Store the frozen linear layers of the base model in ``dtype``; returns how many layers were cast.
 
         Under autocast to ``dtype`` every linear layer casts its weight to ``dtype`` on each call anyway, so
         outputs and gradients stay the same bit for bit, while the weights take half the memory and no

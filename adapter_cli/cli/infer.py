@@ -91,9 +91,9 @@ def infer(
     if head is not None:
         m.load_head(head, overwrite=True)
     composition = m.resolve_composition(active if active is not None else (names[-1] if names else None))
-    m.to(where)
-    if autocast is not None:
+    if autocast is not None:  # before the move: the GPU never holds the fp32 copies
         m.cast_frozen_linears(autocast)
+    m.to(where)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:

@@ -59,13 +59,14 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _distributed() -> tuple[int, int]:
+def _distributed(device: str) -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+            dist.init_process_group("nccl" if on_gpu else "gloo")
         return dist.get_rank(), world
     return 0, 1
 
@@ -171,7 +172,7 @@ def train(recipe: Recipe, run_dir: Path, resume: bool = False, reporter: Reporte
     if recipe.task is None:
         raise UsageError("no task: pass --task NAME (see `adapt recipes ls --kind task`)")
     task = get_task(recipe.task)
-    rank, world = _distributed()
+    rank, world = _distributed(recipe.device)
     main = rank == 0
     run_dir = Path(run_dir)
     checkpoint_path = run_dir / CHECKPOINT
@@ -191,11 +192,11 @@ def train(recipe: Recipe, run_dir: Path, resume: bool = False, reporter: Reporte
 
     model, tokenizer, name, active = build_model(recipe, task)
     device = _device(recipe)
-    model.to(device)
     autocast = _precision(recipe, device)
     frozen = _frozen_dtype(recipe, autocast)
-    if frozen is not None:
+    if frozen is not None:  # before the move: the GPU never holds the fp32 copies
         model.cast_frozen_linears(frozen)
+    model.to(device)
     pad_id = tokenizer.pad_token_id or 0
     train_data = encode(task, train_examples, tokenizer, recipe.max_length)
     eval_data = encode(task, eval_examples, tokenizer, recipe.max_length)

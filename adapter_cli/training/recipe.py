@@ -45,7 +45,7 @@ class Recipe:
     max_grad_norm: float = 1.0
     seed: int = 42
     precision: str = "auto"  # auto = bf16 autocast on a CUDA GPU that supports it, fp32 otherwise
-    frozen_dtype: str = "auto"  # storage of the frozen linear layers; auto = the autocast dtype (exact), else fp32
+    frozen_dtype: str = "auto"  # storage of the frozen linear layers; auto = the autocast dtype (exact), else as loaded
     gradient_checkpointing: bool = False  # recompute each layer in the backward: far less activation memory
     device: str = "auto"
     max_train_samples: int | None = None

@@ -126,6 +126,7 @@ def test_bf16_inference_agrees_with_fp32(minilm_adapters) -> None:
 @pytest.mark.parametrize("args, message", [
     (["--precision", "fp64"], "precision must be one of"),
     (["--device", "tpu:0"], "unknown device"),
+    (["--device", "meta"], "unknown device"),
     pytest.param(["--device", "cuda"], "no usable CUDA GPU",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
 ])

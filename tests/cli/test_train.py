@@ -126,7 +126,7 @@ def test_data_parallel_with_two_processes(env) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "adapter_cli",
                              "train", "--task", env["task"], "--model", env["model"], "--quiet", "--json",
-                             "--run-dir", "ddp", "--no-cache", "epochs=2", "batch_size=8"],
+                             "--run-dir", "ddp", "--no-cache", "epochs=2", "batch_size=8", "device=cpu"],
                             cwd=env["root"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     environment = json.loads((Path(env["root"]) / "ddp" / "environment.json").read_text())
