@@ -49,7 +49,14 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return None
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return half_dtype(precision)
+
+
+def half_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a 16-bit precision name (bf16, fp16)."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
 def cast_frozen_linears(module: torch.nn.Module, dtype: torch.dtype) -> int:

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ..devices import autocast_dtype, resolve_device
+from ..devices import autocast_dtype, half_dtype, resolve_device
 from ..errors import UsageError
 from ..fsutil import dump_json
 from ..tasks import get_task
@@ -71,20 +71,12 @@ def _distributed(device: str) -> tuple[int, int]:
     return 0, 1
 
 
-def _device(recipe: Recipe) -> torch.device:
-    return resolve_device(recipe.device)
-
-
-def _precision(recipe: Recipe, device: torch.device) -> torch.dtype | None:
-    return autocast_dtype(recipe.precision, device)
-
-
 def _frozen_dtype(recipe: Recipe, autocast: torch.dtype | None) -> torch.dtype | None:
     """The dtype the frozen linear layers are stored in (None: as loaded). Only the autocast dtype is
     allowed, because only then are the results unchanged (see AdapterModel.cast_frozen_linears)."""
     if recipe.frozen_dtype in ("auto", "fp32"):
         return autocast if recipe.frozen_dtype == "auto" else None
-    wanted = {"bf16": torch.bfloat16, "fp16": torch.float16}[recipe.frozen_dtype]
+    wanted = half_dtype(recipe.frozen_dtype)
     if wanted != autocast:
         raise UsageError(f"frozen_dtype={recipe.frozen_dtype} needs autocast to the same dtype: set "
                          f"precision={recipe.frozen_dtype}")
@@ -191,8 +183,8 @@ def train(recipe: Recipe, run_dir: Path, resume: bool = False, reporter: Reporte
     eval_examples = load_split(task, "eval", recipe.data_dir, recipe.max_eval_samples)
 
     model, tokenizer, name, active = build_model(recipe, task)
-    device = _device(recipe)
-    autocast = _precision(recipe, device)
+    device = resolve_device(recipe.device)
+    autocast = autocast_dtype(recipe.precision, device)
     frozen = _frozen_dtype(recipe, autocast)
     if frozen is not None:  # before the move: the GPU never holds the fp32 copies
         model.cast_frozen_linears(frozen)
