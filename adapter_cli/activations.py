@@ -3,10 +3,14 @@
 For a fusion and a task's evaluation examples, the softmax weights over the member adapters are averaged
 over every real (non-padding) token of every example, per layer and placement: the AdapterFusion
 paper's Figure 4 / appendix Figure 6. Each row of weights sums to 1.
+
+Layers are numbered from 0 everywhere (CSV, JSON, the table and the heat map), as in ``leave_out`` and
+``adapt add``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +30,19 @@ class Activations:
                  "weight": w} for (loc, layer), ws in sorted(self.weights.items()) for a, w in zip(self.adapters, ws)]
 
 
-def measure(model: Any, fusion: str, encoded: Any, batch_size: int, pad_id: int, target: str) -> Activations:
-    """Run the fusion over the examples and average its attention over real tokens."""
+def layer_label(placement: str, layer: int) -> str:
+    """A layer as the table and the heat map name it: 0-based, like the CSV, with the attention placement marked."""
+    return f"{layer}" + (" (attention)" if placement == "mh_adapter" else "")
+
+
+def batches(n_examples: int, batch_size: int) -> int:
+    return (n_examples + batch_size - 1) // batch_size
+
+
+def measure(model: Any, fusion: str, encoded: Any, batch_size: int, pad_id: int, target: str,
+            progress: Callable[[int], None] | None = None) -> Activations:
+    """Run the fusion over the examples and average its attention over real tokens; ``progress(1)`` is called
+    after each batch."""
     from .composition import Fuse
     from .training.data import collate
 
@@ -51,6 +66,8 @@ def measure(model: Any, fusion: str, encoded: Any, batch_size: int, pad_id: int,
                 for loc, i, layer in layers:
                     if layer.last_attention is not None:  # a layer the members all leave out never runs
                         sums[(loc, i)] += layer.last_attention[mask].double().sum(0).cpu()
+                if progress is not None:
+                    progress(1)
     finally:
         for _, _, layer in layers:
             layer.keep_attention = False
@@ -81,7 +98,7 @@ def plot(results: list[Activations], path: Path) -> None:
                 for r in results]
         image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
         loc, layer = key
-        ax.set_title(f"layer {layer + 1}" + (" (attention)" if loc == "mh_adapter" else ""), fontsize=9)
+        ax.set_title(f"layer {layer_label(loc, layer)}", fontsize=9)
         ax.set_xticks(range(len(adapters)), adapters, rotation=60, fontsize=7)
         ax.set_yticks(range(len(results)), labels if index % cols == 0 else [], fontsize=7)
         for y, row in enumerate(grid):
@@ -93,6 +110,7 @@ def plot(results: list[Activations], path: Path) -> None:
         ax.axis("off")
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label="mean fusion attention")
-    fig.suptitle("AdapterFusion activations: rows target task, columns adapters, one panel per layer", fontsize=10)
+    fig.suptitle("AdapterFusion activations: rows target task, columns adapters, one panel per layer "
+                 "(numbered from 0)", fontsize=10)
     fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)

@@ -26,8 +26,9 @@ class SiteSpec:
 
 @dataclass(frozen=True)
 class Architecture:
+    """Where adapters go in one transformers model family (the table is keyed by its model_type)."""
+
     name: str
-    model_types: tuple[str, ...]
     layers: str  # path of the layer list inside the base model
     sites: tuple[SiteSpec, ...]
     adapterhub_prefix: str  # transformers' base_model_prefix, which AdapterHub puts before its keys
@@ -48,17 +49,17 @@ _BERT_SITES = (
 )
 
 
-def _bert_like(name: str, model_type: str, prefix: str, model_class: str) -> Architecture:
-    return Architecture(name, (model_type,), "encoder.layer", _BERT_SITES, prefix, model_class)
+def _bert_like(name: str, prefix: str, model_class: str) -> Architecture:
+    return Architecture(name, "encoder.layer", _BERT_SITES, prefix, model_class)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "bert": _bert_like("BERT", "bert", "bert", "BertAdapterModel"),
-    "roberta": _bert_like("RoBERTa", "roberta", "roberta", "RobertaAdapterModel"),
-    "xlm-roberta": _bert_like("XLM-RoBERTa", "xlm-roberta", "roberta", "XLMRobertaAdapterModel"),
-    "electra": _bert_like("ELECTRA", "electra", "electra", "ElectraAdapterModel"),
+    "bert": _bert_like("BERT", "bert", "BertAdapterModel"),
+    "roberta": _bert_like("RoBERTa", "roberta", "RobertaAdapterModel"),
+    "xlm-roberta": _bert_like("XLM-RoBERTa", "roberta", "XLMRobertaAdapterModel"),
+    "electra": _bert_like("ELECTRA", "electra", "ElectraAdapterModel"),
     "distilbert": Architecture(
-        "DistilBERT", ("distilbert",), "transformer.layer",
+        "DistilBERT", "transformer.layer",
         (
             SiteSpec("mh_adapter", "attention.out_lin", "", 0, "hidden_states", "sa_layer_norm",
                      "attention_adapters"),

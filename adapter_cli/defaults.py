@@ -6,6 +6,13 @@ from pathlib import Path
 
 from .errors import UsageError
 
+def hub_offline() -> bool:
+    """Whether the Hugging Face Hub is off limits (HF_HUB_OFFLINE, as huggingface_hub reads it)."""
+    import os
+
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() not in ("0", "", "false", "no", "off")
+
+
 EMBEDDED_NAMES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 

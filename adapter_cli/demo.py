@@ -14,6 +14,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 POSITIVE = ["wonderful", "delightful", "brilliant", "moving", "charming", "superb", "gripping", "heartfelt",
             "funny", "beautiful", "clever", "excellent", "joyful", "stunning", "touching", "inspired"]
@@ -97,16 +98,31 @@ def main() -> int:
     shutil.rmtree(root, ignore_errors=True)
     os.environ["ADAPT_CACHE"] = str(root / "cache")
     from .cli._common import quiet_libraries
-    from .cli._progress import reporter
-    from .inference import Row, predict
-    from .runs import extract
-    from .training.loop import train
-    from .training.recipe import Recipe
 
     quiet_libraries()
     start = time.perf_counter()
     print("adapt demo: all-MiniLM-L6-v2 (embedded, offline), two generated tasks\n", flush=True)
     tasks = make_tasks(root / "tasks")
+    results = _train_all(root, tasks)
+    model, tokenizer, texts, answers = _infer()
+    same = _share(root, tasks, model, tokenizer, texts, answers)
+    adapter_accuracy = [acc for _, method, acc, _ in results if method == "adapter"]
+    os.environ["ADAPT_CACHE"] = str(root / "cache")
+    print(f"\ndone in {time.perf_counter() - start:.0f}s. Runs in {root / 'runs'}, cache in {root / 'cache'}. Next:")
+    print(f"  ADAPT_CACHE={root / 'cache'} .venv/bin/adapt cache ls")
+    print(f"  ADAPT_CACHE={root / 'cache'} .venv/bin/adapt infer -m minilm -a demo_sentiment 'what a lovely film'")
+    print(f"  .venv/bin/adapt search --registry {root / 'hub'}")
+    print("  .venv/bin/adapt train --task rte --data-dir path/to/glue/RTE --config pfeiffer")
+    return 0 if min(adapter_accuracy) >= 0.75 and same else 1
+
+
+def _train_all(root: Path, tasks: dict[str, Path]) -> list[tuple[str, str, float, float]]:
+    """An adapter and a head-only baseline per task; the adapters go into the cache."""
+    from .cli._progress import reporter
+    from .runs import extract
+    from .training.loop import train
+    from .training.recipe import Recipe
+
     results = []
     for name, task in tasks.items():
         for method in ("adapter", "head"):
@@ -121,26 +137,38 @@ def main() -> int:
     print(f"\n{'task':<16}{'method':<10}{'dev accuracy':>13}{'chance':>8}{'time':>8}")
     for name, method, acc, secs in results:
         print(f"{name:<16}{method:<10}{acc:>13.3f}{0.5:>8.2f}{secs:>7.0f}s")
+    return results
 
-    from transformers import AutoTokenizer
 
+def _infer() -> tuple[Any, Any, list[str], list[dict[str, Any]]]:
+    """The cached sentiment adapter on two new sentences."""
     from .defaults import embedded_model_path
+    from .inference import Row, predict
     from .model import AdapterModel
-    from . import cache
+    from .resolve import locate
+    from .tokenizer import load_tokenizer
 
     model = AdapterModel.from_pretrained(embedded_model_path())
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
-    model.load_adapter(cache.find("demo_sentiment", model.name_or_path).path)
+    tokenizer = load_tokenizer(str(embedded_model_path()), model.vocab_size, "minilm")
+    model.load_adapter(locate("demo_sentiment", model.name_or_path, "adapter"))
     texts = ["the soundtrack was absolutely magical.", "a sluggish, joyless two hours."]
     print("\ninference with the cached demo_sentiment adapter:")
-    for p in predict(model, tokenizer, [Row(t) for t in texts], active="demo_sentiment"):
+    answers = list(predict(model, tokenizer, [Row(t) for t in texts], active="demo_sentiment"))
+    for p in answers:
         print(f"  {p['label']:<9} {p['score']:.2f}  {p['text']}")
+    return model, tokenizer, texts, answers
 
-    # Sharing: publish both adapters to a local registry, pull one into an empty cache, get the same answer.
+
+def _share(root: Path, tasks: dict[str, Path], model: Any, tokenizer: Any, texts: list[str],
+           answers: list[dict[str, Any]]) -> bool:
+    """Publish both adapters to a local registry, pull one into an empty cache: the same answers?"""
+    from .defaults import embedded_model_path
     from .hub.pack import pack
     from .hub.pull import pull
-    from .hub.registry import open_registry
+    from .hub.registries import open_registry
     from .hub.site import build_site
+    from .inference import Row, predict
+    from .model import AdapterModel
 
     registry = open_registry(str(root / "hub"))
     for name in tasks:
@@ -151,19 +179,12 @@ def main() -> int:
     entry = pull("sentiment/demo-reviews@demo", model_id=model.name_or_path, registries=[str(root / "hub")])
     shared = AdapterModel.from_pretrained(embedded_model_path())
     shared.load_adapter(entry.path)
-    same = [p["score"] for p in predict(shared, tokenizer, [Row(t) for t in texts], active="demo_sentiment")] == \
-        [p["score"] for p in predict(model, tokenizer, [Row(t) for t in texts], active="demo_sentiment")]
+    again = list(predict(shared, tokenizer, [Row(t) for t in texts], active="demo_sentiment"))
+    same = [p["score"] for p in again] == [p["score"] for p in answers]
     site = build_site(registry, root / "site", title="adapt demo hub")
     print(f"\nshared: published 2 adapters to {root / 'hub'}, pulled sentiment/demo-reviews@demo into a fresh "
           f"cache (sha256 verified): {'identical' if same else 'DIFFERENT'} predictions; explore page {site['index']}")
-    adapter_accuracy = [acc for _, method, acc, _ in results if method == "adapter"]
-    os.environ["ADAPT_CACHE"] = str(root / "cache")
-    print(f"\ndone in {time.perf_counter() - start:.0f}s. Runs in {root / 'runs'}, cache in {root / 'cache'}. Next:")
-    print(f"  ADAPT_CACHE={root / 'cache'} .venv/bin/adapt cache ls")
-    print(f"  ADAPT_CACHE={root / 'cache'} .venv/bin/adapt infer -m minilm -a demo_sentiment 'what a lovely film'")
-    print(f"  .venv/bin/adapt search --registry {root / 'hub'}")
-    print("  .venv/bin/adapt train --task rte --data-dir path/to/glue/RTE --config pfeiffer")
-    return 0 if min(adapter_accuracy) >= 0.75 and same else 1
+    return same
 
 
 if __name__ == "__main__":

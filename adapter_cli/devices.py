@@ -15,6 +15,9 @@ if TYPE_CHECKING:  # torch is imported where it is used: `adapt recipes` and `--
     import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Every spelling of a floating-point precision the CLI and recipes accept -> torch's dtype name.
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+               "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -54,9 +57,14 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def half_dtype(name: str) -> torch.dtype:
     """The torch dtype of a 16-bit precision name (bf16, fp16)."""
+    return torch_dtype(name)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a precision name in any spelling of DTYPE_NAMES (fp32, float16, bf16, ...)."""
     import torch
 
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    return getattr(torch, DTYPE_NAMES[name.lower()])
 
 
 def cast_frozen_linears(module: torch.nn.Module, dtype: torch.dtype) -> int:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch.nn import functional as F
 
-from .methods.bottleneck import BottleneckAdapter
+from .methods.bottleneck_layers import BottleneckAdapter
 
 # ADAPT_REFERENCE_ORDER=1 runs every adapter, fusion and routed row one by one in AdapterHub's operation
 # order instead (bit-level agreement with the reference library on the same machine; slower).

@@ -17,76 +17,20 @@ is exact up to fp32 rounding, which ill-conditioned fusions (near-tied scores of
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import fastpaths
-from .errors import ConfigError, suggest
-
-
-@dataclass(frozen=True)
-class FusionConfig:
-    """AdapterHub's ten fusion fields. ``dynamic`` (the default) learns Q, K and V; ``static`` has no V."""
-
-    key: bool = True
-    query: bool = True
-    value: bool = True
-    query_before_ln: bool = False
-    regularization: bool = True
-    residual_before: bool = False
-    temperature: bool = False
-    value_before_softmax: bool = True
-    value_initialized: bool = True
-    dropout_prob: float | None = None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "fusion config") -> FusionConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in data:
-            if key not in known:
-                raise ConfigError(f"unknown key {key!r} in {source}{suggest(key, known)}")
-        values = dict(data)
-        # AdapterHub annotates value_initialized as str but stores a bool; accept both spellings.
-        if isinstance(values.get("value_initialized"), str):
-            values["value_initialized"] = values["value_initialized"].lower() in ("true", "1", "yes")
-        for key, value in values.items():
-            if key == "dropout_prob":
-                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                          or not 0 <= value < 1):
-                    raise ConfigError(f"{source}: dropout_prob must be a number in [0, 1) or null, got {value!r}")
-            elif not isinstance(value, bool):
-                raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-FUSION_PRESETS: dict[str, FusionConfig] = {
-    "dynamic": FusionConfig(),
-    "static": FusionConfig(value=False, regularization=False, value_initialized=False),
-}
-
-
-def resolve_fusion_config(spec: Any = "dynamic") -> FusionConfig:
-    if isinstance(spec, FusionConfig):
-        return spec
-    if isinstance(spec, dict):
-        return FusionConfig.from_dict(spec)
-    if spec in FUSION_PRESETS:
-        return FUSION_PRESETS[spec]
-    raise ConfigError(f"unknown fusion config {spec!r}{suggest(str(spec), FUSION_PRESETS)}; "
-                      f"known: {', '.join(FUSION_PRESETS)}")
+from .fastpaths import ENABLED as FAST_PATHS
+from .errors import ConfigError
+from .fusion_config import FusionConfig
 
 
 class FusionLayer(nn.Module):
     """Fusion at one site. ``forward(query, ups, residual)`` with ``ups`` a list of N tensors [B, T, H]."""
 
-    restructured: bool = fastpaths.ENABLED  # see the module docstring
+    restructured: bool = FAST_PATHS  # see the module docstring
 
     def __init__(self, config: FusionConfig, hidden_size: int, attention_dropout: float,
                  initializer_range: float = 0.02) -> None:

@@ -32,10 +32,17 @@ def rows_from_task(task: Any, data_dir: str | None) -> list[Row]:
 
 
 def score(task: Any, model: Any, rows: list[Row], predictions: list[dict[str, Any]]) -> dict[str, float]:
-    """Task metrics for labelled rows; labels may be names or ids."""
+    """Task metrics for labelled rows; labels may be names or ids. Every row must have been answered by one
+    head: metrics over the labels of several heads would mean nothing."""
     from .tasks.metrics import compute
 
-    head = model.heads[model.active_head].config
+    if any("members" in p for p in predictions):
+        raise UsageError("metrics are not computed for parallel(...): score each member with its own --active")
+    heads = sorted({str(p.get("head")) for p in predictions})
+    if len(heads) != 1:
+        raise UsageError(f"metrics need one head for every row, but rows were answered by {', '.join(heads)}; "
+                         "score each task on its own")
+    head = model.heads[heads[0]].config
     if head.head_type == "regression":
         gold = [float(r.label) for r in rows]
         return compute(task.metrics if task else ("pearson", "spearman"), [p["score"] for p in predictions], gold)
@@ -88,46 +95,75 @@ def read_rows(texts: list[str], input_path: str | None, text_column: str, pair_c
 
 
 def predict(model: Any, tokenizer: Any, rows: list[Row], active: Any = None, batch_size: int = 32,
-            max_length: int = 128, autocast: Any = None) -> Iterator[dict[str, Any]]:
+            max_length: int = 128, autocast: Any = None, head: str | None = None,
+            allow_single: bool = False) -> Iterator[dict[str, Any]]:
     """Predictions in row order, on the model's device (under autocast to ``autocast`` when given). Rows
     with a ``route`` use that composition (validated up front), the others ``active``; rows are batched
-    per composition."""
+    per composition. Each row is answered by the head that fits its composition (``AdapterModel.head_for``)
+    unless ``head`` names one for all; a single text given to a head trained on pairs is refused unless
+    ``allow_single``."""
     routes = {r.route for r in rows if r.route is not None}
     compositions = {route: model.resolve_composition(route) for route in sorted(routes)}
-    if not routes:
-        yield from _predict(model, tokenizer, rows, active, batch_size, max_length, autocast)
-        return
-    if all(r.route in model.adapters for r in rows):
-        yield from _predict_routed(model, tokenizer, rows, batch_size, max_length, autocast)
-        return
-    results: list[dict[str, Any] | None] = [None] * len(rows)
     groups: dict[Any, list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault(row.route, []).append(i)
     for route, indices in groups.items():
-        chosen = compositions[route] if route is not None else active
-        for i, out in zip(indices, _predict(model, tokenizer, [rows[i] for i in indices], chosen, batch_size,
-                                             max_length, autocast)):
-            out["active"] = str(chosen) if chosen is not None else None
+        chosen = compositions[route] if route is not None else model.resolve_composition(active)
+        _check_inputs(model, [rows[i] for i in indices], chosen, head, allow_single)
+    options = _Options(batch_size, max_length, autocast, head)
+    if not routes:
+        yield from _predict(model, tokenizer, rows, model.resolve_composition(active), options)
+        return
+    if all(r.route in model.adapters for r in rows):
+        yield from _predict_routed(model, tokenizer, rows, options)
+        return
+    results: list[dict[str, Any] | None] = [None] * len(rows)
+    for route, indices in groups.items():
+        chosen = compositions[route] if route is not None else model.resolve_composition(active)
+        for i, out in zip(indices, _predict(model, tokenizer, [rows[i] for i in indices], chosen, options)):
             results[i] = out
     yield from (r for r in results if r is not None)
 
 
-def _predict_routed(model: Any, tokenizer: Any, rows: list[Row], batch_size: int,
-                    max_length: int, autocast: Any) -> Iterator[dict[str, Any]]:
-    """Every row names one adapter: each batch runs once, its rows grouped by adapter in a batch split
-    (one batched product over per-row weights, whatever the number of distinct adapters)."""
-    from .composition import BatchSplit
+@dataclass(frozen=True)
+class _Options:
+    batch_size: int
+    max_length: int
+    autocast: Any
+    head: str | None
 
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+
+def _check_inputs(model: Any, rows: list[Row], composition: Any, head: str | None, allow_single: bool) -> None:
+    """Refuse what would give meaningless answers: no head at all, a multiple-choice head (options must be
+    grouped), single texts for a head trained on pairs."""
+    names = [head] if head is not None else model.heads_for(composition, required=True)
+    singles = sum(r.pair is None for r in rows)
+    for name in dict.fromkeys(names):
+        config = model.heads[name].config
+        if config.head_type == "multiple_choice":
+            raise UsageError("adapt infer scores one text per row; a multiple-choice head needs its options "
+                             "grouped (evaluate multiple-choice tasks with adapt train)")
+        if config.text_pair and singles and not allow_single:
+            raise UsageError(f"head {name!r} was trained on text pairs, but {singles} row(s) hold a single text; "
+                             "give pairs (--pair A B, or --pair-column with --input), or pass --allow-single to "
+                             "score single texts anyway")
+
+
+def _predict_routed(model: Any, tokenizer: Any, rows: list[Row], options: _Options) -> Iterator[dict[str, Any]]:
+    """Every row names one adapter: each batch runs once, its rows grouped by adapter in a batch split
+    (one batched product over per-row weights, whatever the number of distinct adapters); each part is
+    answered by its own adapter's head."""
+    from .composition import BatchSplit, Stack
+
+    for start in range(0, len(rows), options.batch_size):
+        chunk = rows[start:start + options.batch_size]
         order = sorted(range(len(chunk)), key=lambda i: str(chunk[i].route))
         names = [str(chunk[i].route) for i in order]
         runs = [(name, len(list(group))) for name, group in itertools.groupby(names)]
-        split: Any = runs[0][0] if len(runs) == 1 else BatchSplit(tuple(name for name, _ in runs),
-                                                                  sizes=tuple(n for _, n in runs))
-        outs = list(_predict(model, tokenizer, [chunk[i] for i in order], split, len(chunk), max_length,
-                             autocast))
+        split: Any = Stack((runs[0][0],)) if len(runs) == 1 else \
+            BatchSplit(tuple(name for name, _ in runs), sizes=tuple(n for _, n in runs))
+        outs = list(_predict(model, tokenizer, [chunk[i] for i in order], split,
+                             _Options(len(chunk), options.max_length, options.autocast, options.head)))
         placed: list[dict[str, Any]] = [{}] * len(chunk)
         for i, out in zip(order, outs):
             out["active"] = chunk[i].route
@@ -135,35 +171,68 @@ def _predict_routed(model: Any, tokenizer: Any, rows: list[Row], batch_size: int
         yield from placed
 
 
-def _predict(model: Any, tokenizer: Any, rows: list[Row], active: Any, batch_size: int,
-             max_length: int, autocast: Any) -> Iterator[dict[str, Any]]:
+def _predict(model: Any, tokenizer: Any, rows: list[Row], active: Any, options: _Options) -> Iterator[dict[str, Any]]:
     import torch
 
-    if model.active_head is None:
-        raise UsageError("no prediction head is loaded: load an adapter saved with its head, or pass --head")
-    head = model.heads[model.active_head]
-    if head.config.head_type == "multiple_choice":
-        raise UsageError("adapt infer scores one text per row; a multiple-choice head needs its options grouped "
-                         "(evaluate multiple-choice tasks with adapt train)")
-    id2label = head.config.id2label
+    from .composition import Parallel
+
     model.eval()
     device = next(model.parameters()).device
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+    head_kw = {} if options.head is None else {"head": options.head}
+    shown = _display(active)
+    for start in range(0, len(rows), options.batch_size):
+        chunk = rows[start:start + options.batch_size]
         texts = [r.text for r in chunk]
         pairs = [r.pair for r in chunk] if chunk[0].pair is not None else None
-        enc = tokenizer(texts, pairs, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        enc = tokenizer(texts, pairs, padding=True, truncation=True, max_length=options.max_length,
+                        return_tensors="pt")
         enc = {k: v.to(device) for k, v in enc.items()}
-        with torch.inference_mode(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-            logits = model(**enc, active=active).logits.float().cpu()
-        for row, vec in zip(chunk, logits):
-            out: dict[str, Any] = {"text": row.text}
-            if row.pair is not None:
-                out["pair"] = row.pair
-            if head.config.head_type == "regression":
-                out["score"] = float(vec[0])
-            else:
-                probs = vec.softmax(-1)
-                index = int(probs.argmax())
-                out.update(label=id2label.get(index, str(index)), score=float(probs[index]))
-            yield out
+        with torch.inference_mode(), torch.autocast(device.type, dtype=options.autocast,
+                                                    enabled=options.autocast is not None):
+            out = model(**enc, active=active, **head_kw)
+        if isinstance(active, Parallel):
+            members = [_display(c) for c in active.children]
+            answers = [_answers(model, [branch]) for branch in out.branches]
+            for j, row in enumerate(chunk):
+                yield {**_row_fields(row, shown), "members": {m: a[j] for m, a in zip(members, answers)}}
+            continue
+        for row, answer in zip(chunk, _answers(model, list(out.branches or [out]))):
+            yield {**_row_fields(row, shown), **answer}
+
+
+def _answers(model: Any, parts: list[Any]) -> list[dict[str, Any]]:
+    """One answer per row, from the outputs of consecutive parts of a batch (each with its own head)."""
+    answers = []
+    for part in parts:
+        config = model.heads[part.head].config
+        for vec in part.logits.float().cpu():
+            if config.head_type == "regression":
+                answers.append({"head": part.head, "score": float(vec[0])})
+                continue
+            probs = vec.softmax(-1)
+            index = int(probs.argmax())
+            answers.append({"head": part.head, "label": config.id2label.get(index, str(index)),
+                            "score": float(probs[index])})
+    return answers
+
+
+def _row_fields(row: Row, active: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"text": row.text}
+    if row.pair is not None:
+        out["pair"] = row.pair
+    if active is not None:
+        out["active"] = active
+    return out
+
+
+def _display(block: Any) -> str | None:
+    """A composition as the user would write it: a single adapter as its name."""
+    from .composition import Stack
+
+    if block is None:
+        return None
+    if isinstance(block, str):
+        return block
+    if isinstance(block, Stack) and len(block.children) == 1 and isinstance(block.children[0], str):
+        return block.children[0]
+    return str(block)

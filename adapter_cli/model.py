@@ -22,12 +22,14 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .architectures import Architecture, architecture_for
-from .composition import Block, check_name, fuse_blocks, parse_composition
+from .composition import BatchSplit, Block, Fuse, Parallel, Stack, check_name, fuse_blocks, parse_composition
 from .errors import ArtifactError, BaseModelMismatch, CompositionError, UsageError
 from .formats import AdapterArtifact, BaseModelInfo, FusionArtifact, HeadArtifact
-from .fusion import FusionSet, common_locations, resolve_fusion_config
-from .heads import HeadConfig, PredictionHead
-from .methods.bottleneck import BottleneckAdapterSet
+from .fusion import FusionSet, common_locations
+from .fusion_config import resolve_fusion_config
+from .head_config import HeadConfig
+from .heads import PredictionHead
+from .methods.bottleneck_layers import BottleneckAdapterSet
 from .presets import resolve_adapter_config
 from .stitching import ForwardContext, Site
 
@@ -42,7 +44,10 @@ class AdapterModelOutput(ModelOutput):
     pooler_output: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
-    branches: tuple[AdapterModelOutput, ...] | None = None  # parallel(...): one output per member
+    # parallel(...): one output per member; batch_split(...) whose parts answer with different heads: one
+    # output per part, in row order.
+    branches: tuple[AdapterModelOutput, ...] | None = None
+    head: str | None = None  # the head that produced ``logits``
 
 
 @lru_cache(maxsize=256)
@@ -65,6 +70,7 @@ class AdapterModel(nn.Module):
         self.heads = nn.ModuleDict()
         self.active: Block | None = None
         self.active_head: str | None = None
+        self.fusion_heads: dict[str, str] = {}  # fusion name -> the head trained with it
         self._context = ForwardContext()
         self._sites: dict[tuple[str, int], Site] = {}
         self.train(base.training)
@@ -76,14 +82,18 @@ class AdapterModel(nn.Module):
         """Load a supported encoder from a local directory or the Hugging Face Hub (honours HF_HUB_OFFLINE)."""
         from transformers import AutoConfig, AutoModel
 
-        name = str(name_or_path)
+        from .defaults import resolve_model
+
+        name = resolve_model(str(name_or_path))  # "minilm" and its full names: the embedded copy
         if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
             raise UsageError(f"no model directory at {name}")
         try:
             config = AutoConfig.from_pretrained(name, revision=revision)
         except (OSError, ValueError) as exc:
-            offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-            hint = " (offline: HF_HUB_OFFLINE is set, so only local directories and cached models work)" if offline \
+            from .defaults import hub_offline
+
+            hint = " (offline: HF_HUB_OFFLINE is set, so only local directories and cached models work)" \
+                if hub_offline() \
                 else " (a local model directory or a Hugging Face Hub model id is expected)"
             raise UsageError(f"cannot load base model {name!r}: {str(exc).splitlines()[0][:160]}{hint}") from None
         architecture_for(config.model_type)  # unsupported architectures fail before weights are read
@@ -141,6 +151,10 @@ class AdapterModel(nn.Module):
     @property
     def num_layers(self) -> int:
         return int(getattr(self.config, self.arch.num_layers_attr))
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.base.get_input_embeddings().num_embeddings)
 
     @property
     def base_info(self) -> BaseModelInfo:
@@ -295,6 +309,7 @@ class AdapterModel(nn.Module):
         for site in self._sites.values():
             site.fusions.pop(name, None)
         del self.fusions[name]
+        self.fusion_heads.pop(name, None)
 
     def load_fusion(self, path: str | os.PathLike, name: str | None = None, overwrite: bool = False,
                     with_head: bool = True) -> str:
@@ -312,8 +327,23 @@ class AdapterModel(nn.Module):
         from .formats import has_head
 
         if with_head and has_head(artifact.path):
-            self.load_head(artifact.path, overwrite=True)
+            self.fusion_heads[name] = self.load_head(artifact.path, name=self._free_head_name(artifact.path))
         return name
+
+    def _free_head_name(self, directory: Path) -> str:
+        """A fusion's head is usually named like its target task, and so like the target's own adapter
+        head: it gets a name of its own rather than replace that one (e.g. rte-fusion next to rte)."""
+        from .formats import read_head
+
+        wanted = read_head(directory, shapes_only=True).name
+        candidates = [wanted, f"{wanted}-fusion"] + [f"{wanted}-fusion{i}" for i in range(2, 100)]
+        return next(c for c in candidates if c not in self.heads)
+
+    def set_fusion_head(self, fusion: str, head: str) -> None:
+        """Make ``head`` the one that answers for ``fuse(...)`` over fusion ``fusion``."""
+        if fusion not in self.fusions or head not in self.heads:
+            raise UsageError(f"no fusion {fusion!r} or no head {head!r} is loaded")
+        self.fusion_heads[fusion] = head
 
     def save_fusion(self, directory: str | os.PathLike, name: str, format: str = "adapt",
                     dtype: torch.dtype | None = None, safetensors: bool = False, head: str | None = None) -> Path:
@@ -443,15 +473,62 @@ class AdapterModel(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     # ------------------------------------------------------------------ forward
+    def head_for(self, composition: Any, required: bool = False) -> str | None:
+        """The head that answers for a composition, by AdapterHub's rule: the head named like the adapter;
+        for ``stack`` its last member's, for ``fuse`` the fusion's own head (or one named like the fusion),
+        for ``average`` its last member's. With no composition, or when no loaded head fits: the active head
+        (the last one added or loaded, as in AdapterHub), or with ``required`` an error saying that no head
+        fits (what ``adapt infer`` uses: it never answers with another task's head). ``parallel`` and
+        ``batch_split`` have one head per member: see ``heads_for``."""
+        block = self.resolve_composition(composition) if not isinstance(composition, Block) else composition
+        if block is None:
+            return self.active_head
+        node: Any = block
+        while isinstance(node, Stack):
+            node = node.children[-1]
+        if isinstance(node, (Parallel, BatchSplit)):
+            raise CompositionError(f"{node} answers with one head per member; use heads_for")
+        if isinstance(node, Fuse):
+            wanted = self.fusion_heads.get(node.fusion_name, node.fusion_name)
+        else:
+            wanted = node if isinstance(node, str) else node.last()
+        if wanted in self.heads:
+            return wanted
+        if not required:
+            return self.active_head
+        if not self.heads:
+            raise UsageError("no prediction head is loaded: load an adapter saved with its head, or choose a head "
+                             "explicitly (head= in Python, --head in adapt infer)")
+        raise UsageError(f"no head fits {_short(block)}: none is named {wanted!r} (loaded heads: "
+                         f"{', '.join(self.heads)}); load the adapter with its head, or choose a head explicitly "
+                         "(head= in Python, --head in adapt infer)")
+
+    def heads_for(self, composition: Any, required: bool = False) -> list[str | None]:
+        """One head per member for ``parallel``/``batch_split`` (also when last in a stack), else one."""
+        block = self.resolve_composition(composition) if not isinstance(composition, Block) else composition
+        split = _final_split(block)
+        if split is None:
+            return [self.head_for(block, required)]
+        return [self.head_for(child if isinstance(child, Block) else Stack((child,)), required)
+                for child in split.children]
+
+    # ------------------------------------------------------------------ forward
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 active: Any = _UNSET, head: Any = _UNSET, **kwargs: Any) -> AdapterModelOutput:
+        """Run the base model with a composition (default: the active one) and a head (default: the one
+        that fits the composition, see ``head_for``; ``head=None`` for hidden states only)."""
         setup = self.active if active is _UNSET else self.resolve_composition(active)
-        from .composition import Parallel
-
         if isinstance(setup, Parallel):
             return self._parallel(setup, input_ids, attention_mask, token_type_ids, labels, head, kwargs)
-        head_name = self.active_head if head is _UNSET else head
+        split = _final_split(setup)
+        part_heads = self.heads_for(setup) if head is _UNSET and split is not None else []
+        if len(set(part_heads)) > 1:  # the parts of a batch split answer with different heads
+            whole = self.forward(input_ids, attention_mask, token_type_ids, active=setup, head=None, **kwargs)
+            whole.branches = tuple(self._apply_head(name, _rows(whole, start, start + size), None)
+                                   for name, start, size in zip(part_heads, _offsets(split.sizes), split.sizes))
+            return whole
+        head_name = (part_heads[0] if part_heads else self.head_for(setup)) if head is _UNSET else head
         if head_name is not None and head_name not in self.heads:
             raise UsageError(f"no head {head_name!r} is loaded")
         head_module = self.heads[head_name] if head_name is not None else None
@@ -475,43 +552,44 @@ class AdapterModel(nn.Module):
                                     pooler_output=getattr(out, "pooler_output", None),
                                     hidden_states=getattr(out, "hidden_states", None),
                                     attentions=getattr(out, "attentions", None))
-        if head_module is not None:
-            if head_module.config.use_pooler:
-                if result.pooler_output is None:
-                    raise UsageError(f"head {head_name!r} uses the pooler, which this model does not have")
-                features = result.pooler_output
-            else:
-                features = out.last_hidden_state[:, 0]
-            result.logits = head_module.logits(features, num_choices)
-            if labels is not None:
-                result.loss = head_module.loss(result.logits, labels)
+        if head_name is None:
+            return result
+        branch = self._apply_head(head_name, result, labels, num_choices)
+        result.logits, result.loss, result.head = branch.logits, branch.loss, branch.head
         return result
+
+    def _apply_head(self, name: str | None, hidden: AdapterModelOutput, labels: torch.Tensor | None,
+                    num_choices: int | None = None) -> AdapterModelOutput:
+        """Head ``name`` over the first token's final state (or the pooler output, as its config says)."""
+        out = AdapterModelOutput(last_hidden_state=hidden.last_hidden_state, pooler_output=hidden.pooler_output)
+        if name is None:
+            return out
+        module = self.heads[name]
+        if module.config.use_pooler:
+            if hidden.pooler_output is None:
+                raise UsageError(f"head {name!r} uses the pooler, which this model does not have")
+            features = hidden.pooler_output
+        else:
+            features = hidden.last_hidden_state[:, 0]
+        out.logits, out.head = module.logits(features, num_choices), name
+        if labels is not None:
+            out.loss = module.loss(out.logits, labels)
+        return out
 
     def _parallel(self, block: Any, input_ids: Any, attention_mask: Any, token_type_ids: Any, labels: Any,
                   head: Any, kwargs: dict[str, Any]) -> AdapterModelOutput:
         """parallel(a,b,...): the batch is replicated once per member and each copy goes through one member
-        (a batch split), so all members run in one forward pass. Each branch uses the head named like its
-        last adapter when there is one, else the active head."""
-        from .composition import BatchSplit
-
+        (a batch split), so all members run in one forward pass. Each branch answers with the head that fits
+        its member (``head_for``), or with ``head`` when one is given."""
         n, rows = len(block.children), input_ids.shape[0]
         repeat = (lambda t: None if t is None else t.repeat(n, *([1] * (t.dim() - 1))))  # noqa: E731
         split = BatchSplit(block.children, sizes=(rows,) * n)
+        names = self.heads_for(split) if head is _UNSET else [head] * n
         whole = self.forward(input_ids=repeat(input_ids), attention_mask=repeat(attention_mask),
                              token_type_ids=repeat(token_type_ids), active=split, head=None, **kwargs)
-        branches = []
-        for i, child in enumerate(block.children):
-            hidden = whole.last_hidden_state[i * rows:(i + 1) * rows]
-            last = child if isinstance(child, str) else child.last()
-            head_name = last if last in self.heads else (self.active_head if head is _UNSET else head)
-            branch = AdapterModelOutput(last_hidden_state=hidden)
-            if head_name is not None:
-                module = self.heads[head_name]
-                branch.logits = module.logits(hidden[:, 0])
-                if labels is not None:
-                    branch.loss = module.loss(branch.logits, labels)
-            branches.append(branch)
-        return AdapterModelOutput(last_hidden_state=whole.last_hidden_state, branches=tuple(branches))
+        branches = tuple(self._apply_head(name, _rows(whole, i * rows, (i + 1) * rows), labels)
+                         for i, name in enumerate(names))
+        return AdapterModelOutput(last_hidden_state=whole.last_hidden_state, branches=branches)
 
     # ------------------------------------------------------------------ summaries
     def summary(self) -> dict[str, Any]:
@@ -531,6 +609,30 @@ class AdapterModel(nn.Module):
 
 
 # ====================================================================== helpers
+
+
+def _final_split(block: Block | None) -> BatchSplit | Parallel | None:
+    """The block whose members answer each with their own head (a batch split: its part of the rows;
+    parallel: all rows): the block itself or the last member of a stack."""
+    node: Any = block
+    while isinstance(node, Stack):
+        node = node.children[-1]
+    return node if isinstance(node, (BatchSplit, Parallel)) else None
+
+
+def _offsets(sizes: tuple[int, ...]) -> list[int]:
+    return [sum(sizes[:i]) for i in range(len(sizes))]
+
+
+def _rows(out: AdapterModelOutput, start: int, stop: int) -> AdapterModelOutput:
+    pooled = out.pooler_output[start:stop] if out.pooler_output is not None else None
+    return AdapterModelOutput(last_hidden_state=out.last_hidden_state[start:stop], pooler_output=pooled)
+
+
+def _short(block: Block) -> str:
+    """A single adapter prints as its name, not as stack(name)."""
+    return block.children[0] if isinstance(block, Stack) and len(block.children) == 1 and \
+        isinstance(block.children[0], str) else str(block)
 
 
 def _check_format(format: str) -> None:

@@ -11,13 +11,13 @@ import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .errors import ConfigError, UsageError, suggest
+from .builtins import yaml_registry
+from .errors import ConfigError, UsageError, check_keys, suggest
 
 
 @dataclass(frozen=True)
@@ -28,22 +28,6 @@ class Preset:
     method: str
     config: dict[str, Any]
     path: str
-
-
-def recipes_root() -> Path:
-    return Path(str(resources.files("adapter_cli.recipes")))
-
-
-def yaml_registry(folder: str, build: Any) -> dict[str, Any]:
-    """Entries built from ``recipes/<folder>/*.yaml``, by name and by alias; a name defined twice is a bug."""
-    table: dict[str, Any] = {}
-    for path in sorted((recipes_root() / folder).glob("*.yaml")):
-        entry = build(yaml.safe_load(path.read_text(encoding="utf-8")), str(path))
-        for key in (entry.name, *entry.aliases):
-            if key in table:
-                raise RuntimeError(f"{folder} name {key!r} is defined twice ({path})")
-            table[key] = entry
-    return table
 
 
 @lru_cache(maxsize=1)
@@ -140,10 +124,7 @@ def resolve_adapter_config(spec: Any = "pfeiffer", overrides: dict[str, Any] | N
         raise ConfigError(f"{source}: {exc}") from None
     for label, changes in (("inline overrides", inline),
                            ("overrides", overrides or {})):
-        known = set(config.field_names())
-        for key in changes:
-            if key not in known:
-                raise ConfigError(f"unknown key {key!r} in {label}{suggest(key, known)}")
+        check_keys(changes, config.field_names(), label)
         if changes:
             try:
                 config = config.replace(**changes)

@@ -1,41 +1,266 @@
 """Finished runs gathered into the AdapterFusion paper's Table 1 layout: rows tasks, columns methods
 (head, full, adapter, fusion), each cell the mean +- standard deviation of the task's main dev metric
-over seeds."""
+over seeds.
+
+A column is one method with one configuration: for adapters the adapter config (compared resolved, so
+``seq_bn`` is ``pfeiffer``), for fusions the members and the fusion config, and for every method the
+training settings that change what a run measures (model, learning rate, epochs, sample caps, ...).
+Only runs that differ in nothing but their seed are averaged. A configuration run twice with the same
+seed counts once, the most recent run, so ``n`` is the number of distinct seeds.
+
+Run directories are read as ``adapt train`` / ``adapt fuse`` write them (training/loop.py):
+``final_metrics.json`` (task, method, main metric, best result, fusion members), ``recipe.yaml`` (the
+resolved recipe: seed, adapter config, fusion config, settings) and ``run.json`` (status, seed, time).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
 
 COLUMN_ORDER = ("head", "full", "adapter", "fusion")
+FINAL = "final_metrics.json"
+# Recipe keys that do not change what a run measures (or that are compared on their own below).
+NOT_SETTINGS = frozenset({
+    "seed", "task", "method", "name", "description", "data_dir", "device", "precision", "frozen_dtype",
+    "gradient_checkpointing", "eval_batch_size", "save_every_steps", "log_every_steps",
+    "adapter", "adapter_overrides", "fusion_adapters", "fusion", "unfreeze_adapters",
+})
+FUSION_ONLY = frozenset({"fusion_reg_weight"})
+
+
+def find_runs(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """The finished runs named by ``paths``: run directories, or directories holding runs one level down.
+
+    Returns (finished runs, unfinished runs skipped inside a parent directory). A path that does not
+    exist, an unfinished run named directly, or a directory with no finished run in it is an error.
+    """
+    found: dict[Path, Path] = {}
+    skipped: list[Path] = []
+    for path in paths:
+        if not path.exists():
+            raise UsageError(f"{path} does not exist; give finished run directories (or a folder of them), "
+                             "e.g. adapt results runs/")
+        if not path.is_dir():
+            raise UsageError(f"{path} is not a run directory; give finished run directories (or a folder of them)")
+        if (path / FINAL).is_file():
+            found.setdefault(path.resolve(), path)
+            continue
+        if _is_run(path):
+            raise UsageError(f"{path} is not a finished adapt run (status: {_status(path)}, no {FINAL}); leave "
+                             f"it out, or give its folder ({path.parent}) to skip unfinished runs")
+        children = sorted(c for c in path.iterdir() if c.is_dir())
+        runs = [c for c in children if (c / FINAL).is_file()]
+        if not runs:
+            raise UsageError(f"{path} holds no finished adapt runs (no {FINAL} in it or in its subdirectories)")
+        for run in runs:
+            found.setdefault(run.resolve(), run)
+        skipped += [c for c in children if _is_run(c) and not (c / FINAL).is_file()]
+    return list(found.values()), skipped
+
+
+def _is_run(path: Path) -> bool:
+    return (path / "run.json").is_file() or (path / "recipe.yaml").is_file()
+
+
+def _status(path: Path) -> str:
+    """The run's status; a "running" run that no process holds is marked killed on the way."""
+    from .runs import settle_status
+
+    try:
+        return str(settle_status(path) or "unknown")
+    except (OSError, ValueError, AttributeError, UsageError):
+        return "unknown"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"corrupt {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"corrupt {path}: expected a JSON object")
+    return data
+
+
+def _read_recipe(path: Path) -> dict[str, Any]:
+    """A run's recipe as flat keys (``learning_rate``, ``adapter``, ``adapter_overrides`` ...), read by the
+    recipe module so that every recipe.yaml layout it reads (sectioned, or flat from older runs) is understood;
+    a recipe it refuses (keys of another version) is taken as written."""
+    if not path.is_file():
+        return {}
+    import dataclasses
+
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise UsageError(f"corrupt {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"corrupt {path}: expected a mapping of recipe keys")
+    from .training.recipe import Recipe
+
+    try:
+        return dataclasses.asdict(Recipe().updated(data, source=str(path)))
+    except (UsageError, TypeError):
+        return data
 
 
 def collect(run_dirs: list[Path]) -> list[dict[str, Any]]:
-    import yaml
-
+    """One record per finished run: task, method, seed, result, and what makes up its configuration."""
     runs = []
     for run in run_dirs:
-        final = run / "final_metrics.json"
-        if not final.is_file():
-            raise UsageError(f"{run} has no final_metrics.json: not a finished adapt run")
-        summary = json.loads(final.read_text())
-        recipe = yaml.safe_load((run / "recipe.yaml").read_text()) if (run / "recipe.yaml").is_file() else {}
-        column = summary.get("method", "?")
-        adapter = recipe.get("adapter")
-        if column == "adapter" and isinstance(adapter, str) and adapter not in ("pfeiffer", "seq_bn"):
-            column = f"adapter ({Path(adapter).stem})"
+        summary = _read_json(run / FINAL)
+        if not summary:
+            raise UsageError(f"{run} has no {FINAL}: not a finished adapt run")
+        recipe = _read_recipe(run / "recipe.yaml")
+        status = _read_json(run / "run.json")
+        method = str(summary.get("method") or recipe.get("method") or status.get("method") or "?")
+        seed = recipe.get("seed", status.get("seed"))
         best = summary.get("best") or {}
-        runs.append({"run": str(run), "task": summary.get("task"), "method": column, "seed": recipe.get("seed"),
-                     "metric": summary.get("main_metric"), "value": best.get("metric"),
-                     "metrics": best.get("metrics"), "wall_time_s": summary.get("wall_time_s")})
+        base, identity = _configuration(method, recipe, summary)
+        runs.append({"run": str(run), "task": summary.get("task") or recipe.get("task"), "kind": method,
+                     "method": base, "seed": seed, "metric": summary.get("main_metric"),
+                     "value": best.get("metric"), "metrics": best.get("metrics"),
+                     "wall_time_s": summary.get("wall_time_s"), "finished": _finished(run, status),
+                     "identity": identity})
+    _label_columns(runs)
     return runs
 
 
-def table(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def _finished(run: Path, status: dict[str, Any]) -> list[float]:
+    """When the run finished: run.json's time, then the file's modification time (to break ties)."""
+    from datetime import datetime
+
+    stamp = 0.0
+    try:
+        stamp = datetime.strptime(str(status.get("updated")), "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except ValueError:
+        pass
+    return [stamp, (run / FINAL).stat().st_mtime]
+
+
+def _configuration(method: str, recipe: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(column name before disambiguation, everything that must be equal for runs to be seeds of one
+    configuration)."""
+    settings = {k: v for k, v in recipe.items()
+                if k not in NOT_SETTINGS and (method == "fusion" or k not in FUSION_ONLY)}
+    settings.setdefault("model", summary.get("model"))
+    identity: dict[str, Any] = {"method": method, **settings}
+    base = method
+    if method == "adapter":
+        label, identity["config"] = _adapter_config(recipe.get("adapter", "pfeiffer"),
+                                                    recipe.get("adapter_overrides") or {})
+        base = "adapter" if label == "pfeiffer" else f"adapter ({label})"
+    elif method == "fusion":
+        fusion = recipe.get("fusion", "dynamic")
+        qualifiers = [] if fusion == "dynamic" else [fusion if isinstance(fusion, str) else "custom"]
+        if recipe.get("unfreeze_adapters"):
+            qualifiers.append("unfrozen adapters")
+        members = summary.get("fusion_members") or [Path(str(a)).name for a in recipe.get("fusion_adapters") or []]
+        identity.update(fusion=fusion, unfreeze_adapters=bool(recipe.get("unfreeze_adapters")),
+                        members="+".join(map(str, members)))
+        base = f"fusion ({', '.join(qualifiers)})" if qualifiers else "fusion"
+    return base, identity
+
+
+def _adapter_config(spec: Any, overrides: dict[str, Any]) -> tuple[str, str]:
+    """(a name for the configuration, the configuration as canonical JSON) for a recipe's adapter spec.
+
+    The name is the nearest preset and the fields that differ from it, however the recipe spelled it
+    (``seq_bn``, ``pfeiffer[reduction_factor=8]``, a file, or ``adapter_overrides``)."""
+    from .errors import ConfigError
+    from .presets import resolve_adapter_config
+
+    try:
+        config = resolve_adapter_config(spec, overrides).to_dict()
+    except ConfigError:  # e.g. a config file that is gone since: compare what the recipe says
+        name = Path(spec).stem if isinstance(spec, str) else "custom"
+        label = ", ".join([name] + [f"{k}={_text(v)}" for k, v in sorted(overrides.items())])
+        return label, json.dumps({"adapter": spec, "overrides": overrides}, sort_keys=True, default=str)
+
+    def changes(preset: dict[str, Any]) -> list[str]:
+        return [f"{k}={_text(v)}" for k, v in config.items() if v != preset.get(k) and v is not None]
+
+    name, preset = min(_preset_configs(), key=lambda item: (len(changes(item[1])), item[0]))
+    return ", ".join([name, *changes(preset)]), json.dumps(config, sort_keys=True)
+
+
+@lru_cache(maxsize=1)
+def _preset_configs() -> list[tuple[str, dict[str, Any]]]:
+    """Every preset's name and resolved configuration."""
+    from .presets import adapter_presets, resolve_adapter_config
+
+    names = sorted({p.name for p in adapter_presets().values()})
+    return [(name, resolve_adapter_config(name).to_dict()) for name in names]
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return "null" if value is None else str(value)
+
+
+def _label_columns(runs: list[dict[str, Any]]) -> None:
+    """Columns that would share a name but differ in configuration get the keys that tell them apart."""
+    by_base: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in runs:
+        r["group"] = json.dumps(r["identity"], sort_keys=True, default=str)
+        by_base.setdefault(r["method"], {})[r["group"]] = r["identity"]
+    labels: dict[str, str] = {}
+    for base, identities in by_base.items():
+        keys = sorted({k for ident in identities.values() for k in ident})
+        differing = [k for k in keys if len({json.dumps(i.get(k), sort_keys=True, default=str)
+                                              for i in identities.values()}) > 1]
+        for group, ident in identities.items():
+            parts = [f"{k}={_text(ident.get(k))}" if k != "config" else
+                     "config " + hashlib.sha1(str(ident.get(k)).encode()).hexdigest()[:6] for k in differing]
+            if not parts:
+                labels[group] = base
+            elif base.endswith(")"):  # "adapter (houlsby)" -> "adapter (houlsby, learning_rate=0.001)"
+                labels[group] = f"{base[:-1]}, {', '.join(parts)})"
+            else:
+                labels[group] = f"{base} ({', '.join(parts)})"
+    for r in runs:
+        r["method"] = labels[r["group"]]
+
+
+def deduplicate(runs: list[dict[str, Any]], notes: list[str] | None = None) -> list[dict[str, Any]]:
+    """Mark, per configuration and seed, all but the most recent run as superseded (``counted`` False)."""
+    by_seed: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        r["counted"], r["superseded_by"] = True, None
+        if r["seed"] is not None:
+            by_seed.setdefault((str(r["task"]), r["group"], json.dumps(r["seed"])), []).append(r)
+    for (task, _, _), same in by_seed.items():
+        if len(same) < 2:
+            continue
+        same.sort(key=lambda r: r["finished"])
+        kept = same[-1]
+        for r in same[:-1]:
+            r["counted"], r["superseded_by"] = False, kept["run"]
+        if notes is not None:
+            older = ", ".join(r["run"] for r in same[:-1])
+            notes.append(f"note: {task} / {kept['method']} / seed {kept['seed']} was run {len(same)} times; "
+                         f"counting only the most recent, {kept['run']} (not {older})")
+    return runs
+
+
+def table(runs: list[dict[str, Any]], notes: list[str] | None = None) -> dict[str, Any]:
+    """Cells of mean, standard deviation and n over distinct seeds, per task and column."""
+    deduplicate(runs, notes)
+    counted = [r for r in runs if r["counted"] and r["value"] is not None]
     tasks = list(dict.fromkeys(r["task"] for r in runs))
     methods = sorted({r["method"] for r in runs}, key=lambda m: (
         COLUMN_ORDER.index(m.split(" ")[0]) if m.split(" ")[0] in COLUMN_ORDER else 99, m))
@@ -43,13 +268,28 @@ def table(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for task in tasks:
         cells[task] = {}
         for method in methods:
-            values = [r["value"] for r in runs if r["task"] == task and r["method"] == method and r["value"] is not None]
-            if values:
-                cells[task][method] = {"mean": statistics.fmean(values),
-                                       "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                                       "n": len(values),
-                                       "metric": next(r["metric"] for r in runs if r["task"] == task)}
-    return {"tasks": tasks, "methods": methods, "cells": cells, "runs": runs}
+            chosen = [r for r in counted if r["task"] == task and r["method"] == method]
+            if not chosen:
+                continue
+            values = [r["value"] for r in chosen]
+            cells[task][method] = {"mean": statistics.fmean(values),
+                                   "std": statistics.stdev(values) if len(values) > 1 else None,
+                                   "n": len(values), "seeds": [r["seed"] for r in chosen],
+                                   "metric": chosen[0]["metric"], "runs": [r["run"] for r in chosen]}
+    public = [{k: v for k, v in r.items() if k not in ("identity", "group", "finished")} for r in runs]
+    return {"tasks": tasks, "methods": methods, "cells": cells, "runs": public}
+
+
+def report(paths: list[Path]) -> dict[str, Any]:
+    """The table for the runs at ``paths``, with ``notes`` (duplicates, skipped unfinished runs) for the
+    caller to show: the library prints nothing."""
+    run_dirs, skipped = find_runs(paths)
+    notes: list[str] = []
+    if skipped:
+        notes.append(f"note: skipped {len(skipped)} unfinished run(s): {', '.join(map(str, skipped))}")
+    result = table(collect(run_dirs), notes)
+    result["notes"] = notes
+    return result
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -61,8 +301,11 @@ def markdown(result: dict[str, Any]) -> str:
         values = []
         for m in methods:
             c = row.get(m)
-            values.append("" if c is None else f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f}" + (
-                f" (n={c['n']})" if c["n"] != 1 else ""))
+            if c is None:
+                values.append("")
+            else:
+                spread = f" ± {100 * c['std']:.1f}" if c["std"] is not None else ""
+                values.append(f"{100 * c['mean']:.1f}{spread} (n={c['n']})")
         lines.append(f"| {task} | {metric} | " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
 
@@ -76,5 +319,6 @@ def csv_text(result: dict[str, Any]) -> str:
     writer.writerow(["task", "method", "metric", "mean", "std", "n"])
     for task in result["tasks"]:
         for method, c in result["cells"][task].items():
-            writer.writerow([task, method, c["metric"], f"{c['mean']:.6f}", f"{c['std']:.6f}", c["n"]])
+            std = "" if c["std"] is None else f"{c['std']:.6f}"
+            writer.writerow([task, method, c["metric"], f"{c['mean']:.6f}", std, c["n"]])
     return buffer.getvalue()

@@ -9,6 +9,8 @@ from typing import Any
 
 from .errors import UsageError
 
+LOCK = ".lock"
+
 
 def read_json(path: Path) -> dict[str, Any]:
     try:
@@ -17,22 +19,100 @@ def read_json(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path} is missing or unreadable") from None
 
 
+def lock_run(run_dir: Path) -> Any:
+    """Hold ``run_dir`` for this process until it ends (however it ends: the kernel drops the lock), so
+    two trainings never interleave in one run directory. Returns the open lock file; keep it."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform: nothing to hold
+        return None
+    handle = (run_dir / LOCK).open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UsageError(f"run directory {run_dir} is in use by another adapt process; wait for it to finish "
+                         "or choose another run directory") from None
+    return handle
+
+
+def in_use(run_dir: Path) -> bool:
+    """Whether a live process holds the run directory."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    if not (run_dir / LOCK).is_file():
+        return False
+    with (run_dir / LOCK).open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+# temporaries the training writes only while it holds the run (fixed names: ``.NAME.tmp``); others'
+# temporaries (``.run.json.<random>.tmp`` from settle_status) are never touched
+_RUN_TEMPORARY = re.compile(r"\.[A-Za-z_]+\.(?:pt|json|jsonl|yaml)\.tmp")
+
+
+def claim_run(run_dir: Path, fresh: bool) -> Any:
+    """``lock_run``, then what only the holder can check without a race: a ``fresh`` start refuses a
+    directory another process filled meanwhile (it started, or even finished, while this one read its
+    data), and a killed process's leftovers are settled: ``best`` put back if it died between two renames,
+    half-written temporaries removed. Returns the open lock file; keep it."""
+    from .fsutil import recover_directory
+
+    held = lock_run(run_dir)
+    if fresh and any(p.name != LOCK for p in run_dir.iterdir()):
+        if held is not None:
+            held.close()
+        raise UsageError(f"run directory {run_dir} was started by another adapt process meanwhile; pass "
+                         "--resume to continue it, or --run-dir for a new one")
+    recover_directory(run_dir / "best")
+    for path in run_dir.iterdir():
+        if _RUN_TEMPORARY.fullmatch(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+    return held
+
+
+def settle_status(run_dir: Path) -> str | None:
+    """The run's status, with a run that says "running" but that no process holds marked "killed" (it
+    stopped without a word: SIGKILL, power loss, an out-of-memory kill)."""
+    import time
+
+    from .fsutil import dump_json, write_text_atomic
+
+    path = run_dir / "run.json"
+    if not path.is_file():
+        return None
+    data = read_json(path)
+    if data.get("status") == "running" and not in_use(run_dir):
+        data.update(status="killed", updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    error="the process stopped without finishing (found by a later adapt command)")
+        write_text_atomic(path, dump_json(data))
+    return data.get("status")
+
+
 def extract(run_dir: Path | str, overwrite: bool = True) -> Any:
     """Put a finished run's best adapter (and head) into the cache, keyed by its base model."""
-    import yaml
-
     from . import cache
+    from .training.recipe import read_run_recipe
     from .formats import read_json as read_artifact_json
+    from .fsutil import recover_directory
 
     run_dir = Path(run_dir)
     if not (run_dir / "recipe.yaml").is_file():
         raise UsageError(f"{run_dir} is not a run directory (no recipe.yaml)")
-    status = read_json(run_dir / "run.json").get("status") if (run_dir / "run.json").is_file() else None
+    status = settle_status(run_dir)
     best = run_dir / "best"
+    recover_directory(best)  # a process killed while replacing it had moved the old one aside
     if not best.is_dir():
         raise UsageError(f"{run_dir} has no best checkpoint yet (status: {status or 'unknown'}); "
                          "finish it with `adapt train --resume --run-dir ...`")
-    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
+    recipe = read_run_recipe(run_dir / "recipe.yaml")
     if recipe.get("method") == "full":
         raise UsageError("a full fine-tuning run holds a whole model, not an adapter; its weights stay in "
                          f"{best}")

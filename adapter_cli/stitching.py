@@ -140,11 +140,6 @@ class Site:
             h = output[0] if isinstance(output, tuple) else output
             self.context.captures.setdefault(id(self), [None, None])[0] = h
 
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        del self.layer_norm.forward
-
     # ------------------------------------------------------------------ forward
     def _layer_norm_forward(self, summed: torch.Tensor) -> torch.Tensor:
         h, x = self.context.captures.pop(id(self), (None, None))

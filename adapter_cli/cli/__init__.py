@@ -14,4 +14,6 @@ app.add_typer(hub_app, name="hub")
 
 
 def main() -> None:
-    app()
+    from ._common import run_app
+
+    raise SystemExit(run_app(app))

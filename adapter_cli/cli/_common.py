@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -25,6 +26,11 @@ def quiet_libraries() -> None:
         return
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # no "Retrying in 1s" lines from huggingface_hub
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import logging as hub_logging
+
+        hub_logging.set_verbosity_error()
     if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
@@ -47,11 +53,74 @@ def handle_errors(fn: F) -> F:
                 raise
             print(f"error: {exc}", file=sys.stderr)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # a full disk anywhere (quota, file-size limit) is one line, exit 1
+            from ..errors import disk_full
+
+            full = disk_full(exc, exc.filename or "a file")
+            if full is None or os.environ.get("ADAPT_DEBUG"):
+                raise
+            print(f"error: {full}", file=sys.stderr)
+            raise typer.Exit(full.exit_code) from None
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _click_exceptions() -> Any:
+    """click's exception classes: typer >= 0.22 vendors click as typer._click, older typer uses click."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # typer < 0.22
+        from click import exceptions
+    return exceptions
+
+
+def run_app(app: typer.Typer, args: Sequence[str] | None = None, prog_name: str = "adapt") -> int:
+    """Run the typer ``app`` and return its exit code, with click's own usage errors (unknown option,
+    missing argument, bad value) as one ``error: ...`` line on stderr and exit code 2, like ours."""
+    exceptions = _click_exceptions()
+    no_args = getattr(exceptions, "NoArgsIsHelpError", ())
+    command = typer.main.get_command(app)
+    try:
+        with command.make_context(prog_name, list(sys.argv[1:] if args is None else args)) as ctx:
+            command.invoke(ctx)
+        return 0
+    except typer.Exit as exc:  # --help, or typer.Exit(code) from handle_errors (which printed the error)
+        return exc.exit_code
+    except no_args as exc:  # `adapt` or `adapt cache` alone: the help on stdout (rich prints it itself)
+        if exc.format_message().strip():
+            print(exc.format_message())
+        return exc.exit_code
+    except exceptions.ClickException as exc:
+        print(f"error: {click_message(exc)}", file=sys.stderr)
+        return exc.exit_code
+    except typer.Abort:  # a confirmation prompt answered with Ctrl-C or end of input
+        print("error: aborted", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `adapt ... | head`: the reader left; no traceback, and none at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def click_message(exc: Any) -> str:
+    """One line for a click exception: lower-case, no trailing period, and the help to read for a usage error."""
+    exceptions = _click_exceptions()
+    if isinstance(exc, exceptions.NoSuchOption):
+        close = sorted(exc.possibilities or [])
+        message = f"no such option {exc.option_name}" + (f" (did you mean {close[0]}?)" if close else "")
+    else:
+        message = exc.format_message()
+    message = re.sub(r"\.? Did you mean (.+?)\?$", r" (did you mean \1?)", " ".join(message.split())).rstrip(".")
+    message = message[:1].lower() + message[1:]
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, exceptions.UsageError) and ctx is not None:
+        message += f"; see {ctx.command_path} --help"
+    return message
 
 
 def emit_json(data: Any) -> None:

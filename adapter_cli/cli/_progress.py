@@ -1,11 +1,14 @@
-"""Training progress on stderr: a rich bar on a terminal, a line per evaluation otherwise."""
+"""Progress on stderr: for training, a rich bar on a terminal and a line per evaluation otherwise; for work
+over batches (``batch_progress``), a rich bar on a terminal and nothing otherwise."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from ..training.loop import Reporter
+from ..training.reporter import Reporter
 
 
 def _fmt(metrics: dict[str, float]) -> str:
@@ -15,10 +18,15 @@ def _fmt(metrics: dict[str, float]) -> str:
 class LineReporter(Reporter):
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
+        self.label = ""
+
+    def start(self, total_steps: int, step: int, description: str) -> None:
+        self.label = description  # "TASK METHOD": each epoch line says which run it belongs to
 
     def evaluated(self, epoch: int, step: int, metrics: dict[str, float], improved: bool) -> None:
         if not self.quiet:
-            print(f"epoch {epoch} step {step}: {_fmt(metrics)}{' (best)' if improved else ''}", file=sys.stderr)
+            print(f"{self.label}: epoch {epoch} step {step}: {_fmt(metrics)}{' (best)' if improved else ''}",
+                  file=sys.stderr)
 
     def note(self, message: str) -> None:
         if not self.quiet:
@@ -36,10 +44,12 @@ class RichReporter(Reporter):
                                  console=self.console, transient=False)
         self.task: Any = None
         self.dev = ""
+        self.label = ""
 
     def start(self, total_steps: int, step: int, description: str) -> None:
         self.progress.start()
         self.task = self.progress.add_task(description, total=total_steps, completed=step, loss="-", dev="")
+        self.label = description
 
     def step(self, step: int, loss: float, lr: float) -> None:
         self.progress.update(self.task, completed=step, loss=f"{loss:.4f}")
@@ -47,7 +57,7 @@ class RichReporter(Reporter):
     def evaluated(self, epoch: int, step: int, metrics: dict[str, float], improved: bool) -> None:
         self.dev = _fmt(metrics)
         self.progress.update(self.task, dev=f"| dev {self.dev}")
-        self.progress.console.print(f"epoch {epoch}: {self.dev}{' (best)' if improved else ''}")
+        self.progress.console.print(f"{self.label}: epoch {epoch}: {self.dev}{' (best)' if improved else ''}")
 
     def note(self, message: str) -> None:
         self.console.print(message)
@@ -60,3 +70,29 @@ def reporter(quiet: bool) -> Reporter:
     if sys.stderr.isatty() and not quiet:
         return RichReporter()
     return LineReporter(quiet)
+
+
+@contextmanager
+def batch_progress(total: int, description: str, quiet: bool = False) -> Iterator[Callable[[int], None]]:
+    """Progress over ``total`` batches: ``with batch_progress(n, "infer") as advance: ... advance(1)``.
+
+    A rich bar (count, elapsed, remaining) on stderr when it is a terminal; when it is not, or with
+    ``quiet``, ``advance`` does nothing, so logs and pipes stay clean. The bar goes away when done.
+    """
+    if quiet or total <= 0 or not sys.stderr.isatty():
+        yield lambda n=1: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -35,55 +36,29 @@ def inspect_activations(
     out: Path = typer.Option(None, "--out", "-o", help="Write activations.png, .csv and .json to this directory."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     json_out: bool = typer.Option(False, "--json", help="Print the mean weights as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Mean AdapterFusion attention per layer and adapter on a task's dev split, as a heat map grid
-    (rows: target tasks, columns: adapters, one panel per layer), CSV/JSON and a terminal table."""
-    from ..errors import UsageError
+    (rows: target tasks, columns: adapters, one panel per layer), CSV/JSON and a terminal table.
+    Layers are numbered from 0 in all of them."""
+    from ..activations import plot
+    from ..defaults import resolve_model
+    from ..model import AdapterModel
+    from ._common import quiet_libraries
 
     dirs = _data_dirs(data_dirs or [])
     from transformers import AutoTokenizer
 
-    from .. import cache
-    from ..activations import measure, plot
-    from ..defaults import resolve_model
-    from ..formats import read_fusion
-    from ..model import AdapterModel
-    from ..tasks import get_task
-    from ..tasks.loading import load_split
-    from ..training.data import encode
-    from ._common import quiet_libraries
-
     quiet_libraries()
     path = resolve_model(model)
-    info(f"loading {model} ...")
+    if not quiet:
+        info(f"loading {model} ...")
     m = AdapterModel.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     loaded: set[str] = set()
-    results = []
-    for index, spec in enumerate(fusions):
-        location = cache.locate(spec, m.name_or_path)
-        artifact = read_fusion(location)
-        entry = json.loads((location / "entry.json").read_text()) if (location / "entry.json").is_file() else {}
-        member_specs = entry.get("fusion_adapters") or adapters or []
-        for member in member_specs:
-            name = json.loads((cache.locate(member, m.name_or_path) / "adapter_config.json").read_text()).get("name")
-            if name not in loaded and name in artifact.adapters:
-                m.load_adapter(cache.locate(member, m.name_or_path), with_head=False)
-                loaded.add(name)
-        target = task or entry.get("task_source") or entry.get("task")
-        if target is None:
-            raise UsageError(f"{spec}: give --task (a fusion directory does not say which task it was trained on)")
-        spec_task = get_task(target)
-        fusion_name = m.load_fusion(location, name=f"fusion{index}", with_head=False)
-        data_dir = dirs.get(spec_task.name, dirs.get(""))
-        examples = load_split(spec_task, "eval", data_dir, max_examples)
-        if spec_task.kind == "multiple_choice":
-            raise UsageError("multiple-choice targets are not supported by inspect-activations yet")
-        encoded = encode(spec_task, examples, tokenizer, 128)
-        info(f"{spec}: {len(examples)} {spec_task.name} dev examples")
-        result = measure(m, fusion_name, encoded, batch_size, tokenizer.pad_token_id or 0, spec_task.name)
-        result.fusion = spec
-        results.append(result)
+    settings = {"adapters": adapters or [], "task": task, "dirs": dirs, "max_examples": max_examples,
+                "batch_size": batch_size, "quiet": quiet}
+    results = [_measure_one(m, tokenizer, spec, index, loaded, settings) for index, spec in enumerate(fusions)]
     rows = [r for result in results for r in result.rows()]
     if out is not None:
         _write(out, results, rows, plot)
@@ -94,12 +69,57 @@ def inspect_activations(
                    "files": sorted(str(p) for p in out.iterdir()) if out is not None else []})
         return
     for r in results:
-        print_table(["layer", *r.adapters], [[f"{layer + 1}" + (" mh" if loc == "mh_adapter" else ""),
-                                              *(f"{w:.2f}" for w in ws)] for (loc, layer), ws in sorted(
-                                                  r.weights.items(), key=lambda kv: (kv[0][1], kv[0][0]))],
-                    title=f"{r.fusion} on {r.target} (mean fusion attention; each row sums to 1)")
+        print_table(*table(r), title=f"{r.fusion} on {r.target} (mean fusion attention; each row sums to 1)")
     if out is not None:
         print(f"wrote {out / 'activations.png'}, activations.csv, activations.json")
+
+
+def _measure_one(m: Any, tokenizer: Any, spec: str, index: int, loaded: set[str], settings: dict[str, Any]) -> Any:
+    """Load one fusion (and its members) and measure it on its target task's dev split."""
+    from ..activations import batches, measure
+    from ..errors import UsageError
+    from ..formats import read_fusion
+    from ..resolve import locate
+    from ..tasks import get_task
+    from ..tasks.loading import load_split
+    from ..training.data import encode
+    from ._progress import batch_progress
+
+    location = locate(spec, m.name_or_path, "fusion")
+    artifact = read_fusion(location)
+    entry = json.loads((location / "entry.json").read_text()) if (location / "entry.json").is_file() else {}
+    for member in entry.get("fusion_adapters") or settings["adapters"]:
+        where = locate(member, m.name_or_path, "adapter")
+        name = json.loads((where / "adapter_config.json").read_text()).get("name")
+        if name not in loaded and name in artifact.adapters:
+            m.load_adapter(where, with_head=False)
+            loaded.add(name)
+    target = settings["task"] or entry.get("task_source") or entry.get("task")
+    if target is None:
+        raise UsageError(f"{spec}: give --task (a fusion directory does not say which task it was trained on)")
+    spec_task = get_task(target)
+    fusion_name = m.load_fusion(location, name=f"fusion{index}", with_head=False)
+    dirs = settings["dirs"]
+    examples = load_split(spec_task, "eval", dirs.get(spec_task.name, dirs.get("")), settings["max_examples"])
+    if spec_task.kind == "multiple_choice":
+        raise UsageError("multiple-choice targets are not supported by inspect-activations yet")
+    encoded = encode(spec_task, examples, tokenizer, 128)
+    if not settings["quiet"]:
+        info(f"{spec}: {len(examples)} {spec_task.name} dev examples")
+    with batch_progress(batches(len(examples), settings["batch_size"]), spec, settings["quiet"]) as advance:
+        result = measure(m, fusion_name, encoded, settings["batch_size"], tokenizer.pad_token_id or 0,
+                         spec_task.name, progress=advance)
+    result.fusion = spec
+    return result
+
+
+def table(result: Any) -> tuple[list[str], list[list[str]]]:
+    """The terminal table of one result: a row per layer (0-based, as in the CSV), a column per adapter."""
+    from ..activations import layer_label
+
+    ordered = sorted(result.weights.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+    return ["layer", *result.adapters], [[layer_label(loc, layer), *(f"{w:.2f}" for w in ws)]
+                                         for (loc, layer), ws in ordered]
 
 
 def _data_dirs(items: list[str]) -> dict[str, str]:
@@ -110,7 +130,7 @@ def _data_dirs(items: list[str]) -> dict[str, str]:
     return out
 
 
-def _write(out: Path, results: list, rows: list[dict], plot) -> None:
+def _write(out: Path, results: list, rows: list[dict], plot: Any) -> None:
     import csv
 
     from ..fsutil import atomic_directory

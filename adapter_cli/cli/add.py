@@ -10,8 +10,6 @@ import typer
 from ._common import emit_json, handle_errors, human_bytes, human_count, info, print_table
 from .app import app
 
-DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
-          "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
 
 @app.command(
@@ -41,6 +39,7 @@ def add(
                              "regression or multiple_choice:N (N labels / choices)."),
     fmt: str = typer.Option("adapt", "--format", help="Format for --save: adapt or adapterhub."),
     dtype: str = typer.Option("float32", "--dtype", help="Weight precision for --save: float32, float16, bfloat16."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --save directory."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON object on stdout."),
 ) -> None:
     """Introduce an adapter into a base model: placement, parameters and size.
@@ -53,7 +52,9 @@ def add(
 
     changes = parse_overrides(overrides or [])
     adapter_config = resolve_adapter_config(config, changes)
-    if dtype.lower() not in DTYPES:
+    from ..devices import DTYPE_NAMES
+
+    if dtype.lower() not in DTYPE_NAMES:
         raise UsageError(f"unknown --dtype {dtype!r}; use float32, float16 or bfloat16")
     if fmt not in ("adapt", "adapterhub"):
         raise UsageError(f"unknown --format {fmt!r}; use adapt or adapterhub")
@@ -65,40 +66,15 @@ def add(
                               "config": adapter_config.to_dict()}
     if head is not None:
         _head_spec(head)  # validate before loading anything
+    if save is not None and save.exists() and not overwrite:
+        what = "a file" if not save.is_dir() else "not empty" if any(save.iterdir()) else None
+        if what is not None:  # an empty directory holds nothing to lose
+            raise UsageError(f"--save {save} exists and is {what}; pass --overwrite to replace it, or choose "
+                             "another directory")
     if model is None:
-        if head is not None:
-            raise UsageError("--head needs --model")
-        if save is not None:
-            raise UsageError("--save needs --model: an adapter is saved for a specific base model")
-        if hidden_size is None or num_layers is None:
-            raise UsageError("give --model, or both --hidden-size and --num-layers to count from the config alone")
-        if hidden_size <= 0 or num_layers <= 0:
-            raise UsageError("--hidden-size and --num-layers must be positive")
-        result.update(hidden_size=hidden_size, num_layers=num_layers, base_model=None, base_parameters=None)
-        counts = adapter_config.parameter_count(hidden_size, num_layers)
+        counts = _count(adapter_config, hidden_size, num_layers, head, save, result)
     else:
-        import torch
-
-        from ..model import AdapterModel
-        from ._common import quiet_libraries
-
-        info(f"loading {model} ...")
-        quiet_libraries()  # transformers is imported now
-        from ..defaults import resolve_model
-
-        m = AdapterModel.from_pretrained(resolve_model(model))
-        m.add_adapter(adapter_name, adapter_config)
-        counts = adapter_config.parameter_count(m.hidden_size, m.num_layers)
-        built = sum(p.numel() for p in m.adapters[adapter_name].parameters())
-        assert built == counts["parameters"], (built, counts["parameters"])
-        base_params = sum(p.numel() for p in m.base.parameters())
-        result.update(hidden_size=m.hidden_size, num_layers=m.num_layers, base_model=m.base_info.to_dict(),
-                      base_parameters=base_params)
-        if head is not None:
-            m.add_head(adapter_name, **_head_spec(head))
-        if save is not None:
-            m.save_adapter(save, adapter_name, format=fmt, dtype=getattr(torch, DTYPES[dtype.lower()]),
-                           safetensors=True)
+        counts = _build(model, adapter_name, adapter_config, head, save, fmt, dtype, result)
     placements = [{"location": p["location"], "layers": p["layers"], "bottleneck": _width(p["widths"]),
                    "parameters": p["parameters"]} for p in counts["placements"]]
     result.update(placements=placements, parameters=counts["parameters"], bytes_fp32=counts["bytes_fp32"],
@@ -109,9 +85,58 @@ def add(
     if json_out:
         emit_json(result)
         return
-    rows = [[p["location"], _layers(p["layers"]), p["bottleneck"], f"{p['parameters']:,}"] for p in placements]
+    _print(result, counts, config, save)
+
+
+def _count(adapter_config: Any, hidden_size: int | None, num_layers: int | None, head: str | None,
+           save: Path | None, result: dict[str, Any]) -> dict[str, Any]:
+    """The counts from the configuration alone: no model, no torch."""
+    from ..errors import UsageError
+
+    if head is not None:
+        raise UsageError("--head needs --model")
+    if save is not None:
+        raise UsageError("--save needs --model: an adapter is saved for a specific base model")
+    if hidden_size is None or num_layers is None:
+        raise UsageError("give --model, or both --hidden-size and --num-layers to count from the config alone")
+    if hidden_size <= 0 or num_layers <= 0:
+        raise UsageError("--hidden-size and --num-layers must be positive")
+    result.update(hidden_size=hidden_size, num_layers=num_layers, base_model=None, base_parameters=None)
+    counts: dict[str, Any] = adapter_config.parameter_count(hidden_size, num_layers)
+    return counts
+
+
+def _build(model: str, adapter_name: str, adapter_config: Any, head: str | None, save: Path | None, fmt: str,
+           dtype: str, result: dict[str, Any]) -> dict[str, Any]:
+    """Introduce the adapter into the real model (and save it); the counts, checked against the built modules."""
+    from ..defaults import resolve_model
+    from ..devices import torch_dtype
+    from ..model import AdapterModel
+    from ._common import quiet_libraries
+
+    info(f"loading {model} ...")
+    quiet_libraries()  # transformers is imported now
+    m = AdapterModel.from_pretrained(resolve_model(model))
+    m.add_adapter(adapter_name, adapter_config)
+    counts: dict[str, Any] = adapter_config.parameter_count(m.hidden_size, m.num_layers)
+    built = sum(p.numel() for p in m.adapters[adapter_name].parameters())
+    assert built == counts["parameters"], (built, counts["parameters"])
+    base_params = sum(p.numel() for p in m.base.parameters())
+    result.update(hidden_size=m.hidden_size, num_layers=m.num_layers, base_model=m.base_info.to_dict(),
+                  base_parameters=base_params)
+    if head is not None:
+        m.add_head(adapter_name, **_head_spec(head))
+    if save is not None:
+        m.save_adapter(save, adapter_name, format=fmt, dtype=torch_dtype(dtype),
+                       safetensors=True)
+    return counts
+
+
+def _print(result: dict[str, Any], counts: dict[str, Any], config: str, save: Path | None) -> None:
+    rows = [[p["location"], _layers(p["layers"]), p["bottleneck"], f"{p['parameters']:,}"]
+            for p in result["placements"]]
     print_table(["placement", "layers", "bottleneck", "parameters"], rows,
-                title=f"adapter {adapter_name!r} ({config}) for hidden size {result['hidden_size']}, "
+                title=f"adapter {result['name']!r} ({config}) for hidden size {result['hidden_size']}, "
                       f"{result['num_layers']} layers")
     line = (f"total: {counts['parameters']:,} parameters ({human_count(counts['parameters'])}), "
             f"{human_bytes(counts['bytes_fp32'])} in fp32, {human_bytes(counts['bytes_fp16'])} in fp16")

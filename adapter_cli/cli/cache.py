@@ -42,41 +42,53 @@ def ls(model: str = typer.Option(None, "--model", "-m", help="Only adapters for 
     print_table(["id", "task", "config", "base model", "dev", "size"], rows)
 
 
-@cache_app.command("path", epilog="Examples:\n\n  adapt cache path\n\n  adapt cache path mrpc --model minilm")
+@cache_app.command("path", epilog="Examples:\n\n  adapt cache path\n\n  adapt cache path mrpc --model minilm --json")
 @handle_errors
 def path(entry: str = typer.Argument(None, help="A cache name; without it, the cache root."),
-         model: str = typer.Option("minilm", "--model", "-m", help="Base model the adapter was trained on.")) -> None:
+         model: str = typer.Option("minilm", "--model", "-m", help="Base model the adapter was trained on."),
+         json_out: bool = typer.Option(False, "--json", help="Print a JSON object: {\"path\": ...} for the root, "
+                                       "the entry (as in cache ls --json) for a name.")) -> None:
     """Print the cache root, or the directory of one cached adapter."""
     from .. import cache
 
-    if entry is None:
-        print(cache.cache_root())
-    else:
-        print(cache.find(entry, _model_id(model)).path)
+    found = {"path": str(cache.cache_root())} if entry is None else cache.find(entry, _model_id(model)).summary()
+    if json_out:
+        emit_json(found)
+        return
+    print(found["path"])
 
 
-@cache_app.command("rm", epilog="Examples:\n\n  adapt cache rm mrpc-pfeiffer-s42 --yes\n\n  adapt cache rm old-run --dry-run")
+@cache_app.command("rm", epilog="Examples:\n\n  adapt cache rm mrpc-pfeiffer-s42 --yes\n\n"
+                   "  adapt cache rm old-run --dry-run --json")
 @handle_errors
 def rm(entry: str = typer.Argument(..., help="The entry id (see adapt cache ls)."),
        model: str = typer.Option(None, "--model", "-m", help="Only for this base model."),
        yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask (required when not on a terminal)."),
-       dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be removed.")) -> None:
+       dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be removed."),
+       json_out: bool = typer.Option(False, "--json", help="Print a JSON list of the entries (as in cache ls "
+                                     "--json) with \"removed\": true, or false for --dry-run.")) -> None:
     """Remove a cached adapter."""
-    import shutil
     import sys
 
     from .. import cache
     from ..errors import UsageError
 
     found = cache.remove(entry, _model_id(model))
+    if not dry_run and not yes and not sys.stdin.isatty():
+        raise UsageError("refusing to remove without --yes when not on a terminal")
+    done = []
     for e in found:
-        if dry_run:
-            print(f"would remove {e.id} ({e.model}) at {e.path}")
-            continue
-        if not yes:
-            if not sys.stdin.isatty():
-                raise UsageError("refusing to remove without --yes when not on a terminal")
-            if not typer.confirm(f"remove {e.id} ({e.model})?"):
+        summary = {**e.summary(), "removed": False}
+        if not dry_run:
+            if not yes and not typer.confirm(f"remove {e.id} ({e.model})?", err=True):
+                if json_out:
+                    emit_json(done)  # what was removed before the answer "no"
                 raise typer.Exit(1)
-        shutil.rmtree(e.path)
-        print(f"removed {e.id} ({e.model})")
+            cache.delete(e)  # the name goes first, in one step: nobody reads half an entry
+            summary["removed"] = True
+        done.append(summary)
+        if not json_out:
+            print(f"removed {e.id} ({e.model})" if summary["removed"] else
+                  f"would remove {e.id} ({e.model}) at {e.path}")
+    if json_out:
+        emit_json(done)

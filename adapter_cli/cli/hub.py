@@ -33,8 +33,13 @@ def _summary(card: Any, digest: str, path: Path) -> dict[str, Any]:
             "archive": str(path), "sha256": digest, "bytes": path.stat().st_size, "files": sorted(card.files)}
 
 
+def json_record(record: dict[str, Any], registry: str) -> dict[str, Any]:
+    """An index record as --json prints it: byte counts are ``bytes`` in every output (the index says ``size``)."""
+    return {("bytes" if k == "size" else k): v for k, v in record.items()} | {"registry": registry}
+
+
 @app.command("pack", epilog="Examples:\n\n  adapt pack sst2 --author me\n\n"
-             "  adapt pack demo_topic --author me --catalog sts/topic-pairs -o dist/ --json")
+             "  adapt pack mrpc --author me --catalog sts/my-mrpc -o dist/ --json")
 @handle_errors
 def pack(name: str = typer.Argument(..., help="A cached adapter (see adapt cache ls) or an adapter directory."),
          output: Path = typer.Option(None, "--output", "-o", help="Archive file or directory (default: ./<id>.tar.gz)."),
@@ -66,7 +71,10 @@ def publish(name: str = typer.Argument(..., help="A cached adapter, an adapter d
             to: str = typer.Option(..., "--to", help="The registry: a directory, an http(s):// URL or hf://org/repo."),
             model: str = Model, author: str = Author, version: str = Version, catalog: str = Catalog,
             description: str = Description, citation: str = Citation, license: str = License, url: str = Url,
-            force: bool = typer.Option(False, "--force", help="Replace a published version with other content."),
+            force: bool = typer.Option(False, "--force", help="Replace a published version with other content "
+                                       "(a directory or hf:// registry; a served one never allows it)."),
+            token_file: Path = typer.Option(None, "--token-file", help="File holding the token of an http(s) "
+                                            "registry served with --writable. Default: $ADAPT_REGISTRY_TOKEN."),
             json_out: bool = typer.Option(False, "--json", help="Print a JSON object on stdout.")) -> None:
     """Publish an adapter to a registry: its archive, then the index, atomically.
 
@@ -76,10 +84,12 @@ def publish(name: str = typer.Argument(..., help="A cached adapter, an adapter d
     import tempfile
 
     from ..hub.archive import extract_archive, file_digest
+    from ..hub.http import read_token
     from ..hub.pack import pack as do_pack
-    from ..hub.registry import open_registry
+    from ..hub.registries import open_registry
+    from ..hub.site import model_argument
 
-    registry = open_registry(to)
+    registry = open_registry(to, read_token(token_file) if token_file is not None else None)
     with tempfile.TemporaryDirectory(prefix="adapt-publish-") as tmp:
         if name.endswith((".tar.gz", ".tgz")) and Path(name).is_file():
             archive = Path(name)
@@ -90,14 +100,15 @@ def publish(name: str = typer.Argument(..., help="A cached adapter, an adapter d
                                             catalog=catalog, description=description, citation=citation,
                                             license=license, url=url)
         done = registry.publish(archive, card, digest, force=force)
-    result = {**{k: v for k, v in done.record.items() if k in ("id", "version", "name", "archive", "sha256", "size")},
-              "base_model": card.base_model.id, "registry": to, "new": done.new, "url": registry.url_of(done.record)}
+    result = {**{k: v for k, v in done.record.items() if k in ("id", "version", "name", "archive", "sha256")},
+              "bytes": done.record["size"], "base_model": card.base_model.id, "registry": to, "new": done.new,
+              "url": registry.url_of(done.record)}
     if json_out:
         emit_json(result)
         return
     verb = "published" if done.new else "already published (same archive)"
     print(f"{verb}: {card.id} v{card.version} ({card.base_model.id}) in {to}")
-    info(f"pull it with: adapt pull {card.id} --registry {to} --model {card.base_model.id}")
+    info(f"pull it with: adapt pull {card.id} --registry {to} --model {model_argument(card.base_model.id)}")
 
 
 @app.command("search", epilog="Examples:\n\n  adapt search --registry ./hub\n\n"
@@ -118,12 +129,8 @@ def search(query: str = typer.Argument(None, help="Free text: every word must ap
     """Find adapters in registries by task, dataset, base model, architecture, reduction factor, author or text."""
     from ..defaults import canonical_model_id, model_id, resolve_model
     from ..errors import UsageError
-    from ..hub.registry import (
-        configured_registries,
-        latest,
-        open_registry,
-        search_records,
-    )
+    from ..hub.registries import configured_registries, open_registry
+    from ..hub.registry import latest, search_records
 
     specs = configured_registries(registry)
     if not specs:
@@ -138,7 +145,7 @@ def search(query: str = typer.Argument(None, help="Free text: every word must ap
         if not all_versions:
             newest = {id(r) for r in latest(hits)}
             hits = [r for r in hits if id(r) in newest]
-        found.extend({**r, "registry": spec} for r in hits)
+        found.extend(json_record(r, spec) for r in hits)
     if json_out:
         emit_json(found)
     if not found:  # like grep: nothing found is exit 1, so scripts can branch on it
@@ -153,7 +160,7 @@ def search(query: str = typer.Argument(None, help="Free text: every word must ap
         metric = f"{key} {metrics[key]:.3f}" if key in metrics else ""
         rf = r.get("reduction_factor")
         rows.append([r["id"], r["version"], r["base_model"]["id"], r.get("architecture") or "",
-                     f"{rf:g}" if isinstance(rf, (int, float)) else "", metric, human_bytes(r.get("size") or 0)])
+                     f"{rf:g}" if isinstance(rf, (int, float)) else "", metric, human_bytes(r.get("bytes") or 0)])
     print_table(["id", "version", "base model", "arch", "rf", "dev", "size"], rows)
 
 
@@ -176,6 +183,7 @@ def pull(adapter: str = typer.Argument(..., help="An id (task/dataset@author[:ve
     """
     from ..defaults import model_id, resolve_model
     from ..hub.pull import pull as do_pull
+    from ..hub.site import model_argument
 
     entry = do_pull(adapter, model_id=model_id(resolve_model(model)) if model else None, registries=registry,
                     architecture=architecture)
@@ -185,7 +193,7 @@ def pull(adapter: str = typer.Argument(..., help="An id (task/dataset@author[:ve
         emit_json(result)
         return
     print(f"pulled {result['registry_id'] or adapter} v{result['version']} for {entry.model} into {entry.path}")
-    info(f"use it with: adapt infer --model {entry.model} -a {entry.id} \"some text\"")
+    info(f"use it with: adapt infer --model {model_argument(entry.model)} -a {entry.id} \"some text\"")
 
 
 @hub_app.command("site", epilog="Examples:\n\n  adapt hub site ./hub -o site/\n\n"
@@ -197,7 +205,7 @@ def site(registry: str = typer.Argument(..., help="The registry to describe: a d
          json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout.")) -> None:
     """Write a static explore website for a registry: task -> dataset -> adapters, filters by base model and
     architecture, and one page per adapter with its metadata and the command that uses it. No server needed."""
-    from ..hub.registry import open_registry
+    from ..hub.registries import open_registry
     from ..hub.site import build_site
 
     reg = open_registry(registry)
@@ -209,18 +217,32 @@ def site(registry: str = typer.Argument(..., help="The registry to describe: a d
 
 
 @hub_app.command("serve", epilog="Examples:\n\n  adapt hub serve ./hub --port 8080\n\n"
-                 "  adapt hub serve ./hub --writable   # accept adapt publish --to http://...")
+                 "  adapt hub serve ./hub --writable --token-file ~/.config/adapt/registry-token\n\n"
+                 "  (publishers: ADAPT_REGISTRY_TOKEN=... adapt publish NAME --to http://host:8000)")
 @handle_errors
 def serve(directory: Path = typer.Argument(..., help="The registry directory to serve."),
           host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
           port: int = typer.Option(8000, "--port", help="Port (0 picks a free one)."),
-          writable: bool = typer.Option(False, "--writable", help="Accept publishing with conditional PUT.")) -> None:
-    """Serve a registry directory over HTTP (for a lab or a CI cache). Ctrl-C stops it."""
-    from ..hub.http import make_server
+          writable: bool = typer.Option(False, "--writable", help="Accept publishing (needs --token-file)."),
+          token_file: Path = typer.Option(None, "--token-file", help="File holding the token publishers must send "
+                                          "(Authorization: Bearer); required with --writable."),
+          max_upload_mb: float = typer.Option(512, "--max-upload-mb", help="Largest upload accepted (413 above)."),
+          timeout: float = typer.Option(30, "--timeout", help="Seconds a connection may stay silent before it "
+                                        "is dropped.")) -> None:
+    """Serve a registry directory over HTTP (for a lab or a CI cache). Ctrl-C stops it.
 
-    server = make_server(directory, host, port, writable)
+    Writes need a token; archives are checked like `adapt pull` checks them, and a published version never
+    changes. There is no TLS: put it behind an HTTPS proxy outside a trusted network.
+    """
+    from ..errors import UsageError
+    from ..hub.http import make_server, read_token
+
+    if token_file is not None and not writable:
+        raise UsageError("--token-file is for --writable (reading a registry needs no token)")
+    token = read_token(token_file) if token_file is not None else None
+    server = make_server(directory, host, port, writable, token=token, max_upload_mb=max_upload_mb, timeout=timeout)
     print(f"serving {directory} at http://{host}:{server.server_address[1]}"
-          + (" (writable)" if writable else ""), file=sys.stderr, flush=True)
+          + (" (writable with the token)" if writable else ""), file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

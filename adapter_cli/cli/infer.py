@@ -14,24 +14,36 @@ from .app import app
     "infer",
     epilog=(
         "Examples:\n\n"
-        "  adapt infer -m minilm -a ./sst2-adapter 'a gripping film' 'dull and long'\n\n"
-        "  adapt infer -m bert-base-uncased -a ./mnli -a ./qqp -a ./rte -f ./fusion --head ./rte-head \\\n"
-        "      --active 'fuse(mnli,qqp,rte)' --input dev.csv --text-column sentence1 --pair-column sentence2\n\n"
-        "  cat texts.txt | adapt infer -m minilm -a ./sst2-adapter --input - --output preds.csv"
+        "  adapt infer -m minilm -a sst2 'a gripping film' 'dull and long'      # sst2: a cache name\n\n"
+        "  adapt infer -m minilm -a mrpc --pair 'He said it.' 'It was said by him.'   # one text pair\n\n"
+        "  adapt infer -m minilm -a sst2 -a mrpc --active 'parallel(sst2,mrpc)' --pair 'Good.' 'Fine.'\n\n"
+        "  adapt infer -m minilm -a sst2 -a mrpc -a rte -f rte-fusion --pair 'A premise.' 'A hypothesis.'\n\n"
+        "  adapt infer -m minilm -a sst2 -a cola --input mixed.csv --route-column task   # per-row adapter\n\n"
+        "  cat texts.txt | adapt infer -m minilm -a sst2 --input - --output preds.csv   # many texts, one load"
     ),
 )
 @handle_errors
 def infer(
-    texts: list[str] = typer.Argument(None, help="Texts to classify (or use --input).", show_default=False),
+    texts: list[str] = typer.Argument(None, help="Texts to classify (or use --input); with --pair, taken two by "
+                                      "two as (first, second) pairs.", show_default=False),
     model: str = typer.Option(..., "--model", "-m", help="Base model directory or Hub id; 'minilm' is the "
                               "embedded all-MiniLM-L6-v2."),
     adapters: list[str] = typer.Option(None, "--adapter", "-a", help="Adapter directory (ours or AdapterHub's) or "
                                        "cache name (see adapt cache ls); repeatable. Its saved head is loaded too."),
-    fusions: list[str] = typer.Option(None, "--fusion", "-f", help="Fusion directory or cache name; repeatable."),
-    head: Path = typer.Option(None, "--head", help="Head directory (overrides heads saved with adapters)."),
-    active: str = typer.Option(None, "--active", help="Composition, e.g. 'stack(lang,task)' or "
-                               "'fuse(mnli,qqp,rte)'. Default: the last adapter given."),
-    input_path: str = typer.Option(None, "--input", "-i", help="CSV, TSV, JSONL or text file; '-' reads stdin."),
+    fusions: list[str] = typer.Option(None, "--fusion", "-f", help="Fusion directory or cache name (e.g. "
+                                      "rte-fusion); repeatable. One fusion loaded with its members is the default "
+                                      "composition."),
+    head: Path = typer.Option(None, "--head", help="Head directory: answer every row with this head instead of "
+                              "the one that fits the composition."),
+    active: str = typer.Option(None, "--active", help="Composition, e.g. 'stack(lang,task)', "
+                               "'fuse(mnli,qqp,rte)' or 'parallel(sst2,mrpc)' (one answer per member). Default: "
+                               "the loaded fusion, else the last adapter given. Each composition is answered by "
+                               "its own head: the adapter's, the last of a stack's, the fusion's."),
+    pair: bool = typer.Option(False, "--pair", help="The texts are pairs (MRPC, RTE, STS-B...): A1 B1 A2 B2 ..."),
+    allow_single: bool = typer.Option(False, "--allow-single", help="Score single texts with a head trained on "
+                                      "pairs (refused by default: the answers would mean little)."),
+    input_path: str = typer.Option(None, "--input", "-i", help="CSV, TSV, JSONL or text file; '-' reads stdin, "
+                                   "one text per line (one model load for many texts: faster than a shell loop)."),
     text_column: str = typer.Option("text", "--text-column", help="Column holding the text."),
     pair_column: str = typer.Option(None, "--pair-column", help="Column holding the second text of a pair."),
     route_column: str = typer.Option(None, "--route-column", help="Column naming the adapter or composition for "
@@ -44,6 +56,8 @@ def infer(
     metrics_path: Path = typer.Option(None, "--metrics", help="Write the metrics as JSON to this file."),
     output: Path = typer.Option(None, "--output", "-o", help="Write predictions here (.jsonl or .csv) "
                                 "instead of stdout."),
+    json_out: bool = typer.Option(False, "--json", help="JSON lines on stdout (the default; accepted for "
+                                  "symmetry with the other verbs)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Rows per forward pass."),
     max_length: int = typer.Option(128, "--max-length", min=8, help="Tokens per row (longer rows are truncated)."),
     device: str = typer.Option("auto", "--device", help="auto (the GPU when there is one), cpu, cuda or cuda:N."),
@@ -51,9 +65,8 @@ def infer(
                                   "bf16 or fp16. Under autocast the base model's linear layers are stored in "
                                   "that dtype, which changes no result and halves their memory."),
 ) -> None:
-    """Predict a label and score for each text, as JSON lines on stdout (or CSV/JSONL with --output)."""
-    import json
-
+    """Predict a label and score for each text (or text pair), as JSON lines on stdout (or CSV/JSONL with
+    --output). Each line names the composition and the head that answered it."""
     from ..composition import parse_composition
     from ..errors import UsageError
 
@@ -64,50 +77,28 @@ def infer(
 
     where = resolve_device(device)
     autocast = autocast_dtype(precision, where)
-    from ..inference import predict, read_rows, rows_from_task, score
+    rows, spec = _rows(texts or [], pair, input_path, text_column, pair_column, label_column, route_column, task,
+                       data_dir)
+    from ..inference import predict
 
-    spec = None
-    if task is not None:
-        from ..tasks import get_task
-
-        spec = get_task(task)
-    if spec is not None and not texts and input_path is None:
-        rows = rows_from_task(spec, data_dir)
-    else:
-        rows = read_rows(texts or [], input_path, text_column, pair_column, label_column, route_column)
-    from transformers import AutoTokenizer
-
-    from ..defaults import resolve_model
-    from ..model import AdapterModel
-    from ._common import quiet_libraries
-
-    quiet_libraries()
-    path = resolve_model(model)
-    info(f"loading {model} ...")
-    m = AdapterModel.from_pretrained(path)
-    names = [m.load_adapter(_locate(a, m)) for a in adapters or []]
-    for f in fusions or []:
-        m.load_fusion(_locate(f, m))
-    if head is not None:
-        m.load_head(head, overwrite=True)
-    composition = m.resolve_composition(active if active is not None else (names[-1] if names else None))
+    m, tokenizer, composition, head_name = _load(model, adapters or [], fusions or [], head, active)
     if autocast is not None:  # before the move: the GPU never holds the fp32 copies
         m.cast_frozen_linears(autocast)
     m.to(where)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"no tokenizer for {model}: {str(exc).splitlines()[0][:160]}") from None
-    predictions = list(predict(m, tokenizer, rows, composition, batch_size, max_length, autocast))
-    if any(r.label is not None for r in rows):
-        metrics = score(spec, m, rows, predictions)
-        print("metrics: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + f" ({len(rows)} rows)",
-              file=__import__("sys").stderr)
-        if metrics_path is not None:
-            from ..fsutil import dump_json
+    from ._progress import batch_progress
 
-            metrics_path.write_text(dump_json({"rows": len(rows), **metrics}))
+    predictions: list[dict] = []
+    with batch_progress(-(-len(rows) // batch_size), f"infer {task or ''}".strip()) as advance:
+        for p in predict(m, tokenizer, rows, composition, batch_size, max_length, autocast, head_name,
+                         allow_single):
+            predictions.append(p)
+            if len(predictions) % batch_size == 0:
+                advance(1)
+    if any(r.label is not None for r in rows):
+        _report_metrics(spec, m, rows, predictions, metrics_path)
     if output is None:
+        import json
+
         for p in predictions:
             print(json.dumps(p, ensure_ascii=False))
         return
@@ -115,10 +106,81 @@ def infer(
     info(f"wrote {len(predictions)} predictions to {output}")
 
 
-def _locate(spec: str, model: object) -> Path:
-    from ..cache import locate
+def _rows(texts: list[str], pair: bool, input_path: str | None, text_column: str, pair_column: str | None,
+          label_column: str | None, route_column: str | None, task: str | None, data_dir: str | None) -> tuple:
+    from ..errors import UsageError
+    from ..inference import Row, read_rows, rows_from_task
 
-    return locate(spec, model.name_or_path)  # type: ignore[attr-defined]
+    spec = None
+    if task is not None:
+        from ..tasks import get_task
+
+        spec = get_task(task)
+    if pair:
+        if input_path is not None or not texts:
+            raise UsageError("--pair takes the texts on the command line, two by two; with --input use "
+                             "--pair-column")
+        if len(texts) % 2:
+            raise UsageError(f"--pair needs an even number of texts (first, second, first, second ...), "
+                             f"got {len(texts)}")
+        return [Row(a, b) for a, b in zip(texts[::2], texts[1::2])], spec
+    if spec is not None and not texts and input_path is None:
+        return rows_from_task(spec, data_dir), spec
+    return read_rows(texts, input_path, text_column, pair_column, label_column, route_column), spec
+
+
+def _load(model: str, adapters: list[str], fusions: list[str], head: Path | None, active: str | None) -> tuple:
+    """The model with its adapters, fusions and head; the composition to run; the head chosen by --head."""
+    from ..defaults import resolve_model
+    from ..model import AdapterModel
+    from ..tokenizer import load_tokenizer
+    from ._common import quiet_libraries
+
+    quiet_libraries()
+    path = resolve_model(model)
+    info(f"loading {model} ...")
+    m = AdapterModel.from_pretrained(path)
+    tokenizer = load_tokenizer(path, m.vocab_size, model)
+    names = [m.load_adapter(_locate(a, m, "adapter")) for a in adapters]
+    for f in fusions:
+        m.load_fusion(_locate(f, m, "fusion"))
+    head_name = m.load_head(head, overwrite=True) if head is not None else None
+    return m, tokenizer, m.resolve_composition(active if active is not None else _default(m, names)), head_name
+
+
+def _default(model: object, names: list[str]) -> str | None:
+    """One fusion loaded (with its members): that fusion; else the last adapter given."""
+    fusions = list(model.fusions.items())  # type: ignore[attr-defined]
+    if len(fusions) == 1:
+        name, fusion = fusions[0]
+        members = ",".join(fusion.adapters)
+        return f"fuse({members})" if name == members else f"fuse({members},name={name})"
+    if len(fusions) > 1:
+        from ..errors import UsageError
+
+        raise UsageError(f"{len(fusions)} fusions are loaded ({', '.join(n for n, _ in fusions)}); choose one with "
+                         "--active 'fuse(...)'")
+    return names[-1] if names else None
+
+
+def _report_metrics(spec: object, m: object, rows: list, predictions: list[dict], path: Path | None) -> None:
+    import sys
+
+    from ..inference import score
+
+    metrics = score(spec, m, rows, predictions)
+    print("metrics: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + f" ({len(rows)} rows)",
+          file=sys.stderr)
+    if path is not None:
+        from ..fsutil import dump_json
+
+        path.write_text(dump_json({"rows": len(rows), **metrics}))
+
+
+def _locate(spec: str, model: object, kind: str) -> Path:
+    from ..resolve import locate
+
+    return locate(spec, model.name_or_path, kind)  # type: ignore[attr-defined]
 
 
 def _write(path: Path, predictions: list[dict]) -> None:
@@ -132,10 +194,11 @@ def _write(path: Path, predictions: list[dict]) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             if path.suffix.lower() == ".csv":
-                fields = list(dict.fromkeys(k for p in predictions for k in p))
+                flat = [_flatten(p) for p in predictions]
+                fields = list(dict.fromkeys(k for p in flat for k in p))
                 writer = csv.DictWriter(f, fieldnames=fields)
                 writer.writeheader()
-                writer.writerows(predictions)
+                writer.writerows(flat)
             else:
                 for p in predictions:
                     f.write(json.dumps(p, ensure_ascii=False) + "\n")
@@ -143,3 +206,11 @@ def _write(path: Path, predictions: list[dict]) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def _flatten(prediction: dict) -> dict:
+    """parallel(...) answers as columns MEMBER.label, MEMBER.score, ... in a CSV."""
+    flat = {k: v for k, v in prediction.items() if k != "members"}
+    for member, answer in (prediction.get("members") or {}).items():
+        flat.update({f"{member}.{k}": v for k, v in answer.items()})
+    return flat

@@ -1,4 +1,8 @@
-"""``adapt inspect``: what an adapter, fusion or head directory holds, without loading a model."""
+"""``adapt inspect``: what an adapter, fusion or head directory holds, without loading a model.
+
+Weights are described from their safetensors headers (shapes and dtypes), so no tensor is read and
+torch is not imported; only AdapterHub's legacy ``.bin`` pickles need torch.
+"""
 
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ def inspect(
     rows.append(["base model", f"{base.get('name_or_path') or '?'} ({base['model_type']}, hidden {base['hidden_size']}"
                  + (f", {base['num_layers']} layers" if base.get("num_layers") else "") + ")"])
     rows.append(["parameters", f"{result['parameters']:,}"])
-    rows.append(["file size", human_bytes(result["file_bytes"])])
+    rows.append(["file size", human_bytes(result["bytes"])])
     if result.get("head"):
         head = result["head"]
         rows.append(["head", f"{head['name']}: {head['config']['head_type']} ({head['parameters']:,} parameters)"])
@@ -56,24 +60,24 @@ def describe(path: Path) -> dict[str, Any]:
     files = sorted(p for p in path.iterdir() if p.is_file())
     file_bytes = sum(p.stat().st_size for p in files)
     if (path / "adapter_config.json").is_file():
-        art: Any = read_adapter(path)
+        art: Any = read_adapter(path, shapes_only=True)
         out: dict[str, Any] = {"kind": "adapter", "name": art.name, "format": art.format,
                                "method": art.config.architecture, "config": art.config.to_dict()}
         if has_head(path):
-            head = read_head(path)
+            head = read_head(path, shapes_only=True)
             out["head"] = {"name": head.name, "config": head.config.to_dict(),
                            "parameters": sum(t.numel() for t in head.weights.values())}
     elif any((path / f).is_file() for f in FUSION_CONFIGS):
-        art = read_fusion(path)
+        art = read_fusion(path, shapes_only=True)
         out = {"kind": "fusion", "name": art.name, "format": art.format, "adapters": art.adapters,
                "config": art.config.to_dict()}
     elif (path / HEAD_CONFIG).is_file():
-        art = read_head(path)
+        art = read_head(path, shapes_only=True)
         out = {"kind": "head", "name": art.name, "format": art.format, "config": art.config.to_dict()}
     else:
         raise ArtifactError(f"{path} holds no adapter_config.json, fusion config or head_config.json")
     out.update(base_model=art.base.to_dict(), parameters=sum(t.numel() for t in art.weights.values()),
-               file_bytes=file_bytes, files=[p.name for p in files], path=str(path))
+               bytes=file_bytes, files=[p.name for p in files], path=str(path))
     versions = art.meta.get("versions") or ({"adapters": art.meta["version"]} if "version" in art.meta else {})
     out["versions"] = versions
     return out

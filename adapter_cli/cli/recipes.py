@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -15,7 +16,7 @@ KINDS = {"adapter": "adapters", "train": "train", "task": "tasks"}
 def _all() -> list[dict]:
     import yaml
 
-    from ..presets import recipes_root
+    from ..builtins import recipes_root
 
     out = []
     for kind, folder in KINDS.items():
@@ -54,27 +55,46 @@ def ls(kind: str = typer.Option(None, "--kind", "-k", help="adapter, train or ta
                 [[i["kind"], i["name"], ",".join(i["aliases"]), i["description"]] for i in items])
 
 
-@recipes_app.command("show", epilog="Example:\n\n  adapt recipes show pfeiffer")
+@recipes_app.command("show", epilog="Examples:\n\n  adapt recipes show pfeiffer\n\n  adapt recipes show mrpc --json")
 @handle_errors
-def show(name: str = typer.Argument(..., help="A recipe name (see adapt recipes ls).")) -> None:
+def show(name: str = typer.Argument(..., help="A recipe name (see adapt recipes ls)."),
+         json_out: bool = typer.Option(False, "--json", help="Print a JSON object: the recipe's kind, name, "
+                                       "path, its YAML text and its parsed content.")) -> None:
     """Print a recipe's YAML, to read which keys can be overridden."""
-    print(Path(_find(name)["path"]).read_text(encoding="utf-8"), end="")
+    import yaml
+
+    item = _find(name)
+    text = Path(item["path"]).read_text(encoding="utf-8")
+    if json_out:
+        emit_json({**item, "yaml": text, "content": yaml.safe_load(text) or {}})
+        return
+    print(text, end="")
 
 
-@recipes_app.command("cp", epilog="Example:\n\n  adapt recipes cp adapter my-recipe.yaml && adapt train --recipe my-recipe.yaml")
+@recipes_app.command("cp", epilog="Examples:\n\n  adapt recipes cp adapter my-recipe.yaml && adapt train --recipe "
+                     "my-recipe.yaml --task mrpc --data-dir glue/MRPC\n\n  adapt recipes cp mrpc recipes/ --json")
 @handle_errors
 def cp(name: str = typer.Argument(..., help="A recipe name."),
-       dest: Path = typer.Argument(..., help="Destination file or directory."),
-       force: bool = typer.Option(False, "--force", help="Overwrite an existing file.")) -> None:
+       dest: str = typer.Argument(..., help="Destination file or directory (a trailing / makes a directory)."),
+       force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+       json_out: bool = typer.Option(False, "--json", help="Print a JSON object: what was copied where.")) -> None:
     """Copy a built-in recipe to edit it."""
     import shutil
 
-    from ..errors import UsageError
+    from ..errors import AdaptError, UsageError
 
-    source = Path(_find(name)["path"])
-    target = dest / source.name if dest.is_dir() else dest
+    item = _find(name)
+    source = Path(item["path"])
+    target = Path(dest) / source.name if Path(dest).is_dir() or dest.endswith(("/", os.sep)) else Path(dest)
     if target.exists() and not force:
         raise UsageError(f"{target} exists; pass --force to overwrite it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    except OSError as exc:
+        raise AdaptError(f"cannot copy {source.name} to {target}: {exc.strerror or exc}") from None
+    if json_out:
+        emit_json({"kind": item["kind"], "name": item["name"], "source": str(source), "path": str(target),
+                   "bytes": target.stat().st_size})
+        return
     print(f"copied {source.name} to {target}")

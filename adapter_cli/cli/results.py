@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -12,31 +13,50 @@ from .app import app
 
 @app.command(
     "results",
-    epilog="Examples:\n\n  adapt results runs/*\n\n  adapt results runs/* --format csv --output table.csv",
+    epilog=("Examples:\n\n  adapt results runs/\n\n  adapt results runs/* --csv --output table.csv\n\n"
+            "  adapt results runs/mrpc-* --json"),
 )
 @handle_errors
 def results(
-    runs: list[Path] = typer.Argument(..., help="Run directories (finished adapt train / adapt fuse runs)."),
-    fmt: str = typer.Option("markdown", "--format", "-f", help="markdown, csv or json."),
+    runs: list[Path] = typer.Argument(..., help="Finished run directories (adapt train / adapt fuse), or folders "
+                                      "that hold them (unfinished runs there are skipped)."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON object: cells with mean, std, n and seeds, "
+                                  "and every run read."),
+    csv_out: bool = typer.Option(False, "--csv", help="Print CSV (task, method, metric, mean, std, n)."),
     output: Path = typer.Option(None, "--output", "-o", help="Write the table to this file instead of stdout."),
+    old_format: str = typer.Option(None, "--format", "-f", hidden=True, help="Refused: use --csv or --json."),
 ) -> None:
-    """Rows tasks, columns methods (head, full, adapter, fusion); mean ± std of the dev metric over seeds."""
-    from ..errors import UsageError
-    from ..results import collect, csv_text, markdown, table
+    """Rows tasks, columns methods (head, full, adapter, fusion) with their configuration; each cell the
+    mean ± std of the task's main dev metric over distinct seeds, and n. Markdown by default.
 
-    if fmt not in ("markdown", "csv", "json"):
-        raise UsageError(f"--format must be markdown, csv or json, got {fmt!r}")
-    result = table(collect([r for r in runs if r.is_dir()]))
-    if fmt == "json":
+    Runs are averaged only when they differ in nothing but the seed; a configuration run twice with the
+    same seed counts once (the most recent run, noted on stderr).
+    """
+    from ..errors import UsageError
+    from ..results import csv_text, markdown, report
+
+    if old_format is not None:
+        raise UsageError(f"adapt results no longer takes --format {old_format}: use --csv or --json "
+                         "(markdown is the default)")
+    if json_out and csv_out:
+        raise UsageError("--json and --csv contradict each other; give one of them")
+    if output is not None and not output.parent.is_dir():
+        raise UsageError(f"cannot write --output {output}: the directory {output.parent} does not exist")
+    result = report(runs)
+    for note in result["notes"]:
+        print(note, file=sys.stderr)
+    if json_out:
         if output is None:
             emit_json(result)
             return
         import json
 
-        text = json.dumps(result, indent=2) + "\n"
+        text = json.dumps(result, indent=2, default=str) + "\n"
     else:
-        text = markdown(result) if fmt == "markdown" else csv_text(result)
+        text = csv_text(result) if csv_out else markdown(result)
     if output is None:
         print(text, end="")
-    else:
-        output.write_text(text, encoding="utf-8")
+        return
+    from ..fsutil import write_text_atomic
+
+    write_text_atomic(output, text)  # whole or not at all

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +59,15 @@ def train(
 
     changes = parse_overrides(overrides or [])
     if resume:
-        if run_dir is None:
-            raise UsageError("--resume needs --run-dir (the run to continue)")
         given = [flag for flag, value in (("--task", task), ("--config", config), ("--method", method),
                                           ("--recipe", recipe), ("--model", model), ("--data-dir", data_dir),
                                           ("--name", name)) if value is not None]
         if given or changes:
             raise UsageError(f"--resume continues the recipe saved in {run_dir}; drop {', '.join(given) or 'the key=value overrides'}")
-        resolved = load_recipe(str(run_dir / "recipe.yaml")) if (run_dir / "recipe.yaml").is_file() else None
-        if resolved is None:
-            raise UsageError(f"{run_dir} is not a run directory (no recipe.yaml)")
+        resolved, no_cache, done = _resumable(run_dir, no_cache)
+        if done:  # finished already: report it as a finished run would, and train nothing
+            _report(resolved, _read_summary(run_dir), run_dir, json_out)
+            return
     else:
         base = load_recipe(recipe or {"full": "full", "head": "head"}.get(method or "", "adapter"))
         flags = {"task": task, "adapter": config, "method": method, "model": model, "data_dir": data_dir,
@@ -78,42 +78,97 @@ def train(
     _run(resolved, run_dir, resume, no_cache, json_out, quiet)
 
 
+def _resumable(run_dir: Path | None, no_cache: bool) -> tuple[Any, bool, bool]:
+    """The recipe to continue ``run_dir`` with, whether to skip the cache (--no-cache given when the run
+    started still holds), and whether the run is complete already."""
+    from ..errors import UsageError
+    from ..runs import in_use, read_json, settle_status
+    from ..training.recipe import load_recipe
+
+    if run_dir is None:
+        raise UsageError("--resume needs --run-dir (the run to continue)")
+    if not (run_dir / "recipe.yaml").is_file():
+        raise UsageError(f"{run_dir} is not a run directory (no recipe.yaml)")
+    resolved = load_recipe(str(run_dir / "recipe.yaml"))
+    status = settle_status(run_dir)
+    if status == "running" or in_use(run_dir):
+        raise UsageError(f"run directory {run_dir} is in use by another adapt process; wait for it to finish")
+    no_cache = no_cache or bool((run_dir / "run.json").is_file() and read_json(run_dir / "run.json").get("no_cache"))
+    if status == "completed" and (run_dir / "final_metrics.json").is_file():
+        print(f"note: {run_dir} is already complete; nothing to resume (--overwrite trains it again)",
+              file=sys.stderr)
+        return resolved, no_cache, True
+    return resolved, no_cache, False
+
+
+def _read_summary(run_dir: Path) -> dict[str, Any]:
+    """A finished run's summary, with its cache entry when it has one."""
+    from .. import cache
+    from ..runs import read_json
+
+    summary = read_json(run_dir / "final_metrics.json")
+    entry = next((e for e in cache.entries() if e.data.get("run_dir") == str(run_dir.resolve())), None)
+    if entry is not None:
+        summary["cache"] = {"id": entry.id, "path": str(entry.path)}
+    return summary
+
+
 def _run(resolved: Any, run_dir: Path, resume: bool, no_cache: bool, json_out: bool, quiet: bool) -> dict:
     from ..training.loop import train as run_training
     from ._progress import reporter
 
-    summary: dict[str, Any] = run_training(resolved, run_dir, resume=resume, reporter=reporter(quiet))
-    if not no_cache and resolved.method != "full":
-        from ..runs import extract
+    def finish(summary: dict[str, Any]) -> None:
+        # inside the training (main process, run still held), before run.json says "completed"
+        if not no_cache and resolved.method != "full":
+            from ..runs import extract
 
-        entry = extract(run_dir)
-        summary["cache"] = {"id": entry.id, "path": str(entry.path)}
+            entry = extract(run_dir)
+            summary["cache"] = {"id": entry.id, "path": str(entry.path)}
+
+    summary: dict[str, Any] = run_training(resolved, run_dir, resume=resume, reporter=reporter(quiet),
+                                           notes={"no_cache": True} if no_cache else None, finish=finish)
+    _report(resolved, summary, run_dir, json_out)
+    return summary
+
+
+def _report(resolved: Any, summary: dict[str, Any], run_dir: Path, json_out: bool) -> None:
     if json_out:
         emit_json(summary)
-        return summary
+        return
     best = summary["best"]
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in (best["metrics"] or {}).items())
     print(f"{summary['task']} ({summary['method']}): best dev {metrics} at epoch {best['epoch']} "
           f"({summary['epochs_run']} epochs, {summary['steps']} steps, {summary['wall_time_s']:.0f}s)")
     print(f"run: {run_dir}")
-    if "cache" in summary and resolved.method == "fusion":
-        members = " ".join(f"-a {a}" for a in resolved.fusion_adapters)
-        print(f"cached as {summary['cache']['id']}; next: adapt infer -m {resolved.model} {members} "
-              f"-f {summary['cache']['id']} --active 'fuse({','.join(summary['fusion_members'])})' 'some text'")
-    elif "cache" in summary:
-        print(f"cached as {summary['cache']['id']}; next: adapt infer -m {resolved.model} -a {summary['cache']['id']} "
-              "'some text'")
-    return summary
+    if "cache" in summary:
+        print(f"cached as {summary['cache']['id']}; next: {_next_command(resolved, summary)}")
+
+
+def _next_command(recipe: Any, summary: dict) -> str:
+    """The `adapt infer` command that uses what was just cached, in the input form its head expects."""
+    from ..tasks import get_task
+
+    loads = " ".join(f"-a {a}" for a in recipe.fusion_adapters) + f" -f {summary['cache']['id']}" \
+        if recipe.method == "fusion" else f"-a {summary['cache']['id']}"
+    example = "--pair 'a first text' 'a second text'" if get_task(recipe.task).text_pair else "'some text'"
+    return f"adapt infer -m {recipe.model} {loads} {example}"
 
 
 def _fresh_run_dir(run_dir: Path, overwrite: bool) -> Path:
     """A run directory to start in: an existing non-empty one only with --overwrite."""
+    from ..errors import UsageError
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--run-dir {run_dir} is a file; give a directory")
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
-            from ..errors import UsageError
-
             raise UsageError(f"run directory {run_dir} already exists; pass --resume to continue it, "
                              "--overwrite to replace it, or --run-dir for a new one")
+        from ..runs import in_use
+
+        if in_use(run_dir):
+            raise UsageError(f"run directory {run_dir} is in use by another adapt process; it cannot be replaced "
+                             "while that runs")
         import shutil
 
         shutil.rmtree(run_dir)
@@ -135,10 +190,10 @@ def _precheck(recipe: Any) -> None:
     if recipe.method == "adapter":
         resolve_adapter_config(recipe.adapter, recipe.adapter_overrides)
     if recipe.method == "fusion":
-        from ..cache import locate
+        from ..resolve import locate
         from ..defaults import model_id, resolve_model
         from ..errors import UsageError
-        from ..fusion import resolve_fusion_config
+        from ..fusion_config import resolve_fusion_config
 
         resolve_fusion_config(recipe.fusion)
         if len(recipe.fusion_adapters) < 2:
@@ -148,17 +203,17 @@ def _precheck(recipe: Any) -> None:
             raise UsageError(f"adapter {seen[0]!r} is named twice; a fusion combines different adapters")
         base = model_id(resolve_model(recipe.model))
         for spec in recipe.fusion_adapters:
-            if not locate(spec, base).is_dir():
+            if not locate(spec, base, "adapter").is_dir():
                 raise UsageError(f"no adapter directory {spec}")
 
 
 def _run_name(recipe: Any) -> str:
+    """TASK-CONFIG-sSEED for adapters (mrpc-pfeiffer-s42), TASK-METHOD-sSEED otherwise (rte-fusion-s42,
+    mrpc-head-s42): short, and the cache id of the result, so the names in docs and hints are the real ones."""
     from ..tasks import get_task
 
     label = recipe.adapter if recipe.method == "adapter" and isinstance(recipe.adapter, str) else recipe.method
     label = re.sub(r"[^A-Za-z0-9_\-]", "_", Path(str(label)).stem)
-    if recipe.method == "fusion":
-        label = "fusion-" + "+".join(re.sub(r"[^A-Za-z0-9_\-]", "_", Path(a).name) for a in recipe.fusion_adapters)
     return f"{get_task(recipe.task).name}-{label}-s{recipe.seed}"
 
 
@@ -211,13 +266,13 @@ def fuse(
 
 
 def _export_adapterhub(recipe: Any, run_dir: Path, target: Path, summary: dict) -> None:
-    from ..cache import locate
+    from ..resolve import locate
     from ..model import AdapterModel
     from ..defaults import resolve_model
 
     model = AdapterModel.from_pretrained(resolve_model(recipe.model))
     for spec in recipe.fusion_adapters:
-        model.load_adapter(locate(spec, model.name_or_path), with_head=False)
+        model.load_adapter(locate(spec, model.name_or_path, "adapter"), with_head=False)
     name = model.load_fusion(run_dir / "best")
     model.save_fusion(target, name, format="adapterhub", head=model.active_head)
 

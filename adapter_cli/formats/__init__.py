@@ -2,118 +2,31 @@
 
 Both are read into the same in-memory artifacts whose weights use our canonical, model-independent
 key names (``<location>.<layer>.<param>``), so the model never sees a file format.
+
+Reading with ``shapes_only=True`` (what ``adapt inspect`` does) gives ``TensorInfo`` records instead of
+tensors: for safetensors files they come from the file's JSON header, without torch; only AdapterHub's
+legacy ``.bin`` pickles need torch to be read at all.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
 
 from ..errors import ArtifactError
+from . import adapterhub, native
+from .artifacts import (ADAPTER_CONFIG, FUSION_CONFIGS, HEAD_CONFIG, AdapterArtifact, BaseModelInfo,
+                        FusionArtifact, HeadArtifact, TensorInfo, load_safetensors, load_torch_bin, read_json,
+                        safetensors_header, save_safetensors)
 
-ADAPTER_CONFIG = "adapter_config.json"
-FUSION_CONFIGS = ("fusion_config.json", "adapter_fusion_config.json")
-HEAD_CONFIG = "head_config.json"
-
-
-@dataclass
-class BaseModelInfo:
-    """What an artifact was made for; checked against the model it is loaded into."""
-
-    model_type: str
-    hidden_size: int
-    name_or_path: str | None = None
-    revision: str | None = None
-    num_layers: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name_or_path": self.name_or_path, "revision": self.revision, "model_type": self.model_type,
-                "hidden_size": self.hidden_size, "num_layers": self.num_layers}
-
-
-@dataclass
-class AdapterArtifact:
-    name: str
-    config: Any
-    weights: dict[str, torch.Tensor]
-    base: BaseModelInfo
-    format: str = "adapt"
-    path: Path | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class FusionArtifact:
-    name: str
-    adapters: list[str]
-    config: Any
-    weights: dict[str, torch.Tensor]
-    base: BaseModelInfo
-    format: str = "adapt"
-    path: Path | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class HeadArtifact:
-    name: str
-    config: Any
-    weights: dict[str, torch.Tensor]
-    base: BaseModelInfo
-    format: str = "adapt"
-    path: Path | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise ArtifactError(f"{path.parent} is not {what} directory: {path.name} is missing")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"corrupt {path}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ArtifactError(f"corrupt {path}: expected a JSON object")
-    return data
-
-
-def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except Exception as exc:  # safetensors raises its own error type for a damaged header
-        raise ArtifactError(f"corrupt weights file {path}: {str(exc).splitlines()[0]}") from None
-
-
-def load_torch_bin(path: Path) -> dict[str, torch.Tensor]:
-    """AdapterHub's ``.bin`` files are torch pickles: only ever loaded with ``weights_only=True``."""
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unpickling failure means the file cannot be trusted or read
-        raise ArtifactError(f"corrupt or unsafe weights file {path}: {str(exc).splitlines()[0][:200]}") from None
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise ArtifactError(f"weights file {path} does not hold a tensor dictionary")
-    return data
-
-
-def save_safetensors(weights: dict[str, torch.Tensor], path: Path, dtype: torch.dtype | None = None) -> None:
-    from safetensors.torch import save_file
-
-    # clone: AdapterHub's format names one LayerNorm twice, and safetensors refuses shared storage
-    tensors = {k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach())
-               .cpu().clone().contiguous() for k, v in weights.items()}
-    save_file(tensors, str(path), metadata={"format": "pt"})
+# The package is the formats' facade: the shared artifacts and the readers that pick the format.
+__all__ = ["ADAPTER_CONFIG", "FUSION_CONFIGS", "HEAD_CONFIG", "AdapterArtifact", "BaseModelInfo", "FusionArtifact",
+           "HeadArtifact", "TensorInfo", "load_safetensors", "load_torch_bin", "read_json", "safetensors_header",
+           "save_safetensors", "adapterhub", "native", "detect", "read_adapter", "read_fusion", "read_head",
+           "has_head"]
 
 
 def detect(path: Path, kind: str) -> str:
     """'adapt' or 'adapterhub' for an adapter/fusion/head directory."""
-    from . import adapterhub, native
-
     path = Path(path)
     if not path.is_dir():
         raise ArtifactError(f"no {kind} directory at {path}")
@@ -126,25 +39,23 @@ def detect(path: Path, kind: str) -> str:
     raise ArtifactError(f"{path} is not {article} {kind} directory: {names} is missing")
 
 
-def read_adapter(path: Path | str) -> AdapterArtifact:
-    from . import adapterhub, native
-
+def read_adapter(path: Path | str, shapes_only: bool = False) -> AdapterArtifact:
+    """An adapter directory in either format; ``shapes_only``: ``TensorInfo`` weights, no torch for safetensors."""
     path = Path(path)
-    return native.read_adapter(path) if detect(path, "adapter") == "adapt" else adapterhub.read_adapter(path)
+    reader = native.read_adapter if detect(path, "adapter") == "adapt" else adapterhub.read_adapter
+    return reader(path, shapes_only=shapes_only)
 
 
-def read_fusion(path: Path | str) -> FusionArtifact:
-    from . import adapterhub, native
-
+def read_fusion(path: Path | str, shapes_only: bool = False) -> FusionArtifact:
     path = Path(path)
-    return native.read_fusion(path) if detect(path, "fusion") == "adapt" else adapterhub.read_fusion(path)
+    reader = native.read_fusion if detect(path, "fusion") == "adapt" else adapterhub.read_fusion
+    return reader(path, shapes_only=shapes_only)
 
 
-def read_head(path: Path | str) -> HeadArtifact:
-    from . import adapterhub, native
-
+def read_head(path: Path | str, shapes_only: bool = False) -> HeadArtifact:
     path = Path(path)
-    return native.read_head(path) if detect(path, "head") == "adapt" else adapterhub.read_head(path)
+    reader = native.read_head if detect(path, "head") == "adapt" else adapterhub.read_head
+    return reader(path, shapes_only=shapes_only)
 
 
 def has_head(path: Path) -> bool:

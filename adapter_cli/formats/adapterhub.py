@@ -12,14 +12,15 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..architectures import Architecture, architecture_for
 from ..errors import ArtifactError, ConfigError
-from . import (ADAPTER_CONFIG, HEAD_CONFIG, AdapterArtifact, BaseModelInfo, FusionArtifact, HeadArtifact,
+from .artifacts import (ADAPTER_CONFIG, HEAD_CONFIG, AdapterArtifact, BaseModelInfo, FusionArtifact, HeadArtifact,
                load_safetensors, load_torch_bin, read_json, save_safetensors)
+
+if TYPE_CHECKING:
+    import torch
 
 WRITTEN_VERSION = "adapters.1.3.0"  # the AdapterHub release whose format we write (and test against)
 FUSION_CONFIG = "adapter_fusion_config.json"
@@ -56,12 +57,13 @@ def is_adapterhub(path: Path, kind: str) -> bool:
     return (path / config).is_file()
 
 
-def _weights(path: Path, kind: str) -> dict[str, torch.Tensor]:
+def _weights(path: Path, kind: str, shapes_only: bool = False) -> dict[str, Any]:
+    """Tensors, or ``TensorInfo`` with ``shapes_only``: the mapping below only moves values by key."""
     _, bin_name, st_name = FILES[kind]
     if (path / st_name).is_file():
-        return load_safetensors(path / st_name)
+        return load_safetensors(path / st_name, shapes_only)
     if (path / bin_name).is_file():
-        return load_torch_bin(path / bin_name)
+        return load_torch_bin(path / bin_name, shapes_only)
     raise ArtifactError(f"{path} has no weights: neither {bin_name} nor {st_name} is there")
 
 
@@ -141,9 +143,9 @@ def _legacy(key: str) -> str:
     return key
 
 
-def adapter_weights_from_adapterhub(raw: dict[str, torch.Tensor], arch: Architecture, ln_before: bool,
-                                    source: Path) -> tuple[str | None, dict[str, torch.Tensor]]:
-    out: dict[str, torch.Tensor] = {}
+def adapter_weights_from_adapterhub(raw: dict[str, Any], arch: Architecture, ln_before: bool,
+                                    source: Path) -> tuple[str | None, dict[str, Any]]:
+    out: dict[str, Any] = {}
     names: set[str] = set()
     patterns = _site_patterns(arch, "adapter")
     for key, tensor in raw.items():
@@ -190,7 +192,7 @@ def adapter_weights_to_adapterhub(weights: dict[str, torch.Tensor], arch: Archit
     return out
 
 
-def read_adapter(path: Path) -> AdapterArtifact:
+def read_adapter(path: Path, shapes_only: bool = False) -> AdapterArtifact:
     data = read_json(path / ADAPTER_CONFIG, "an adapter")
     if not isinstance(data.get("config"), dict):
         raise ArtifactError(f"corrupt {path / ADAPTER_CONFIG}: no 'config' object")
@@ -198,7 +200,8 @@ def read_adapter(path: Path) -> AdapterArtifact:
     base = _base(data, path / ADAPTER_CONFIG)
     config = config_from_adapterhub(data["config"], str(path / ADAPTER_CONFIG))
     arch = architecture_for(base.model_type)
-    key_name, weights = adapter_weights_from_adapterhub(_weights(path, "adapter"), arch, config.ln_before, path)
+    key_name, weights = adapter_weights_from_adapterhub(_weights(path, "adapter", shapes_only), arch,
+                                                        config.ln_before, path)
     name = data.get("name") or key_name or path.name
     return AdapterArtifact(name=name, config=config, weights=weights, base=base, format="adapterhub",
                            path=path, meta=data)
@@ -216,6 +219,8 @@ def _save(weights: dict[str, torch.Tensor], directory: Path, kind: str, safetens
     if safetensors:
         save_safetensors(weights, directory / st_name, dtype)
     else:
+        import torch
+
         torch.save({k: (v.detach().to(dtype) if dtype is not None else v.detach()).cpu().contiguous()
                     for k, v in weights.items()}, directory / bin_name)
 
@@ -234,8 +239,8 @@ def write_adapter(directory: Path, artifact: AdapterArtifact, num_layers: int, s
 # ===================================================================== fusions
 
 
-def read_fusion(path: Path) -> FusionArtifact:
-    from ..fusion import FusionConfig
+def read_fusion(path: Path, shapes_only: bool = False) -> FusionArtifact:
+    from ..fusion_config import FusionConfig
 
     data = read_json(path / FUSION_CONFIG, "a fusion")
     base = _base(data, path / FUSION_CONFIG)
@@ -246,8 +251,8 @@ def read_fusion(path: Path) -> FusionArtifact:
         raise ArtifactError(f"corrupt {path / FUSION_CONFIG}: adapter_names and config are required") from None
     name = data.get("name") or ",".join(adapters)
     arch = architecture_for(base.model_type)
-    weights: dict[str, torch.Tensor] = {}
-    for key, tensor in _weights(path, "fusion").items():
+    weights: dict[str, Any] = {}
+    for key, tensor in _weights(path, "fusion", shapes_only).items():
         for location, pattern in _site_patterns(arch, "fusion"):
             m = pattern.match(key)
             if m:
@@ -280,8 +285,8 @@ def write_fusion(directory: Path, artifact: FusionArtifact, safetensors: bool = 
 # ===================================================================== heads
 
 
-def read_head(path: Path) -> HeadArtifact:
-    from ..heads import HeadConfig
+def read_head(path: Path, shapes_only: bool = False) -> HeadArtifact:
+    from ..head_config import HeadConfig
 
     data = read_json(path / HEAD_CONFIG, "a head")
     _rename_activation(data, "activation_function")
@@ -305,7 +310,7 @@ def read_head(path: Path) -> HeadArtifact:
     name = data.get("name") or path.name
     weights = {}
     pattern = re.compile(r"^heads\.([^.]+)\.(\d+\.(?:weight|bias))$")
-    for key, tensor in _weights(path, "head").items():
+    for key, tensor in _weights(path, "head", shapes_only).items():
         m = pattern.match(key)
         if not m:
             raise ArtifactError(f"{path}: unexpected head weight {key!r} (only flexible AdapterHub heads are supported)")

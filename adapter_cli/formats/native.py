@@ -15,14 +15,15 @@ Weight names are model-independent (``output_adapter.3.down.weight``), so a rena
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ArtifactError
 from ..fsutil import write_json
-from . import (ADAPTER_CONFIG, HEAD_CONFIG, AdapterArtifact, BaseModelInfo, FusionArtifact, HeadArtifact,
+from .artifacts import (ADAPTER_CONFIG, HEAD_CONFIG, AdapterArtifact, BaseModelInfo, FusionArtifact, HeadArtifact,
                load_safetensors, read_json, save_safetensors)
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT_VERSION = 1
 FUSION_CONFIG = "fusion_config.json"
@@ -32,9 +33,10 @@ CONFIGS = {"adapter": ADAPTER_CONFIG, "fusion": FUSION_CONFIG, "head": HEAD_CONF
 
 
 def versions() -> dict[str, str]:
+    import torch
     import transformers
 
-    from .. import __version__
+    from .._version import __version__
 
     return {"adapt": __version__, "torch": torch.__version__.split("+")[0], "transformers": transformers.__version__}
 
@@ -51,7 +53,7 @@ def is_native(path: Path, kind: str) -> bool:
         return False
 
 
-def _read(path: Path, kind: str) -> tuple[dict[str, Any], dict[str, torch.Tensor], BaseModelInfo]:
+def _read(path: Path, kind: str, shapes_only: bool = False) -> tuple[dict[str, Any], dict[str, Any], BaseModelInfo]:
     data = read_json(path / CONFIGS[kind], f"an {kind}" if kind[0] in "aeiou" else f"a {kind}")
     if data.get("format") != f"adapt.{kind}":
         raise ArtifactError(f"{path / CONFIGS[kind]} describes a {data.get('format')!r}, not an adapt {kind}")
@@ -67,23 +69,23 @@ def _read(path: Path, kind: str) -> tuple[dict[str, Any], dict[str, torch.Tensor
         base = BaseModelInfo(**data["base_model"])
     except (KeyError, TypeError) as exc:
         raise ArtifactError(f"corrupt {path / CONFIGS[kind]}: bad base_model ({exc})") from None
-    return data, load_safetensors(weights_path), base
+    return data, load_safetensors(weights_path, shapes_only), base
 
 
-def read_adapter(path: Path) -> AdapterArtifact:
+def read_adapter(path: Path, shapes_only: bool = False) -> AdapterArtifact:
     from ..methods import config_from_dict
 
-    data, weights, base = _read(path, "adapter")
+    data, weights, base = _read(path, "adapter", shapes_only)
     config = config_from_dict({**data.get("config", {}), "architecture": data.get("method", "bottleneck")},
                               source=str(path / ADAPTER_CONFIG))
     return AdapterArtifact(name=data["name"], config=config, weights=weights, base=base, format="adapt",
                            path=path, meta=data)
 
 
-def read_fusion(path: Path) -> FusionArtifact:
-    from ..fusion import FusionConfig
+def read_fusion(path: Path, shapes_only: bool = False) -> FusionArtifact:
+    from ..fusion_config import FusionConfig
 
-    data, weights, base = _read(path, "fusion")
+    data, weights, base = _read(path, "fusion", shapes_only)
     if not isinstance(data.get("adapters"), list):
         raise ArtifactError(f"corrupt {path / FUSION_CONFIG}: 'adapters' must list the member adapters")
     config = FusionConfig.from_dict(data.get("config", {}), source=str(path / FUSION_CONFIG))
@@ -91,10 +93,10 @@ def read_fusion(path: Path) -> FusionArtifact:
                           base=base, format="adapt", path=path, meta=data)
 
 
-def read_head(path: Path) -> HeadArtifact:
-    from ..heads import HeadConfig
+def read_head(path: Path, shapes_only: bool = False) -> HeadArtifact:
+    from ..head_config import HeadConfig
 
-    data, weights, base = _read(path, "head")
+    data, weights, base = _read(path, "head", shapes_only)
     config = HeadConfig.from_dict(data.get("config", {}), source=str(path / HEAD_CONFIG))
     return HeadArtifact(name=data["name"], config=config, weights=weights, base=base, format="adapt",
                         path=path, meta=data)
@@ -102,6 +104,8 @@ def read_head(path: Path) -> HeadArtifact:
 
 def _write(directory: Path, kind: str, header: dict[str, Any], weights: dict[str, torch.Tensor],
            dtype: torch.dtype | None) -> None:
+    import torch
+
     stored = dtype or next((w.dtype for w in weights.values() if w.is_floating_point()), torch.float32)
     parameters = sum(w.numel() for w in weights.values())
     data = {"format": f"adapt.{kind}", "format_version": FORMAT_VERSION, **header,

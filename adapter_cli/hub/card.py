@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
@@ -18,7 +19,7 @@ CARD = "adapt-card.json"
 CARD_FORMAT = "adapt.card"
 CARD_VERSION = 1
 
-_PART = r"[a-z0-9][a-z0-9_.\-]*"
+_PART = r"[a-z0-9][a-z0-9_.\-]{0,95}"  # bounded: every part ends up in a file name
 SLUG = re.compile(_PART)
 ID_RE = re.compile(rf"(?:(?P<task>{_PART})/)?(?P<dataset>{_PART})?(?:@(?P<author>{_PART}))?")
 VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,39}")
@@ -28,9 +29,40 @@ def slug(text: str, what: str) -> str:
     """A lower-case identifier part; anything else is refused rather than silently rewritten."""
     value = str(text).strip().lower()
     if not SLUG.fullmatch(value):
-        raise UsageError(f"{what} {text!r} must be lower-case letters, digits, '.', '_' or '-' "
-                         "(starting with a letter or digit)")
+        raise UsageError(f"{what} {text!r} must be {PATH_PARTS['slug'][1]}")
     return value
+
+
+# Every value that becomes part of a file or directory name (id parts, architecture, version, name) is
+# checked by ``path_part`` where it enters (an option, a card, an index record); the patterns exclude '/',
+# '\\', a leading '.' and overlong names, so none can climb out of the directory it is written to.
+PATH_PARTS: dict[str, tuple[re.Pattern[str], str]] = {
+    "slug": (SLUG, "lower-case letters, digits, '.', '_' or '-' (starting with a letter or digit, at most 96)"),
+    "version": (VERSION_RE, "at most 40 letters, digits, '.', '_' or '-' (starting with a letter or digit), "
+                            "e.g. 2 or 1.1"),
+}
+
+
+def path_part(value: Any, what: str, kind: str = "slug") -> str:
+    """``value`` if it is a safe ``kind`` of name part, else one UsageError line naming ``what``."""
+    pattern, rule = PATH_PARTS[kind]
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise UsageError(f"{what} {value!r} must be {rule}")
+    return value
+
+
+def inside(root: Path, name: str, what: str) -> Path:
+    """``root / name``, refused unless it resolves inside ``root`` (a second line of defence behind
+    ``path_part``: a symlinked or odd name must not write elsewhere)."""
+    target = root / name
+    if not target.resolve().is_relative_to(root.resolve()) or target.resolve() == root.resolve():
+        raise UsageError(f"{what} {name!r} would be written outside {root}; use a plain name")
+    return target
+
+
+def _first_line(exc: BaseException) -> str:
+    text = (str(exc).splitlines() or [type(exc).__name__])[0]
+    return text if len(text) <= 120 else text[:120] + "…"
 
 
 def format_id(task: str, dataset: str, author: str) -> str:
@@ -176,7 +208,8 @@ def common_problem(data: dict[str, Any]) -> str | None:
     if data.get("reduction_factor") is not None and not _number(data["reduction_factor"]):
         return "reduction_factor must be a number"
     head = data.get("head")
-    if head is not None and (not isinstance(head, dict) or not all(isinstance(x, str) for x in head.get("labels") or [])):
+    labels = (head.get("labels") or []) if isinstance(head, dict) else None
+    if head is not None and (not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)):
         return "head.labels must be strings"
     for key in ("description", "citation", "license", "url", "main_metric", "non_linearity", "method"):
         if data.get(key) is not None and not isinstance(data[key], str):
@@ -193,8 +226,16 @@ def card_problem(data: dict[str, Any]) -> str | None:
     files = data.get("files")
     if not isinstance(files, dict) or not all(
             isinstance(v, dict) and isinstance(v.get("sha256"), str) and SHA256_RE.fullmatch(v["sha256"])
-            and isinstance(v.get("size"), int) for v in files.values()):
+            and _number(v.get("size")) and isinstance(v["size"], int) and v["size"] >= 0 for v in files.values()):
         return "files must map names to {sha256, size}"
     if not isinstance(data.get("config", {}), dict):
         return "config must be an object"
     return None
+
+
+def check_card(card: Card, what: str) -> None:
+    """Refuse, before anything is written, a card that ``adapt pull`` would refuse: pack and publish use
+    the very validator pull uses, so nobody publishes what nobody can install."""
+    problem = card_problem(card.to_dict())
+    if problem:
+        raise UsageError(f"cannot {what} {card.id}: {problem} (adapt pull would refuse this card)")

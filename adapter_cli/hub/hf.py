@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from .registry import (
     copy_limited,
     dump_index,
     empty_index,
-    parse_index,
+    read_index_file,
 )
 
 RETRIES = 10
@@ -119,7 +118,7 @@ class HfRegistry(Registry):
         except FileNotFoundError:
             raise UsageError(f"{self.spec} holds no {INDEX}, so it is not an adapt registry; if it holds one "
                              f"adapter (as AdapterHub's repos do), use it directly: adapt pull {self.spec}") from None
-        return parse_index(path.read_bytes(), self.spec), None
+        return read_index_file(path, self.spec), None
 
     def fetch(self, record: dict[str, Any], dest: Path) -> None:
         try:
@@ -136,8 +135,7 @@ class HfRegistry(Registry):
         if not commit:
             return empty_index()
         try:
-            return parse_index(HfRepo(self.repo.repo_id, self.repo.repo_type, commit).download(INDEX).read_bytes(),
-                               self.spec)
+            return read_index_file(HfRepo(self.repo.repo_id, self.repo.repo_type, commit).download(INDEX), self.spec)
         except FileNotFoundError:
             return empty_index()
 
@@ -166,30 +164,10 @@ class HfRegistry(Registry):
         raise RegistryError(f"{self.spec} kept changing under us ({RETRIES} tries); try again")
 
 
-def pull_hf(spec: str, *, model_id: str | None) -> Any:
-    """An adapter straight from a Hugging Face repo: an adapt archive set (via its index) or AdapterHub's files."""
-    from .pull import install
-
-    repo = HfRepo.parse(spec)
-    try:
-        index_path = repo.download(INDEX, probe=True)
-    except FileNotFoundError:
-        index_path = None
-    if index_path is not None:
-        records = parse_index(index_path.read_bytes(), spec)["adapters"]
-        if len(records) != 1:
-            raise UsageError(f"{spec} is a registry of {len(records)} adapters; name one: "
-                             f"adapt pull ID --registry {spec}")
-        from .pull import pull
-
-        return pull(records[0]["id"], model_id=model_id, registries=[spec])
-    directory = repo.snapshot(["*.json", "*.bin", "*.safetensors", "README.md"])
-    return install(*adapterhub_card(directory, spec), model_id=model_id, source=spec)
-
-
 def adapterhub_card(directory: Path, spec: str) -> tuple[Path, Any]:
     """Describe an AdapterHub adapter repo with a card (from its config and README front matter)."""
     from ..formats import read_adapter, read_head
+    from ..jsonio import load_json
     from .card import BaseModelRef, Card, slug
     from .pack import architecture_name
 
@@ -203,7 +181,7 @@ def adapterhub_card(directory: Path, spec: str) -> tuple[Path, Any]:
     if (directory / "head_config.json").is_file():
         h = read_head(directory).config
         head = {"type": h.head_type, "num_labels": h.num_labels, "labels": list((h.label2id or {}).keys())}
-    raw = json.loads((directory / "adapter_config.json").read_text(encoding="utf-8"))
+    raw = load_json((directory / "adapter_config.json").read_bytes(), f"{spec}: adapter_config.json")
     card = Card(name=re.sub(r"[^A-Za-z0-9_\-]", "_", artifact.name)[:64] or "adapter", task="hf",
                 # the repo name, not the README's datasets (often just "glue" for every GLUE task)
                 dataset=slug(re.sub(r"[^a-z0-9_.\-]", "-", name.lower()).lstrip(".-_") or "adapter", "dataset"),
@@ -228,6 +206,6 @@ def _front_matter(readme: Path) -> dict[str, Any]:
         return {}
     try:
         data = yaml.safe_load(text.split("---", 2)[1])
-    except (yaml.YAMLError, IndexError):
+    except (yaml.YAMLError, IndexError, RecursionError):  # a README is a courtesy: a hostile one is ignored
         return {}
     return data if isinstance(data, dict) else {}

@@ -1,18 +1,30 @@
 """HTTP(S) registries: the client (GET, and PUT with If-Match for publishing) and a small server
-(``adapt hub serve``) that serves a registry directory and, when asked, accepts conditional PUTs.
+(``adapt hub serve``) that serves a registry directory and, when asked, accepts authenticated PUTs.
 
 The protocol is plain HTTP: ``GET index.json`` (with an ETag), ``GET archives/...``; a publisher PUTs the
-archive, then PUTs the new index with ``If-Match: <etag read>`` (``If-None-Match: *`` when there was
-none). A 412 answer means another publisher won the race: read the index again and retry.
+archive (with ``X-Adapt-Sha256``, the sha256 of its index record), then PUTs the new index with
+``If-Match: <etag read>`` (``If-None-Match: *`` when there was none), both with ``Authorization: Bearer
+<token>``. A 412 answer means another publisher won the race: read the index again and retry.
+
+Nothing a server sends is trusted to be small or quick: an index is capped in size, and every request
+has a deadline for the whole exchange (a per-read timeout alone is reset by each trickled byte). Nothing
+a client sends is trusted either: the server wants a token for writes, streams bodies to disk under a cap,
+checks archives as ``adapt pull`` does, and never lets a published version change.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import http.client
+import ipaddress
 import os
+import re
+import socket
 import sys
+import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,8 +33,9 @@ from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
-from ..errors import UsageError
+from ..errors import AdaptError, UsageError, positive_env
 from .registry import (
     INDEX,
     IndexConflict,
@@ -30,79 +43,259 @@ from .registry import (
     Registry,
     RegistryError,
     add_record,
+    archive_path,
+    archive_path_of,
     copy_limited,
     dump_index,
     empty_index,
+    max_index_bytes,
     parse_index,
+    published_key,
+    too_large,
 )
 
-TIMEOUT = 60
+TIMEOUT = 60           # seconds for one socket operation (connecting, one read)
 RETRIES = 20
+MIN_RATE = 64_000      # bytes/s a transfer must average: an archive's deadline grows with its size
+TOKEN_RE = re.compile(r"[\x21-\x7e]{16,4096}")
+TOKEN_HINT = "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def time_budget() -> float:
+    """Seconds one registry request may take in all (ADAPT_REGISTRY_TIMEOUT, default 120)."""
+    return positive_env("ADAPT_REGISTRY_TIMEOUT", "120", "seconds")
+
+
+def transfer_budget(size: int) -> float:
+    return time_budget() + size / MIN_RATE
+
+
+def checked_token(token: str, what: str) -> str:
+    """A token that fits in a header and is not trivially guessed, else one UsageError line."""
+    if not TOKEN_RE.fullmatch(token):
+        raise UsageError(f"{what} must be 16 to 4096 printable characters without spaces; {TOKEN_HINT}")
+    return token
+
+
+def read_token(path: Path) -> str:
+    """The token in ``path`` (its first line, surrounding blanks ignored)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read the token file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    return checked_token(text.strip(), f"the token in {path}")
+
+
+def env_token() -> str | None:
+    raw = os.environ.get("ADAPT_REGISTRY_TOKEN", "").strip()
+    return checked_token(raw, "ADAPT_REGISTRY_TOKEN") if raw else None
+
+
+def _printable(text: str, n: int = 300) -> str:
+    """Text from the other side, safe for a terminal line or a status line: no control characters."""
+    clean = re.sub(r"[^\x20-\x7e]", "?", text)
+    return clean if len(clean) <= n else clean[:n] + "..."
+
+
+class _Deadline:
+    """Shuts down every socket opened under it once its time is up, so that no request, however slowly
+    the other side trickles bytes (each of which resets a per-read timeout), outlives it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.expired = seconds, False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            expired = self.expired
+        if expired:
+            _shutdown(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shutdown(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked recv/send in another thread; close() would not
+    except OSError:
+        pass
+
+
+def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:
+    """urllib (proxies, redirects, TLS) whose connections report their sockets to ``deadline``."""
+
+    class Http(http.client.HTTPConnection):
+        def connect(self) -> None:
+            super().connect()
+            deadline.watch(self.sock)
+
+    class Https(http.client.HTTPSConnection):
+        def connect(self) -> None:
+            super().connect()
+            deadline.watch(self.sock)
+
+    class HttpHandler(urllib.request.HTTPHandler):
+        def http_open(self, req: urllib.request.Request) -> Any:
+            return self.do_open(Http, req)
+
+    class HttpsHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req: urllib.request.Request) -> Any:
+            return self.do_open(Https, req, context=getattr(self, "_context", None))
+
+    return urllib.request.build_opener(HttpHandler, HttpsHandler)
 
 
 class HttpRegistry(Registry):
-    def __init__(self, base: str, spec: str) -> None:
+    def __init__(self, base: str, spec: str, token: str | None = None) -> None:
         self.base, self.spec = base, spec
+        self._token = checked_token(token, "the token") if token is not None else None
+        self._warned = False
 
-    def _open(self, relative: str, method: str = "GET", data: bytes | None = None,
-              headers: dict[str, str] | None = None) -> Any:
-        request = urllib.request.Request(f"{self.base}/{relative}", data=data, method=method, headers={
-            "User-Agent": "adapt", **(headers or {})})
+    @contextmanager
+    def _request(self, relative: str, method: str = "GET", data: Any = None, headers: dict[str, str] | None = None,
+                 seconds: float | None = None) -> Iterator[tuple[Any, _Deadline]]:
+        """One request and its response, all of it (connecting, sending, reading) within ``seconds``."""
+        seconds = seconds or time_budget()
+        deadline = _Deadline(seconds)
+        url = f"{self.base}/{relative}"
+        request = urllib.request.Request(url, data=data, method=method,
+                                         headers={"User-Agent": "adapt", **(headers or {})})
+        started = False
         try:
-            return urllib.request.urlopen(request, timeout=TIMEOUT)  # http(s) only: checked by open_registry
+            with _opener(deadline).open(request, timeout=min(TIMEOUT, seconds)) as response:  # http(s): open_registry
+                started = True
+                yield response, deadline
+                if deadline.expired:  # what was read may have been cut short by the deadline
+                    raise TimeoutError()
         except urllib.error.HTTPError as exc:
-            if exc.code == HTTPStatus.PRECONDITION_FAILED:
-                raise IndexConflict() from None
-            if exc.code == HTTPStatus.NOT_FOUND:
-                raise FileNotFoundError(relative) from None
-            raise RegistryError(f"{method} {self.base}/{relative} failed: HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
-            reason = getattr(exc, "reason", None) or exc
+            exc.close()
+            raise self._refused(exc.code, _printable(str(exc.reason)), method, relative) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError, AdaptError) as exc:
+            if deadline.expired:  # whatever broke, it broke because the time was up: say that
+                raise RegistryError(f"{method} {url} took more than {round(seconds, 1):g} s; the registry is too "
+                                    "slow or stalled (ADAPT_REGISTRY_TIMEOUT sets the limit)") from None
+            if isinstance(exc, AdaptError):
+                raise
+            reason = _printable(str(getattr(exc, "reason", None) or exc or type(exc).__name__))
+            if started:
+                raise RegistryError(f"{method} {url} broke off ({reason}); nothing was kept, try again") from None
             raise RegistryError(f"cannot reach registry {self.spec}: {reason}") from None
+        finally:
+            deadline.cancel()
+
+    def _refused(self, code: int, reason: str, method: str, relative: str) -> Exception:
+        """An HTTP error answer as the exception its callers expect (bad input: exit 2; failure: exit 1)."""
+        if code == HTTPStatus.PRECONDITION_FAILED:
+            return IndexConflict()
+        if code == HTTPStatus.NOT_FOUND and method in ("GET", "HEAD"):
+            return FileNotFoundError(relative)
+        if code == HTTPStatus.UNAUTHORIZED:
+            return UsageError(f"{self.spec} wants a token to publish: set ADAPT_REGISTRY_TOKEN or pass "
+                              "--token-file FILE")
+        if code == HTTPStatus.FORBIDDEN and "token" in reason:
+            return UsageError(f"{self.spec} refused the token (HTTP 403); check ADAPT_REGISTRY_TOKEN or --token-file")
+        if code == HTTPStatus.CONFLICT:
+            return UsageError(f"{self.spec} refused {relative}: {reason}")
+        if code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+            return RegistryError(f"{self.spec} refused {relative}: larger than the server accepts (HTTP 413; "
+                                 "its --max-upload-mb)")
+        return RegistryError(f"{method} {self.base}/{relative} failed: HTTP {code} {reason}")
 
     def _read_index(self) -> tuple[dict[str, Any], Any]:
         try:
-            with self._open(INDEX) as response:
-                return parse_index(response.read(), self.spec), response.headers.get("ETag")
+            with self._request(INDEX) as (response, deadline):
+                raw = read_bounded(response, deadline, self.spec)
+                return parse_index(raw, self.spec), response.headers.get("ETag")
         except FileNotFoundError:
             return empty_index(), None
-        except (OSError, http.client.HTTPException) as exc:  # the body broke off
-            raise RegistryError(f"reading the index of {self.spec} failed: {exc}") from None
 
     def fetch(self, record: dict[str, Any], dest: Path) -> None:
+        size = int(record.get("size") or 0)
         try:
-            response = self._open(record["archive"])
+            with self._request(record["archive"], seconds=transfer_budget(size)) as (response, _):
+                with download_progress(size, record["id"]) as advance:
+                    copy_limited(response, dest, size, self.url_of(record), advance)
         except FileNotFoundError:
             raise RegistryError(f"registry {self.spec} lists {record['archive']} but serves no such file") from None
-        size = int(record.get("size") or 0)
-        with download_progress(size, record["id"]) as advance:
-            try:
-                copy_limited(response, dest, size, self.url_of(record), advance)
-            except (OSError, http.client.HTTPException) as exc:  # the connection dropped mid-way
-                raise RegistryError(f"download of {self.url_of(record)} broke off ({exc}); "
-                                    "nothing was kept, try again") from None
 
     def url_of(self, record: dict[str, Any]) -> str:
         return f"{self.base}/{record['archive']}"
 
+    def _write_headers(self, content_type: str, **extra: str) -> dict[str, str]:
+        headers = {"Content-Type": content_type, **extra}
+        token = self._token or env_token()  # read when writing: a bad $ADAPT_REGISTRY_TOKEN does not stop reads
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+            host = urlparse(self.base).hostname or ""
+            if self.base.startswith("http://") and not _loopback(host) and not self._warned:
+                self._warned = True
+                print(f"warning: sending the registry token unencrypted to {self.base}; use https:// outside a "
+                      "trusted network", file=sys.stderr)
+        return headers
+
+    def _put_archive(self, archive: Path, record: dict[str, Any]) -> None:
+        """Stream the archive up (never all in memory), with the sha256 its index record gives."""
+        size = archive.stat().st_size
+        headers = self._write_headers("application/gzip", **{"Content-Length": str(size), "If-None-Match": "*",
+                                                             "X-Adapt-Sha256": record["sha256"]})
+        try:
+            with archive.open("rb") as body, self._request(record["archive"], "PUT", body, headers,
+                                                            transfer_budget(size)):
+                pass
+        except IndexConflict:  # an older server answers 412 when the archive exists with other bytes
+            raise RegistryError(f"{self.spec} already holds {record['archive']} with other bytes") from None
+
     def _publish(self, archive: Path, record: dict[str, Any], force: bool) -> Published:
-        data = archive.read_bytes()
         for _ in range(RETRIES):
             index, etag = self._read_index()
             if not add_record(index, record, force):
                 return Published(record, self.spec, False)
-            try:  # archives are write-once: the server refuses to replace one with other bytes
-                self._open(record["archive"], "PUT", data, {"Content-Type": "application/gzip",
-                                                            "If-None-Match": "*"}).close()
-            except IndexConflict:
-                raise RegistryError(f"{self.spec} already holds {record['archive']} with other bytes") from None
+            self._put_archive(archive, record)
             condition = {"If-Match": etag} if etag else {"If-None-Match": "*"}
             try:
-                self._open(INDEX, "PUT", dump_index(index), {"Content-Type": "application/json", **condition}).close()
-                return Published(record, self.spec, True)
+                with self._request(INDEX, "PUT", dump_index(index), self._write_headers("application/json",
+                                                                                         **condition)):
+                    return Published(record, self.spec, True)
             except IndexConflict:
                 continue  # somebody published in between: start again from their index
         raise RegistryError(f"registry {self.spec} kept changing under us ({RETRIES} tries); try again")
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_bounded(response: Any, deadline: _Deadline, where: str) -> bytes:
+    """An index body, refused as soon as it is declared or found to be larger than the cap."""
+    cap = max_index_bytes()
+    declared = (response.headers.get("Content-Length") or "").strip()
+    if declared.isdigit() and int(declared) > cap:
+        raise too_large(int(declared), where)
+    chunks, total = [], 0
+    while chunk := response.read1(1 << 16):  # read1: returns what has arrived, so the cap is checked often
+        total += len(chunk)
+        if total > cap:
+            raise too_large(total, where, at_least=True)
+        chunks.append(chunk)
+    if deadline.expired:
+        raise TimeoutError()
+    return b"".join(chunks)
 
 
 @contextmanager
@@ -122,33 +315,70 @@ def download_progress(total: int, label: str) -> Iterator[Any]:
 
 # ------------------------------------------------------------------------------------------- server
 
+DEFAULT_MAX_UPLOAD_MB = 512
+IDLE_TIMEOUT = 30.0           # seconds a connection may stay silent before the server drops it
+LINGER_BYTES = 64_000_000     # after refusing a body, read and drop up to this much of it, so the client
+LINGER_SECONDS = 10.0         # sees the answer instead of a reset connection; no longer than this
+ARCHIVE_RE = re.compile(r"archives/[a-z0-9][a-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,240}\.tar\.gz")
+
+
 def etag_of(data: bytes) -> str:
     return '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
 
 
+class _Refusal(Exception):
+    """An answer that ends a request: its status, one line of text and any headers."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
 class RegistryHandler(SimpleHTTPRequestHandler):
-    """GET/HEAD of the registry directory with ETags on the index; PUT with If-Match when writable."""
+    """GET/HEAD of the registry directory with ETags on the index; authenticated PUT when writable."""
 
     writable = False
+    token: bytes | None = None
+    max_upload = DEFAULT_MAX_UPLOAD_MB * 1_000_000
+    timeout: float | None = IDLE_TIMEOUT  # StreamRequestHandler puts it on the socket: a silent client is dropped
     write_lock = threading.Lock()
+    _unread = 0  # bytes of the request body not read yet
 
     def log_message(self, format: str, *args: Any) -> None:
         if os.environ.get("ADAPT_DEBUG"):
             super().log_message(format, *args)
 
     def _relative(self) -> str | None:
-        """The request's path inside the registry, resolved (so '..' cannot climb out), or None."""
-        from urllib.parse import unquote
-
+        """The request's path inside the registry, resolved (so '..' cannot climb out), or None for a path
+        that is odd (NUL, control characters, overlong), outside, or a dot file (locks, uploads in flight)."""
+        path = unquote(self.path.split("?", 1)[0].split("#", 1)[0])
+        if len(path) > 1024 or re.search(r"[\x00-\x1f\x7f]", path):
+            return None
         root = Path(self.directory).resolve()
-        target = (root / unquote(self.path.split("?")[0]).lstrip("/")).resolve()
+        try:
+            target = (root / path.lstrip("/")).resolve()
+        except (OSError, ValueError, RuntimeError):
+            return None
         if not target.is_relative_to(root):
             return None
         relative = target.relative_to(root).as_posix()
         return None if any(part.startswith(".") for part in relative.split("/")) else relative
 
+    def _reply(self, status: int, message: str = "", headers: dict[str, str] | None = None) -> None:
+        """A complete answer: the message is the status line's reason and the plain-text body."""
+        text = _printable(message)
+        body = (text + "\n").encode() if text else b""
+        self.send_response(status, text or None)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
     def list_directory(self, path: Any) -> None:  # no listings: a registry is its index
-        self.send_error(HTTPStatus.NOT_FOUND)
+        self._reply(HTTPStatus.NOT_FOUND, "not found")
 
     def do_GET(self) -> None:
         self._get(body=True)
@@ -159,7 +389,7 @@ class RegistryHandler(SimpleHTTPRequestHandler):
     def _get(self, body: bool) -> None:
         relative = self._relative()
         if relative is None:
-            self.send_error(HTTPStatus.NOT_FOUND)
+            self._reply(HTTPStatus.NOT_FOUND, "not found")
         elif relative == INDEX:
             self._send_index(body)
         elif body:
@@ -174,7 +404,7 @@ class RegistryHandler(SimpleHTTPRequestHandler):
             path = Path(self.directory) / INDEX
             data = path.read_bytes() if path.is_file() else None
         if data is None:
-            self.send_error(HTTPStatus.NOT_FOUND, "no index yet")
+            self._reply(HTTPStatus.NOT_FOUND, "no index yet")
             return
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", "application/json")
@@ -185,70 +415,261 @@ class RegistryHandler(SimpleHTTPRequestHandler):
         if body:
             self.wfile.write(data)
 
-    def do_PUT(self) -> None:
-        if not self.writable:
-            self.send_error(HTTPStatus.METHOD_NOT_ALLOWED, "this registry is read-only (serve it with --writable)")
-            return
-        relative = self._relative()
-        if relative is None or not (relative == INDEX or (relative.startswith("archives/")
-                                                          and relative.endswith(".tar.gz"))):
-            self.send_error(HTTPStatus.FORBIDDEN, "only index.json and archives/....tar.gz may be written")
-            return
-        root = Path(self.directory).resolve()
-        target = root / relative
-        length = int(self.headers.get("Content-Length") or -1)
-        from .archive import max_bytes
+    def _not_allowed(self) -> None:
+        self.close_connection = True
+        self._reply(HTTPStatus.METHOD_NOT_ALLOWED, "a registry takes GET, HEAD and PUT", {"Allow": "GET, HEAD, PUT"})
 
-        if length < 0 or length > max_bytes():
-            self.send_error(HTTPStatus.LENGTH_REQUIRED if length < 0 else HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
-            return
-        body = self.rfile.read(length)
+    do_DELETE = do_POST = do_PATCH = _not_allowed
+
+    # ----------------------------------------------------------------------------------- writes
+
+    def do_PUT(self) -> None:
+        try:
+            self._put()
+        except _Refusal as refusal:
+            self.close_connection = True
+            try:
+                self._reply(refusal.status, refusal.message, refusal.headers)
+                self._linger()
+            except OSError:  # the client is gone; nothing to tell it
+                pass
+
+    def _put(self) -> None:
+        """Checks in order of cost: writable, a sane Content-Length, the token, the path, the cap; only
+        then is the body read (to a temporary file), checked and moved into place."""
+        if not self.writable:
+            raise _Refusal(HTTPStatus.METHOD_NOT_ALLOWED, "this registry is read-only (serve it with --writable)")
+        self._unread = self._content_length()
+        self._authorize()
+        relative = self._relative()
+        if relative is None or not (relative == INDEX or ARCHIVE_RE.fullmatch(relative)):
+            raise _Refusal(HTTPStatus.FORBIDDEN, "only index.json and archives/<author>/<name>.tar.gz may be written")
+        cap = min(self.max_upload, max_index_bytes()) if relative == INDEX else self.max_upload
+        if self._unread > cap:
+            raise _Refusal(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"larger than the {cap // 1_000_000} MB this "
+                           "registry accepts")
+        root = Path(self.directory).resolve()
+        tmp, digest = self._receive(root)
+        try:
+            status, headers = self._put_index(root, tmp) if relative == INDEX else \
+                self._put_archive(root, relative, tmp, digest)
+        except OSError as exc:  # the registry's disk, not the client: say so instead of hanging up
+            raise _Refusal(HTTPStatus.INTERNAL_SERVER_ERROR, f"cannot store it: {exc.strerror or exc}") from None
+        except AdaptError as exc:  # the registry stayed locked by another publisher
+            raise _Refusal(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from None
+        finally:
+            tmp.unlink(missing_ok=True)  # before answering: a client that got its answer finds no leftovers
+        self._reply(status, headers=headers)
+
+    def _content_length(self) -> int:
+        if self.headers.get("Transfer-Encoding"):
+            raise _Refusal(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length; chunked uploads are not accepted")
+        values = {v.strip() for v in self.headers.get_all("Content-Length") or []}
+        if not values:
+            raise _Refusal(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length")
+        value = values.pop()
+        if values or not re.fullmatch(r"[0-9]{1,15}", value):
+            raise _Refusal(HTTPStatus.BAD_REQUEST, "Content-Length must be one number of bytes")
+        return int(value)
+
+    def _authorize(self) -> None:
+        scheme, _, credential = (self.headers.get("Authorization") or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not credential.strip():
+            raise _Refusal(HTTPStatus.UNAUTHORIZED, "publishing needs a token: send Authorization: Bearer <token>",
+                           {"WWW-Authenticate": 'Bearer realm="adapt"'})
+        # constant time, on bytes: a timing difference must not spell the token out
+        if not self.token or not hmac.compare_digest(credential.strip().encode("latin-1", "replace"), self.token):
+            raise _Refusal(HTTPStatus.FORBIDDEN, "wrong token")
+
+    def _receive(self, root: Path) -> tuple[Path, str]:
+        """Stream the body into a temporary dot file in the registry (the final rename stays on one disk),
+        1 MB at a time, hashing it on the way; within a deadline that grows with its size."""
+        deadline = time.monotonic() + (self.timeout or IDLE_TIMEOUT) + self._unread / MIN_RATE
+        try:
+            fd, name = tempfile.mkstemp(prefix=".upload-", dir=root)
+        except OSError as exc:
+            raise _Refusal(HTTPStatus.INTERNAL_SERVER_ERROR, f"cannot store uploads: {exc.strerror}") from None
+        tmp, digest = Path(name), hashlib.sha256()
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while self._unread:
+                    chunk = self._read_chunk(deadline)  # socket errors become answers in there
+                    digest.update(chunk)
+                    out.write(chunk)
+                    self._unread -= len(chunk)
+        except OSError as exc:  # writing or flushing: the registry's disk is full or failing
+            tmp.unlink(missing_ok=True)
+            raise _Refusal(HTTPStatus.INSUFFICIENT_STORAGE, f"cannot store it: {exc.strerror or exc}") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp, digest.hexdigest()
+
+    def _read_chunk(self, deadline: float) -> bytes:
+        try:
+            chunk = self.rfile.read1(min(self._unread, 1 << 20))
+        except OSError:  # a timeout or a reset: the client stalled or went away
+            chunk = None
+        if chunk is None or time.monotonic() > deadline:
+            self._unread = 0
+            raise _Refusal(HTTPStatus.REQUEST_TIMEOUT, "the upload stalled or was too slow")
+        if not chunk:
+            self._unread = 0
+            raise _Refusal(HTTPStatus.BAD_REQUEST, "the body ended before its Content-Length")
+        return chunk
+
+    def _linger(self) -> None:
+        """Read and drop what is left of a refused body (bounded), so the client reads our answer."""
+        left, stop = min(self._unread, LINGER_BYTES), time.monotonic() + LINGER_SECONDS
+        while left > 0 and time.monotonic() < stop:
+            chunk = self.rfile.read1(min(left, 1 << 16))
+            if not chunk:
+                break
+            left -= len(chunk)
+
+    def _put_archive(self, root: Path, relative: str, tmp: Path, digest: str) -> tuple[int, dict[str, str]]:
+        """A new archive: the one its index record names (sha256), checked as `adapt pull` checks it, at the
+        path its card gives; refused if its version is already published with other bytes."""
+        from .archive import verify_archive
+
+        claimed = (self.headers.get("X-Adapt-Sha256") or "").strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", claimed):
+            raise _Refusal(HTTPStatus.BAD_REQUEST, "send the sha256 of the archive's index record as X-Adapt-Sha256")
+        if claimed != digest:
+            raise _Refusal(HTTPStatus.UNPROCESSABLE_ENTITY, "the upload does not match the sha256 of its index "
+                           "record (damaged on the way?)")
+        try:
+            card = verify_archive(tmp, source=relative)
+        except AdaptError as exc:
+            raise _Refusal(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc)) from None
+        if archive_path(card, digest) != relative:
+            raise _Refusal(HTTPStatus.UNPROCESSABLE_ENTITY, f"this archive of {card.id} belongs at "
+                           f"{archive_path(card, digest)}")
+        key = published_key({**card.index_record(), "sha256": digest})
+        with self._locked(root):
+            if any(published_key(r) == key and r["sha256"] != digest for r in self._current_index(root)["adapters"]):
+                raise _Refusal(HTTPStatus.CONFLICT, f"version {card.version} of {card.id} ({card.base_model.id}, "
+                               f"{card.architecture}) is published with other content and never changes; publish "
+                               "a new --version")
+            target = root / relative
+            if target.exists():
+                from .archive import file_digest
+
+                if file_digest(target) != digest:
+                    raise _Refusal(HTTPStatus.CONFLICT, "a published archive never changes")
+                return HTTPStatus.NO_CONTENT, {}  # the same bytes again: nothing to do
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, target)
+        return HTTPStatus.CREATED, {"ETag": f'"{digest[:32]}"'}
+
+    def _put_index(self, root: Path, tmp: Path) -> tuple[int, dict[str, str]]:
+        """A new index: under the If-Match condition, every record well-formed, every published version
+        kept exactly as it was, and every new one pointing at an archive the server holds, byte for byte."""
+        raw = tmp.read_bytes()  # at most the index cap (checked before reading the body)
+        try:
+            new = parse_index(raw, "the uploaded index", strict=True)
+        except AdaptError as exc:
+            raise _Refusal(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        with self._locked(root):
+            path = root / INDEX
+            current_raw = path.read_bytes() if path.is_file() else None
+            if_match, if_none = self.headers.get("If-Match"), self.headers.get("If-None-Match")
+            if (if_match and (current_raw is None or etag_of(current_raw) != if_match)) or \
+                    (if_none == "*" and current_raw is not None) or (not if_match and if_none != "*"):
+                raise _Refusal(HTTPStatus.PRECONDITION_FAILED, "the index changed (or no condition was given); "
+                               "read it again")
+            _check_append_only(self._current_index(root), new, root)
+            os.replace(tmp, path)
+        return HTTPStatus.CREATED if current_raw is None else HTTPStatus.NO_CONTENT, {"ETag": etag_of(raw)}
+
+    @contextmanager
+    def _locked(self, root: Path) -> Iterator[None]:
+        """The same lock as directory publishers: serving a directory others publish to directly is safe."""
         from .registry import _locked
 
-        # The same lock as directory publishers: serving a directory others publish to directly is safe.
         with self.write_lock, _locked(root / ".lock", str(root)):
-            current = target.read_bytes() if target.is_file() else None
-            if_match, if_none = self.headers.get("If-Match"), self.headers.get("If-None-Match")
-            if relative != INDEX:  # archives are write-once; the same bytes again are fine
-                if current is not None:
-                    if current == body:
-                        self.send_response(HTTPStatus.NO_CONTENT)
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                    else:
-                        self.send_error(HTTPStatus.PRECONDITION_FAILED, "a published archive never changes")
-                    return
-            elif (if_match and (current is None or etag_of(current) != if_match)) or \
-                    (if_none == "*" and current is not None) or (not if_match and if_none != "*"):
-                self.send_error(HTTPStatus.PRECONDITION_FAILED, "the index changed (or no condition was given); "
-                                "read it again")
-                return
-            if relative == INDEX:
-                try:
-                    parse_index(body, "the uploaded index")
-                except RegistryError as exc:
-                    self.send_error(HTTPStatus.BAD_REQUEST, str(exc))
-                    return
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp-{threading.get_ident()}")
-            tmp.write_bytes(body)
-            os.replace(tmp, target)
-        self.send_response(HTTPStatus.CREATED if current is None else HTTPStatus.NO_CONTENT)
-        self.send_header("ETag", etag_of(body))
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+            yield
+
+    def _current_index(self, root: Path) -> dict[str, Any]:
+        path = root / INDEX
+        if not path.is_file():
+            return empty_index()
+        try:
+            return parse_index(path.read_bytes(), str(root))
+        except AdaptError as exc:
+            raise _Refusal(HTTPStatus.INTERNAL_SERVER_ERROR, f"the registry's own index is unusable: {exc}") from None
 
 
-def make_server(directory: Path, host: str = "127.0.0.1", port: int = 0, writable: bool = False) -> ThreadingHTTPServer:
+def _check_append_only(current: dict[str, Any], new: dict[str, Any], root: Path) -> None:
+    """Published versions stay exactly as they are; new records name archives the server holds."""
+    mine: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    for r in new["adapters"]:
+        if published_key(r) in mine:
+            raise _Refusal(HTTPStatus.UNPROCESSABLE_ENTITY,
+                           f"the index lists version {r['version']} of {r['id']} twice")
+        mine[published_key(r)] = r
+    old = {published_key(r): r for r in current["adapters"]}
+    for key, r in old.items():
+        if mine.get(key) != r:
+            verb = "remove" if key not in mine else "change"
+            raise _Refusal(HTTPStatus.CONFLICT, f"the upload would {verb} version {r['version']} of {r['id']} "
+                           f"({r['base_model']['id']}, {r.get('architecture')}); a published version never changes")
+    for key, r in mine.items():
+        if key not in old:
+            _check_new_record(r, root)
+
+
+def _check_new_record(record: dict[str, Any], root: Path) -> None:
+    from .archive import file_digest
+
+    what = f"version {record['version']} of {record['id']}"
+    if record["archive"] != archive_path_of(record):
+        raise _Refusal(HTTPStatus.UNPROCESSABLE_ENTITY, f"{what}: its archive belongs at {archive_path_of(record)}")
+    path = (root / record["archive"]).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        raise _Refusal(HTTPStatus.UNPROCESSABLE_ENTITY, f"{what}: upload its archive before the index")
+    if path.stat().st_size != record["size"] or file_digest(path) != record["sha256"]:
+        raise _Refusal(HTTPStatus.UNPROCESSABLE_ENTITY, f"{what}: its size or sha256 is not that of the archive "
+                       "the registry holds")
+
+
+class RegistryServer(ThreadingHTTPServer):
+    """One thread per connection (each dropped after its idle timeout); a failed request is one line on
+    stderr, never a traceback, and never takes the server down."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return  # the client went away or fell silent: its problem, not the server's
+        if os.environ.get("ADAPT_DEBUG"):
+            super().handle_error(request, client_address)
+            return
+        print(f"warning: a request from {client_address[0]} failed ({type(exc).__name__}: "
+              f"{_printable(str(exc), 200)})", file=sys.stderr, flush=True)
+
+
+def make_server(directory: Path, host: str = "127.0.0.1", port: int = 0, writable: bool = False, *,
+                token: str | None = None, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+                timeout: float = IDLE_TIMEOUT) -> ThreadingHTTPServer:
     if not directory.is_dir():
         raise UsageError(f"{directory} is not a directory; create the registry with `adapt publish NAME --to {directory}`"
                          " or mkdir it first")
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port {port} is not a port; use 1-65535 (or 0 for a free one)")
+    if writable and not token:
+        raise UsageError(f"--writable needs --token-file FILE holding the token publishers must send; {TOKEN_HINT}")
+    if not max_upload_mb > 0 or not timeout > 0:
+        raise UsageError("--max-upload-mb and --timeout must be positive numbers")
 
     class Handler(RegistryHandler):
         pass
 
-    Handler.writable = writable
+    Handler.writable, Handler.max_upload, Handler.timeout = writable, int(max_upload_mb * 1_000_000), timeout
+    Handler.token = checked_token(token, "the token").encode() if token else None
     try:
-        return ThreadingHTTPServer((host, port), lambda *a, **k: Handler(*a, directory=str(directory), **k))
-    except OSError as exc:
-        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        return RegistryServer((host, port), lambda *a, **k: Handler(*a, directory=str(directory), **k))
+    except (OSError, OverflowError) as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None

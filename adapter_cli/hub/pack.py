@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from .card import BaseModelRef, Card, slug
+from .card import BaseModelRef, Card, inside, path_part, slug
 
 
 def architecture_name(config: dict[str, Any]) -> str:
@@ -56,7 +56,7 @@ def card_for(directory: Path, entry_data: dict[str, Any], *, author: str | None,
              catalog: str | None = None, description: str = "", citation: str = "", license: str | None = None,
              url: str | None = None, kind: str | None = None) -> Card:
     """A card for the adapter in ``directory`` (ours or AdapterHub's), with what the cache entry knows."""
-    from .. import __version__
+    from .._version import __version__
     from ..formats import has_head, read_adapter, read_head
     from ..methods.bottleneck import BottleneckConfig
 
@@ -66,6 +66,7 @@ def card_for(directory: Path, entry_data: dict[str, Any], *, author: str | None,
     if not (directory / "adapter_config.json").is_file():
         raise UsageError(f"{directory} holds no adapter (a head-only run has nothing to share); "
                          "pack an adapter from `adapt cache ls`")
+    version = path_part(str(version), "--version", "version")  # it becomes part of file names: checked first
     artifact = read_adapter(directory)
     author = author or os.environ.get("ADAPT_AUTHOR")
     if not author:
@@ -93,7 +94,7 @@ def card_for(directory: Path, entry_data: dict[str, Any], *, author: str | None,
         raise UsageError(f"{directory} does not record its base model; load it into a model and save it again")
     return Card(
         name=artifact.name, task=slug(category, "catalog category"), dataset=slug(dataset, "catalog dataset"),
-        author=slug(author, "author"), version=str(version),
+        author=slug(author, "author"), version=version,
         base_model=BaseModelRef(id=base_model, model_type=artifact.base.model_type,
                                 hidden_size=artifact.base.hidden_size, num_layers=artifact.base.num_layers,
                                 revision=artifact.base.revision),
@@ -107,19 +108,22 @@ def card_for(directory: Path, entry_data: dict[str, Any], *, author: str | None,
 
 
 def resolve_source(name: str, model: str | None) -> tuple[Path, dict[str, Any]]:
-    """A cache name (for ``model``, or the only base model it is cached for) or an adapter directory."""
+    """A cache name (for ``model``, or the only base model it is cached for) or an adapter directory. A bare
+    name means the cache entry even when a folder of that name is in the current directory (write
+    ``./NAME`` for the folder); a folder is used when nothing of that name is cached."""
     from .. import cache
     from ..defaults import model_id, resolve_model
 
     path = Path(name)
-    if path.is_dir():
+    as_path = "/" in name or name.startswith((".", "~"))
+    found = [] if as_path else [e for e in cache.entries() if e.id == name or name in cache.short_names(e)]
+    if path.is_dir() and not found:
         if (path / cache.ENTRY).is_file():
             return path, json.loads((path / cache.ENTRY).read_text(encoding="utf-8"))
         return path, {}
     if model:
         entry = cache.find(name, model_id(resolve_model(model)))
     else:
-        found = [e for e in cache.entries() if name in (e.id, e.name, e.data.get("task"))]
         models = sorted({e.model for e in found})
         if len(models) > 1:
             raise UsageError(f"{name!r} is cached for several base models ({', '.join(models)}); pass --model")
@@ -140,7 +144,7 @@ def pack(name: str, output: Path | None = None, *, model: str | None = None, **c
     if output is None:
         output = Path(file_name)
     elif not output.name.endswith((".tar.gz", ".tgz")):  # a directory to put it in
-        output = output / file_name
+        output = inside(output, file_name, "the archive name")
     from ..cache import ENTRY
     from ..errors import ArtifactError
 

@@ -9,9 +9,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import ArtifactError, UsageError
 from .card import Card
-from .registry import RegistryError, configured_registries, open_registry, resolve, same_model
+from .registries import configured_registries, open_registry
+from .registry import RegistryError, resolve, same_model
 
 
 def entry_id(task: str, dataset: str, author: str, architecture: str | None) -> str:
@@ -43,8 +44,11 @@ def _unnamed(base_model: str) -> bool:
     return base_model.startswith(("/", "~", ".")) or re.match(r"[A-Za-z]:\\", base_model) is not None
 
 
-def pull_archive(archive: Path, *, model_id: str | None, source: str, expected_sha256: str | None = None) -> Any:
+def pull_archive(archive: Path, *, model_id: str | None, source: str, expected_sha256: str | None = None,
+                 record: dict[str, Any] | None = None) -> Any:
+    """Verify and install an archive; ``record`` (the index entry it was found by) must describe its card."""
     from .archive import extract_archive, file_digest
+    from .registry import published_key
 
     digest = file_digest(archive)
     if expected_sha256 and digest != expected_sha256:
@@ -52,7 +56,12 @@ def pull_archive(archive: Path, *, model_id: str | None, source: str, expected_s
                          "(tampered or damaged); nothing was installed")
     with tempfile.TemporaryDirectory(prefix="adapt-unpack-") as tmp:
         unpacked = extract_archive(archive, Path(tmp), source=source)
-        return install(unpacked.directory, unpacked.card, model_id=model_id, source=source, digest=digest)
+        card = unpacked.card
+        if record is not None and published_key(record) != published_key({**card.index_record()}):
+            # an index that lies about what an archive holds must not get another adapter installed
+            raise ArtifactError(f"refusing {source}: it holds {card.id} v{card.version} ({card.base_model.id}, "
+                                f"{card.architecture}), not what the index says ({record['id']} v{record['version']})")
+        return install(unpacked.directory, card, model_id=model_id, source=source, digest=digest)
 
 
 def pull(spec: str, *, model_id: str | None = None, registries: list[str] | None = None,
@@ -62,29 +71,51 @@ def pull(spec: str, *, model_id: str | None = None, registries: list[str] | None
     if spec.endswith((".tar.gz", ".tgz")) and path.is_file():
         return pull_archive(path, model_id=model_id, source=str(path.resolve()))
     if spec.startswith("hf://"):
-        from .hf import pull_hf
-
         return pull_hf(spec, model_id=model_id)
     specs = configured_registries(registries)
     if not specs:
         raise UsageError(f"where should {spec!r} come from? pass --registry DIR|URL|hf://org/repo "
                          "(or set ADAPT_REGISTRY)")
     misses: list[str] = []
+    unreachable = False
     for registry_spec in specs:
         registry = open_registry(registry_spec)
         try:
             record = resolve(registry.read_index()["adapters"], spec, model_id, registry_spec, architecture)
         except (UsageError, RegistryError) as exc:  # not there, or unreachable: try the next registry
             misses.append(str(exc))
+            unreachable = unreachable or isinstance(exc, RegistryError)
             continue
         with tempfile.TemporaryDirectory(prefix="adapt-pull-") as tmp:
             archive = Path(tmp) / "adapter.tar.gz"
             registry.fetch(record, archive)
             return pull_archive(archive, model_id=model_id, source=registry.url_of(record),
-                                expected_sha256=record["sha256"])
+                                expected_sha256=record["sha256"], record=record)
+    # A registry that could not be read may hold it: that is a failure (exit 1), not bad input (exit 2).
+    error = RegistryError if unreachable else UsageError
     if len(misses) == 1:
-        raise UsageError(misses[0])
-    raise UsageError(f"{spec!r} is in none of the registries: " + "; ".join(misses))
+        raise error(misses[0])
+    raise error(f"{spec!r} is in none of the registries: " + "; ".join(misses))
+
+
+def pull_hf(spec: str, *, model_id: str | None) -> Any:
+    """An adapter straight from a Hugging Face repo: an adapt archive set (via its index) or AdapterHub's files."""
+    from .hf import HfRepo, adapterhub_card
+    from .registry import INDEX, read_index_file
+
+    repo = HfRepo.parse(spec)
+    try:
+        index_path = repo.download(INDEX, probe=True)
+    except FileNotFoundError:
+        index_path = None
+    if index_path is not None:
+        records = read_index_file(index_path, spec)["adapters"]
+        if len(records) != 1:
+            raise UsageError(f"{spec} is a registry of {len(records)} adapters; name one: "
+                             f"adapt pull ID --registry {spec}")
+        return pull(records[0]["id"], model_id=model_id, registries=[spec])
+    directory = repo.snapshot(["*.json", "*.bin", "*.safetensors", "README.md"])
+    return install(*adapterhub_card(directory, spec), model_id=model_id, source=spec)
 
 
 def is_full_id(spec: str) -> bool:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import AdaptError, ArtifactError, UsageError
+from ..errors import AdaptError, ArtifactError, UsageError, positive_env
 from .card import Card, Query, parse_query, version_key
 
 INDEX = "index.json"
@@ -45,20 +45,45 @@ def empty_index() -> dict[str, Any]:
     return {"format": INDEX_FORMAT, "format_version": 1, "adapters": []}
 
 
-def parse_index(raw: bytes, where: str) -> dict[str, Any]:
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RegistryError(f"the index of {where} is not valid JSON ({exc})") from None
+def max_index_bytes() -> int:
+    """The largest index read (ADAPT_MAX_INDEX_MB, default 64 MB: about 50,000 adapters). An index is
+    parsed in memory, so a registry must not be able to make a reader hold gigabytes."""
+    return int(positive_env("ADAPT_MAX_INDEX_MB", "64", "megabytes") * 1_000_000)
+
+
+def too_large(size: int, where: str, at_least: bool = False) -> RegistryError:
+    """The failure (exit 1) for an index over the cap: the registry answered, but with too much."""
+    return RegistryError(f"the index of {where} is {'at least ' if at_least else ''}{size / 1e6:.1f} MB, more than "
+                         f"the {max_index_bytes() / 1e6:g} MB allowed; refusing it (raise ADAPT_MAX_INDEX_MB if the "
+                         "registry is really that large)")
+
+
+def parse_index(raw: bytes, where: str, strict: bool = False) -> dict[str, Any]:
+    """An index from bytes nobody vouches for. A malformed record is skipped with one warning (one broken
+    record must not take a registry down), or, when ``strict`` (an upload to a server), refused."""
+    from ..jsonio import load_json
+
+    if len(raw) > max_index_bytes():
+        raise too_large(len(raw), where)
+    data = load_json(raw, f"the index of {where}", RegistryError)
     if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT or not isinstance(data.get("adapters"), list):
         raise RegistryError(f"{where} does not hold an adapt registry index ({INDEX})")
-    good = [r for r in data["adapters"] if record_problem(r) is None]
-    if len(good) < len(data["adapters"]):
-        # One broken record must not take the whole registry down: skip it, say so once.
-        print(f"warning: {where}: skipped {len(data['adapters']) - len(good)} malformed index record(s)",
-              file=sys.stderr)
-    data["adapters"] = good
+    problems = [(i, record_problem(r)) for i, r in enumerate(data["adapters"])]
+    bad = [(i, p) for i, p in problems if p is not None]
+    if bad and strict:
+        raise RegistryError(f"{where}: record {bad[0][0]} is malformed: {bad[0][1]}")
+    if bad:
+        print(f"warning: {where}: skipped {len(bad)} malformed index record(s)", file=sys.stderr)
+    data["adapters"] = [r for (i, p), r in zip(problems, data["adapters"]) if p is None]
     return data
+
+
+def read_index_file(path: Path, where: str) -> dict[str, Any]:
+    """An index file, its size checked before it is read into memory."""
+    size = path.stat().st_size
+    if size > max_index_bytes():
+        raise too_large(size, where)
+    return parse_index(path.read_bytes(), where)
 
 
 def record_problem(record: Any) -> str | None:
@@ -85,9 +110,20 @@ def record_problem(record: Any) -> str | None:
 
 
 def archive_path(card: Card, digest: str) -> str:
-    model = re.sub(r"[^A-Za-z0-9_.\-]", "-", card.base_model.id.replace("/", "--"))
-    return (f"archives/{card.author}/{card.task}_{card.dataset}_{model}_{card.architecture}_{card.version}"
-            f"-{digest[:8]}.tar.gz")
+    return archive_path_of({**card.index_record(), "sha256": digest})
+
+
+def archive_path_of(record: dict[str, Any]) -> str:
+    """Where a record's archive lives: every part comes from checked fields, and the sha256 is in the name,
+    so other bytes can never take a published archive's place."""
+    model = re.sub(r"[^A-Za-z0-9_.\-]", "-", record["base_model"]["id"].replace("/", "--"))
+    return (f"archives/{record['author']}/{record['task']}_{record['dataset']}_{model}_{record['architecture']}_"
+            f"{record['version']}-{record['sha256'][:8]}.tar.gz")
+
+
+def published_key(record: dict[str, Any]) -> tuple[str, str, str, str]:
+    """What never changes once published: one version of one variant (id, base model, architecture)."""
+    return (*variant(record), str(record.get("version")))
 
 
 def record_for(card: Card, digest: str, size: int) -> dict[str, Any]:
@@ -98,7 +134,7 @@ def record_for(card: Card, digest: str, size: int) -> dict[str, Any]:
 def add_record(index: dict[str, Any], record: dict[str, Any], force: bool) -> bool:
     """Put ``record`` into ``index``; False if this exact archive is already there. A version is immutable:
     publishing other bytes under the same id, base model and version is refused (unless ``force``)."""
-    same = [r for r in index["adapters"] if variant(r) == variant(record) and r.get("version") == record["version"]]
+    same = [r for r in index["adapters"] if published_key(r) == published_key(record)]
     if any(r.get("sha256") == record["sha256"] for r in same):
         return False
     if same and not force:
@@ -137,7 +173,13 @@ class Registry:
         raise NotImplementedError
 
     def publish(self, archive: Path, card: Card, digest: str, *, force: bool = False) -> Published:
+        from .card import check_card
+
+        check_card(card, "publish")  # the validator pull uses: nothing goes out that nobody could pull
         record = record_for(card, digest, archive.stat().st_size)
+        problem = record_problem(record)
+        if problem:
+            raise UsageError(f"cannot publish {card.id}: {problem} (adapt pull would refuse this record)")
         return self._publish(archive, record, force)
 
     def _publish(self, archive: Path, record: dict[str, Any], force: bool) -> Published:
@@ -156,7 +198,7 @@ class DirectoryRegistry(Registry):
                 raise RegistryError(f"registry {self.spec} does not exist (no such directory)")
             return empty_index(), None
         try:
-            return parse_index(path.read_bytes(), self.spec), None
+            return read_index_file(path, self.spec), None
         except OSError as exc:
             raise RegistryError(f"cannot read the index of {self.spec}: {exc.strerror or exc}") from None
 
@@ -353,30 +395,3 @@ def same_model(a: str, b: str) -> bool:
     from ..defaults import canonical_model_id
 
     return canonical_model_id(a) == canonical_model_id(b)
-
-
-# ------------------------------------------------------------------------------------------- opening
-
-def open_registry(spec: str) -> Registry:
-    from .http import HttpRegistry
-
-    if spec.startswith(("http://", "https://")):
-        return HttpRegistry(spec.rstrip("/"), spec)
-    if spec.startswith("hf://"):
-        from .hf import HfRegistry
-
-        return HfRegistry.from_spec(spec)
-    if spec.startswith("file://"):
-        from urllib.parse import unquote, urlparse
-
-        return DirectoryRegistry(Path(unquote(urlparse(spec).path)), spec)
-    if "://" in spec:
-        raise UsageError(f"unknown registry {spec!r}; use a directory, an http(s):// URL or hf://org/repo")
-    return DirectoryRegistry(Path(spec).expanduser(), spec)
-
-
-def configured_registries(explicit: list[str] | None = None) -> list[str]:
-    """Registries given on the command line, else those in ADAPT_REGISTRY (separated by spaces or commas)."""
-    if explicit:
-        return list(explicit)
-    return [s for s in re.split(r"[\s,]+", os.environ.get("ADAPT_REGISTRY", "")) if s]

@@ -104,6 +104,14 @@ def _layout(title: str, body: str, root: str, subtitle: str) -> str:
             f"<main>{body}</main></body></html>\n")
 
 
+def model_argument(base_model_id: str) -> str:
+    """How ``adapt --model`` names a base model: ``minilm`` for the embedded all-MiniLM-L6-v2 (it resolves to the
+    installed copy, offline), else its id."""
+    from ..defaults import EMBEDDED_ID, canonical_model_id
+
+    return "minilm" if canonical_model_id(base_model_id) == EMBEDDED_ID else base_model_id
+
+
 def use_command(record: dict[str, Any], registry: str, unique: bool = True) -> str:
     """The command that runs this adapter, pulling it on the fly from the registry. When its id is published
     in several architectures for this base model, the architecture has to be chosen while pulling."""
@@ -111,7 +119,8 @@ def use_command(record: dict[str, Any], registry: str, unique: bool = True) -> s
 
     from .pull import entry_id
 
-    model, ref, reg = quote(record["base_model"]["id"]), quote(f"{record['id']}:{record['version']}"), quote(registry)
+    model = quote(model_argument(record["base_model"]["id"]))
+    ref, reg = quote(f"{record['id']}:{record['version']}"), quote(registry)
     if unique:
         return f"ADAPT_REGISTRY={reg} adapt infer --model {model} -a {ref} 'Your text here'"
     local = quote(entry_id(record["task"], record["dataset"], record["author"], record.get("architecture")))

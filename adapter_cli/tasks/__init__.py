@@ -11,7 +11,8 @@ Schema (see docs/tasks.md)::
     hub: {path, name, train, eval} | null
     columns: {text, pair, label}  # Hub column names
     choices: {context: [...], options: [...] | options_field: f, fill_blank: f, label, label_map}
-    local: {train, eval, header, columns}   # original distribution files inside --data-dir
+    local: {train, eval, file, header, columns, format, delimiter, split_column, splits, label_map}
+                                  # original distribution files inside --data-dir (see _check_local)
 """
 
 from __future__ import annotations
@@ -24,10 +25,14 @@ from typing import Any
 
 import yaml
 
-from ..errors import UsageError, suggest
+from ..errors import UsageError, check_keys, suggest
 
 KINDS = ("single", "pair", "regression", "multiple_choice")
 METRICS = ("accuracy", "f1", "macro_f1", "mcc", "pearson", "spearman")
+LOCAL_KEYS = ("train", "eval", "file", "header", "columns", "format", "delimiter", "split_column", "splits",
+              "label_map")
+FORMATS = ("csv", "tsv", "jsonl", "parquet")
+SPLITS = ("train", "eval", "test")  # test rows are named so they are known to be left out, never read
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,11 @@ class TaskSpec:
         return len(self.labels) if self.kind in ("single", "pair") else 1
 
     @property
+    def text_pair(self) -> bool:
+        """Whether each example is a pair of texts (MRPC, RTE, STS-B, ...)."""
+        return "pair" in self.columns or "pair" in ((self.local or {}).get("columns") or {})
+
+    @property
     def head_type(self) -> str:
         return {"single": "classification", "pair": "classification", "regression": "regression",
                 "multiple_choice": "multiple_choice"}[self.kind]
@@ -69,9 +79,7 @@ def task_from_dict(data: dict[str, Any], source: str) -> TaskSpec:
              "catalog"}
     if not isinstance(data, dict):
         raise UsageError(f"task file {source} must hold a mapping")
-    for key in data:
-        if key not in known:
-            raise UsageError(f"unknown key {key!r} in task {source}{suggest(key, known)}")
+    check_keys(data, known, f"task {source}", UsageError)
     for key in ("name", "kind", "metrics"):
         if key not in data:
             raise UsageError(f"task {source} has no {key!r}")
@@ -93,15 +101,71 @@ def task_from_dict(data: dict[str, Any], source: str) -> TaskSpec:
     if kind != "multiple_choice" and "text" not in (data.get("columns") or {}) and \
             "text" not in ((data.get("local") or {}).get("columns") or {}):
         raise UsageError(f"task {source}: 'columns' must name the text column")
+    if data.get("local") is not None:
+        _check_local(data["local"], source, labels)
     return TaskSpec(name=str(data["name"]), kind=kind, metrics=metrics, description=data.get("description", ""),
                     aliases=tuple(data.get("aliases") or ()), labels=labels, hub=data.get("hub"),
                     columns=dict(data.get("columns") or {}), choices=data.get("choices"),
                     local=data.get("local"), catalog=str(data.get("catalog") or ""), source=source)
 
 
+def _check_local(local: Any, source: str, labels: tuple[str, ...]) -> None:
+    """The ``local`` section: which files, how they are read, and which rows belong to which split."""
+    if not isinstance(local, dict):
+        raise UsageError(f"task {source}: 'local' must be a mapping (train, eval, columns, ...)")
+    check_keys(local, LOCAL_KEYS, f"task {source}'s 'local' section", UsageError, f"; known: {', '.join(LOCAL_KEYS)}")
+    fmt, delimiter = local.get("format"), local.get("delimiter")
+    if fmt is not None and fmt not in FORMATS:
+        raise UsageError(f"task {source}: local format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if delimiter is not None:
+        if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\"\r\n":
+            raise UsageError(f"task {source}: local delimiter must be one character, e.g. \"\\t\" (in double "
+                             f"quotes) or \";\", got {delimiter!r}")
+        if fmt in ("jsonl", "parquet") or (fmt == "tsv" and delimiter != "\t"):
+            raise UsageError(f"task {source}: a local delimiter {delimiter!r} does not go with format {fmt}")
+    if ("split_column" in local) != ("splits" in local):
+        raise UsageError(f"task {source}: local 'split_column' and 'splits' go together (e.g. split_column: "
+                         "SemEval_set, splits: {train: TRAIN, eval: TRIAL, test: TEST})")
+    if "splits" in local:
+        _check_splits(local["splits"], source)
+    label_map = local.get("label_map")
+    if label_map is not None and (not isinstance(label_map, dict) or not all(
+            v in labels or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v < (len(labels) or v + 1))
+            for v in label_map.values())):
+        raise UsageError(f"task {source}: local label_map must map each value in the file to a label "
+                         f"({', '.join(labels) or 'an index'})")
+    if "file" in local and "split_column" not in local:  # else train and eval would read the same rows
+        raise UsageError(f"task {source}: local 'file' holds every split, so it needs 'split_column' and 'splits' "
+                         "saying which rows are which; or name the files with 'train' and 'eval'")
+    for split in ("train", "eval"):
+        if split not in local and "file" not in local:
+            raise UsageError(f"task {source}: local names no {split} file: give 'train' and 'eval' (or 'file' "
+                             "with 'split_column')")
+
+
+def _check_splits(splits: Any, source: str) -> None:
+    if not isinstance(splits, dict) or not {"train", "eval"} <= set(splits):
+        raise UsageError(f"task {source}: local 'splits' must map train and eval (and optionally test) to the "
+                         "split column's value(s), e.g. {train: TRAIN, eval: TRIAL, test: TEST}")
+    owner: dict[str, str] = {}
+    for split, values in splits.items():
+        if split not in SPLITS:
+            raise UsageError(f"task {source}: unknown split {split!r} under local 'splits'{suggest(str(split), SPLITS)}"
+                             f"; known: {', '.join(SPLITS)}")
+        values = values if isinstance(values, list) else [values]
+        if not values or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in values):
+            raise UsageError(f"task {source}: local splits.{split} must be a value or a list of values, "
+                             f"got {values!r}")
+        for value in map(str, values):
+            if value in owner:  # one row in two splits would leak evaluation data into training
+                raise UsageError(f"task {source}: value {value!r} is given for both {owner[value]} and {split} "
+                                 "under local 'splits'")
+            owner[value] = split
+
+
 @lru_cache(maxsize=1)
 def builtin_tasks() -> dict[str, TaskSpec]:
-    from ..presets import yaml_registry
+    from ..builtins import yaml_registry
 
     return yaml_registry("tasks", task_from_dict)
 

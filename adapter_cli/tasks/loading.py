@@ -5,8 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +25,26 @@ class Example:
 def load_split(task: TaskSpec, split: str, data_dir: str | Path | None = None,
                max_samples: int | None = None) -> list[Example]:
     """``split`` is 'train' or 'eval'. A user task reads its own files; a built-in task reads ``data_dir``
-    when given, else the Hugging Face Hub."""
+    when given, else the Hugging Face Hub.
+
+    ``max_samples`` keeps the first N examples in file order, for a quick look only: original files are
+    often ordered by genre or label, so training draws a seeded random subset instead (tasks/subsets.py).
+    """
+    label_map = None
     if data_dir is not None or _is_user_task(task):
-        rows, columns, where = _read_local(task, split, data_dir)
+        rows, columns, where, numbers = _read_local(task, split, data_dir)
+        label_map = (task.local or {}).get("label_map")
     else:
         rows, columns, where = _read_hub(task, split)
-    examples = [_example(task, row, columns, where, n) for n, row in enumerate(rows, 1)]
+        numbers = list(range(1, len(rows) + 1))
+    examples = [_example(task, row, columns, where, n, label_map) for n, row in zip(numbers, rows)]
     if not examples:
         raise UsageError(f"{where} holds no examples")
     return examples[:max_samples] if max_samples else examples
 
 
 def _is_user_task(task: TaskSpec) -> bool:
-    from ..presets import recipes_root
+    from ..builtins import recipes_root
 
     return not task.source.startswith(str(recipes_root()))
 
@@ -46,54 +52,187 @@ def _is_user_task(task: TaskSpec) -> bool:
 # ----------------------------------------------------------------------------- local files
 
 
-def _read_local(task: TaskSpec, split: str, data_dir: str | Path | None) -> tuple[list[Any], dict, str]:
+@dataclass(frozen=True)
+class TableFormat:
+    """How a file is read, and why: named in the error when its columns do not come out as expected."""
+
+    kind: str  # csv | tsv | jsonl | parquet
+    delimiter: str = ","
+    why: str = ""  # "from its .txt extension", "set by `delimiter:` in the task YAML"
+    certain: bool = True  # False when guessed from an extension that does not say (.txt, .dat, none)
+
+    def describe(self) -> str:
+        if self.kind in ("jsonl", "parquet"):
+            return {"jsonl": "JSON lines", "parquet": "Parquet"}[self.kind]
+        return DELIMITER_NAMES.get(self.delimiter, f"{self.delimiter!r}-separated")
+
+
+DELIMITER_NAMES = {",": "comma-separated", "\t": "tab-separated", ";": "semicolon-separated",
+                   "|": "pipe-separated", " ": "space-separated"}
+EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+def table_format(path: Path, fmt: str | None = None, delimiter: str | None = None) -> TableFormat:
+    """The format of a data file: ``format:`` / ``delimiter:`` from the task YAML, else its extension
+    (anything that is not .tsv, .jsonl, .json or .parquet is read as comma-separated)."""
+    if fmt is None and delimiter is not None:
+        fmt = "tsv" if delimiter == "\t" else "csv"
+        return TableFormat(fmt, delimiter, "set by `delimiter:` in the task YAML")
+    if fmt is not None:
+        default = "\t" if fmt == "tsv" else ","
+        keys = "`format:` and `delimiter:`" if delimiter is not None else "`format:`"
+        return TableFormat(fmt, delimiter or default, f"set by {keys} in the task YAML")
+    suffix = path.suffix.lower()
+    kind = EXTENSIONS.get(suffix, "csv")
+    why = f"from its {suffix} extension" if suffix else "it has no extension"
+    return TableFormat(kind, "\t" if kind == "tsv" else ",", why, certain=suffix in EXTENSIONS)
+
+
+def _local_path(task: TaskSpec, split: str, data_dir: str | Path | None) -> Path:
     local = task.local or {}
-    if split not in local:
+    name = local.get(split, local.get("file"))
+    if name is None:
         raise UsageError(f"task {task.name} has no local {split} file configured")
     base = Path(data_dir) if data_dir is not None else Path(task.source).parent
     if not base.is_dir():
         raise UsageError(f"data directory {base} does not exist")
-    path = base / str(local[split])
+    path = base / str(name)
     if not path.is_file():
-        expected = ", ".join(str(local[s]) for s in ("train", "eval") if s in local)
-        raise UsageError(f"{base} has no {split} file {local[split]} (task {task.name} expects {expected})")
+        raise UsageError(f"{base} has no {split} file {name} (task {task.name} expects {local_files(task)})")
+    return path
+
+
+def local_files(task: TaskSpec) -> str:
+    """The files a task reads from --data-dir, for messages: 'train.tsv, dev.tsv' or 'SICK.txt'."""
+    local = task.local or {}
+    names = (local.get(s, local.get("file")) for s in ("train", "eval"))
+    return ", ".join(dict.fromkeys(str(n) for n in names if n is not None))
+
+
+def _read_local(task: TaskSpec, split: str,
+                data_dir: str | Path | None) -> tuple[list[Any], dict, str, list[int]]:
+    """(rows, columns, where, row numbers): the split's rows of its file, numbered as in the file."""
+    local = task.local or {}
+    path = _local_path(task, split, data_dir)
     columns = dict(local.get("columns") or task.columns)
-    return read_table(path, header=bool(local.get("header", True))), columns, str(path)
+    fmt = table_format(path, local.get("format"), local.get("delimiter"))
+    if not _is_user_task(task) and "task YAML" in fmt.why:  # the user did not write this YAML: do not say so
+        fmt = replace(fmt, why=f"as task {task.name}'s original files are")
+    rows = read_table(path, header=bool(local.get("header", True)), fmt=fmt)
+    if fmt.kind in ("csv", "tsv"):
+        _check_columns(task, rows, _needed_columns(task, columns), path, fmt)
+    numbers = list(range(1, len(rows) + 1))  # data rows, as in every error that names a row
+    if "split_column" not in local:
+        return rows, columns, str(path), numbers
+    rows, numbers = _rows_of_split(rows, numbers, local, split, path)
+    wanted = local["splits"][split]
+    return rows, columns, f"{path} ({local['split_column']} = {' or '.join(map(str, _as_list(wanted)))})", numbers
 
 
-def read_table(path: Path, header: bool = True) -> list[Any]:
-    """Rows of a CSV/TSV (dicts, or lists without a header), JSONL or Parquet file."""
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _rows_of_split(rows: list[Any], numbers: list[int], local: dict, split: str,
+                   path: Path) -> tuple[list[Any], list[int]]:
+    """The rows whose ``split_column`` holds one of the values ``splits`` gives for ``split``."""
+    key = local["split_column"]
+    values = {str(v) for v in _as_list(local["splits"][split])}  # validated: splits names train and eval
+    seen: dict[str, None] = {}
+    kept_rows, kept_numbers = [], []
+    for n, row in zip(numbers, rows):
+        value = str(_field(row, key, str(path), n)).strip()
+        seen.setdefault(value, None)
+        if value in values:
+            kept_rows.append(row)
+            kept_numbers.append(n)
+    if not kept_rows:
+        shown = ", ".join(list(seen)[:8])
+        raise UsageError(f"{path} has no {split} rows: no {key} value is {' or '.join(sorted(values))} "
+                         f"(values found: {shown})")
+    return kept_rows, kept_numbers
+
+
+def _needed_columns(task: TaskSpec, columns: dict) -> list[Any]:
+    """The columns :func:`_example` reads, so a misread file fails once, naming its format."""
+    local = task.local or {}
+    if task.kind == "multiple_choice":
+        spec = task.choices or {}
+        needed = [*spec.get("context", []), *spec.get("options", []), spec.get("label")]
+        needed += [spec[k] for k in ("options_field", "fill_blank") if k in spec]
+    else:
+        needed = [columns["text"], columns.get("pair") if task.kind in ("pair", "regression") else None,
+                  columns["label"]]
+    needed.append(local.get("split_column"))
+    return [k for k in needed if k is not None]
+
+
+def _check_columns(task: TaskSpec, rows: list[Any], needed: list[Any], path: Path, fmt: TableFormat) -> None:
+    """A delimited file split on the wrong character still parses, into one wide column: fail here, once,
+    naming the format that was assumed and where the assumption came from."""
+    hint = "set `delimiter:` or `format:` in the task YAML" if _is_user_task(task) else \
+        f"--data-dir must hold task {task.name}'s files as distributed ({local_files(task)}; docs/tasks.md)"
+    read_as = f"read {path} as {fmt.describe()} ({fmt.why})"
+    if not rows:  # read_table drops rows shorter than the header: all of them were
+        raise UsageError(f"{read_as}, but no row has as many fields as its header; {hint}")
+    first = rows[0]
+    if isinstance(first, dict):
+        names = list(first)
+        missing = [k for k in needed if str(k) not in first]
+    else:
+        names = [str(i) for i in range(len(first))]
+        missing = [k for k in needed if not str(k).isdigit() or int(k) >= len(first)]
+    if not missing:
+        return
+    shown = repr(names[0]) if len(names) == 1 else ", ".join(names)
+    shown = shown if len(shown) <= 120 else shown[:117] + "..."
+    what = f"no column {missing[0]!r}; columns: {shown}" if isinstance(first, dict) else \
+        f"{len(first)} fields in row 1; column {missing[0]} is missing"
+    if len(names) > 1 and fmt.certain:  # the file was split as it says: the column name is what is wrong
+        raise UsageError(f"{path} has {what}")
+    raise UsageError(f"{read_as}, but found {what}; {hint}")
+
+
+def read_table(path: Path, header: bool = True, fmt: TableFormat | None = None) -> list[Any]:
+    """Rows of a CSV/TSV (dicts, or lists without a header), JSONL or Parquet file.
+
+    ``fmt`` (see :func:`table_format`) defaults to what the file's extension says.
+    """
+    fmt = fmt or table_format(path)
+    if fmt.kind == "parquet":
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
     try:
         text = path.read_text(encoding="utf-8-sig")  # MRPC's files start with a byte-order mark
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from None
+        raise UsageError(f"cannot read {path} as {fmt.describe()} text ({fmt.why}): {exc}") from None
     if not text.strip():
         raise UsageError(f"{path} is empty")
-    if suffix in (".jsonl", ".json"):
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise UsageError(f"{path}:{n} is not valid JSON") from None
-        return rows
-    if suffix == ".tsv":
+    if fmt.kind == "jsonl":
+        return _json_lines(path, text)
+    if fmt.kind == "tsv":
         # GLUE's TSV files contain literal quotes, so they are split on tabs, not parsed as CSV.
         lines = [line.split("\t") for line in text.splitlines() if line.strip()]
     else:
-        lines = [r for r in csv.reader(io.StringIO(text)) if r]
+        lines = [r for r in csv.reader(io.StringIO(text), delimiter=fmt.delimiter) if r]
     if not header:
         return lines
     names, body = lines[0], lines[1:]
     if not body:
         raise UsageError(f"{path} has a header ({', '.join(names[:6])}) but no rows")
     return [dict(zip(names, r)) for r in body if len(r) >= len(names)]
+
+
+def _json_lines(path: Path, text: str) -> list[Any]:
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise UsageError(f"{path}:{n} is not valid JSON") from None
+    return rows
 
 
 # ----------------------------------------------------------------------------- the Hub
@@ -103,10 +242,12 @@ def _read_hub(task: TaskSpec, split: str) -> tuple[list[Any], dict, str]:
     hub = task.hub
     if not hub:
         raise UsageError(f"task {task.name} is not on the Hugging Face Hub; pass --data-dir with its original files"
-                         f" ({', '.join(str(v) for k, v in (task.local or {}).items() if k in ('train', 'eval'))})")
+                         f" ({local_files(task)})")
     where = f"{hub['path']}" + (f" ({hub['name']})" if hub.get("name") else "") + f" split {hub[split]}"
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false")
-    local_hint = ", ".join(str(v) for k, v in (task.local or {}).items() if k in ("train", "eval"))
+    from ..defaults import hub_offline
+
+    offline = hub_offline()
+    local_hint = local_files(task)
     hint = f"; or pass --data-dir with the original files ({local_hint})" if local_hint else ""
     try:
         import datasets
@@ -143,10 +284,12 @@ def _label(task: TaskSpec, raw: Any, where: str, n: int, label_map: dict | None 
         except (TypeError, ValueError):
             raise UsageError(f"{where} row {n}: label {raw!r} is not a number") from None
     if label_map:
-        key = str(raw)
+        key = str(raw).strip()
         if key not in {str(k) for k in label_map}:
             raise UsageError(f"{where} row {n}: label {raw!r} is not one of {', '.join(map(str, label_map))}")
-        return int({str(k): v for k, v in label_map.items()}[key])
+        value = {str(k): v for k, v in label_map.items()}[key]
+        # a task's label_map may name the label (SICK's ENTAILMENT -> entailment) or give its index
+        return task.labels.index(value) if isinstance(value, str) and value in task.labels else int(value)
     text = str(raw).strip()
     if text in task.labels:
         return task.labels.index(text)
@@ -162,7 +305,8 @@ def _label(task: TaskSpec, raw: Any, where: str, n: int, label_map: dict | None 
     return value
 
 
-def _example(task: TaskSpec, row: Any, columns: dict, where: str, n: int) -> Example:
+def _example(task: TaskSpec, row: Any, columns: dict, where: str, n: int,
+             label_map: dict | None = None) -> Example:
     if task.kind == "multiple_choice":
         spec = task.choices or {}
         if "options_field" in spec:
@@ -183,4 +327,4 @@ def _example(task: TaskSpec, row: Any, columns: dict, where: str, n: int) -> Exa
     texts = (str(text),)
     if task.kind == "pair" or (task.kind == "regression" and "pair" in columns):
         texts += (str(_field(row, columns["pair"], where, n)),)
-    return Example(texts=texts, label=_label(task, _field(row, columns["label"], where, n), where, n))
+    return Example(texts=texts, label=_label(task, _field(row, columns["label"], where, n), where, n, label_map))

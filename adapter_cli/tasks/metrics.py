@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-# Metrics where a higher value is better; all of ours are. Kept explicit for early stopping.
-HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "macro_f1": True, "mcc": True, "pearson": True, "spearman": True}
-
-
 def compute(metrics: Sequence[str], predictions: Sequence[float], labels: Sequence[float]) -> dict[str, float]:
     """``predictions`` are class ids (classification, multiple choice) or scores (regression)."""
     import numpy as np

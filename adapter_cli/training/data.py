@@ -1,14 +1,67 @@
-"""Tokenised examples, padded batches, and a batch order that depends only on (seed, epoch)."""
+"""The examples a run reads (seeded subsets, recorded in the run), tokenised examples, padded batches,
+and a batch order that depends only on (seed, epoch)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..errors import UsageError
 from ..tasks import TaskSpec
-from ..tasks.loading import Example
+from ..tasks.loading import Example, load_split
+from ..tasks.subsets import draw, from_record
+
+SUBSET_FILE = "subset.json"
+
+
+def load_examples(task: TaskSpec, data_dir: str | None, seed: int, max_train: int | None, max_eval: int | None,
+                  resume_from: Path | None = None) -> tuple[list[Example], list[Example], dict[str, Any]]:
+    """(train, eval, record): both splits, each cut to a seeded random subset when a maximum is set.
+
+    ``resume_from`` is the run directory of a resumed run: the subsets recorded there are reused (and checked
+    against the data), so the run keeps training on the rows it started with. ``record`` is what
+    :func:`write_subsets` stores in the run directory.
+    """
+    recorded = _recorded(resume_from)
+    out: list[list[Example]] = []
+    record: dict[str, Any] = {}
+    for split, size in (("train", max_train), ("eval", max_eval)):
+        examples = load_split(task, split, data_dir)
+        if split in recorded:
+            subset = from_record(split, recorded[split], len(examples), size, seed,
+                                 str(Path(resume_from or ".") / SUBSET_FILE))
+        else:
+            # classification (and multiple choice: the answer position) keeps each label's share
+            subset = draw(split, [e.label for e in examples], size, seed, stratify=task.kind != "regression")
+        out.append([examples[i] for i in subset.indices])
+        record[split] = subset.to_dict()
+    return out[0], out[1], record
+
+
+def _recorded(run_dir: Path | None) -> dict[str, Any]:
+    path = None if run_dir is None else Path(run_dir) / SUBSET_FILE
+    if path is None or not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"cannot resume: {path} is unreadable ({str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise UsageError(f"cannot resume: {path} is not a subset record (a mapping of split to subset)")
+    return data
+
+
+def write_subsets(run_dir: Path, record: dict[str, Any]) -> None:
+    """Record which rows the run reads (``subset.json``): how many of how many, seed, strategy, indices."""
+    from ..fsutil import dump_json
+
+    tmp = Path(run_dir) / f".{SUBSET_FILE}.tmp"
+    tmp.write_text(dump_json(record), encoding="utf-8")
+    tmp.replace(Path(run_dir) / SUBSET_FILE)
 
 
 @dataclass

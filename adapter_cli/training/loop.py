@@ -1,11 +1,15 @@
-"""The training loop: AdamW, linear warm-up and decay, evaluation each epoch, early stopping, the best
-checkpoint kept, and resumable state.
+"""The training loop as an object (``Trainer``): AdamW, linear warm-up and decay, evaluation each epoch,
+early stopping, the best checkpoint kept, and resumable state. One method per concern (set-up, resume,
+the run directory, an epoch, an optimizer step, the end of an epoch, files); ``Callback``s see every step
+and epoch end (the tests' fault injection goes through them); the set-up of model and process group is in
+``setup.py``, progress goes to a ``Reporter``: the loop prints nothing.
 
 Run directory::
 
     recipe.yaml          the resolved recipe (re-run with adapt train --recipe RUN/recipe.yaml)
     run.json             status (running / completed / failed), task, method, best result
     environment.json     versions, device, world size
+    subset.json          the rows read per split (seeded subset for max_*_samples), reused on resume
     metrics.jsonl        one record per logging step ("train") and per evaluation ("eval")
     final_metrics.json   best dev metrics, epochs and steps run, wall time
     checkpoint.pt        the last resumable state (written atomically; loaded with weights_only=True)
@@ -18,128 +22,29 @@ uninterrupted run takes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
-import platform
 import random
-import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..devices import autocast_dtype, half_dtype, resolve_device
-from ..errors import UsageError
-from ..fsutil import dump_json
+from ..devices import autocast_dtype, resolve_device
+from ..errors import UsageError, disk_full
+from ..fsutil import dump_json, save_torch, write_text_atomic
 from ..tasks import get_task
-from ..tasks.loading import load_split
 from ..tasks.metrics import compute
-from .data import Encoded, collate, encode, epoch_batches
+from .data import Encoded, collate, encode, epoch_batches, load_examples, write_subsets
 from .recipe import Recipe
+from .reporter import Reporter
+from .setup import build_model, distributed, environment, frozen_dtype
 
 CHECKPOINT = "checkpoint.pt"
-
-
-class Reporter:
-    """Progress callbacks; the CLI supplies a rich bar on a terminal and plain lines otherwise."""
-
-    def start(self, total_steps: int, step: int, description: str) -> None: ...
-    def step(self, step: int, loss: float, lr: float) -> None: ...
-    def evaluated(self, epoch: int, step: int, metrics: dict[str, float], improved: bool) -> None: ...
-    def note(self, message: str) -> None: ...
-    def close(self) -> None: ...
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _distributed(device: str) -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-            dist.init_process_group("nccl" if on_gpu else "gloo")
-        return dist.get_rank(), world
-    return 0, 1
-
-
-def _frozen_dtype(recipe: Recipe, autocast: torch.dtype | None) -> torch.dtype | None:
-    """The dtype the frozen linear layers are stored in (None: as loaded). Only the autocast dtype is
-    allowed, because only then are the results unchanged (see AdapterModel.cast_frozen_linears)."""
-    if recipe.frozen_dtype in ("auto", "fp32"):
-        return autocast if recipe.frozen_dtype == "auto" else None
-    wanted = half_dtype(recipe.frozen_dtype)
-    if wanted != autocast:
-        raise UsageError(f"frozen_dtype={recipe.frozen_dtype} needs autocast to the same dtype: set "
-                         f"precision={recipe.frozen_dtype}")
-    return wanted
-
-
-def environment(device: torch.device, world: int) -> dict[str, Any]:
-    import transformers
-
-    from .. import __version__
-
-    env = {"adapt": __version__, "python": platform.python_version(), "platform": platform.platform(),
-           "torch": torch.__version__, "transformers": transformers.__version__, "device": str(device),
-           "world_size": world, "threads": torch.get_num_threads(), "hostname": platform.node()}
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-    return env
-
-
-def build_model(recipe: Recipe, task: Any) -> tuple[Any, Any, str, Any]:
-    """The model, its tokenizer, the adapter/head name and the composition to train, set up for the method."""
-    from transformers import AutoTokenizer
-
-    from ..defaults import resolve_model
-    from ..model import AdapterModel
-
-    path = resolve_model(recipe.model)
-    model = AdapterModel.from_pretrained(path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"no tokenizer for {recipe.model}: {str(exc).splitlines()[0][:160]}") from None
-    name = recipe.name or task.name.replace(".", "_")
-    head_kw: dict[str, Any] = {"num_labels": task.num_labels}
-    if task.kind in ("single", "pair"):
-        head_kw["label2id"] = {label: i for i, label in enumerate(task.labels)}
-    if task.kind == "multiple_choice":
-        head_kw["num_choices"] = 2  # reshaped per batch; the stored value is only a default
-    active: Any = None
-    if recipe.method == "adapter":
-        model.add_adapter(name, recipe.adapter, recipe.adapter_overrides)
-        active = name
-    elif recipe.method == "fusion":
-        from ..cache import locate
-        from ..composition import Fuse
-
-        members = [model.load_adapter(locate(spec, model.name_or_path), with_head=False)
-                   for spec in recipe.fusion_adapters]
-        fusion = model.add_fusion(members, recipe.fusion)
-        active = Fuse(tuple(members))
-    model.add_head(name, task.head_type, **head_kw)
-    if recipe.method == "adapter":
-        model.train_adapters([name], heads=[name])
-    elif recipe.method == "fusion":
-        model.train_adapters(members if recipe.unfreeze_adapters else [], fusions=[fusion], heads=[name])
-    elif recipe.method == "head":
-        model.train_adapters([], heads=[name])
-    else:
-        model.train_adapters([], heads=[name])
-        model.base.requires_grad_(True)
-    if recipe.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    return model, tokenizer, name, active
 
 
 def evaluate(model: Any, data: Encoded, task: Any, batch_size: int, active: Any, device: torch.device,
@@ -157,206 +62,321 @@ def evaluate(model: Any, data: Encoded, task: Any, batch_size: int, active: Any,
     return compute(task.metrics, predictions, data.labels), predictions
 
 
-def train(recipe: Recipe, run_dir: Path, resume: bool = False, reporter: Reporter | None = None,
-          stop_after_steps: int | None = None) -> dict[str, Any]:
-    """Train as the recipe says, writing the run directory. Returns the final summary."""
-    reporter = reporter or Reporter()
-    if recipe.task is None:
-        raise UsageError("no task: pass --task NAME (see `adapt recipes ls --kind task`)")
-    task = get_task(recipe.task)
-    rank, world = _distributed(recipe.device)
-    main = rank == 0
-    run_dir = Path(run_dir)
-    checkpoint_path = run_dir / CHECKPOINT
-    state = None
-    if resume and checkpoint_path.is_file():
+@dataclass
+class TrainState:
+    """Where a run stands: everything a checkpoint holds besides weights, optimizer, scheduler and RNG."""
+
+    epoch: int = 0
+    batch: int = 0  # position in the epoch's batches
+    step: int = 0  # optimizer steps taken
+    best: dict[str, Any] = field(default_factory=lambda: {"metric": None, "epoch": None, "step": None,
+                                                          "metrics": None})
+    bad_evals: int = 0
+    elapsed: float = 0.0  # seconds of training before this process started
+    running_loss: float = 0.0
+    running_count: int = 0
+    stopped_early: bool = False
+
+
+class Callback:
+    """Hooks into a run, called on every process; tests inject faults through them (kill the process after
+    step N, stop it): the loop itself knows nothing of tests."""
+
+    def on_step(self, trainer: Trainer) -> None: ...  # after each optimizer step
+    def on_epoch_end(self, trainer: Trainer) -> None: ...  # after evaluation and the checkpoint
+
+
+class StopAfter(Callback):
+    """Stop cleanly after ``steps`` optimizer steps, with a checkpoint: a stand-in for a crash."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def on_step(self, trainer: Trainer) -> None:
+        if trainer.state.step >= self.steps:
+            raise _Stop()
+
+
+class Trainer:
+    """One training run: set up from the recipe (data, model, optimizer), resumed from the run directory's
+    checkpoint, trained epoch by epoch with evaluation, early stopping and the best checkpoint kept.
+    ``run()`` returns the final summary; ``finish`` (main process only) runs on it before run.json says
+    "completed", with the run directory still held."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, resume: bool = False, reporter: Reporter | None = None,
+                 callbacks: list[Callback] | tuple[Callback, ...] = (), notes: dict[str, Any] | None = None,
+                 finish: Callable[[dict[str, Any]], Any] | None = None) -> None:
+        if recipe.task is None:
+            raise UsageError("no task: name one (recipe key task; adapt train --task NAME)")
+        self.recipe, self.run_dir, self.resume = recipe, Path(run_dir), resume
+        self.reporter = reporter or Reporter()
+        self.callbacks, self.notes, self.finish = list(callbacks), notes or {}, finish
+        self.task = get_task(recipe.task)
+        self.rank, self.world = distributed(recipe.device)
+        self.main = self.rank == 0
+        self.state = TrainState()
+        self._log: Any = None
+        self._held: Any = None
+
+    # ------------------------------------------------------------------ set-up
+    def _read_checkpoint(self) -> dict[str, Any] | None:
+        path = self.run_dir / CHECKPOINT
+        if not self.resume:
+            return None
+        if not path.is_file():
+            self.reporter.note(f"no checkpoint in {self.run_dir} yet: starting from the beginning")
+            return None
         try:
-            state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise UsageError(f"cannot resume: {checkpoint_path} is unreadable ({str(exc).splitlines()[0][:120]})") \
-                from None
-    elif resume:
-        reporter.note(f"no checkpoint in {run_dir} yet: starting from the beginning")
-    random.seed(recipe.seed)
-    torch.manual_seed(recipe.seed)
-    train_examples = load_split(task, "train", recipe.data_dir, recipe.max_train_samples)
-    eval_examples = load_split(task, "eval", recipe.data_dir, recipe.max_eval_samples)
+            raise UsageError(f"cannot resume: {path} is unreadable ({str(exc).splitlines()[0][:120]})") from None
 
-    model, tokenizer, name, active = build_model(recipe, task)
-    device = resolve_device(recipe.device)
-    autocast = autocast_dtype(recipe.precision, device)
-    frozen = _frozen_dtype(recipe, autocast)
-    if frozen is not None:  # before the move: the GPU never holds the fp32 copies
-        model.cast_frozen_linears(frozen)
-    model.to(device)
-    pad_id = tokenizer.pad_token_id or 0
-    train_data = encode(task, train_examples, tokenizer, recipe.max_length)
-    eval_data = encode(task, eval_examples, tokenizer, recipe.max_length)
+    def _prepare(self) -> dict[str, Any] | None:
+        """Data, model, optimizer and schedule; the checkpoint's state restored when resuming."""
+        recipe, task = self.recipe, self.task
+        saved = self._read_checkpoint()
+        random.seed(recipe.seed)
+        torch.manual_seed(recipe.seed)
+        # seeded random subsets (max_*_samples), the recorded ones when resuming: see tasks/subsets.py
+        train_examples, eval_examples, self.subsets = load_examples(
+            task, recipe.data_dir, recipe.seed, recipe.max_train_samples, recipe.max_eval_samples,
+            self.run_dir if self.resume else None)
+        self.model, self.tokenizer, self.name, self.active = build_model(recipe, task)
+        self.device = resolve_device(recipe.device)
+        self.autocast = autocast_dtype(recipe.precision, self.device)
+        frozen = frozen_dtype(recipe, self.autocast)
+        if frozen is not None:  # before the move: the GPU never holds the fp32 copies
+            self.model.cast_frozen_linears(frozen)
+        self.model.to(self.device)
+        self.pad_id = self.tokenizer.pad_token_id or 0
+        self.train_data = encode(task, train_examples, self.tokenizer, recipe.max_length)
+        self.eval_data = encode(task, eval_examples, self.tokenizer, recipe.max_length)
+        self._build_optimizer()
+        if saved is not None:
+            self._restore(saved)
+        return saved
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() > 1]
-    no_decay = [p for p in params if p.dim() <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=recipe.learning_rate,
-                                  fused=device.type == "cuda")
-    batches_per_epoch = len(epoch_batches(len(train_data), recipe.batch_size, recipe.seed, 0, rank, world))
-    if batches_per_epoch == 0:
-        raise UsageError(f"the training set has {len(train_data)} examples, fewer than one batch per process")
-    steps_per_epoch = math.ceil(batches_per_epoch / recipe.grad_accum)
-    total_steps = steps_per_epoch * recipe.epochs
-    warmup = int(recipe.warmup_ratio * total_steps)
+    def _build_optimizer(self) -> None:
+        recipe, model = self.recipe, self.model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        decay = [p for p in self.params if p.dim() > 1]
+        no_decay = [p for p in self.params if p.dim() <= 1]
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}], lr=recipe.learning_rate,
+                                           fused=self.device.type == "cuda")
+        batches = len(self._batches(0))
+        if batches == 0:
+            raise UsageError(f"the training set has {len(self.train_data)} examples, fewer than one batch per "
+                             "process")
+        self.total_steps = math.ceil(batches / recipe.grad_accum) * recipe.epochs
+        warmup, total = int(recipe.warmup_ratio * self.total_steps), self.total_steps
 
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return max(0.0, (total - step) / max(1, total - warmup))
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    scaler = torch.amp.GradScaler(enabled=autocast == torch.float16)
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    wrapped: Callable[..., Any] = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.scaler = torch.amp.GradScaler(enabled=self.autocast == torch.float16)
+        self.trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.forward: Callable[..., Any] = model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
 
-        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            self.forward = DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
-    epoch, batch_index, step = 0, 0, 0
-    best: dict[str, Any] = {"metric": None, "epoch": None, "step": None, "metrics": None}
-    bad_evals = 0
-    elapsed_before = 0.0
-    if state is not None:
-        missing = set(trainable) - set(state["trainable"])
+    def _restore(self, saved: dict[str, Any]) -> None:
+        missing = set(self.trainable) - set(saved["trainable"])
         if missing:
-            raise UsageError(f"checkpoint in {run_dir} does not match this recipe (missing {sorted(missing)[0]})")
+            raise UsageError(f"checkpoint in {self.run_dir} does not match this recipe (missing {sorted(missing)[0]})")
         with torch.no_grad():
-            for n, p in trainable.items():
-                p.copy_(state["trainable"][n])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        epoch, batch_index, step = state["epoch"], state["batch"], state["step"]
-        best, bad_evals, elapsed_before = state["best"], state["bad_evals"], state["elapsed"]
-        if main:
-            _truncate_metrics(run_dir / "metrics.jsonl", step)
-    if main:
-        # Only now, with the data read and the model built, does the run directory appear: bad input
-        # never leaves a half-made run behind.
+            for n, p in self.trainable.items():
+                p.copy_(saved["trainable"][n])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng"])
+        running_loss, running_count = saved["running"]
+        self.state = TrainState(saved["epoch"], saved["batch"], saved["step"], saved["best"], saved["bad_evals"],
+                                saved["elapsed"], running_loss, running_count)
+
+    def _open_run_dir(self) -> None:
+        """Only now, with the data read and the model built, does the run directory appear: bad input never
+        leaves a half-made run behind. The run is held until this process ends."""
+        if not self.main:
+            return
+        run_dir = self.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
+        from ..runs import claim_run
+
+        self._held = claim_run(run_dir, fresh=not self.resume)  # refuses a run another process took meanwhile
+        if self.resume:  # what was logged after the checkpoint (all of it, without one) is logged again
+            _truncate_metrics(run_dir / "metrics.jsonl", self.state.step)
         if not (run_dir / "recipe.yaml").is_file():
             import yaml
 
-            _write_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-        (run_dir / "environment.json").write_text(dump_json(environment(device, world)))
-        _set_status(run_dir, "running", recipe, task.name)
-    log = (run_dir / "metrics.jsonl").open("a", encoding="utf-8") if main else None
+            write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(self.recipe.to_dict(), sort_keys=False))
+        (run_dir / "environment.json").write_text(dump_json(environment(self.device, self.world)))
+        write_subsets(run_dir, self.subsets)
+        _set_status(run_dir, "running", self.recipe, self.task.name, **self.notes)
+        self._log = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
 
-    def record(entry: dict[str, Any]) -> None:
-        if log is not None:
-            log.write(json.dumps(entry) + "\n")
-            log.flush()
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict[str, Any]:
+        self._prepare()
+        self._open_run_dir()
+        self._started = time.perf_counter()
+        self.reporter.start(self.total_steps, self.state.step, f"{self.task.name} {self.recipe.method}")
+        try:
+            while self.state.epoch < self.recipe.epochs and not self.state.stopped_early:
+                self._train_epoch()
+                self._end_epoch()
+        except _Stop:
+            self.save_checkpoint()
+            return {"status": "stopped", "step": self.state.step}
+        except BaseException as exc:
+            self._fail(exc)
+        finally:
+            if self._log is not None:
+                self._log.close()
+            self.reporter.close()
+        return self._complete()
 
-    def save_checkpoint() -> None:
-        if not main:
+    def _batches(self, epoch: int) -> list[list[int]]:
+        return epoch_batches(len(self.train_data), self.recipe.batch_size, self.recipe.seed, epoch, self.rank,
+                             self.world)
+
+    def _train_epoch(self) -> None:
+        recipe, state = self.recipe, self.state
+        self.model.train()
+        batches = self._batches(state.epoch)
+        regression = self.task.kind == "regression"
+        while state.batch < len(batches):
+            batch = collate(self.train_data, batches[state.batch], self.pad_id, regression)
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+                loss = self.forward(**batch, active=self.active).loss
+                if recipe.method == "fusion" and recipe.fusion_reg_weight:
+                    loss = loss + recipe.fusion_reg_weight * self.model.fusion_regularization()
+            self.scaler.scale(loss / recipe.grad_accum).backward()
+            state.running_loss += float(loss.detach())
+            state.running_count += 1
+            state.batch += 1
+            if state.batch % recipe.grad_accum == 0 or state.batch == len(batches):
+                self._optimizer_step(float(loss.detach()), state.batch / len(batches), state.batch < len(batches))
+
+    def _optimizer_step(self, loss: float, epoch_fraction: float, mid_epoch: bool) -> None:
+        recipe, state = self.recipe, self.state
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.params, recipe.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        lr = self.scheduler.get_last_lr()[0]
+        self.reporter.step(state.step, loss, lr)
+        if state.step % recipe.log_every_steps == 0:
+            self._record({"type": "train", "step": state.step, "epoch": state.epoch + epoch_fraction,
+                          "loss": state.running_loss / state.running_count, "lr": lr})
+            state.running_loss, state.running_count = 0.0, 0
+        if state.step % recipe.save_every_steps == 0 and mid_epoch:
+            self.save_checkpoint()
+        for callback in self.callbacks:
+            callback.on_step(self)
+
+    def _end_epoch(self) -> None:
+        """Evaluate (on the main process), keep the best, maybe stop early, checkpoint."""
+        state = self.state
+        state.epoch += 1
+        state.batch = 0
+        if self.main:
+            metrics, _ = evaluate(self.model, self.eval_data, self.task, self.recipe.eval_batch_size, self.active,
+                                  self.device, self.autocast, self.pad_id)
+            value = metrics[self.task.main_metric]
+            improved = state.best["metric"] is None or value > state.best["metric"]
+            if improved:
+                state.best = {"metric": value, "epoch": state.epoch, "step": state.step, "metrics": metrics}
+                state.bad_evals = 0
+                _save_best(self.model, self.name, self.recipe, self.run_dir, self.tokenizer)
+            else:
+                state.bad_evals += 1
+            self._record({"type": "eval", "step": state.step, "epoch": state.epoch, **metrics})
+            self.reporter.evaluated(state.epoch, state.step, metrics, improved)
+        if self.world > 1:
+            state.bad_evals = _broadcast_int(state.bad_evals)
+        state.stopped_early = self.recipe.patience is not None and state.bad_evals >= self.recipe.patience
+        self.save_checkpoint()
+        for callback in self.callbacks:
+            callback.on_epoch_end(self)
+
+    # ------------------------------------------------------------------ files
+    def _record(self, entry: dict[str, Any]) -> None:
+        if self._log is not None:
+            self._log.write(json.dumps(entry) + "\n")
+            self._log.flush()
+
+    def save_checkpoint(self) -> None:
+        if not self.main:
             return
-        payload = {"trainable": {n: p.detach().cpu() for n, p in trainable.items()},
-                   "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                   "rng": torch.get_rng_state(), "epoch": epoch, "batch": batch_index, "step": step,
-                   "best": best, "bad_evals": bad_evals, "elapsed": elapsed_before + time.perf_counter() - started,
-                   "running": [running_loss, running_count]}
-        tmp = run_dir / f".{CHECKPOINT}.tmp"
-        torch.save(payload, tmp)
-        os.replace(tmp, checkpoint_path)
+        s = self.state
+        payload = {"trainable": {n: p.detach().cpu() for n, p in self.trainable.items()},
+                   "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                   "rng": torch.get_rng_state(), "epoch": s.epoch, "batch": s.batch, "step": s.step,
+                   "best": s.best, "bad_evals": s.bad_evals, "elapsed": self._elapsed(),
+                   "running": [s.running_loss, s.running_count]}
+        save_torch(payload, self.run_dir / CHECKPOINT)  # whole or not at all; a full disk says so
 
-    kill_at = int(os.environ.get("ADAPT_FAULT_KILL_AT_STEP", "0")) or None
-    started = time.perf_counter()
-    reporter.start(total_steps, step, f"{task.name} {recipe.method}")
-    regression = task.kind == "regression"
-    stopped_early = False
-    running_loss, running_count = state["running"] if state is not None else (0.0, 0)
-    try:
-        while epoch < recipe.epochs and not stopped_early:
-            model.train()
-            batches = epoch_batches(len(train_data), recipe.batch_size, recipe.seed, epoch, rank, world)
-            while batch_index < len(batches):
-                batch = collate(train_data, batches[batch_index], pad_id, regression)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                    loss = wrapped(**batch, active=active).loss
-                    if recipe.method == "fusion" and recipe.fusion_reg_weight:
-                        loss = loss + recipe.fusion_reg_weight * model.fusion_regularization()
-                scaler.scale(loss / recipe.grad_accum).backward()
-                running_loss += float(loss.detach())
-                running_count += 1
-                batch_index += 1
-                if batch_index % recipe.grad_accum == 0 or batch_index == len(batches):
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    reporter.step(step, float(loss.detach()), scheduler.get_last_lr()[0])
-                    if step % recipe.log_every_steps == 0:
-                        record({"type": "train", "step": step, "epoch": epoch + batch_index / len(batches),
-                                "loss": running_loss / running_count, "lr": scheduler.get_last_lr()[0]})
-                        running_loss, running_count = 0.0, 0
-                    if step % recipe.save_every_steps == 0 and batch_index < len(batches):
-                        save_checkpoint()
-                    if stop_after_steps is not None and step >= stop_after_steps:
-                        raise _Stop()
-                    if kill_at == step:  # fault injection for the resume tests: a real, unclean kill
-                        os.kill(os.getpid(), signal.SIGKILL)
-            # end of epoch: evaluate (on the main process), keep the best, maybe stop early
-            epoch += 1
-            batch_index = 0
-            if main:
-                metrics, _ = evaluate(model, eval_data, task, recipe.eval_batch_size, active, device, autocast,
-                                      pad_id)
-                value = metrics[task.main_metric]
-                improved = best["metric"] is None or value > best["metric"]
-                if improved:
-                    best = {"metric": value, "epoch": epoch, "step": step, "metrics": metrics}
-                    bad_evals = 0
-                    _save_best(model, name, recipe, run_dir)
-                else:
-                    bad_evals += 1
-                record({"type": "eval", "step": step, "epoch": epoch, **metrics})
-                reporter.evaluated(epoch, step, metrics, improved)
-            if world > 1:
-                bad_evals = _broadcast_int(bad_evals)
-            stopped_early = recipe.patience is not None and bad_evals >= recipe.patience
-            save_checkpoint()
-    except _Stop:
-        save_checkpoint()
-        if log is not None:
-            log.close()
-        reporter.close()
-        return {"status": "stopped", "step": step}
-    except BaseException as exc:
-        if main:
-            _set_status(run_dir, "failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted",
-                        recipe, task.name, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        raise
-    finally:
-        if log is not None and not log.closed:
-            log.close()
-        reporter.close()
-    wall = elapsed_before + time.perf_counter() - started
-    summary = {"task": task.name, "method": recipe.method, "name": name, "model": recipe.model,
-               "main_metric": task.main_metric, "best": best, "epochs_run": epoch, "steps": step,
-               "stopped_early": stopped_early, "train_examples": len(train_data), "eval_examples": len(eval_data),
-               "wall_time_s": round(wall, 2), "run_dir": str(run_dir)}
-    if recipe.method == "fusion":
-        summary["fusion_members"] = active.leaves()
-    if main:
-        _write_atomic(run_dir / "final_metrics.json", dump_json(summary))
-        _set_status(run_dir, "completed", recipe, task.name, best=best)
-    return summary
+    def _elapsed(self) -> float:
+        return self.state.elapsed + time.perf_counter() - self._started
+
+    def _fail(self, exc: BaseException) -> None:
+        """run.json says why the run stopped; a full disk is one line that says how to go on."""
+        full = disk_full(exc, f"the run directory {self.run_dir}", "free some space, then continue with "
+                         f"`adapt train --resume --run-dir {self.run_dir}`")
+        if self.main:
+            reason = str(full or exc).splitlines()[0] if str(exc) else type(exc).__name__
+            with contextlib.suppress(OSError):  # on a full disk run.json may not be writable either
+                _set_status(self.run_dir, "failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted",
+                            self.recipe, self.task.name, error=reason)
+        if full is not None:
+            raise full from None
+        raise exc
+
+    def _complete(self) -> dict[str, Any]:
+        s = self.state
+        summary = {"task": self.task.name, "method": self.recipe.method, "name": self.name,
+                   "model": self.recipe.model, "main_metric": self.task.main_metric, "best": s.best,
+                   "epochs_run": s.epoch, "steps": s.step, "stopped_early": s.stopped_early,
+                   "train_examples": len(self.train_data), "eval_examples": len(self.eval_data),
+                   "wall_time_s": round(self._elapsed(), 2), "run_dir": str(self.run_dir)}
+        if self.recipe.method == "fusion":
+            summary["fusion_members"] = self.active.leaves()
+        if not self.main:
+            return summary
+        write_text_atomic(self.run_dir / "final_metrics.json", dump_json(summary))
+        if self.finish is not None:  # e.g. the cache entry: "completed" is said only once that is whole too
+            try:
+                self.finish(summary)
+            except BaseException as exc:
+                _set_status(self.run_dir, "failed", self.recipe, self.task.name,
+                            error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                raise
+        _set_status(self.run_dir, "completed", self.recipe, self.task.name, best=s.best)
+        return summary
+
+
+def train(recipe: Recipe, run_dir: Path, resume: bool = False, reporter: Reporter | None = None,
+          stop_after_steps: int | None = None, notes: dict[str, Any] | None = None,
+          finish: Callable[[dict[str, Any]], Any] | None = None,
+          callbacks: list[Callback] | tuple[Callback, ...] = ()) -> dict[str, Any]:
+    """Train as the recipe says, writing the run directory; returns the final summary (see Trainer)."""
+    extra = [StopAfter(stop_after_steps)] if stop_after_steps is not None else []
+    return Trainer(recipe, run_dir, resume, reporter, [*callbacks, *extra], notes, finish).run()
 
 
 class _Stop(Exception):
-    """Raised by the test hook that stops a run after N steps (a stand-in for a crash)."""
+    """Raised by StopAfter: the run stops with a checkpoint, as if it had crashed right after it."""
 
 
 def _broadcast_int(value: int) -> int:
@@ -367,7 +387,7 @@ def _broadcast_int(value: int) -> int:
     return int(t.item())
 
 
-def _save_best(model: Any, name: str, recipe: Recipe, run_dir: Path) -> None:
+def _save_best(model: Any, name: str, recipe: Recipe, run_dir: Path, tokenizer: Any) -> None:
     from ..fsutil import atomic_directory
 
     if recipe.method == "adapter":
@@ -383,6 +403,7 @@ def _save_best(model: Any, name: str, recipe: Recipe, run_dir: Path) -> None:
             save_file({k: v.detach().cpu().contiguous() for k, v in model.base.state_dict().items()},
                       str(tmp / "model.safetensors"), metadata={"format": "pt"})
             model.base.config.to_json_file(str(tmp / "config.json"))
+            tokenizer.save_pretrained(str(tmp))  # a model directory is usable only with its own tokenizer
             model._write_head(tmp, name, "adapt", None, False)
 
 
@@ -392,7 +413,7 @@ def _set_status(run_dir: Path, status: str, recipe: Recipe, task: str, **extra: 
     data.update({"status": status, "task": task, "method": recipe.method, "model": recipe.model,
                  "seed": recipe.seed, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, **extra)
     data.setdefault("started", data["updated"])
-    _write_atomic(path, dump_json(data))
+    write_text_atomic(path, dump_json(data))
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -407,5 +428,5 @@ def _truncate_metrics(path: Path, step: int) -> None:
             continue
         if entry.get("step", 0) <= step:
             kept.append(line)
-    _write_atomic(path, "".join(f"{line}\n" for line in kept))
+    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
 

@@ -1,4 +1,17 @@
-"""Training recipes: a flat, typed set of keys read from YAML, with ``key=value`` overrides.
+"""Training recipes: typed keys in sections, read from YAML, with ``key=value`` overrides.
+
+A recipe file has top-level keys (task, model, method, name, description) and sections::
+
+    adapter: {config: pfeiffer, reduction_factor: 8}      # the adapter config, then changes to it
+    fusion:  {adapters: [...], config: dynamic, reg_weight: 0.01, unfreeze_adapters: false}
+    optim:   {learning_rate, weight_decay, max_grad_norm, warmup_ratio}
+    train:   {epochs, patience, batch_size, eval_batch_size, grad_accum, seed, precision, frozen_dtype,
+              gradient_checkpointing, device, save_every_steps, log_every_steps}
+    data:    {data_dir, max_length, max_train_samples, max_eval_samples}
+
+Overrides name a key with its section (``optim.learning_rate=3e-4``, ``adapter.reduction_factor=32``) or,
+when that is unambiguous, alone (``learning_rate=3e-4``, ``reduction_factor=32``). Flat files written
+before sections existed (every key at the top) still load. In memory a Recipe is one flat dataclass.
 
 Built-in recipes are ``recipes/train/*.yaml``. A resolved recipe is saved in every run directory
 (``recipe.yaml``), and ``adapt train --recipe RUN/recipe.yaml`` re-runs it exactly.
@@ -18,6 +31,18 @@ from ..devices import PRECISIONS
 from ..errors import UsageError, suggest
 
 METHODS = ("adapter", "full", "head", "fusion")
+TOP_LEVEL = ("task", "model", "method", "name", "description")
+# section -> {key in the file: attribute of Recipe}; the "adapter" section also takes any adapter config key
+SECTIONS: dict[str, dict[str, str]] = {
+    "adapter": {"config": "adapter"},
+    "fusion": {"adapters": "fusion_adapters", "config": "fusion", "reg_weight": "fusion_reg_weight",
+               "unfreeze_adapters": "unfreeze_adapters"},
+    "optim": {k: k for k in ("learning_rate", "weight_decay", "max_grad_norm", "warmup_ratio")},
+    "train": {k: k for k in ("epochs", "patience", "batch_size", "eval_batch_size", "grad_accum", "seed",
+                             "precision", "frozen_dtype", "gradient_checkpointing", "device", "save_every_steps",
+                             "log_every_steps")},
+    "data": {k: k for k in ("data_dir", "max_length", "max_train_samples", "max_eval_samples")},
+}
 
 
 @dataclass
@@ -58,15 +83,30 @@ class Recipe:
     def keys(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
 
-    def to_dict(self) -> dict[str, Any]:
+    def flat(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The sectioned form, as written to recipe.yaml."""
+        flat = self.flat()
+        out: dict[str, Any] = {k: flat[k] for k in TOP_LEVEL}
+        for section, keys in SECTIONS.items():
+            out[section] = {key: flat[attr] for key, attr in keys.items()}
+        out["adapter"].update(flat["adapter_overrides"])
+        return out
+
     def updated(self, changes: dict[str, Any], source: str = "overrides") -> Recipe:
-        known = set(self.keys())
-        for key in changes:
-            if key not in known:
-                raise UsageError(f"unknown recipe key {key!r} in {source}{suggest(key, known)}")
-        data = {**self.to_dict(), **changes}
+        """A new recipe with ``changes``: sectioned or flat mappings, dotted keys, or unambiguous short keys."""
+        data = self.flat()
+        overrides = dict(data["adapter_overrides"])
+        for key, value in changes.items():
+            if key in SECTIONS and isinstance(value, dict) and not (key in ("adapter", "fusion")
+                                                                    and "config" not in value):
+                for inner, inner_value in value.items():
+                    _set(data, overrides, f"{key}.{inner}", inner_value, source)
+            else:
+                _set(data, overrides, key, value, source)
+        data["adapter_overrides"] = overrides
         recipe = Recipe(**data)
         recipe.validate(source)
         return recipe
@@ -114,6 +154,40 @@ class Recipe:
             raise bad("fusion_reg_weight must be a non-negative number")
 
 
+def _set(data: dict[str, Any], overrides: dict[str, Any], key: str, value: Any, source: str) -> None:
+    """Set one key, given as SECTION.KEY, as a flat attribute, or as an adapter config key."""
+    section, dot, inner = key.partition(".")
+    if dot:
+        if section not in SECTIONS:
+            raise UsageError(f"unknown recipe section {section!r} in {source}{suggest(section, SECTIONS)}; "
+                             f"sections: {', '.join(SECTIONS)}")
+        if inner in SECTIONS[section]:
+            data[SECTIONS[section][inner]] = value
+        elif section == "adapter" and inner in _adapter_keys():
+            overrides[inner] = value
+        else:
+            known = list(SECTIONS[section]) + (_adapter_keys() if section == "adapter" else [])
+            raise UsageError(f"unknown key {inner!r} in recipe section {section!r} ({source})"
+                             f"{suggest(inner, known)}")
+    elif key == "adapter_overrides" and isinstance(value, dict):
+        overrides.clear()
+        overrides.update(value)
+    elif key in data:
+        data[key] = value
+    elif key in _adapter_keys():
+        overrides[key] = value  # short form of adapter.KEY: no recipe key has an adapter config key's name
+    else:
+        known = [k for k in data if k != "adapter_overrides"] + _adapter_keys() + \
+            [f"{s}.{k}" for s, keys in SECTIONS.items() for k in keys]
+        raise UsageError(f"unknown recipe key {key!r} in {source}{suggest(key, known)}")
+
+
+def _adapter_keys() -> list[str]:
+    from ..methods.bottleneck import BottleneckConfig
+
+    return [f.name for f in dataclasses.fields(BottleneckConfig)]
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -128,9 +202,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 @lru_cache(maxsize=1)
 def builtin_recipes() -> dict[str, Path]:
-    from ..presets import recipes_root
+    from ..builtins import recipes_root
 
     return {p.stem: p for p in sorted((recipes_root() / "train").glob("*.yaml"))}
+
+
+def read_run_recipe(path: Path) -> dict[str, Any]:
+    """A run's recipe.yaml (sectioned, or flat from before sections) as flat keys, for readers of runs."""
+    return Recipe().updated(_read_yaml(Path(path)), source=f"recipe {path}").flat()
 
 
 def load_recipe(name_or_path: str | None = None) -> Recipe:

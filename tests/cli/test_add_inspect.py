@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from adapter_cli.cli import app
@@ -126,3 +127,62 @@ def test_help_teaches() -> None:
     assert result.exit_code == 0
     for word in ("pfeiffer", "houlsby", "Examples", "--json", "reduction_factor"):
         assert word in result.stdout
+
+
+def test_inspect_reads_weight_shapes_from_headers(tmp_path) -> None:
+    """Without torch, shapes and dtypes come from the safetensors headers; they equal the loaded tensors'."""
+    from adapter_cli.formats import read_adapter, read_fusion, read_head
+
+    model = tiny_model()
+    model.add_adapter("a", "houlsby")
+    model.add_head("a", num_labels=3)
+    model.add_adapter("b", "houlsby")
+    model.add_fusion(["a", "b"], name="f")
+    for fmt in ("adapt", "adapterhub"):
+        model.save_adapter(tmp_path / fmt, "a", format=fmt, safetensors=True, dtype=torch.float16)
+        model.save_fusion(tmp_path / f"{fmt}-fusion", "f", format=fmt, safetensors=True)
+        for reader, path in ((read_adapter, tmp_path / fmt), (read_head, tmp_path / fmt),
+                             (read_fusion, tmp_path / f"{fmt}-fusion")):
+            loaded = {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in reader(path).weights.items()}
+            described = {k: (v.shape, v.dtype) for k, v in reader(path, shapes_only=True).weights.items()}
+            assert loaded == described and loaded
+        info = json.loads(run("inspect", str(tmp_path / fmt), "--json").stdout)
+        assert info["parameters"] == sum(p.numel() for p in model.adapters["a"].parameters())
+        assert info["head"]["parameters"] == sum(p.numel() for p in model.heads["a"].parameters())
+
+
+@pytest.mark.parametrize("damage", ["truncated", "header too long", "header not json", "wrong size", "tiny"])
+def test_inspect_of_damaged_weights_is_one_line(tmp_path, damage) -> None:
+    model = tiny_model()
+    model.add_adapter("a")
+    model.save_adapter(tmp_path / "a", "a")
+    weights = tmp_path / "a" / "adapter_weights.safetensors"
+    data = weights.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    if damage == "truncated":
+        data = data[:-4]
+    elif damage == "header too long":
+        data = (len(data) * 2).to_bytes(8, "little") + data[8:]
+    elif damage == "header not json":
+        data = data[:8] + b"\xff" * length + data[8 + length:]
+    elif damage == "wrong size":  # a float32 tensor declared float16: its bytes no longer match its shape
+        assert b'"F32"' in data[8:8 + length]
+        data = data[:8] + data[8:8 + length].replace(b'"F32"', b'"F16"', 1) + data[8 + length:]
+    else:
+        data = data[:5]
+    weights.write_bytes(data)
+    assert "corrupt weights file" in one_line_error(run("inspect", str(tmp_path / "a")))
+
+
+def test_add_save_never_replaces_a_directory_silently(base_dir, tmp_path) -> None:
+    out = tmp_path / "trained"
+    assert run("add", "pfeiffer", "--model", str(base_dir), "--head", "classification:3", "--save", str(out)).exit_code == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    line = one_line_error(run("add", "houlsby", "--model", str(base_dir), "--save", str(out)))
+    assert "exists" in line and "--overwrite" in line
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # the head and weights are still there
+    result = run("add", "houlsby", "--model", str(base_dir), "--save", str(out), "--overwrite", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(run("inspect", str(out), "--json").stdout)["config"]["mh_adapter"] is True
+    (tmp_path / "empty").mkdir()
+    assert run("add", "pfeiffer", "--model", str(base_dir), "--save", str(tmp_path / "empty")).exit_code == 0

@@ -66,7 +66,7 @@ def test_fuse_trains_caches_and_infers(world, fused) -> None:
 
 def test_fusion_numerics_survive_the_round_trip(world, fused) -> None:
     from adapter_cli import AdapterModel
-    from adapter_cli.cache import locate
+    from adapter_cli.resolve import locate
     outs = []
     for fusion_dir in ("fz/best", "fz-ah"):
         m = AdapterModel.from_pretrained(world["model"])
@@ -137,9 +137,12 @@ def test_results_table(world, fused) -> None:
     assert md.exit_code == 0, md.stderr
     header = md.stdout.splitlines()[0]
     assert header.startswith("| task | metric | adapter") and "fusion" in header and "adapter (houlsby)" in header
-    assert "(n=2)" in md.stdout  # a and b: two pfeiffer runs of the same task, averaged
-    data = json.loads(runner.invoke(app, ["results", *runs, "--format", "json"]).stdout)
+    # a and b are the same pfeiffer run (task, config and seed): counted once, the most recent, with a note
+    assert "(n=2)" not in md.stdout and "(n=1)" in md.stdout
+    assert "seed 42 was run 2 times" in md.stderr
+    data = json.loads(runner.invoke(app, ["results", *runs, "--json"]).stdout)
     cell = data["cells"]["toy_sentiment"]["adapter"]
-    values = [r["value"] for r in data["runs"] if r["method"] == "adapter"]
-    assert cell["n"] == 2 and cell["mean"] == pytest.approx(sum(values) / 2)
-    assert "not a finished adapt run" in one_line_error(runner.invoke(app, ["results", "."]))
+    counted = [r for r in data["runs"] if r["method"] == "adapter" and r["counted"]]
+    assert cell["n"] == 1 and len(counted) == 1 and cell["mean"] == pytest.approx(counted[0]["value"])
+    assert "holds no finished adapt runs" in one_line_error(runner.invoke(app, ["results", "fz/best"]))
+    assert "does not exist" in one_line_error(runner.invoke(app, ["results", "r-nosuch"]))

@@ -50,12 +50,15 @@ def world(tmp_path_factory):
     return {"root": root, "model": model_dir, "cache_a": root / "cache_a"}
 
 
+TOKEN = "test-token-0123456789abcdef"  # what a writable test server wants from publishers
+
+
 class _Server:
     def __init__(self, directory: Path, handler: type | None = None, writable: bool = False) -> None:
         from adapter_cli.hub.http import make_server
 
         if handler is None:
-            self.httpd = make_server(directory, writable=writable)
+            self.httpd = make_server(directory, writable=True, token=TOKEN) if writable else make_server(directory)
         else:
             self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), lambda *a, **k: handler(*a, directory=str(directory), **k))
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -306,7 +309,7 @@ def test_concurrent_publishers_to_a_directory_all_land(world, tmp_path):
 
 def test_concurrent_publishers_over_http_all_land(world, tmp_path):
     from adapter_cli.hub.archive import extract_archive, file_digest
-    from adapter_cli.hub.registry import open_registry
+    from adapter_cli.hub.registries import open_registry
 
     archives = _archives(world, tmp_path / "dist", 8)
     cards = {}
@@ -320,7 +323,7 @@ def test_concurrent_publishers_over_http_all_land(world, tmp_path):
 
     def publish(a: Path) -> None:
         try:
-            open_registry(server.url).publish(a, cards[a], file_digest(a))
+            open_registry(server.url, TOKEN).publish(a, cards[a], file_digest(a))
         except BaseException as exc:  # collected and re-raised in the main thread
             errors.append(exc)
 
@@ -476,25 +479,31 @@ def test_the_writable_server_only_writes_the_index_and_new_archives(world, regis
 
     server = _Server(registry["dir"], writable=True)
     archive = _record(registry["dir"], "sentiment/sst-2@ukp")["archive"]
+    held = (registry["dir"] / archive).read_bytes()
+    sha = _record(registry["dir"], "sentiment/sst-2@ukp")["sha256"]
 
     def put(path: str, data: bytes, **headers: str) -> int:
         from http.client import HTTPConnection
 
         conn = HTTPConnection("127.0.0.1", server.httpd.server_address[1])
-        conn.request("PUT", path, body=data, headers=headers)  # raw path: no client-side normalising
+        conn.request("PUT", path, body=data, headers={"Authorization": f"Bearer {TOKEN}", **headers})  # raw path
         status = conn.getresponse().status
         conn.close()
         return status
 
     try:
         before = (registry["dir"] / "index.json").read_bytes()
-        assert put("/archives/../index.json", b"garbage", **{"If-None-Match": "*"}) in (403, 412)
+        assert put("/archives/../index.json", b"garbage", **{"If-None-Match": "*"}) in (400, 403, 412)
         assert put("/archives/../evil.json", b"{}") == 403
-        assert put("/index.json", b"garbage") == 412  # no condition: refused
-        assert put(f"/{archive}", b"other bytes") == 412  # a published archive never changes
-        assert put(f"/{archive}", (registry["dir"] / archive).read_bytes()) == 204  # the same bytes: fine
+        assert put("/index.json", b"garbage", **{"If-None-Match": "*"}) == 400  # not an index
+        assert put("/index.json", before) == 412  # no condition: refused
+        assert put(f"/{archive}", b"other bytes") == 400  # no sha256 of its index record
+        assert put(f"/{archive}", b"other bytes", **{"X-Adapt-Sha256": sha}) == 422  # not the bytes it names
+        assert put(f"/{archive}", held, **{"X-Adapt-Sha256": sha}) == 204  # the same bytes: fine
         assert (registry["dir"] / "index.json").read_bytes() == before
+        assert (registry["dir"] / archive).read_bytes() == held
         assert not (registry["dir"] / "evil.json").exists()
+        assert not [p for p in registry["dir"].rglob(".upload-*")]  # refused uploads leave nothing behind
         with pytest.raises(urllib.error.HTTPError) as listing:
             urllib.request.urlopen(server.url + "/archives/")
         assert listing.value.code == 404  # no directory listings

@@ -35,7 +35,7 @@ def minilm_adapters(tmp_path_factory):
             p.add_(torch.randn(p.shape, generator=g) * 0.05)
     m.save_adapter(root / "pos", "pos")
     m.save_adapter(root / "neg", "neg", format="adapterhub")
-    m.save_fusion(root / "fusion", "pos,neg")
+    m.save_fusion(root / "fusion", "pos,neg", head="pos")
     return root
 
 
@@ -61,7 +61,7 @@ def test_infer_reads_files_and_writes_csv(minilm_adapters, tmp_path) -> None:
                                  "--text-column", "sentence", "--output", str(out)])
     assert result.exit_code == 0, result.stderr
     lines = out.read_text().splitlines()
-    assert lines[0] == "text,label,score" and len(lines) == 3
+    assert lines[0] == "text,active,head,label,score" and len(lines) == 3
 
 
 @pytest.mark.parametrize("active, message", [

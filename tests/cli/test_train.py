@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from adapter_cli.cli import app
-from conftest import one_line_error, save_tiny_model, write_sentiment_task
+from conftest import ROOT, one_line_error, save_tiny_model, write_sentiment_task
 
 runner = CliRunner()
 FAST = ["epochs=3", "batch_size=16", "learning_rate=5e-3", "save_every_steps=2", "log_every_steps=2", "patience=null"]
@@ -97,8 +96,8 @@ def test_resume_after_a_kill_reaches_the_same_result(env) -> None:
     args = ["--task", env["task"], "--model", env["model"], "--quiet", "--no-cache", *FAST, "max_length=32"]
     base = [sys.executable, "-m", "adapter_cli", "train"]
     subprocess.run(base + args + ["--run-dir", "whole"], check=True, cwd=env["root"], capture_output=True)
-    killed = subprocess.run(base + args + ["--run-dir", "killed"], cwd=env["root"], capture_output=True,
-                            env={**os.environ, "ADAPT_FAULT_KILL_AT_STEP": "7"})
+    killer = [sys.executable, str(ROOT / "tests" / "kill_at_step.py"), "7", "train"]
+    killed = subprocess.run(killer + args + ["--run-dir", "killed"], cwd=env["root"], capture_output=True)
     assert killed.returncode == -9  # SIGKILL: no cleanup ran
     state = torch.load(Path(env["root"]) / "killed" / "checkpoint.pt", weights_only=True)
     assert state["step"] == 6 and state["epoch"] == 1  # mid-epoch checkpoint, steps after it were lost
@@ -188,8 +187,12 @@ def test_existing_run_dir_and_resume_misuse(env) -> None:
 def test_cache_lookup_errors(env) -> None:
     assert train(env, "--run-dir", "one", *FAST).exit_code == 0
     assert train(env, "--run-dir", "two", "seed=3", *FAST).exit_code == 0
-    ambiguous = runner.invoke(app, ["infer", "-m", env["model"], "-a", "toy_sentiment", "x"])
-    assert "ambiguous" in one_line_error(ambiguous) and "one, two" in ambiguous.stderr
+    # a task name matching two runs means the newest one (ids in `adapt cache ls`), not an error
+    from adapter_cli import cache
+    from adapter_cli.defaults import model_id
+
+    assert cache.find("toy_sentiment", model_id(env["model"])).id == "two"
+    assert runner.invoke(app, ["infer", "-m", env["model"], "-a", "toy_sentiment", "x"]).exit_code == 0
     assert "no cached adapter 'nope'" in one_line_error(runner.invoke(app, ["infer", "-m", env["model"], "-a",
                                                                             "nope", "x"]))
     other = save_tiny_model(env["root"] / "other", seed=5)

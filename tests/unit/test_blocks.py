@@ -104,7 +104,7 @@ def test_per_example_routing_matches_single_runs() -> None:
             p.normal_(0, 0.3)
     texts = ["good film", "bad movie", "the plot was dull", "fun"]
     routes = ["a", "b", "stack(a,b)", "b"]
-    routed = list(predict(model, tok, [Row(t, route=r) for t, r in zip(texts, routes)]))
+    routed = list(predict(model, tok, [Row(t, route=r) for t, r in zip(texts, routes)], head="h"))
     for text, route, out in zip(texts, routes, routed):
-        alone = next(predict(model, tok, [Row(text)], active=route))
+        alone = next(predict(model, tok, [Row(text)], active=route, head="h"))
         assert out["label"] == alone["label"] and abs(out["score"] - alone["score"]) < 1e-5

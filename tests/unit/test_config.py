@@ -81,7 +81,7 @@ def test_size_at_factor_16_is_about_3_5_mb() -> None:
 
 
 def test_counts_equal_built_modules() -> None:
-    from adapter_cli.methods.bottleneck import BottleneckAdapterSet
+    from adapter_cli.methods.bottleneck_layers import BottleneckAdapterSet
 
     for spec, ov in [("houlsby", {}), ("bapna", {"ln_after": True}), ("pfeiffer", {"use_gating": True,
                      "scaling": "channel", "leave_out": [1]}), ("parallel", {"scaling": "learned"})]:

@@ -133,11 +133,11 @@ def test_infer_routing_runs_each_batch_once_and_equals_per_row_runs(tmp_path):
     routes = ["z", "x", "y", "x", "z", "y"]
     calls = []
     hook = model.base.register_forward_hook(lambda *a: calls.append(1))
-    routed = list(predict(model, tok, [Row(t, route=r) for t, r in zip(texts, routes)], batch_size=4))
+    routed = list(predict(model, tok, [Row(t, route=r) for t, r in zip(texts, routes)], batch_size=4, head="h"))
     hook.remove()
     assert len(calls) == 2  # 6 rows, batches of 4: two forward passes, not one per adapter
     for (t, r), got in zip(zip(texts, routes), routed):
-        alone = next(predict(model, tok, [Row(t)], active=r))
+        alone = next(predict(model, tok, [Row(t)], active=r, head="h"))
         assert got["label"] == alone["label"] and abs(got["score"] - alone["score"]) < 1e-5
         assert got["active"] == r
 

@@ -49,7 +49,7 @@ def test_an_adapterhub_repo_on_the_hf_hub_loads_as_it_is(tmp_path, monkeypatch):
     reproducing the reference library's outputs."""
     from safetensors.torch import load_file
 
-    from adapter_cli import AdapterModel, cache
+    from adapter_cli import AdapterModel, resolve
     from adapter_cli.defaults import model_id
 
     fx = FIXTURES / "adapterhub_roberta"
@@ -65,12 +65,12 @@ def test_an_adapterhub_repo_on_the_hf_hub_loads_as_it_is(tmp_path, monkeypatch):
     monkeypatch.setenv("ADAPT_CACHE", str(tmp_path / "cache"))
 
     base = fx / "base"
-    path = cache.locate("hf://AdapterHub/roberta-tiny-pf-demo", model_id(str(base)))  # pulled on the fly
+    path = resolve.locate("hf://AdapterHub/roberta-tiny-pf-demo", model_id(str(base)))  # pulled on the fly
     entry = json.loads((path / "entry.json").read_text())
     assert entry["source"] == "hf://AdapterHub/roberta-tiny-pf-demo" and entry["config_name"] == "pfeiffer"
     assert (path / "pytorch_adapter.bin").is_file()  # AdapterHub's files, as they are
-    assert cache.locate("hf://AdapterHub/roberta-tiny-pf-demo", model_id(str(base))) == path  # now cached
-    other = cache.locate("hf://AdapterHub/roberta-tiny-pf-other", model_id(str(base)))
+    assert resolve.locate("hf://AdapterHub/roberta-tiny-pf-demo", model_id(str(base))) == path  # now cached
+    other = resolve.locate("hf://AdapterHub/roberta-tiny-pf-other", model_id(str(base)))
     assert other != path and path.is_dir() and path.name == "hf--roberta-tiny-pf-demo@adapterhub--pfeiffer"
 
     model = AdapterModel.from_pretrained(base)
@@ -127,3 +127,68 @@ def test_hf_registry_publish_retries_when_another_commit_lands_first(tmp_path):
     done = Registry.from_spec("hf://us/adapters")._publish(archive, record_for(ours, "b" * 64, 10), False, api=api)
     assert done.new and api.commits[-1] == {"by": "us", "parent": "c1"}
     assert sorted(r["id"] for r in remote["index"]["adapters"]) == ["nli/rte@them", "sentiment/sst-2@us"]
+
+
+# ------------------------------------------------------------------ the validators every edge shares
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),        # RecursionError inside json
+    ("[" * 40 + "]" * 40, "nested too deeply"),                  # parses, but deeper than any card or index
+    ("[" + "1" * 5000 + "]", "not valid JSON"),                  # over-long integer: a ValueError, not JSON's
+    (b"\xff\xfe", "not valid JSON"),
+])
+def test_untrusted_json_is_one_error(text, problem):
+    from adapter_cli.jsonio import load_json
+    from adapter_cli.hub.registry import RegistryError, parse_index
+
+    with pytest.raises(UsageError, match=problem):
+        load_json(text, "the card")
+    with pytest.raises(RegistryError, match=problem):
+        parse_index(text.encode() if isinstance(text, str) else text, "here")
+
+
+def test_the_json_depth_limit_leaves_real_cards_alone():
+    from adapter_cli.jsonio import MAX_JSON_DEPTH, json_depth, load_json
+
+    assert json_depth({"a": [{"b": 1}]}) == 3 and json_depth(5) == 0
+    assert load_json("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH, "x") is not None
+
+
+@pytest.mark.parametrize("value", ["v/../../..", "..", ".x", "a/b", "a\\b", "x" * 41, "", "v 1", "é"])
+def test_names_that_become_paths_are_checked_at_the_edge(value, tmp_path):
+    from adapter_cli.hub.card import path_part
+
+    with pytest.raises(UsageError, match="--version"):
+        path_part(value, "--version", "version")
+
+
+def test_a_resolved_path_must_stay_inside_its_root(tmp_path):
+    from adapter_cli.hub.card import inside
+
+    assert inside(tmp_path, "a.tar.gz", "x") == tmp_path / "a.tar.gz"
+    (tmp_path / "link").symlink_to("/")
+    for name in ("../a.tar.gz", "link/a.tar.gz", "."):
+        with pytest.raises(UsageError, match="outside"):
+            inside(tmp_path, name, "the archive name")
+
+
+def test_a_strict_index_names_its_first_bad_record():
+    from adapter_cli.hub.registry import RegistryError, parse_index
+
+    raw = json.dumps({"format": "adapt.registry", "adapters": ["junk"]}).encode()
+    assert parse_index(raw, "lenient")["adapters"] == []
+    with pytest.raises(RegistryError, match="record 0 is malformed: not an object"):
+        parse_index(raw, "upload", strict=True)
+
+
+@pytest.mark.parametrize("size, problem", [("65", "is 65.0 MB, more than the 64 MB"), ("x", "ADAPT_MAX_INDEX_MB")])
+def test_the_index_cap(monkeypatch, tmp_path, size, problem):
+    from adapter_cli.errors import AdaptError
+    from adapter_cli.hub.registries import open_registry
+
+    with (tmp_path / "index.json").open("wb") as f:
+        f.truncate(65_000_000)  # a sparse file: refused by its size, before a byte of it is read
+    monkeypatch.setenv("ADAPT_MAX_INDEX_MB", "64" if size == "65" else size)
+    with pytest.raises(AdaptError, match=problem):
+        open_registry(str(tmp_path)).read_index()

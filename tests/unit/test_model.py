@@ -124,7 +124,8 @@ def test_fusion_needs_shared_placement() -> None:
 
 
 def test_restructured_fusion_equals_reference() -> None:
-    from adapter_cli.fusion import FusionLayer, resolve_fusion_config
+    from adapter_cli.fusion import FusionLayer
+    from adapter_cli.fusion_config import resolve_fusion_config
 
     torch.manual_seed(0)
     for config in ("dynamic", "static", {"residual_before": True, "query_before_ln": False, "key": True,
@@ -185,7 +186,7 @@ SAVE_AND_RELOAD = textwrap.dedent("""
     m.eval()
     ids = torch.load(out + ".in", weights_only=True)
     with torch.no_grad():
-        o = m(input_ids=ids, active="stack(a,b)")
+        o = m(input_ids=ids, active="stack(a,b)", head="a")
         f = m(input_ids=ids, active="fuse(a,b)")
     torch.save({"hidden": o.last_hidden_state, "logits": o.logits, "fused": f.last_hidden_state}, out)
 """)

@@ -121,8 +121,8 @@ def test_bad_types_are_config_errors(overrides) -> None:
 
 
 def test_bad_head_and_fusion_types() -> None:
-    from adapter_cli.fusion import FusionConfig
-    from adapter_cli.heads import HeadConfig
+    from adapter_cli.fusion_config import FusionConfig
+    from adapter_cli.head_config import HeadConfig
 
     for data in ({"layers": "2"}, {"num_labels": "3"}, {"dropout_prob": "x"}, {"activation_function": 5}):
         with pytest.raises(ConfigError):

@@ -1,0 +1,97 @@
+"""What a training run is set up with: the process group, the model (adapter, fusion, head or all weights
+trainable, as the method says), its tokenizer, and the environment it records."""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+import torch
+
+from ..devices import half_dtype
+from ..errors import UsageError
+from .recipe import Recipe
+
+
+def distributed(device: str) -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+            dist.init_process_group("nccl" if on_gpu else "gloo")
+        return dist.get_rank(), world
+    return 0, 1
+
+
+def frozen_dtype(recipe: Recipe, autocast: torch.dtype | None) -> torch.dtype | None:
+    """The dtype the frozen linear layers are stored in (None: as loaded). Only the autocast dtype is
+    allowed, because only then are the results unchanged (see AdapterModel.cast_frozen_linears)."""
+    if recipe.frozen_dtype in ("auto", "fp32"):
+        return autocast if recipe.frozen_dtype == "auto" else None
+    wanted = half_dtype(recipe.frozen_dtype)
+    if wanted != autocast:
+        raise UsageError(f"frozen_dtype={recipe.frozen_dtype} needs autocast to the same dtype: set "
+                         f"precision={recipe.frozen_dtype}")
+    return wanted
+
+
+def environment(device: torch.device, world: int) -> dict[str, Any]:
+    import transformers
+
+    from .._version import __version__
+
+    env = {"adapt": __version__, "python": platform.python_version(), "platform": platform.platform(),
+           "torch": torch.__version__, "transformers": transformers.__version__, "device": str(device),
+           "world_size": world, "threads": torch.get_num_threads(), "hostname": platform.node()}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def build_model(recipe: Recipe, task: Any) -> tuple[Any, Any, str, Any]:
+    """The model, its tokenizer, the adapter/head name and the composition to train, set up for the method."""
+    from ..defaults import resolve_model
+    from ..model import AdapterModel
+    from ..tokenizer import load_tokenizer
+
+    path = resolve_model(recipe.model)
+    model = AdapterModel.from_pretrained(path)
+    tokenizer = load_tokenizer(path, model.vocab_size, recipe.model)
+    name = recipe.name or task.name.replace(".", "_")
+    head_kw: dict[str, Any] = {"num_labels": task.num_labels}
+    if task.kind in ("single", "pair"):
+        head_kw["label2id"] = {label: i for i, label in enumerate(task.labels)}
+    if task.kind != "multiple_choice":
+        head_kw["text_pair"] = task.text_pair
+    if task.kind == "multiple_choice":
+        head_kw["num_choices"] = 2  # reshaped per batch; the stored value is only a default
+    active: Any = None
+    if recipe.method == "adapter":
+        model.add_adapter(name, recipe.adapter, recipe.adapter_overrides)
+        active = name
+    elif recipe.method == "fusion":
+        from ..resolve import locate
+        from ..composition import Fuse
+
+        members = [model.load_adapter(locate(spec, model.name_or_path, "adapter"), with_head=False)
+                   for spec in recipe.fusion_adapters]
+        fusion = model.add_fusion(members, recipe.fusion)
+        active = Fuse(tuple(members))
+    model.add_head(name, task.head_type, **head_kw)
+    if recipe.method == "fusion":
+        model.set_fusion_head(fusion, name)
+    if recipe.method == "adapter":
+        model.train_adapters([name], heads=[name])
+    elif recipe.method == "fusion":
+        model.train_adapters(members if recipe.unfreeze_adapters else [], fusions=[fusion], heads=[name])
+    elif recipe.method == "head":
+        model.train_adapters([], heads=[name])
+    else:
+        model.train_adapters([], heads=[name])
+        model.base.requires_grad_(True)
+    if recipe.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model, tokenizer, name, active

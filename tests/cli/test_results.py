@@ -1,0 +1,205 @@
+"""``adapt results``: runs grouped by task x method x configuration, averaged over distinct seeds only,
+and mistyped paths as errors. Runs are written as ``adapt train`` writes them (training/loop.py); one
+test trains real ones."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from adapter_cli.cli import app
+from conftest import one_line_error, save_tiny_model, write_sentiment_task
+
+runner = CliRunner()
+
+
+def fake_run(root: Path, name: str, *, value: float, seed: int = 42, task: str = "mrpc", method: str = "adapter",
+             updated: str = "2025-01-01T00:00:00+0000", finished: bool = True, flat: bool = False, **changes) -> Path:
+    """A run directory with the files a finished (or running) ``adapt train`` run leaves; ``flat``: its
+    recipe.yaml in the flat layout of older runs (every key at the top)."""
+    import dataclasses
+
+    from adapter_cli.training.recipe import Recipe
+
+    recipe = Recipe(task=task, method=method, seed=seed).updated(changes)
+    run = root / name
+    run.mkdir(parents=True)
+    written = dataclasses.asdict(recipe) if flat else recipe.to_dict()
+    (run / "recipe.yaml").write_text(yaml.safe_dump(written, sort_keys=False))
+    best = {"metric": value, "epoch": 1, "step": 10, "metrics": {"accuracy": value}}
+    status = {"status": "completed" if finished else "running", "task": task, "method": method,
+              "model": recipe.model, "seed": seed, "updated": updated, "started": updated}
+    (run / "run.json").write_text(json.dumps({**status, "best": best} if finished else status))
+    if finished:
+        summary = {"task": task, "method": method, "name": task, "model": recipe.model, "main_metric": "accuracy",
+                   "best": best, "epochs_run": 1, "steps": 10, "stopped_early": False, "train_examples": 100,
+                   "eval_examples": 50, "wall_time_s": 1.0, "run_dir": str(run)}
+        if method == "fusion":
+            summary["fusion_members"] = [Path(a).name for a in recipe.fusion_adapters]
+        (run / "final_metrics.json").write_text(json.dumps(summary))
+    return run
+
+
+def results(*args: str):
+    return runner.invoke(app, ["results", *map(str, args)])
+
+
+def table(*args: str) -> dict:
+    result = results(*args, "--json")
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_configs_with_the_same_seed_are_not_averaged(tmp_path) -> None:
+    a = fake_run(tmp_path, "pf", value=0.80)
+    b = fake_run(tmp_path, "pf64", value=0.70, adapter_overrides={"reduction_factor": 64})
+    c = fake_run(tmp_path, "pf64-inline", value=0.72, seed=43, adapter="pfeiffer[reduction_factor=64]")
+    data = table(a, b, c)
+    cells = data["cells"]["mrpc"]
+    assert set(cells) == {"adapter", "adapter (pfeiffer, reduction_factor=64)"}
+    assert cells["adapter"]["n"] == 1 and cells["adapter"]["mean"] == pytest.approx(0.80)
+    assert cells["adapter"]["std"] is None
+    # the inline spelling is the same configuration: averaged with it, over two seeds
+    wide = cells["adapter (pfeiffer, reduction_factor=64)"]
+    assert wide["n"] == 2 and wide["mean"] == pytest.approx(0.71) and sorted(wide["seeds"]) == [42, 43]
+    md = results(a, b, c)
+    assert md.exit_code == 0 and "80.0 (n=1)" in md.stdout and "71.0 ± 1.4 (n=2)" in md.stdout
+
+
+def test_distinct_seeds_are_averaged_whatever_the_preset_is_called(tmp_path) -> None:
+    runs = [fake_run(tmp_path, f"s{seed}", value=v, seed=seed) for seed, v in ((1, 0.80), (2, 0.82), (3, 0.84))]
+    runs.append(fake_run(tmp_path, "alias", value=0.86, seed=4, adapter="seq_bn"))
+    runs.append(fake_run(tmp_path, "explicit", value=0.88, seed=5, adapter_overrides={"reduction_factor": 16}))
+    runs.append(fake_run(tmp_path, "houlsby", value=0.5, seed=1, adapter="houlsby"))
+    data = table(*runs)
+    assert data["methods"] == ["adapter", "adapter (houlsby)"]
+    cell = data["cells"]["mrpc"]["adapter"]
+    assert cell["n"] == 5 and cell["mean"] == pytest.approx(0.84) and sorted(cell["seeds"]) == [1, 2, 3, 4, 5]
+    assert cell["std"] == pytest.approx(0.0316, abs=1e-4)
+
+
+def test_the_same_seed_twice_counts_once_the_most_recent(tmp_path) -> None:
+    old = fake_run(tmp_path, "b-first", value=0.60, updated="2025-01-01T10:00:00+0000")
+    new = fake_run(tmp_path, "a-rerun", value=0.90, updated="2025-01-02T10:00:00+0000")
+    other = fake_run(tmp_path, "c-seed7", value=0.80, seed=7)
+    result = results(old, new, other, "--json")
+    assert result.exit_code == 0, result.stderr
+    cell = json.loads(result.stdout)["cells"]["mrpc"]["adapter"]
+    assert cell["n"] == 2 and cell["mean"] == pytest.approx(0.85) and sorted(cell["seeds"]) == [7, 42]
+    assert str(old) not in cell["runs"] and str(new) in cell["runs"]
+    note = result.stderr.strip()
+    assert note.startswith("note: ") and len(note.splitlines()) == 1
+    assert "seed 42" in note and f"most recent, {new}" in note and str(old) in note
+    runs = {r["run"]: r for r in json.loads(result.stdout)["runs"]}
+    assert runs[str(old)]["counted"] is False and runs[str(old)]["superseded_by"] == str(new)
+
+
+def test_flat_recipes_of_older_runs_are_read_the_same(tmp_path) -> None:
+    runs = [fake_run(tmp_path, "flat-s1", value=0.70, seed=1, flat=True, adapter_overrides={"reduction_factor": 64}),
+            fake_run(tmp_path, "new-s2", value=0.72, seed=2, adapter_overrides={"reduction_factor": 64}),
+            fake_run(tmp_path, "flat-pf", value=0.8, seed=1, flat=True)]
+    cells = table(*runs)["cells"]["mrpc"]
+    assert set(cells) == {"adapter", "adapter (pfeiffer, reduction_factor=64)"}
+    assert cells["adapter (pfeiffer, reduction_factor=64)"]["n"] == 2
+
+
+def test_fusions_are_grouped_by_members_and_fusion_config(tmp_path) -> None:
+    fusion = {"method": "fusion", "task": "rte"}
+    runs = [fake_run(tmp_path, "ab-s1", value=0.70, seed=1, fusion_adapters=["x/a", "x/b"], **fusion),
+            fake_run(tmp_path, "ab-s2", value=0.72, seed=2, fusion_adapters=["y/a", "y/b"], **fusion),
+            fake_run(tmp_path, "ac-s1", value=0.60, seed=1, fusion_adapters=["a", "c"], **fusion),
+            fake_run(tmp_path, "ab-static", value=0.50, seed=1, fusion_adapters=["a", "b"], fusion="static",
+                     **fusion),
+            fake_run(tmp_path, "head", value=0.55, seed=1, method="head", task="rte")]
+    data = table(*runs)
+    assert data["methods"] == ["head", "fusion (members=a+b)", "fusion (members=a+c)", "fusion (static)"]
+    cells = data["cells"]["rte"]
+    assert cells["fusion (members=a+b)"]["n"] == 2 and cells["fusion (members=a+b)"]["mean"] == pytest.approx(0.71)
+    assert cells["fusion (members=a+c)"]["n"] == 1 and cells["fusion (static)"]["n"] == 1
+
+
+def test_runs_with_other_training_settings_are_other_columns(tmp_path) -> None:
+    fast = fake_run(tmp_path, "lr3", value=0.80, learning_rate=1e-3)
+    slow = fake_run(tmp_path, "lr4", value=0.70, learning_rate=1e-4)
+    elsewhere = fake_run(tmp_path, "lr4-cpu", value=0.71, seed=2, learning_rate=1e-4, device="cpu",
+                         save_every_steps=7)  # bookkeeping keys do not make a configuration
+    data = table(fast, slow, elsewhere)
+    cells = data["cells"]["mrpc"]
+    assert set(cells) == {"adapter (learning_rate=0.001)", "adapter (learning_rate=0.0001)"}
+    assert cells["adapter (learning_rate=0.0001)"]["n"] == 2
+
+
+def test_a_folder_of_runs_skips_unfinished_ones(tmp_path) -> None:
+    fake_run(tmp_path / "runs", "s1", value=0.8, seed=1)
+    fake_run(tmp_path / "runs", "s2", value=0.9, seed=2)
+    fake_run(tmp_path / "runs", "s3", value=0.0, seed=3, finished=False)
+    result = results(tmp_path / "runs", "--csv")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines()[1].startswith("mrpc,adapter,accuracy,0.850000,") and \
+        result.stdout.splitlines()[1].endswith(",2")
+    assert "skipped 1 unfinished run(s)" in result.stderr and "s3" in result.stderr
+
+
+def test_mistyped_paths_are_errors(tmp_path) -> None:
+    run = fake_run(tmp_path / "runs", "s1", value=0.8)
+    running = fake_run(tmp_path / "runs", "s2", value=0.0, finished=False)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    assert "does not exist" in one_line_error(results(run, tmp_path / "runz"))
+    assert "does not exist" in one_line_error(results(tmp_path / "nothing" / "*"))
+    assert "holds no finished adapt runs" in one_line_error(results(tmp_path / "empty"))
+    assert "is not a run directory" in one_line_error(results(tmp_path / "notes.txt"))
+    message = one_line_error(results(run, running))
+    assert "not a finished adapt run (status: killed" in message and "skip unfinished runs" in message
+    assert "contradict" in one_line_error(results(run, "--json", "--csv"))
+    assert "use --csv or --json" in one_line_error(results(run, "--format", "json"))
+    assert "does not exist" in one_line_error(results(run, "--output", tmp_path / "nodir" / "t.md"))
+
+
+def test_json_csv_and_output(tmp_path) -> None:
+    run = fake_run(tmp_path, "s1", value=0.8)
+    result = results(run, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["cells"]["mrpc"]["adapter"]["n"] == 1
+    assert results(run, "--json", "--output", tmp_path / "t.json").stdout == ""
+    assert json.loads((tmp_path / "t.json").read_text())["methods"] == ["adapter"]
+    assert results(run, "--csv", "-o", tmp_path / "t.csv").exit_code == 0
+    assert (tmp_path / "t.csv").read_text().splitlines() == ["task,method,metric,mean,std,n",
+                                                              "mrpc,adapter,accuracy,0.800000,,1"]
+
+
+def test_corrupt_run_files_are_one_line_errors(tmp_path) -> None:
+    run = fake_run(tmp_path, "s1", value=0.8)
+    (run / "final_metrics.json").write_text("{")
+    assert "corrupt" in one_line_error(results(run))
+    run2 = fake_run(tmp_path, "s2", value=0.8)
+    (run2 / "recipe.yaml").write_text("a: [")
+    assert "corrupt" in one_line_error(results(run2))
+
+
+def test_real_runs_of_two_configs_and_a_rerun(tmp_path, monkeypatch) -> None:
+    """Real ``adapt train`` runs: pfeiffer and pfeiffer reduction_factor=8 with the same seed, and the
+    first one run again into another directory."""
+    monkeypatch.setenv("ADAPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    model, task = str(save_tiny_model(tmp_path / "tiny")), str(write_sentiment_task(tmp_path / "task", n_train=32,
+                                                                                    n_eval=16))
+    fast = ["epochs=1", "batch_size=16", "patience=null", "--quiet", "--no-cache"]
+    for run_dir, extra in (("runs/pf", []), ("runs/pf8", ["--config", "pfeiffer[reduction_factor=8]"])):
+        result = runner.invoke(app, ["train", "--task", task, "--model", model, "--run-dir", run_dir, *extra, *fast])
+        assert result.exit_code == 0, result.stderr
+    shutil.copytree("runs/pf", "runs/pf-again")  # the same run again, finished later
+    status = json.loads(Path("runs/pf-again/run.json").read_text())
+    status["updated"] = "2999-01-01T00:00:00+0000"
+    Path("runs/pf-again/run.json").write_text(json.dumps(status))
+    result = results("runs")
+    assert result.exit_code == 0, result.stderr
+    header, _, row = result.stdout.splitlines()
+    assert header == "| task | metric | adapter | adapter (pfeiffer, reduction_factor=8) |"
+    assert row.startswith("| toy_sentiment | accuracy | ") and row.count("(n=1)") == 2
+    assert "seed 42 was run 2 times" in result.stderr and "runs/pf-again" in result.stderr

@@ -1,0 +1,142 @@
+"""The house rules of docs/architecture.md, checked: no import cycles among adapter_cli's modules (imports
+inside functions count: they hide a cycle, they do not remove it), and the library layers never import
+the CLI."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from conftest import ROOT
+
+PACKAGE = ROOT / "adapter_cli"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, name: str) -> set[str]:
+    """The adapter_cli modules ``path`` imports, resolved to module names (``from . import x`` names the
+    submodule x when there is one)."""
+    is_package = path.name == "__init__.py"
+    base = name.split(".") if is_package else name.split(".")[:-1]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("adapter_cli"))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                anchor = base[:len(base) - node.level + 1]
+                module = ".".join(anchor + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            if not module.startswith("adapter_cli"):
+                continue
+            for alias in node.names:
+                sub = f"{module}.{alias.name}"
+                found.add(sub if _exists(sub) else module)
+    return found
+
+
+def _exists(module: str) -> bool:
+    path = ROOT.joinpath(*module.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def _graph() -> dict[str, set[str]]:
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = _module_name(path)
+        graph[name] = {m for m in _imports(path, name) if m != name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles() -> None:
+    assert _cycles(_graph()) == []
+
+
+# Programs, not library: `python -m adapter_cli` and `make demo` render like the CLI does.
+ENTRY_POINTS = {"adapter_cli.__main__", "adapter_cli.demo"}
+
+
+def test_the_library_never_imports_the_cli() -> None:
+    offenders = {m: sorted(i for i in deps if i.startswith("adapter_cli.cli"))
+                 for m, deps in _graph().items() if not m.startswith("adapter_cli.cli") and m not in ENTRY_POINTS}
+    assert {m: d for m, d in offenders.items() if d} == {}
+
+
+def test_the_cycle_finder_finds_cycles() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# docs/architecture.md's layers, bottom to top: a module imports only from its own layer or those below.
+LAYERS = [
+    ("foundations", ["_version", "errors", "jsonio", "fsutil", "defaults", "devices", "builtins", "composition",
+                     "methods.activations", "methods", "methods.bottleneck", "head_config", "fusion_config",
+                     "presets", "architectures"]),
+    ("data", ["tasks", "tasks.loading", "tasks.metrics", "tasks.subsets", "formats", "formats.artifacts",
+              "formats.native", "formats.adapterhub"]),
+    ("engine", ["methods.bottleneck_layers", "fastpaths", "stitching", "fusion", "heads", "model", "tokenizer",
+                "inference"]),
+    ("storage", ["cache", "hub", "hub.card", "hub.archive", "hub.registry", "hub.http", "hub.hf", "hub.pack",
+                 "hub.pull", "hub.registries", "hub.site", "resolve"]),
+    ("training", ["training", "training.recipe", "training.reporter", "training.data", "training.setup",
+                  "training.loop", "runs", "results", "activations"]),
+    ("programs", ["cli", "demo", "__main__", ""]),
+]
+
+
+def _layer_of(module: str) -> int:
+    short = module.removeprefix("adapter_cli").removeprefix(".")
+    for i, (_, members) in enumerate(LAYERS):
+        if short in members or (i == len(LAYERS) - 1 and short.startswith("cli.")):
+            return i
+    raise AssertionError(f"{module} is in no layer of docs/architecture.md: add it to LAYERS and the doc")
+
+
+def test_imports_go_down_the_layers() -> None:
+    upward = sorted(f"{m} ({LAYERS[_layer_of(m)][0]}) imports {d} ({LAYERS[_layer_of(d)][0]})"
+                    for m, deps in _graph().items() for d in deps if _layer_of(d) > _layer_of(m))
+    assert upward == []
+
+
+def test_the_doc_names_every_layer() -> None:
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    assert all(f"**{name}**" in text for name, _ in LAYERS)
