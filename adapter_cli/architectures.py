@@ -12,6 +12,11 @@ from dataclasses import dataclass
 
 from .errors import UnsupportedModel
 
+# The sane range of a base model's shape (the largest encoders have hidden 12288 and 100-odd layers): what
+# `adapt add --hidden-size/--num-layers` and an artifact's recorded base model may say.
+MAX_HIDDEN_SIZE = 65536
+MAX_LAYERS = 1024
+
 
 @dataclass(frozen=True)
 class SiteSpec:

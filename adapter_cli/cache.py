@@ -373,7 +373,8 @@ def find(query: str, model_id: str, kind: str | None = None) -> Entry:
                     "give a directory, train one with `adapt train` or pull one with `adapt pull`")
 
 
-def remove(entry_id: str, model_id: str | None = None) -> list[Entry]:
+def with_id(entry_id: str, model_id: str | None = None) -> list[Entry]:
+    """The entries with this exact id (for ``model_id``, or for every base model); one line when none."""
     found = [e for e in entries(model_id) if e.id == entry_id]
     if not found:
         raise UsageError(f"no cache entry {entry_id!r}" + (f" for {model_id}" if model_id else "") +

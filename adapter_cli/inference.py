@@ -37,7 +37,7 @@ def score(task: Any, model: Any, rows: list[Row], predictions: list[dict[str, An
     from .tasks.metrics import compute
 
     if any("members" in p for p in predictions):
-        raise UsageError("metrics are not computed for parallel(...): score each member with its own --active")
+        raise UsageError("metrics are not computed for parallel(...): score each member with its own `active` composition")
     heads = sorted({str(p.get("head")) for p in predictions})
     if len(heads) != 1:
         raise UsageError(f"metrics need one head for every row, but rows were answered by {', '.join(heads)}; "
@@ -63,11 +63,11 @@ def read_rows(texts: list[str], input_path: str | None, text_column: str, pair_c
               label_column: str | None = None, route_column: str | None = None) -> list[Row]:
     """Rows from arguments, a CSV/TSV/JSONL file, or stdin ('-'): one text per line."""
     if texts and input_path:
-        raise UsageError("give texts as arguments or --input, not both")
+        raise UsageError("give texts as arguments or `input`, not both")
     if texts:
         return [Row(t) for t in texts]
     if input_path is None:
-        raise UsageError("no input: pass texts as arguments, --input FILE, or --input - to read stdin")
+        raise UsageError("no input: give texts as arguments or `input` FILE ('-' reads stdin)")
     if input_path == "-":
         lines = [line.rstrip("\n") for line in sys.stdin]
         return [Row(line) for line in lines if line.strip()]
@@ -145,7 +145,7 @@ def _check_inputs(model: Any, rows: list[Row], composition: Any, head: str | Non
                              "grouped (evaluate multiple-choice tasks with adapt train)")
         if config.text_pair and singles and not allow_single:
             raise UsageError(f"head {name!r} was trained on text pairs, but {singles} row(s) hold a single text; "
-                             "give pairs (--pair A B, or --pair-column with --input), or pass --allow-single to "
+                             "give pairs (`pair`, or `pair_column` with `input`), or pass `allow_single` to "
                              "score single texts anyway")
 
 

@@ -1,6 +1,6 @@
-"""JSON that nobody vouches for (cards, indexes, configs, entries): one reader that turns bad text, a number
-too long to convert, or nesting deeper than any of our files has (a RecursionError here or in a later
-dump) into one error line."""
+"""JSON (and YAML) that nobody vouches for (cards, indexes, configs, entries, recipes, tasks): one reader
+each that turns bad text, a number too long to convert, or nesting deeper than any of our files has (a
+RecursionError here or in a later dump) into one error line."""
 
 from __future__ import annotations
 
@@ -37,3 +37,26 @@ def json_depth(data: Any) -> int:
             if depth <= MAX_JSON_DEPTH:  # deeper than the limit is already an answer
                 stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
     return deepest
+
+
+def load_yaml(text: str, what: str, error: type[AdaptError] = UsageError) -> Any:
+    """YAML that nobody vouches for (a config, recipe or task file): nesting deeper than
+    ``MAX_JSON_DEPTH`` is refused from the parser's event stream, before the (recursive) composer could
+    end in a RecursionError; bad YAML is one ``error`` line."""
+    import yaml
+
+    try:
+        depth = 0
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):  # the event parser keeps a stack, no recursion
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_JSON_DEPTH:
+                    raise error(f"{what} is nested too deeply (more than {MAX_JSON_DEPTH} levels) to be read")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise error(f"{what} is not valid YAML ({(str(exc).splitlines() or ['?'])[0][:120]})") from None
+    except (RecursionError, ValueError) as exc:  # ValueError: an integer too long to convert
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0][:120]
+        raise error(f"{what} cannot be read ({reason})") from None

@@ -153,6 +153,31 @@ class AdapterModel(nn.Module):
         return int(getattr(self.config, self.arch.num_layers_attr))
 
     @property
+    def max_positions(self) -> int | None:
+        """The longest input (in tokens) the position embeddings cover; RoBERTa-style models count positions
+        from ``pad_token_id + 1``, so they lose that many. None when the config does not say."""
+        limit = getattr(self.config, "max_position_embeddings", None)
+        if not isinstance(limit, int):
+            return None
+        if self.config.model_type in ("roberta", "xlm-roberta"):
+            limit -= int(getattr(self.config, "pad_token_id", None) or 0) + 1
+        return limit
+
+    def fit_max_length(self, max_length: int, what: str = "max_length") -> int:
+        """The tokens per row to cut inputs at. A ``max_length`` beyond the position embeddings (a long row
+        would index out of range mid-run) is one line, before any work; only the default (128) is cut to a
+        smaller model's limit instead, so that the defaults fit every model."""
+        from .defaults import DEFAULT_MAX_LENGTH
+
+        limit = self.max_positions
+        if limit is None or max_length <= limit:
+            return max_length
+        if max_length == DEFAULT_MAX_LENGTH:
+            return limit
+        raise UsageError(f"{what} {max_length} is longer than {self.name_or_path or 'this model'} takes "
+                         f"({limit} positions); use at most {limit}")
+
+    @property
     def vocab_size(self) -> int:
         return int(self.base.get_input_embeddings().num_embeddings)
 
@@ -321,7 +346,7 @@ class AdapterModel(nn.Module):
         missing = [a for a in artifact.adapters if a not in self.adapters]
         if missing:
             raise UsageError(f"fusion {artifact.name!r} needs its member adapters loaded first; missing: "
-                             f"{', '.join(missing)} (load them with load_adapter / --adapter)")
+                             f"{', '.join(missing)} (load them with load_adapter, `adapter`)")
         name = self.add_fusion(artifact.adapters, artifact.config, name=name or artifact.name, overwrite=overwrite)
         _load_weights(self.fusions[name], artifact.weights, artifact.path)
         from .formats import has_head
@@ -498,10 +523,10 @@ class AdapterModel(nn.Module):
             return self.active_head
         if not self.heads:
             raise UsageError("no prediction head is loaded: load an adapter saved with its head, or choose a head "
-                             "explicitly (head= in Python, --head in adapt infer)")
+                             "explicitly (`head`)")
         raise UsageError(f"no head fits {_short(block)}: none is named {wanted!r} (loaded heads: "
                          f"{', '.join(self.heads)}); load the adapter with its head, or choose a head explicitly "
-                         "(head= in Python, --head in adapt infer)")
+                         "(`head`)")
 
     def heads_for(self, composition: Any, required: bool = False) -> list[str | None]:
         """One head per member for ``parallel``/``batch_split`` (also when last in a stack), else one."""

@@ -7,7 +7,6 @@ to a YAML/JSON file. ``key=value`` overrides from the command line are applied l
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -49,6 +48,8 @@ def parse_value(text: str) -> Any:
         return yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         return text
+    except RecursionError:
+        raise UsageError(f"the value {text[:20]}... is nested too deeply to be read") from None
 
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -81,11 +82,15 @@ def _split_inline(body: str) -> list[str]:
 
 
 def _load_file(path: Path) -> dict[str, Any]:
+    from .jsonio import load_json, load_yaml
+
     try:
         text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read adapter config {path}: {exc}".splitlines()[0]) from None
+    # untrusted text: bad syntax, a number too long, or nesting too deep is one line (jsonio)
+    reader = load_json if path.suffix == ".json" else load_yaml
+    data = reader(text, f"adapter config {path}", ConfigError)
     if not isinstance(data, dict):
         raise ConfigError(f"adapter config {path} must hold a mapping")
     # An adapter_config.json saved with an adapter nests the method config under "config".

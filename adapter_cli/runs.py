@@ -70,7 +70,7 @@ def claim_run(run_dir: Path, fresh: bool) -> Any:
         if held is not None:
             held.close()
         raise UsageError(f"run directory {run_dir} was started by another adapt process meanwhile; pass "
-                         "--resume to continue it, or --run-dir for a new one")
+                         "`resume` to continue it, or another `run_dir`")
     recover_directory(run_dir / "best")
     for path in run_dir.iterdir():
         if _RUN_TEMPORARY.fullmatch(path.name) and path.is_file():
@@ -134,3 +134,22 @@ def extract(run_dir: Path | str, overwrite: bool = True) -> Any:
             "main_metric": final.get("main_metric"), "seed": recipe.get("seed"),
             "run_dir": str(run_dir.resolve()), "versions": artifact.get("versions")}
     return cache.put(best, model_id=model, entry_id=entry_id, info=info, overwrite=overwrite)
+
+
+def export_fusion(run_dir: Path | str, target: Path | str, format: str = "adapterhub") -> Path:
+    """A fusion run's best fusion and its head written to ``target`` in ``format`` (AdapterHub's by default),
+    with the member adapters loaded from where the run took them."""
+    from .defaults import resolve_model
+    from .model import AdapterModel
+    from .resolve import locate
+    from .training.recipe import read_run_recipe
+
+    run_dir = Path(run_dir)
+    recipe = read_run_recipe(run_dir / "recipe.yaml")
+    if recipe["method"] != "fusion" or not (run_dir / "best").is_dir():
+        raise UsageError(f"{run_dir} is not a finished fusion run (method {recipe['method']}); nothing to export")
+    model = AdapterModel.from_pretrained(resolve_model(recipe["model"]))
+    for spec in recipe["fusion_adapters"]:
+        model.load_adapter(locate(spec, model.name_or_path, "adapter"), with_head=False)
+    name = model.load_fusion(run_dir / "best")
+    return model.save_fusion(target, name, format=format, head=model.fusion_heads.get(name))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,19 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@contextmanager
+def sandbox(tmp_path_factory, name: str):
+    """A module-wide working directory with its own adapter cache (for fixtures that train once and share)."""
+    root = tmp_path_factory.mktemp(name)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ADAPT_CACHE", str(root / "cache"))
+    mp.chdir(root)
+    try:
+        yield root
+    finally:
+        mp.undo()
 
 
 @pytest.fixture

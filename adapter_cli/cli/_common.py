@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import re
 import sys
@@ -38,6 +39,37 @@ def quiet_libraries() -> None:
         hf_logging.set_verbosity_error()
 
 
+class _WarningLines(logging.Handler):
+    """The library's warnings as `warning: ...` lines on the stderr of the moment (tests swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr, flush=True)
+
+
+def setup_reporting() -> None:
+    """The library prints nothing: the CLI shows its warnings and draws its progress."""
+    from ..reporting import log, set_progress_factory
+    from ._progress import byte_progress
+
+    if not any(isinstance(h, _WarningLines) for h in log.handlers):
+        log.addHandler(_WarningLines(logging.WARNING))
+        log.propagate = False
+    set_progress_factory(byte_progress)
+
+
+# The library names what a caller sets by its parameter or recipe key, in backticks (`data_dir`); on the
+# command line that is a flag. One table, here, so the library never names a flag.
+FLAGS = {name: "--" + name.replace("_", "-") for name in (
+    "data_dir", "model", "active", "input", "pair", "pair_column", "allow_single", "head", "task", "adapter",
+    "token_file", "max_upload_mb", "writable", "port", "timeout", "version", "author", "catalog", "force", "arch",
+    "registry", "resume", "run_dir")}
+
+
+def as_flags(message: str) -> str:
+    """A library message as the command line says it: `data_dir` -> --data-dir."""
+    return re.sub(r"`(\w+)`", lambda m: FLAGS.get(m.group(1), m.group(0)), message)
+
+
 def handle_errors(fn: F) -> F:
     """Turn a domain error into one line on stderr and its exit code (2 bad input, 1 failure)."""
 
@@ -46,12 +78,13 @@ def handle_errors(fn: F) -> F:
         from ..errors import AdaptError
 
         quiet_libraries()
+        setup_reporting()
         try:
             return fn(*args, **kwargs)
         except AdaptError as exc:
             if os.environ.get("ADAPT_DEBUG"):
                 raise
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {as_flags(str(exc))}", file=sys.stderr)
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:  # a full disk anywhere (quota, file-size limit) is one line, exit 1
             from ..errors import disk_full

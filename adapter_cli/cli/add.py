@@ -99,8 +99,11 @@ def _count(adapter_config: Any, hidden_size: int | None, num_layers: int | None,
         raise UsageError("--save needs --model: an adapter is saved for a specific base model")
     if hidden_size is None or num_layers is None:
         raise UsageError("give --model, or both --hidden-size and --num-layers to count from the config alone")
-    if hidden_size <= 0 or num_layers <= 0:
-        raise UsageError("--hidden-size and --num-layers must be positive")
+    from ..architectures import MAX_HIDDEN_SIZE, MAX_LAYERS
+
+    for flag, value, top in (("--hidden-size", hidden_size, MAX_HIDDEN_SIZE), ("--num-layers", num_layers, MAX_LAYERS)):
+        if not 1 <= value <= top:
+            raise UsageError(f"{flag} must be from 1 to {top}, got {value}")
     result.update(hidden_size=hidden_size, num_layers=num_layers, base_model=None, base_parameters=None)
     counts: dict[str, Any] = adapter_config.parameter_count(hidden_size, num_layers)
     return counts
@@ -149,21 +152,29 @@ def _print(result: dict[str, Any], counts: dict[str, Any], config: str, save: Pa
 
 def _head_spec(text: str) -> dict[str, Any]:
     from ..errors import UsageError
+    from ..head_config import MAX_OUTPUTS
 
-    kind, _, count = text.partition(":")
-    try:
-        n = int(count) if count else None
-    except ValueError:
-        raise UsageError(f"--head {text!r}: the count after ':' must be a number") from None
-    if kind == "classification":
-        return {"head_type": kind, "num_labels": n or 2}
+    kind, colon, count = text.partition(":")
+    if kind not in ("classification", "regression", "multiple_choice"):
+        raise UsageError(f"unknown head type {kind!r}; use classification:N, regression or multiple_choice:N")
     if kind == "regression":
+        if colon:
+            raise UsageError(f"--head {text!r}: a regression head has one output and takes no count; use "
+                             "--head regression")
         return {"head_type": kind, "num_labels": 1}
-    if kind == "multiple_choice":
-        if not n:
-            raise UsageError("--head multiple_choice needs the number of choices, e.g. multiple_choice:4")
-        return {"head_type": kind, "num_choices": n, "num_labels": 1}
-    raise UsageError(f"unknown head type {kind!r}; use classification:N, regression or multiple_choice:N")
+    if kind == "multiple_choice" and not colon:
+        raise UsageError("--head multiple_choice needs the number of choices, e.g. multiple_choice:4")
+    try:
+        n = int(count) if colon else 2
+    except ValueError:
+        raise UsageError(f"--head {text!r}: the count after ':' must be a whole number, e.g. {kind}:3") from None
+    what = "labels" if kind == "classification" else "choices"
+    if not 2 <= n <= MAX_OUTPUTS:
+        hint = "; use --head regression for one score" if kind == "classification" and n == 1 else ""
+        raise UsageError(f"--head {text!r}: the number of {what} must be from 2 to {MAX_OUTPUTS}, got {n}{hint}")
+    if kind == "classification":
+        return {"head_type": kind, "num_labels": n}
+    return {"head_type": kind, "num_choices": n, "num_labels": 1}
 
 
 def _default_name(config: str) -> str:

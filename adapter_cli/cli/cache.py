@@ -73,7 +73,7 @@ def rm(entry: str = typer.Argument(..., help="The entry id (see adapt cache ls).
     from .. import cache
     from ..errors import UsageError
 
-    found = cache.remove(entry, _model_id(model))
+    found = cache.with_id(entry, _model_id(model))
     if not dry_run and not yes and not sys.stdin.isatty():
         raise UsageError("refusing to remove without --yes when not on a terminal")
     done = []

@@ -81,25 +81,14 @@ def publish(name: str = typer.Argument(..., help="A cached adapter, an adapter d
     Racing publishers are safe: a directory registry takes a lock for the index update; an HTTP registry
     uses conditional PUT (If-Match) and retries; an hf:// registry commits with a parent commit and retries.
     """
-    import tempfile
-
-    from ..hub.archive import extract_archive, file_digest
     from ..hub.http import read_token
-    from ..hub.pack import pack as do_pack
+    from ..hub.pack import publish as do_publish
     from ..hub.registries import open_registry
     from ..hub.site import model_argument
 
     registry = open_registry(to, read_token(token_file) if token_file is not None else None)
-    with tempfile.TemporaryDirectory(prefix="adapt-publish-") as tmp:
-        if name.endswith((".tar.gz", ".tgz")) and Path(name).is_file():
-            archive = Path(name)
-            card = extract_archive(archive, Path(tmp), source=name).card  # publish only what verifies
-            digest = file_digest(archive)
-        else:
-            archive, card, digest = do_pack(name, Path(tmp), model=model, author=author, version=version,
-                                            catalog=catalog, description=description, citation=citation,
-                                            license=license, url=url)
-        done = registry.publish(archive, card, digest, force=force)
+    done, card = do_publish(name, registry, force=force, model=model, author=author, version=version,
+                            catalog=catalog, description=description, citation=citation, license=license, url=url)
     result = {**{k: v for k, v in done.record.items() if k in ("id", "version", "name", "archive", "sha256")},
               "bytes": done.record["size"], "base_model": card.base_model.id, "registry": to, "new": done.new,
               "url": registry.url_of(done.record)}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from ..defaults import DEFAULT_MAX_LENGTH
 from ._common import handle_errors, info
 from .app import app
 
@@ -59,7 +60,9 @@ def infer(
     json_out: bool = typer.Option(False, "--json", help="JSON lines on stdout (the default; accepted for "
                                   "symmetry with the other verbs)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Rows per forward pass."),
-    max_length: int = typer.Option(128, "--max-length", min=8, help="Tokens per row (longer rows are truncated)."),
+    max_length: int = typer.Option(DEFAULT_MAX_LENGTH, "--max-length", min=8, help="Tokens per row (longer rows "
+                                   "are truncated); at most what the model's position embeddings cover (the "
+                                   "default is cut to a smaller model's limit)."),
     device: str = typer.Option("auto", "--device", help="auto (the GPU when there is one), cpu, cuda or cuda:N."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast on a GPU, fp32 on CPU), fp32, "
                                   "bf16 or fp16. Under autocast the base model's linear layers are stored in "
@@ -72,6 +75,11 @@ def infer(
 
     if output is not None and output.suffix.lower() not in (".jsonl", ".csv"):
         raise UsageError(f"--output must end in .jsonl or .csv, got {output.name}")
+    for flag, path in (("--output", output), ("--metrics", metrics_path)):  # before any work, not after it
+        if path is not None and not path.parent.is_dir():
+            raise UsageError(f"cannot write {flag} {path}: the directory {path.parent} does not exist")
+        if path is not None and path.is_dir():
+            raise UsageError(f"cannot write {flag} {path}: it is a directory; give a file name")
     parse_composition(active)  # a malformed composition fails before any model is loaded
     from ..devices import autocast_dtype, resolve_device
 
@@ -82,6 +90,7 @@ def infer(
     from ..inference import predict
 
     m, tokenizer, composition, head_name = _load(model, adapters or [], fusions or [], head, active)
+    max_length = m.fit_max_length(max_length, "--max-length")
     if autocast is not None:  # before the move: the GPU never holds the fp32 copies
         m.cast_frozen_linears(autocast)
     m.to(where)
@@ -172,9 +181,9 @@ def _report_metrics(spec: object, m: object, rows: list, predictions: list[dict]
     print("metrics: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + f" ({len(rows)} rows)",
           file=sys.stderr)
     if path is not None:
-        from ..fsutil import dump_json
+        from ..fsutil import dump_json, write_text_atomic
 
-        path.write_text(dump_json({"rows": len(rows), **metrics}))
+        write_text_atomic(path, dump_json({"rows": len(rows), **metrics}))  # whole or not at all
 
 
 def _locate(spec: str, model: object, kind: str) -> Path:
@@ -185,27 +194,22 @@ def _locate(spec: str, model: object, kind: str) -> Path:
 
 def _write(path: Path, predictions: list[dict]) -> None:
     import csv
+    import io
     import json
-    import os
-    import tempfile
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            if path.suffix.lower() == ".csv":
-                flat = [_flatten(p) for p in predictions]
-                fields = list(dict.fromkeys(k for p in flat for k in p))
-                writer = csv.DictWriter(f, fieldnames=fields)
-                writer.writeheader()
-                writer.writerows(flat)
-            else:
-                for p in predictions:
-                    f.write(json.dumps(p, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    from ..fsutil import write_text_atomic
+
+    f = io.StringIO(newline="")
+    if path.suffix.lower() == ".csv":
+        flat = [_flatten(p) for p in predictions]
+        fields = list(dict.fromkeys(k for p in flat for k in p))
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(flat)
+    else:
+        for p in predictions:
+            f.write(json.dumps(p, ensure_ascii=False) + "\n")
+    write_text_atomic(path, f.getvalue())  # whole or not at all; a full disk is one line (handle_errors)
 
 
 def _flatten(prediction: dict) -> dict:

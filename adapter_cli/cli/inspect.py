@@ -7,7 +7,6 @@ torch is not imported; only AdapterHub's legacy ``.bin`` pickles need torch.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -25,6 +24,8 @@ def inspect(
     json_out: bool = typer.Option(False, "--json", help="Print a JSON object on stdout."),
 ) -> None:
     """Show an adapter or fusion directory: method, config, base model, parameter count, file size."""
+    from ..formats import describe
+
     result = describe(path)
     if json_out:
         emit_json(result)
@@ -48,36 +49,3 @@ def inspect(
         head = result["head"]
         rows.append(["head", f"{head['name']}: {head['config']['head_type']} ({head['parameters']:,} parameters)"])
     print_table(["field", "value"], rows)
-
-
-def describe(path: Path) -> dict[str, Any]:
-    from ..errors import ArtifactError
-    from ..formats import FUSION_CONFIGS, HEAD_CONFIG, has_head, read_adapter, read_fusion, read_head
-
-    path = Path(path)
-    if not path.is_dir():
-        raise ArtifactError(f"no adapter or fusion directory at {path}")
-    files = sorted(p for p in path.iterdir() if p.is_file())
-    file_bytes = sum(p.stat().st_size for p in files)
-    if (path / "adapter_config.json").is_file():
-        art: Any = read_adapter(path, shapes_only=True)
-        out: dict[str, Any] = {"kind": "adapter", "name": art.name, "format": art.format,
-                               "method": art.config.architecture, "config": art.config.to_dict()}
-        if has_head(path):
-            head = read_head(path, shapes_only=True)
-            out["head"] = {"name": head.name, "config": head.config.to_dict(),
-                           "parameters": sum(t.numel() for t in head.weights.values())}
-    elif any((path / f).is_file() for f in FUSION_CONFIGS):
-        art = read_fusion(path, shapes_only=True)
-        out = {"kind": "fusion", "name": art.name, "format": art.format, "adapters": art.adapters,
-               "config": art.config.to_dict()}
-    elif (path / HEAD_CONFIG).is_file():
-        art = read_head(path, shapes_only=True)
-        out = {"kind": "head", "name": art.name, "format": art.format, "config": art.config.to_dict()}
-    else:
-        raise ArtifactError(f"{path} holds no adapter_config.json, fusion config or head_config.json")
-    out.update(base_model=art.base.to_dict(), parameters=sum(t.numel() for t in art.weights.values()),
-               bytes=file_bytes, files=[p.name for p in files], path=str(path))
-    versions = art.meta.get("versions") or ({"adapters": art.meta["version"]} if "version" in art.meta else {})
-    out["versions"] = versions
-    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -79,20 +80,26 @@ def cp(name: str = typer.Argument(..., help="A recipe name."),
        force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
        json_out: bool = typer.Option(False, "--json", help="Print a JSON object: what was copied where.")) -> None:
     """Copy a built-in recipe to edit it."""
-    import shutil
-
-    from ..errors import AdaptError, UsageError
+    from ..errors import AdaptError, UsageError, disk_full
+    from ..fsutil import write_bytes_atomic
 
     item = _find(name)
     source = Path(item["path"])
     target = Path(dest) / source.name if Path(dest).is_dir() or dest.endswith(("/", os.sep)) else Path(dest)
     if target.exists() and not force:
         raise UsageError(f"{target} exists; pass --force to overwrite it")
+    if target.is_dir():
+        raise UsageError(f"{target} is a directory; give a file name or a directory without that file")
+    made = [d for d in (target.parent, *target.parent.parents) if not d.exists()]  # deepest first
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+        write_bytes_atomic(target, source.read_bytes())  # whole or not at all
     except OSError as exc:
-        raise AdaptError(f"cannot copy {source.name} to {target}: {exc.strerror or exc}") from None
+        for folder in made:  # nothing left behind: not even the folders made for it
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise disk_full(exc, str(target)) or AdaptError(
+            f"cannot copy {source.name} to {target}: {exc.strerror or exc}") from None
     if json_out:
         emit_json({"kind": item["kind"], "name": item["name"], "source": str(source), "path": str(target),
                    "bytes": target.stat().st_size})

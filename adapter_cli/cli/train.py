@@ -260,21 +260,11 @@ def fuse(
     resolved = base.updated({**{k: v for k, v in flags.items() if v is not None}, **changes})
     _precheck(resolved)
     run_dir = _fresh_run_dir(run_dir or Path("runs") / _run_name(resolved), overwrite)
-    summary = _run(resolved, run_dir, False, no_cache, json_out, quiet)
+    _run(resolved, run_dir, False, no_cache, json_out, quiet)
     if export_adapterhub is not None:
-        _export_adapterhub(resolved, run_dir, export_adapterhub, summary)
+        from ..runs import export_fusion
 
-
-def _export_adapterhub(recipe: Any, run_dir: Path, target: Path, summary: dict) -> None:
-    from ..resolve import locate
-    from ..model import AdapterModel
-    from ..defaults import resolve_model
-
-    model = AdapterModel.from_pretrained(resolve_model(recipe.model))
-    for spec in recipe.fusion_adapters:
-        model.load_adapter(locate(spec, model.name_or_path, "adapter"), with_head=False)
-    name = model.load_fusion(run_dir / "best")
-    model.save_fusion(target, name, format="adapterhub", head=model.active_head)
+        export_fusion(run_dir, export_adapterhub, format="adapterhub")
 
 
 @app.command("extract", epilog="Example:\n\n  adapt extract runs/mrpc-pfeiffer-s42 --json")

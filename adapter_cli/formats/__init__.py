@@ -11,18 +11,19 @@ legacy ``.bin`` pickles need torch to be read at all.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..errors import ArtifactError
 from . import adapterhub, native
 from .artifacts import (ADAPTER_CONFIG, FUSION_CONFIGS, HEAD_CONFIG, AdapterArtifact, BaseModelInfo,
-                        FusionArtifact, HeadArtifact, TensorInfo, load_safetensors, load_torch_bin, read_json,
-                        safetensors_header, save_safetensors)
+                        FusionArtifact, HeadArtifact, TensorInfo, check_shapes, load_safetensors, load_torch_bin,
+                        read_json, safetensors_header, save_safetensors)
 
 # The package is the formats' facade: the shared artifacts and the readers that pick the format.
 __all__ = ["ADAPTER_CONFIG", "FUSION_CONFIGS", "HEAD_CONFIG", "AdapterArtifact", "BaseModelInfo", "FusionArtifact",
            "HeadArtifact", "TensorInfo", "load_safetensors", "load_torch_bin", "read_json", "safetensors_header",
            "save_safetensors", "adapterhub", "native", "detect", "read_adapter", "read_fusion", "read_head",
-           "has_head"]
+           "has_head", "check_weight_shapes"]
 
 
 def detect(path: Path, kind: str) -> str:
@@ -60,3 +61,62 @@ def read_head(path: Path | str, shapes_only: bool = False) -> HeadArtifact:
 
 def has_head(path: Path) -> bool:
     return (Path(path) / HEAD_CONFIG).is_file()
+
+
+def check_weight_shapes(artifact: AdapterArtifact | FusionArtifact | HeadArtifact) -> None:
+    """An artifact (read with ``shapes_only``) checked as loading checks it against the built modules: every
+    weight its config implies, in the shape it implies, and no other; without torch (``adapt inspect``)."""
+    from ..architectures import MAX_LAYERS
+    from ..methods.bottleneck import LOCATIONS
+
+    base, weights = artifact.base, artifact.weights
+
+    def layers(leave_out: tuple[int, ...] = ()) -> int:
+        """The recorded layer count, else (AdapterHub's configs record none) as many as the weights name."""
+        if base.num_layers is not None:
+            return base.num_layers
+        named = [int(k.split(".")[1]) for k in weights if k.count(".") > 1 and k.split(".")[1].isdigit()]
+        return min(max([*named, *leave_out], default=-1) + 1, MAX_LAYERS)
+
+    if isinstance(artifact, HeadArtifact):
+        expected = artifact.config.weight_shapes(base.hidden_size)
+    elif isinstance(artifact, AdapterArtifact):
+        expected = artifact.config.weight_shapes(base.hidden_size, layers(artifact.config.leave_out))
+    else:
+        locations = [loc for loc in LOCATIONS if any(k.startswith(f"{loc}.") for k in weights)]
+        expected = artifact.config.weight_shapes(base.hidden_size, locations, layers())
+    check_shapes(weights, expected, artifact.path or "the artifact")
+
+
+def describe(path: Path | str) -> dict[str, Any]:
+    """What an adapter, fusion or head directory holds (`adapt inspect`), checked as loading would check it;
+    weights are described from their safetensors headers, without torch."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(f"no adapter or fusion directory at {path}")
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    file_bytes = sum(p.stat().st_size for p in files)
+    if (path / "adapter_config.json").is_file():
+        art: Any = read_adapter(path, shapes_only=True)
+        out: dict[str, Any] = {"kind": "adapter", "name": art.name, "format": art.format,
+                               "method": art.config.architecture, "config": art.config.to_dict()}
+        if has_head(path):
+            head = read_head(path, shapes_only=True)
+            check_weight_shapes(head)  # as loading would: shapes and dtypes from the headers, without torch
+            out["head"] = {"name": head.name, "config": head.config.to_dict(),
+                           "parameters": sum(t.numel() for t in head.weights.values())}
+    elif any((path / f).is_file() for f in FUSION_CONFIGS):
+        art = read_fusion(path, shapes_only=True)
+        out = {"kind": "fusion", "name": art.name, "format": art.format, "adapters": art.adapters,
+               "config": art.config.to_dict()}
+    elif (path / HEAD_CONFIG).is_file():
+        art = read_head(path, shapes_only=True)
+        out = {"kind": "head", "name": art.name, "format": art.format, "config": art.config.to_dict()}
+    else:
+        raise ArtifactError(f"{path} holds no adapter_config.json, fusion config or head_config.json")
+    check_weight_shapes(art)
+    out.update(base_model=art.base.to_dict(), parameters=sum(t.numel() for t in art.weights.values()),
+               bytes=file_bytes, files=[p.name for p in files], path=str(path))
+    versions = art.meta.get("versions") or ({"adapters": art.meta["version"]} if "version" in art.meta else {})
+    out["versions"] = versions
+    return out

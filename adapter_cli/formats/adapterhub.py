@@ -69,10 +69,13 @@ def _weights(path: Path, kind: str, shapes_only: bool = False) -> dict[str, Any]
 
 def _base(data: dict[str, Any], path: Path) -> BaseModelInfo:
     try:
-        return BaseModelInfo(model_type=str(data["model_type"]), hidden_size=int(data["hidden_size"]),
-                             name_or_path=data.get("model_name"))
+        model_type, hidden_size = str(data["model_type"]), int(data["hidden_size"])
     except (KeyError, TypeError, ValueError):
         raise ArtifactError(f"corrupt {path}: model_type and hidden_size are required") from None
+    try:
+        return BaseModelInfo(model_type=model_type, hidden_size=hidden_size, name_or_path=data.get("model_name"))
+    except ValueError as exc:  # a shape outside the range of real models
+        raise ArtifactError(f"corrupt {path}: {exc}") from None
 
 
 def _rename_activation(data: dict[str, Any], key: str) -> None:

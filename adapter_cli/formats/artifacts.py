@@ -31,6 +31,16 @@ class BaseModelInfo:
     revision: str | None = None
     num_layers: int | None = None
 
+    def __post_init__(self) -> None:  # what an artifact says it was made for, in the range of real models
+        from ..architectures import MAX_HIDDEN_SIZE, MAX_LAYERS
+
+        for key, top, optional in (("hidden_size", MAX_HIDDEN_SIZE, False), ("num_layers", MAX_LAYERS, True)):
+            value = getattr(self, key)
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+                raise ValueError(f"{key} must be an integer from 1 to {top}, got {value!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return {"name_or_path": self.name_or_path, "revision": self.revision, "model_type": self.model_type,
                 "hidden_size": self.hidden_size, "num_layers": self.num_layers}
@@ -105,6 +115,39 @@ SAFETENSORS_DTYPES: dict[str, tuple[str, int]] = {
     "U8": ("uint8", 1), "BOOL": ("bool", 1),
 }
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
+FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
+
+
+def check_tensors(path: Path, weights: dict[str, Any]) -> dict[str, Any]:
+    """Refuse a weights file whose tensors are not floating point (an int or bool tensor would be cast
+    silently on load) or, when they are tensors rather than ``TensorInfo``, hold NaN or infinite values
+    (every answer would be NaN): one line naming the file and the tensor."""
+    for name, tensor in weights.items():
+        dtype = tensor.dtype if isinstance(tensor, TensorInfo) else str(tensor.dtype).replace("torch.", "")
+        if dtype not in FLOAT_DTYPES:
+            raise ArtifactError(f"weights file {path}: tensor {name!r} is {dtype}; weights must be floating point")
+    if weights and not isinstance(next(iter(weights.values())), TensorInfo):
+        import torch
+
+        for name, tensor in weights.items():
+            if not bool(torch.isfinite(tensor).all()):
+                raise ArtifactError(f"weights file {path}: tensor {name!r} holds NaN or infinite values")
+    return weights
+
+
+def check_shapes(weights: dict[str, Any], expected: dict[str, tuple[int, ...]], where: Path | str) -> None:
+    """Weights (tensors or ``TensorInfo``) against the names and shapes their config implies: what loading
+    checks against the built modules, checked without torch (``adapt inspect``)."""
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        keys, what = (missing, "missing") if missing else (unexpected, "unexpected")
+        more = f" and {len(keys) - 1} more" if len(keys) > 1 else ""
+        raise ArtifactError(f"weights in {where} do not match their config: {what} {keys[0]!r}{more}")
+    for key, tensor in weights.items():
+        if tuple(tensor.shape) != tuple(expected[key]):
+            raise ArtifactError(f"weights in {where} do not match their config: {key} has shape "
+                                f"{tuple(tensor.shape)}, expected {tuple(expected[key])}")
 
 
 def safetensors_header(path: Path) -> dict[str, TensorInfo]:
@@ -154,13 +197,14 @@ def _tensor_info(path: Path, name: str, entry: Any, data_bytes: int) -> tuple[Te
 def load_safetensors(path: Path, shapes_only: bool = False) -> dict[str, Any]:
     """The tensors of a safetensors file, or with ``shapes_only`` their ``TensorInfo`` (no torch)."""
     if shapes_only:
-        return safetensors_header(path)
+        return check_tensors(path, safetensors_header(path))
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path), device="cpu")
+        weights = load_file(str(path), device="cpu")
     except Exception as exc:  # safetensors raises its own error type for a damaged header
         raise ArtifactError(f"corrupt weights file {path}: {str(exc).splitlines()[0]}") from None
+    return check_tensors(path, weights)
 
 
 def load_torch_bin(path: Path, shapes_only: bool = False) -> dict[str, Any]:
@@ -175,9 +219,9 @@ def load_torch_bin(path: Path, shapes_only: bool = False) -> dict[str, Any]:
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise ArtifactError(f"weights file {path} does not hold a tensor dictionary")
     if shapes_only:
-        return {k: TensorInfo(shape=tuple(v.shape), dtype=str(v.dtype).replace("torch.", ""))
-                for k, v in data.items()}
-    return data
+        return check_tensors(path, {k: TensorInfo(shape=tuple(v.shape), dtype=str(v.dtype).replace("torch.", ""))
+                                    for k, v in data.items()})
+    return check_tensors(path, data)
 
 
 def save_safetensors(weights: dict[str, torch.Tensor], path: Path, dtype: torch.dtype | None = None) -> None:

@@ -67,7 +67,7 @@ def _read(path: Path, kind: str, shapes_only: bool = False) -> tuple[dict[str, A
         raise ArtifactError(f"{path} has no weights: {WEIGHTS[kind]} is missing")
     try:
         base = BaseModelInfo(**data["base_model"])
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"corrupt {path / CONFIGS[kind]}: bad base_model ({exc})") from None
     return data, load_safetensors(weights_path, shapes_only), base
 

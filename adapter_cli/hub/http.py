@@ -36,6 +36,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from ..errors import AdaptError, UsageError, positive_env
+from ..reporting import log, progress
 from .registry import (
     INDEX,
     IndexConflict,
@@ -206,12 +207,12 @@ class HttpRegistry(Registry):
             return UsageError(f"{self.spec} wants a token to publish: set ADAPT_REGISTRY_TOKEN or pass "
                               "--token-file FILE")
         if code == HTTPStatus.FORBIDDEN and "token" in reason:
-            return UsageError(f"{self.spec} refused the token (HTTP 403); check ADAPT_REGISTRY_TOKEN or --token-file")
+            return UsageError(f"{self.spec} refused the token (HTTP 403); check ADAPT_REGISTRY_TOKEN or `token_file`")
         if code == HTTPStatus.CONFLICT:
             return UsageError(f"{self.spec} refused {relative}: {reason}")
         if code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
             return RegistryError(f"{self.spec} refused {relative}: larger than the server accepts (HTTP 413; "
-                                 "its --max-upload-mb)")
+                                 "its `max_upload_mb`)")
         return RegistryError(f"{method} {self.base}/{relative} failed: HTTP {code} {reason}")
 
     def _read_index(self) -> tuple[dict[str, Any], Any]:
@@ -226,7 +227,7 @@ class HttpRegistry(Registry):
         size = int(record.get("size") or 0)
         try:
             with self._request(record["archive"], seconds=transfer_budget(size)) as (response, _):
-                with download_progress(size, record["id"]) as advance:
+                with progress(size, f"pull {record['id']}") as advance:
                     copy_limited(response, dest, size, self.url_of(record), advance)
         except FileNotFoundError:
             raise RegistryError(f"registry {self.spec} lists {record['archive']} but serves no such file") from None
@@ -242,8 +243,8 @@ class HttpRegistry(Registry):
             host = urlparse(self.base).hostname or ""
             if self.base.startswith("http://") and not _loopback(host) and not self._warned:
                 self._warned = True
-                print(f"warning: sending the registry token unencrypted to {self.base}; use https:// outside a "
-                      "trusted network", file=sys.stderr)
+                log.warning(f"sending the registry token unencrypted to {self.base}; use https:// outside a "
+                            "trusted network")
         return headers
 
     def _put_archive(self, archive: Path, record: dict[str, Any]) -> None:
@@ -296,21 +297,6 @@ def read_bounded(response: Any, deadline: _Deadline, where: str) -> bytes:
     if deadline.expired:
         raise TimeoutError()
     return b"".join(chunks)
-
-
-@contextmanager
-def download_progress(total: int, label: str) -> Iterator[Any]:
-    """A byte progress bar on a terminal's stderr; nothing when piped."""
-    if not sys.stderr.isatty() or total < 1_000_000:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
-
-    with Progress(*Progress.get_default_columns()[:2], DownloadColumn(), TransferSpeedColumn(),
-                  console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task(f"pull {label}", total=total)
-        yield lambda n: progress.advance(task, n)
 
 
 # ------------------------------------------------------------------------------------------- server
@@ -438,7 +424,7 @@ class RegistryHandler(SimpleHTTPRequestHandler):
         """Checks in order of cost: writable, a sane Content-Length, the token, the path, the cap; only
         then is the body read (to a temporary file), checked and moved into place."""
         if not self.writable:
-            raise _Refusal(HTTPStatus.METHOD_NOT_ALLOWED, "this registry is read-only (serve it with --writable)")
+            raise _Refusal(HTTPStatus.METHOD_NOT_ALLOWED, "this registry is read-only (serve it with `writable`)")
         self._unread = self._content_length()
         self._authorize()
         relative = self._relative()
@@ -550,7 +536,7 @@ class RegistryHandler(SimpleHTTPRequestHandler):
             if any(published_key(r) == key and r["sha256"] != digest for r in self._current_index(root)["adapters"]):
                 raise _Refusal(HTTPStatus.CONFLICT, f"version {card.version} of {card.id} ({card.base_model.id}, "
                                f"{card.architecture}) is published with other content and never changes; publish "
-                               "a new --version")
+                               "a new `version`")
             target = root / relative
             if target.exists():
                 from .archive import file_digest
@@ -647,8 +633,8 @@ class RegistryServer(ThreadingHTTPServer):
         if os.environ.get("ADAPT_DEBUG"):
             super().handle_error(request, client_address)
             return
-        print(f"warning: a request from {client_address[0]} failed ({type(exc).__name__}: "
-              f"{_printable(str(exc), 200)})", file=sys.stderr, flush=True)
+        log.warning(f"a request from {client_address[0]} failed ({type(exc).__name__}: "
+                    f"{_printable(str(exc), 200)})")
 
 
 def make_server(directory: Path, host: str = "127.0.0.1", port: int = 0, writable: bool = False, *,
@@ -658,11 +644,11 @@ def make_server(directory: Path, host: str = "127.0.0.1", port: int = 0, writabl
         raise UsageError(f"{directory} is not a directory; create the registry with `adapt publish NAME --to {directory}`"
                          " or mkdir it first")
     if not 0 <= port <= 65535:
-        raise UsageError(f"--port {port} is not a port; use 1-65535 (or 0 for a free one)")
+        raise UsageError(f"`port` {port} is not a port; use 1-65535 (or 0 for a free one)")
     if writable and not token:
-        raise UsageError(f"--writable needs --token-file FILE holding the token publishers must send; {TOKEN_HINT}")
+        raise UsageError(f"`writable` needs `token_file` FILE holding the token publishers must send; {TOKEN_HINT}")
     if not max_upload_mb > 0 or not timeout > 0:
-        raise UsageError("--max-upload-mb and --timeout must be positive numbers")
+        raise UsageError("`max_upload_mb` and `timeout` must be positive numbers")
 
     class Handler(RegistryHandler):
         pass

@@ -66,16 +66,16 @@ def card_for(directory: Path, entry_data: dict[str, Any], *, author: str | None,
     if not (directory / "adapter_config.json").is_file():
         raise UsageError(f"{directory} holds no adapter (a head-only run has nothing to share); "
                          "pack an adapter from `adapt cache ls`")
-    version = path_part(str(version), "--version", "version")  # it becomes part of file names: checked first
+    version = path_part(str(version), "`version`", "version")  # it becomes part of file names: checked first
     artifact = read_adapter(directory)
     author = author or os.environ.get("ADAPT_AUTHOR")
     if not author:
-        raise UsageError("who made this adapter? pass --author NAME (or set ADAPT_AUTHOR); "
+        raise UsageError("who made this adapter? pass `author` NAME (or set ADAPT_AUTHOR); "
                          "it becomes part of the id, as in sentiment/sst-2@ukp")
     catalog = catalog or _catalog(entry_data)
     if not catalog or "/" not in catalog:
         task = entry_data.get("task") or artifact.name
-        raise UsageError(f"task {task!r} has no place in the hub hierarchy; pass --catalog CATEGORY/DATASET "
+        raise UsageError(f"task {task!r} has no place in the hub hierarchy; pass `catalog` CATEGORY/DATASET "
                          "(e.g. sentiment/my-reviews) or add `catalog:` to its task file")
     category, dataset = catalog.split("/", 1)
     config: BottleneckConfig = artifact.config
@@ -126,7 +126,7 @@ def resolve_source(name: str, model: str | None) -> tuple[Path, dict[str, Any]]:
     else:
         models = sorted({e.model for e in found})
         if len(models) > 1:
-            raise UsageError(f"{name!r} is cached for several base models ({', '.join(models)}); pass --model")
+            raise UsageError(f"{name!r} is cached for several base models ({', '.join(models)}); choose one with `model`")
         if not found:
             raise UsageError(f"no cached adapter {name!r} and no such directory; see `adapt cache ls`")
         entry = cache.find(name, models[0])
@@ -154,3 +154,22 @@ def pack(name: str, output: Path | None = None, *, model: str | None = None, **c
     except OSError as exc:
         raise ArtifactError(f"cannot write {output}: {exc.strerror or exc}") from None
     return output, card, digest
+
+
+def publish(name: str, registry: Any, *, force: bool = False, model: str | None = None,
+            **card_fields: Any) -> tuple[Any, Card]:
+    """Publish ``name`` (a cached adapter, an adapter directory, or an archive made by ``pack``) to an open
+    ``registry``: an archive is published only once it verifies as ``pull`` would; anything else is packed
+    first. Returns (the registry's Published record, the card)."""
+    import tempfile
+
+    from .archive import extract_archive, file_digest
+
+    with tempfile.TemporaryDirectory(prefix="adapt-publish-") as tmp:
+        if name.endswith((".tar.gz", ".tgz")) and Path(name).is_file():
+            archive = Path(name)
+            card = extract_archive(archive, Path(tmp), source=name).card
+            digest = file_digest(archive)
+        else:
+            archive, card, digest = pack(name, Path(tmp), model=model, **card_fields)
+        return registry.publish(archive, card, digest, force=force), card

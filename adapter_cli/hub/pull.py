@@ -74,7 +74,7 @@ def pull(spec: str, *, model_id: str | None = None, registries: list[str] | None
         return pull_hf(spec, model_id=model_id)
     specs = configured_registries(registries)
     if not specs:
-        raise UsageError(f"where should {spec!r} come from? pass --registry DIR|URL|hf://org/repo "
+        raise UsageError(f"where should {spec!r} come from? pass `registry` DIR|URL|hf://org/repo "
                          "(or set ADAPT_REGISTRY)")
     misses: list[str] = []
     unreachable = False
@@ -112,7 +112,7 @@ def pull_hf(spec: str, *, model_id: str | None) -> Any:
         records = read_index_file(index_path, spec)["adapters"]
         if len(records) != 1:
             raise UsageError(f"{spec} is a registry of {len(records)} adapters; name one: "
-                             f"adapt pull ID --registry {spec}")
+                             f"`adapt pull ID --registry {spec}`")
         return pull(records[0]["id"], model_id=model_id, registries=[spec])
     directory = repo.snapshot(["*.json", "*.bin", "*.safetensors", "README.md"])
     return install(*adapterhub_card(directory, spec), model_id=model_id, source=spec)

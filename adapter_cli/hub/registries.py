@@ -19,7 +19,7 @@ def open_registry(spec: str, token: str | None = None) -> Registry:
     if spec.startswith(("http://", "https://")):
         return HttpRegistry(spec.rstrip("/"), spec, token)
     if token is not None:
-        raise UsageError(f"--token-file is for http(s) registries, not {spec!r}"
+        raise UsageError(f"`token_file` is for http(s) registries, not {spec!r}"
                          + (" (hf:// uses your Hugging Face login: `hf auth login`)" if spec.startswith("hf://") else ""))
     if spec.startswith("hf://"):
         return HfRegistry.from_spec(spec)

@@ -16,9 +16,7 @@ Layout (all paths relative to the registry)::
 from __future__ import annotations
 
 import json
-import os
 import re
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdaptError, ArtifactError, UsageError, positive_env
+from ..fsutil import write_bytes_atomic
+from ..reporting import log
 from .card import Card, Query, parse_query, version_key
 
 INDEX = "index.json"
@@ -73,7 +73,7 @@ def parse_index(raw: bytes, where: str, strict: bool = False) -> dict[str, Any]:
     if bad and strict:
         raise RegistryError(f"{where}: record {bad[0][0]} is malformed: {bad[0][1]}")
     if bad:
-        print(f"warning: {where}: skipped {len(bad)} malformed index record(s)", file=sys.stderr)
+        log.warning(f"{where}: skipped {len(bad)} malformed index record(s)")
     data["adapters"] = [r for (i, p), r in zip(problems, data["adapters"]) if p is None]
     return data
 
@@ -140,7 +140,7 @@ def add_record(index: dict[str, Any], record: dict[str, Any], force: bool) -> bo
     if same and not force:
         raise UsageError(f"{record['id']} ({record.get('architecture')}) version {record['version']} for "
                          f"{record['base_model']['id']} is already published with other content; publish a new "
-                         "--version (or --force to replace it)")
+                         "`version` (or `force` to replace it)")
     index["adapters"] = [r for r in index["adapters"] if r not in same] + [record]
     index["updated"] = record["published"]
     return True
@@ -230,9 +230,9 @@ class DirectoryRegistry(Registry):
                     target = self._inside(record["archive"])
                     target.parent.mkdir(parents=True, exist_ok=True)
                     existed = target.exists()
-                    _atomic_write(target, archive.read_bytes())
+                    write_bytes_atomic(target, archive.read_bytes())
                     try:
-                        _atomic_write(self.root / INDEX, dump_index(index))
+                        write_bytes_atomic(self.root / INDEX, dump_index(index))
                     except OSError:
                         if not existed:
                             target.unlink(missing_ok=True)  # no archive without an index entry
@@ -245,15 +245,6 @@ class DirectoryRegistry(Registry):
 def dump_index(index: dict[str, Any]) -> bytes:
     index["adapters"].sort(key=lambda r: (r["id"], r["base_model"]["id"], version_key(r["version"])))
     return (json.dumps(index, indent=1, sort_keys=True) + "\n").encode()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -298,9 +289,6 @@ def copy_limited(source: Any, dest: Path, expected: int, label: str, progress: A
 
 
 # ------------------------------------------------------------------------------------------- search
-
-FILTERS = ("task", "dataset", "model", "architecture", "reduction_factor", "author", "kind")
-
 
 def search_records(records: list[dict[str, Any]], query: str | None = None, **filters: Any) -> list[dict[str, Any]]:
     """Records matching every given filter (exact, case-insensitive; ``model`` also matches the end of an
@@ -387,7 +375,7 @@ def resolve(records: list[dict[str, Any]], text: str, model_id: str | None, wher
     if len(found) > 1:
         listed = ", ".join(f"{r['id']} ({r['base_model']['id']}, {r.get('architecture')})"
                            for r in sorted(found, key=variant))
-        raise UsageError(f"{text!r} is ambiguous in {where}: it matches {listed}; give the full id, --model or --arch")
+        raise UsageError(f"{text!r} is ambiguous in {where}: it matches {listed}; give the full id, `model` or `arch`")
     return found[0]
 
 

@@ -15,6 +15,7 @@ layers live in ``bottleneck_layers`` and are imported from there on first use of
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -24,6 +25,7 @@ from .activations import ACTIVATION_NAMES
 LOCATIONS = ("mh_adapter", "output_adapter")
 INIT_SCHEMES = ("bert", "houlsby", "mam_adapter")
 KINDS = ("task", "language")
+MAX_SEED = 2**32 - 1  # seeds (a recipe's seed, init_weights_seed) are 32-bit, as numpy's are
 
 
 @dataclass(frozen=True)
@@ -124,14 +126,16 @@ class BottleneckConfig:
             for key, value in values:
                 if key and key != "default" and not str(key).isdigit():
                     raise bad(f"{label} keys must be layer indices or 'default', got {key!r}")
-                if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+                if isinstance(value, bool) or not isinstance(value, kind) or not 0 < value < math.inf:
                     raise bad(f"{label} must be a positive number, got {value!r}")
         for key in ("non_linearity", "init_weights", "kind"):
             if not isinstance(getattr(self, key), str):
                 raise bad(f"{key} must be a string, got {getattr(self, key)!r}")
         if self.init_weights_seed is not None and (isinstance(self.init_weights_seed, bool)
-                                                   or not isinstance(self.init_weights_seed, int)):
-            raise bad(f"init_weights_seed must be an integer or null, got {self.init_weights_seed!r}")
+                                                   or not isinstance(self.init_weights_seed, int)
+                                                   or not 0 <= self.init_weights_seed <= MAX_SEED):
+            raise bad(f"init_weights_seed must be an integer from 0 to {MAX_SEED} or null, "
+                      f"got {self.init_weights_seed!r}")
         if self.non_linearity.lower() not in ACTIVATION_NAMES:
             raise bad(f"unknown non_linearity {self.non_linearity!r}{suggest(self.non_linearity, ACTIVATION_NAMES)};"
                       f" choose from {', '.join(ACTIVATION_NAMES)}")
@@ -141,8 +145,8 @@ class BottleneckConfig:
         if isinstance(self.scaling, str):
             if self.scaling not in ("learned", "channel"):
                 raise bad(f"scaling must be a number, 'learned' or 'channel', got {self.scaling!r}")
-        elif isinstance(self.scaling, bool) or not isinstance(self.scaling, float):
-            raise bad(f"scaling must be a number, 'learned' or 'channel', got {self.scaling!r}")
+        elif isinstance(self.scaling, bool) or not isinstance(self.scaling, float) or not math.isfinite(self.scaling):
+            raise bad(f"scaling must be a finite number, 'learned' or 'channel', got {self.scaling!r}")
         if self.init_weights not in INIT_SCHEMES:
             raise bad(f"unknown init_weights {self.init_weights!r}{suggest(self.init_weights, INIT_SCHEMES)};"
                       f" choose from {', '.join(INIT_SCHEMES)}")
@@ -178,6 +182,9 @@ class BottleneckConfig:
                 raise ConfigError(f"bottleneck_size {size} is wider than the hidden size {hidden_size}")
             return size
         factor = per_layer(self.reduction_factor, "reduction_factor")
+        if not hidden_size // factor <= hidden_size:  # a factor below 1 (or NaN): a bottleneck wider than the model
+            raise ConfigError(f"reduction_factor {factor} gives a bottleneck wider than the hidden size "
+                              f"{hidden_size}; use a factor of at least 1 (or set bottleneck_size)")
         size = int(hidden_size // factor)
         if size < 1:
             raise ConfigError(
@@ -192,6 +199,26 @@ class BottleneckConfig:
             raise ConfigError(f"leave_out names layers {outside} but the model has {num_layers} layers "
                               f"(0..{num_layers - 1})")
         return [i for i in range(num_layers) if i not in set(self.leave_out)]
+
+    def weight_shapes(self, hidden_size: int, num_layers: int) -> dict[str, tuple[int, ...]]:
+        """Every weight's name and shape, from the configuration alone: what ``BottleneckAdapterSet`` holds
+        (``adapt inspect`` checks a file against it without torch)."""
+        h, out = hidden_size, {}
+        for loc in self.locations:
+            for i in self.layers(num_layers):
+                d, site = self.width(i, h), f"{loc}.{i}."
+                shapes: dict[str, tuple[int, ...]] = {}
+                if self.ln_before:
+                    shapes.update({"norm_before.weight": (h,), "norm_before.bias": (h,)})
+                shapes.update({"down.weight": (d, h), "down.bias": (d,), "up.weight": (h, d), "up.bias": (h,)})
+                if self.ln_after:
+                    shapes.update({"norm_after.weight": (h,), "norm_after.bias": (h,)})
+                if self.use_gating:
+                    shapes.update({"gate.weight": (1, h), "gate.bias": (1,)})
+                if self.scaling in ("learned", "channel"):
+                    shapes["scaling"] = (1,) if self.scaling == "learned" else (h,)
+                out.update({site + k: v for k, v in shapes.items()})
+        return out
 
     def parameter_count(self, hidden_size: int, num_layers: int) -> dict[str, Any]:
         """Parameters per placement and in total, from the configuration alone (no model needed)."""

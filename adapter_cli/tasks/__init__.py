@@ -23,8 +23,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import UsageError, check_keys, suggest
 
 KINDS = ("single", "pair", "regression", "multiple_choice")
@@ -114,6 +112,9 @@ def _check_local(local: Any, source: str, labels: tuple[str, ...]) -> None:
     if not isinstance(local, dict):
         raise UsageError(f"task {source}: 'local' must be a mapping (train, eval, columns, ...)")
     check_keys(local, LOCAL_KEYS, f"task {source}'s 'local' section", UsageError, f"; known: {', '.join(LOCAL_KEYS)}")
+    for key in ("train", "eval", "file"):
+        if key in local:
+            _check_file_name(local[key], key, source)
     fmt, delimiter = local.get("format"), local.get("delimiter")
     if fmt is not None and fmt not in FORMATS:
         raise UsageError(f"task {source}: local format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -141,6 +142,19 @@ def _check_local(local: Any, source: str, labels: tuple[str, ...]) -> None:
         if split not in local and "file" not in local:
             raise UsageError(f"task {source}: local names no {split} file: give 'train' and 'eval' (or 'file' "
                              "with 'split_column')")
+
+
+def _check_file_name(name: Any, key: str, source: str) -> None:
+    """A ``local`` file is named relative to the task's directory (or --data-dir) and stays inside it: a task
+    file from elsewhere cannot make adapt read (and echo parts of) any other file."""
+    text = str(name) if isinstance(name, (str, int)) and not isinstance(name, bool) else ""
+    if not text.strip():
+        raise UsageError(f"task {source}: local {key} must be a file name, got {name!r}")
+    path = Path(text)
+    if path.is_absolute() or ".." in path.parts or text.startswith("~"):
+        raise UsageError(f"task {source}: local {key} {text!r} is outside the task's directory; name a file in "
+                         "the task YAML's folder (no '..', no absolute path), or give the folder as `data_dir` "
+                         "that holds it")
 
 
 def _check_splits(splits: Any, source: str) -> None:
@@ -180,10 +194,13 @@ def get_task(name_or_path: str) -> TaskSpec:
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise UsageError(f"task file {path} does not exist")
+        from ..jsonio import load_yaml
+
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise UsageError(f"task file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read task file {path}: {exc}".splitlines()[0]) from None
+        data = load_yaml(text, f"task file {path}")  # bad YAML or nesting too deep: one line
         spec = task_from_dict(data, str(path))
         if spec.local is None:
             raise UsageError(f"task file {path} needs a 'local' section naming its train and eval files")

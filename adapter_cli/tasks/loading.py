@@ -97,6 +97,10 @@ def _local_path(task: TaskSpec, split: str, data_dir: str | Path | None) -> Path
     if not base.is_dir():
         raise UsageError(f"data directory {base} does not exist")
     path = base / str(name)
+    if data_dir is None and not path.resolve().is_relative_to(base.resolve()):
+        # names are checked when the task is read; this is a link out of the task's folder
+        raise UsageError(f"task {task.name}: local {split} file {name} leads outside {base} (a link); copy the "
+                         "file into the task's folder, or give the folder that holds it as `data_dir`")
     if not path.is_file():
         raise UsageError(f"{base} has no {split} file {name} (task {task.name} expects {local_files(task)})")
     return path
@@ -171,7 +175,7 @@ def _check_columns(task: TaskSpec, rows: list[Any], needed: list[Any], path: Pat
     """A delimited file split on the wrong character still parses, into one wide column: fail here, once,
     naming the format that was assumed and where the assumption came from."""
     hint = "set `delimiter:` or `format:` in the task YAML" if _is_user_task(task) else \
-        f"--data-dir must hold task {task.name}'s files as distributed ({local_files(task)}; docs/tasks.md)"
+        f"`data_dir` must hold task {task.name}'s files as distributed ({local_files(task)}; docs/tasks.md)"
     read_as = f"read {path} as {fmt.describe()} ({fmt.why})"
     if not rows:  # read_table drops rows shorter than the header: all of them were
         raise UsageError(f"{read_as}, but no row has as many fields as its header; {hint}")
@@ -241,14 +245,14 @@ def _json_lines(path: Path, text: str) -> list[Any]:
 def _read_hub(task: TaskSpec, split: str) -> tuple[list[Any], dict, str]:
     hub = task.hub
     if not hub:
-        raise UsageError(f"task {task.name} is not on the Hugging Face Hub; pass --data-dir with its original files"
+        raise UsageError(f"task {task.name} is not on the Hugging Face Hub; pass `data_dir` with its original files"
                          f" ({local_files(task)})")
     where = f"{hub['path']}" + (f" ({hub['name']})" if hub.get("name") else "") + f" split {hub[split]}"
     from ..defaults import hub_offline
 
     offline = hub_offline()
     local_hint = local_files(task)
-    hint = f"; or pass --data-dir with the original files ({local_hint})" if local_hint else ""
+    hint = f"; or pass `data_dir` with the original files ({local_hint})" if local_hint else ""
     try:
         import datasets
 

@@ -107,7 +107,7 @@ class Trainer:
                  callbacks: list[Callback] | tuple[Callback, ...] = (), notes: dict[str, Any] | None = None,
                  finish: Callable[[dict[str, Any]], Any] | None = None) -> None:
         if recipe.task is None:
-            raise UsageError("no task: name one (recipe key task; adapt train --task NAME)")
+            raise UsageError("no task: name one (`task`)")
         self.recipe, self.run_dir, self.resume = recipe, Path(run_dir), resume
         self.reporter = reporter or Reporter()
         self.callbacks, self.notes, self.finish = list(callbacks), notes or {}, finish
@@ -142,6 +142,7 @@ class Trainer:
             task, recipe.data_dir, recipe.seed, recipe.max_train_samples, recipe.max_eval_samples,
             self.run_dir if self.resume else None)
         self.model, self.tokenizer, self.name, self.active = build_model(recipe, task)
+        max_length = self.model.fit_max_length(recipe.max_length, "recipe key max_length")  # before the run dir
         self.device = resolve_device(recipe.device)
         self.autocast = autocast_dtype(recipe.precision, self.device)
         frozen = frozen_dtype(recipe, self.autocast)
@@ -149,8 +150,8 @@ class Trainer:
             self.model.cast_frozen_linears(frozen)
         self.model.to(self.device)
         self.pad_id = self.tokenizer.pad_token_id or 0
-        self.train_data = encode(task, train_examples, self.tokenizer, recipe.max_length)
-        self.eval_data = encode(task, eval_examples, self.tokenizer, recipe.max_length)
+        self.train_data = encode(task, train_examples, self.tokenizer, max_length)
+        self.eval_data = encode(task, eval_examples, self.tokenizer, max_length)
         self._build_optimizer()
         if saved is not None:
             self._restore(saved)

@@ -20,15 +20,16 @@ Built-in recipes are ``recipes/train/*.yaml``. A resolved recipe is saved in eve
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..defaults import DEFAULT_MAX_LENGTH
 from ..devices import PRECISIONS
 from ..errors import UsageError, suggest
+from ..methods.bottleneck import MAX_SEED
 
 METHODS = ("adapter", "full", "head", "fusion")
 TOP_LEVEL = ("task", "model", "method", "name", "description")
@@ -64,7 +65,7 @@ class Recipe:
     batch_size: int = 32
     eval_batch_size: int = 64
     grad_accum: int = 1
-    max_length: int = 128
+    max_length: int = DEFAULT_MAX_LENGTH
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -133,16 +134,16 @@ class Recipe:
                 raise bad(f"{key} must be a positive integer, got {value!r}")
         for key in ("learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise bad(f"{key} must be a non-negative number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise bad(f"{key} must be a finite non-negative number, got {value!r}")
         if self.warmup_ratio >= 1:
             raise bad("warmup_ratio must be below 1")
         for key in ("patience", "max_train_samples", "max_eval_samples"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise bad(f"{key} must be a positive integer or null, got {value!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise bad(f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
+            raise bad(f"seed must be an integer from 0 to {MAX_SEED}, got {self.seed!r}")
         if not isinstance(self.adapter_overrides, dict):
             raise bad("adapter_overrides must be a mapping")
         if not isinstance(self.fusion_adapters, list) or not all(isinstance(a, str) for a in self.fusion_adapters):
@@ -150,8 +151,8 @@ class Recipe:
         if not isinstance(self.unfreeze_adapters, bool):
             raise bad("unfreeze_adapters must be true or false")
         if isinstance(self.fusion_reg_weight, bool) or not isinstance(self.fusion_reg_weight, (int, float)) \
-                or self.fusion_reg_weight < 0:
-            raise bad("fusion_reg_weight must be a non-negative number")
+                or not 0 <= self.fusion_reg_weight < math.inf:
+            raise bad("fusion_reg_weight must be a finite non-negative number")
 
 
 def _set(data: dict[str, Any], overrides: dict[str, Any], key: str, value: Any, source: str) -> None:
@@ -189,12 +190,13 @@ def _adapter_keys() -> list[str]:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    from ..jsonio import load_yaml
+
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read recipe {path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    data = load_yaml(text, f"recipe {path}")  # bad YAML or nesting too deep: one line
     if not isinstance(data, dict):
         raise UsageError(f"recipe {path} must hold a mapping of keys to values")
     return data

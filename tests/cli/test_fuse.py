@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from adapter_cli.cli import app
-from conftest import one_line_error, save_tiny_model, tiny_model, write_sentiment_task
+from conftest import one_line_error, sandbox, save_tiny_model, tiny_model, write_sentiment_task
 
 runner = CliRunner()
 FAST = ["epochs=2", "batch_size=16", "learning_rate=5e-3", "patience=null"]
@@ -21,18 +21,14 @@ FAST = ["epochs=2", "batch_size=16", "learning_rate=5e-3", "patience=null"]
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny model, a task, and three cached adapters: two Pfeiffer (a, b) and one Houlsby (h)."""
-    root = tmp_path_factory.mktemp("fuse")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ADAPT_CACHE", str(root / "cache"))
-    mp.chdir(root)
-    model = str(save_tiny_model(root / "tiny"))
-    task = str(write_sentiment_task(root / "task"))
-    for name, config in (("a", "pfeiffer"), ("b", "pfeiffer"), ("h", "houlsby")):
-        result = runner.invoke(app, ["train", "--task", task, "--model", model, "--name", name, "--config", config,
-                                     "--run-dir", f"r-{name}", "--quiet", *FAST])
-        assert result.exit_code == 0, result.stderr
-    yield {"root": root, "model": model, "task": task}
-    mp.undo()
+    with sandbox(tmp_path_factory, "fuse") as root:
+        model = str(save_tiny_model(root / "tiny"))
+        task = str(write_sentiment_task(root / "task"))
+        for name, config in (("a", "pfeiffer"), ("b", "pfeiffer"), ("h", "houlsby")):
+            result = runner.invoke(app, ["train", "--task", task, "--model", model, "--name", name, "--config", config,
+                                         "--run-dir", f"r-{name}", "--quiet", *FAST])
+            assert result.exit_code == 0, result.stderr
+        yield {"root": root, "model": model, "task": task}
 
 
 @pytest.fixture(scope="module")

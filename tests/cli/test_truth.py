@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from adapter_cli.cli import app
-from conftest import FILLER, WORDS_NEG, WORDS_POS, one_line_error, save_tiny_model, write_sentiment_task
+from conftest import FILLER, WORDS_NEG, WORDS_POS, one_line_error, sandbox, save_tiny_model, write_sentiment_task
 
 runner = CliRunner()
 QUICK = ["epochs=1", "batch_size=16", "learning_rate=5e-3", "patience=null", "--quiet"]
@@ -53,22 +53,18 @@ def _write_task(root: Path, name: str, labels: list[str], pair: bool, seed: int)
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Three adapters with different label sets (one of them on pairs) and a fusion, on a tiny model."""
-    root = tmp_path_factory.mktemp("truth")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ADAPT_CACHE", str(root / "cache"))
-    mp.chdir(root)
-    model = str(save_tiny_model(root / "tiny"))
-    tasks = {"toy_sentiment": str(write_sentiment_task(root / "sentiment")),
-             "toy_mood": str(_write_task(root / "mood", "toy_mood", ["downbeat", "upbeat"], False, 1)),
-             "toy_match": str(_write_task(root / "match", "toy_match", ["different", "same"], True, 2))}
-    for task in tasks.values():
-        result = runner.invoke(app, ["train", "--task", task, "--model", model, *QUICK])
+    with sandbox(tmp_path_factory, "truth") as root:
+        model = str(save_tiny_model(root / "tiny"))
+        tasks = {"toy_sentiment": str(write_sentiment_task(root / "sentiment")),
+                 "toy_mood": str(_write_task(root / "mood", "toy_mood", ["downbeat", "upbeat"], False, 1)),
+                 "toy_match": str(_write_task(root / "match", "toy_match", ["different", "same"], True, 2))}
+        for task in tasks.values():
+            result = runner.invoke(app, ["train", "--task", task, "--model", model, *QUICK])
+            assert result.exit_code == 0, result.stderr
+        result = runner.invoke(app, ["fuse", "toy_sentiment", "toy_mood", "--target", tasks["toy_sentiment"],
+                                     "--model", model, *QUICK])
         assert result.exit_code == 0, result.stderr
-    result = runner.invoke(app, ["fuse", "toy_sentiment", "toy_mood", "--target", tasks["toy_sentiment"],
-                                 "--model", model, *QUICK])
-    assert result.exit_code == 0, result.stderr
-    yield {"root": root, "model": model, "tasks": tasks}
-    mp.undo()
+        yield {"root": root, "model": model, "tasks": tasks}
 
 
 def infer(env, *args: str):

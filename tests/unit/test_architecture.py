@@ -108,7 +108,7 @@ def test_the_cycle_finder_finds_cycles() -> None:
 
 # docs/architecture.md's layers, bottom to top: a module imports only from its own layer or those below.
 LAYERS = [
-    ("foundations", ["_version", "errors", "jsonio", "fsutil", "defaults", "devices", "builtins", "composition",
+    ("foundations", ["_version", "errors", "reporting", "jsonio", "fsutil", "defaults", "devices", "builtins", "composition",
                      "methods.activations", "methods", "methods.bottleneck", "head_config", "fusion_config",
                      "presets", "architectures"]),
     ("data", ["tasks", "tasks.loading", "tasks.metrics", "tasks.subsets", "formats", "formats.artifacts",
@@ -140,3 +140,48 @@ def test_imports_go_down_the_layers() -> None:
 def test_the_doc_names_every_layer() -> None:
     text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
     assert all(f"**{name}**" in text for name, _ in LAYERS)
+
+
+def test_only_the_programs_print() -> None:
+    """Below the programs layer the library reports through return values, exceptions, logging and the
+    Reporter/progress callbacks; print() and sys.stderr writes are the CLI's."""
+    printing = []
+    for path in PACKAGE.rglob("*.py"):
+        name = _module_name(path)
+        if _layer_of(name) == len(LAYERS) - 1:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print":
+                printing.append(f"{name}:{node.lineno}")
+            if isinstance(node, ast.Attribute) and node.attr in ("stderr", "stdout") and \
+                    getattr(node.value, "id", None) == "sys":
+                printing.append(f"{name}:{node.lineno} (sys.{node.attr})")
+    assert printing == []
+
+
+def test_library_errors_name_parameters_not_flags() -> None:
+    """An error raised below the programs layer names what to set by its parameter or recipe key in
+    backticks (`data_dir`); the CLI shows it as a flag (--data-dir). Commands quoted whole, in backticks
+    (`adapt train --resume ...`), are examples, not flags."""
+    import re
+
+    flag = re.compile(r"(?<![\w`-])--[a-z][a-z-]*")
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        name = _module_name(path)
+        if _layer_of(name) == len(LAYERS) - 1:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Raise) or node.exc is None:
+                continue
+            inside = {id(c) for j in ast.walk(node.exc) if isinstance(j, ast.JoinedStr) for c in j.values}
+            for part in ast.walk(node.exc):
+                if isinstance(part, ast.JoinedStr):  # f-strings: their text with {} for each value
+                    value = "".join(c.value if isinstance(c, ast.Constant) else "{}" for c in part.values)
+                elif isinstance(part, ast.Constant) and isinstance(part.value, str) and id(part) not in inside:
+                    value = part.value
+                else:
+                    continue
+                if flag.search(re.sub(r"`adapt [^`]*`", "", value)):
+                    offenders.append(f"{name}:{node.lineno}: {value[:60]!r}")
+    assert offenders == []

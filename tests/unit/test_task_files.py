@@ -104,7 +104,7 @@ def test_the_builtin_sick_task_reads_the_original_sick_txt(tmp_path) -> None:
         load_split(sick, "train", tmp_path)
     (tmp_path / "SICK.txt").write_text("pair_ID,sentence_A,sentence_B\n1,a,b\n")  # not the original file
     with pytest.raises(UsageError, match=r"as tab-separated \(as task sick's original files are\), but found no "
-                                         r"column .*; --data-dir must hold task sick's files as distributed"):
+                                         r"column .*; `data_dir` must hold task sick's files as distributed"):
         load_split(sick, "train", tmp_path)
 
 
