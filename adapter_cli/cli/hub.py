@@ -224,7 +224,8 @@ def serve(directory: Path = typer.Argument(..., help="The registry directory to 
     changes. There is no TLS: put it behind an HTTPS proxy outside a trusted network.
     """
     from ..errors import UsageError
-    from ..hub.http import make_server, read_token
+    from ..hub.http import read_token
+    from ..hub.server import make_server
 
     if token_file is not None and not writable:
         raise UsageError("--token-file is for --writable (reading a registry needs no token)")

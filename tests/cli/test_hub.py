@@ -55,7 +55,7 @@ TOKEN = "test-token-0123456789abcdef"  # what a writable test server wants from 
 
 class _Server:
     def __init__(self, directory: Path, handler: type | None = None, writable: bool = False) -> None:
-        from adapter_cli.hub.http import make_server
+        from adapter_cli.hub.server import make_server
 
         if handler is None:
             self.httpd = make_server(directory, writable=True, token=TOKEN) if writable else make_server(directory)

@@ -47,7 +47,7 @@ class ThreadServer:
     """``make_server`` in a daemon thread; close() stops it."""
 
     def __init__(self, directory: Path, **options) -> None:
-        from adapter_cli.hub.http import make_server
+        from adapter_cli.hub.server import make_server
 
         self.httpd = make_server(directory, **options)
         self.port = self.httpd.server_address[1]

@@ -116,7 +116,7 @@ LAYERS = [
     ("engine", ["methods.bottleneck_layers", "fastpaths", "stitching", "fusion", "heads", "model", "tokenizer",
                 "inference"]),
     ("storage", ["cache", "hub", "hub.card", "hub.archive", "hub.registry", "hub.http", "hub.hf", "hub.pack",
-                 "hub.pull", "hub.registries", "hub.site", "resolve"]),
+                 "hub.pull", "hub.registries", "hub.server", "hub.site", "resolve"]),
     ("training", ["training", "training.recipe", "training.reporter", "training.data", "training.setup",
                   "training.loop", "runs", "results", "activations"]),
     ("programs", ["cli", "demo", "__main__", ""]),
