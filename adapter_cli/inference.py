@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .defaults import DEFAULT_MAX_LENGTH
 from .errors import UsageError
 
 
@@ -95,7 +96,7 @@ def read_rows(texts: list[str], input_path: str | None, text_column: str, pair_c
 
 
 def predict(model: Any, tokenizer: Any, rows: list[Row], active: Any = None, batch_size: int = 32,
-            max_length: int = 128, autocast: Any = None, head: str | None = None,
+            max_length: int = DEFAULT_MAX_LENGTH, autocast: Any = None, head: str | None = None,
             allow_single: bool = False) -> Iterator[dict[str, Any]]:
     """Predictions in row order, on the model's device (under autocast to ``autocast`` when given). Rows
     with a ``route`` use that composition (validated up front), the others ``active``; rows are batched

@@ -93,12 +93,15 @@ class BottleneckAdapter(nn.Module):
             up = up * mask / keep
         return up * self.scaling
 
+    def _gated(self, out: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """``out`` scaled by the learned gate (the mean over the sequence of sigmoid(gate(a))), if any."""
+        if self.gate is None:
+            return out
+        return out * torch.sigmoid(self.gate(a)).mean(dim=1, keepdim=True)
+
     def forward(self, a: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         up = self.bottleneck(a)
-        out = self.dropout(up)
-        if self.gate is not None:
-            gate = torch.sigmoid(self.gate(a)).mean(dim=1, keepdim=True)
-            out = out * gate
+        out = self._gated(self.dropout(up), a)
         if self.config.adapter_residual_before_ln:
             out = out + residual
         if self.norm_after is not None:
@@ -128,10 +131,7 @@ class ParallelBottleneckAdapter(BottleneckAdapter):
 
     def forward(self, a: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         up = self.bottleneck(a)
-        out = self.dropout(up)
-        if self.gate is not None:
-            gate = torch.sigmoid(self.gate(a)).mean(dim=1, keepdim=True)
-            out = out * gate
+        out = self._gated(self.dropout(up), a)
         if self.norm_after is not None:
             out = self.norm_after(out)
         return out, up
