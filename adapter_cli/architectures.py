@@ -42,6 +42,14 @@ class Architecture:
     num_layers_attr: str = "num_hidden_layers"
     attention_dropout_attr: str = "attention_probs_dropout_prob"
     hidden_dropout_attr: str = "hidden_dropout_prob"
+    # The linear layers LoRA-family adapters change (relative to a layer): q, k, v, intermediate, output.
+    # AdapterHub names their weights by these same module paths.
+    linears: tuple[tuple[str, str], ...] = (
+        ("q", "attention.self.query"), ("k", "attention.self.key"), ("v", "attention.self.value"),
+        ("intermediate", "intermediate.dense"), ("output", "output.dense"))
+
+    def linear(self, matrix: str) -> str:
+        return dict(self.linears)[matrix]
 
     def site(self, location: str) -> SiteSpec:
         return next(s for s in self.sites if s.location == location)
@@ -73,6 +81,8 @@ ARCHITECTURES: dict[str, Architecture] = {
         "distilbert", "DistilBertAdapterModel",
         hidden_size_attr="dim", num_layers_attr="n_layers", attention_dropout_attr="attention_dropout",
         hidden_dropout_attr="dropout",
+        linears=(("q", "attention.q_lin"), ("k", "attention.k_lin"), ("v", "attention.v_lin"),
+                 ("intermediate", "ffn.lin1"), ("output", "ffn.lin2")),
     ),
 }
 

@@ -30,6 +30,7 @@ from .fusion_config import resolve_fusion_config
 from .head_config import HeadConfig
 from .heads import PredictionHead
 from .methods.bottleneck_layers import BottleneckAdapterSet
+from .linear_sites import LinearSite
 from .presets import resolve_adapter_config
 from .stitching import ForwardContext, Site
 
@@ -73,6 +74,8 @@ class AdapterModel(nn.Module):
         self.fusion_heads: dict[str, str] = {}  # fusion name -> the head trained with it
         self._context = ForwardContext()
         self._sites: dict[tuple[str, int], Site] = {}
+        self._linear_sites: dict[tuple[str, int], LinearSite] = {}
+        self.merged: str | None = None  # a LoRA-family adapter folded into the base weights (merge_adapter)
         self.train(base.training)
 
     # ------------------------------------------------------------------ construction
@@ -214,6 +217,24 @@ class AdapterModel(nn.Module):
             self._sites[key] = Site(layer_module, layer, self.arch.site(location), self._context)
         return self._sites[key]
 
+    def _linear(self, matrix: str, layer: int) -> nn.Linear:
+        return self.base.get_submodule(self.arch.layers)[layer].get_submodule(self.arch.linear(matrix))
+
+    def _linear_site(self, matrix: str, layer: int) -> LinearSite:
+        key = (matrix, layer)
+        if key not in self._linear_sites:
+            self._linear_sites[key] = LinearSite(self._linear(matrix, layer), layer, matrix, self._context)
+        return self._linear_sites[key]
+
+    def _new_adapter_set(self, config: Any) -> nn.Module:
+        """The modules of one adapter, for its method: bottleneck layers, or changes to linear layers."""
+        if config.architecture == "lora":
+            from .methods.lora_layers import LoRAAdapterSet
+
+            config.check_rank(self.hidden_size)
+            return LoRAAdapterSet(config, self.num_layers, self._linear)
+        return BottleneckAdapterSet(config, self.hidden_size, self.num_layers)
+
     # ------------------------------------------------------------------ adapters
     def add_adapter(self, name: str, config: Any = "pfeiffer", overrides: dict[str, Any] | None = None,
                     overwrite: bool = False) -> str:
@@ -222,17 +243,19 @@ class AdapterModel(nn.Module):
         if name in self.adapters and not overwrite:
             raise UsageError(f"adapter {name!r} is already loaded; pick another name or pass overwrite=True")
         config = resolve_adapter_config(config, overrides)
-        adapter_set = BottleneckAdapterSet(config, self.hidden_size, self.num_layers)
-        self._attach(name, adapter_set)
+        self._attach(name, self._new_adapter_set(config))
         return name
 
-    def _attach(self, name: str, adapter_set: BottleneckAdapterSet) -> None:
+    def _attach(self, name: str, adapter_set: nn.Module) -> None:
         if name in self.adapters:
             self.delete_adapter(name)
-        adapter_set.to(device=self._device(), dtype=self._dtype()).train(self.training)
+        dtype = None if getattr(adapter_set.config, "dtype", None) else self._dtype()  # LoRA's own dtype wins
+        adapter_set.to(device=self._device(), dtype=dtype).train(self.training)
         self.adapters[name] = adapter_set
-        for location, layer, module in adapter_set.sites():
-            self._site(location, layer).adapters[name] = module
+        linear = adapter_set.config.architecture == "lora"
+        for place, layer, module in adapter_set.sites():
+            site = self._linear_site(place, layer).loras if linear else self._site(place, layer).adapters
+            site[name] = module
 
     def delete_adapter(self, name: str) -> None:
         """Remove an adapter, the fusions built on it, and the active composition if it used it."""
@@ -240,8 +263,12 @@ class AdapterModel(nn.Module):
             raise UsageError(f"no adapter {name!r} is loaded")
         for fusion in [f for f, module in self.fusions.items() if name in module.adapters]:
             self.delete_fusion(fusion)
+        if self.merged == name:
+            self.unmerge_adapter()
         for site in self._sites.values():
             site.adapters.pop(name, None)
+        for linear_site in self._linear_sites.values():
+            linear_site.loras.pop(name, None)
         del self.adapters[name]
         if self.active is not None and name in self.active.leaves():
             self.active = None
@@ -271,7 +298,7 @@ class AdapterModel(nn.Module):
         if name in self.adapters and not overwrite:
             raise UsageError(f"adapter {name!r} is already loaded; pass name= to load it under another name")
         self.check_compatible(artifact.base, f"adapter {str(path)!r}")
-        adapter_set = BottleneckAdapterSet(artifact.config, self.hidden_size, self.num_layers)
+        adapter_set = self._new_adapter_set(artifact.config)
         _load_weights(adapter_set, artifact.weights, artifact.path)
         self._attach(name, adapter_set)
         if with_head and has_head(artifact.path):
@@ -313,6 +340,7 @@ class AdapterModel(nn.Module):
             raise CompositionError(f"invalid fusion name {name!r}: no '.' or '/'")
         if name in self.fusions and not overwrite:
             raise UsageError(f"fusion {name!r} is already loaded")
+        self._check_fusable(members, "cannot fuse")
         locations = common_locations({a: self.adapters[a].config for a in members})
         fusion = FusionSet(resolve_fusion_config(config), members, locations, self.hidden_size, self.num_layers,
                            float(getattr(self.config, self.arch.attention_dropout_attr, 0.0) or 0.0),
@@ -327,6 +355,15 @@ class AdapterModel(nn.Module):
         self.fusions[name] = fusion
         for location, layer, module in fusion.sites():
             self._site(location, layer).fusions[name] = module
+
+    def _check_fusable(self, members: Any, what: str) -> None:
+        """AdapterFusion attends over bottleneck outputs; LoRA-family adapters have none (AdapterHub's rule)."""
+        for member in members:
+            config = self.adapters[member].config
+            if config.architecture != "bottleneck":
+                raise CompositionError(f"{what}: fuse works over bottleneck adapters only, and {member!r} is a "
+                                       f"{getattr(config, 'variant', config.architecture)} adapter; use stack, "
+                                       "average or parallel with it")
 
     def delete_fusion(self, name: str) -> None:
         if name not in self.fusions:
@@ -482,6 +519,7 @@ class AdapterModel(nn.Module):
             raise CompositionError(f"composition {block} uses adapter(s) not loaded: {', '.join(missing)} "
                                    f"(loaded: {loaded})")
         for fuse in fuse_blocks(block):
+            self._check_fusable(fuse.leaves(), f"composition {block}")
             if fuse.fusion_name not in self.fusions:
                 raise CompositionError(f"composition {block} needs a fusion layer {fuse.fusion_name!r}; "
                                        "load one with load_fusion or add one with add_fusion")
@@ -493,6 +531,29 @@ class AdapterModel(nn.Module):
         for group, chosen in ((self.adapters, names), (self.fusions, fusions), (self.heads, heads)):
             for key, module in group.items():
                 module.requires_grad_(chosen is not None and key in chosen)
+
+    def merge_adapter(self, name: str) -> None:
+        """Fold LoRA-family adapter ``name`` into the base weights (no inference cost; ``unmerge_adapter``
+        restores them). While merged, the model computes with it whatever the active composition."""
+        from .merging import check_mergeable, merge
+
+        if name not in self.adapters:
+            raise UsageError(f"no adapter {name!r} is loaded")
+        check_mergeable(name, self.adapters[name])
+        if self.merged == name:
+            return
+        if self.merged is not None:
+            raise UsageError(f"adapter {self.merged!r} is already merged; unmerge it first")
+        self._merged_originals = merge(self._linear_sites, name)
+        self.merged = name
+
+    def unmerge_adapter(self) -> None:
+        """Restore the base weights saved by ``merge_adapter`` (bit for bit)."""
+        from .merging import unmerge
+
+        if self.merged is not None:
+            unmerge(self._linear_sites, self._merged_originals)
+            self.merged, self._merged_originals = None, {}
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -80,12 +80,30 @@ def check_weight_shapes(artifact: AdapterArtifact | FusionArtifact | HeadArtifac
 
     if isinstance(artifact, HeadArtifact):
         expected = artifact.config.weight_shapes(base.hidden_size)
+    elif isinstance(artifact, AdapterArtifact) and artifact.config.architecture == "lora":
+        expected = artifact.config.weight_shapes(base.hidden_size, layers(artifact.config.leave_out),
+                                                 _intermediate_size(weights))
     elif isinstance(artifact, AdapterArtifact):
         expected = artifact.config.weight_shapes(base.hidden_size, layers(artifact.config.leave_out))
     else:
         locations = [loc for loc in LOCATIONS if any(k.startswith(f"{loc}.") for k in weights)]
         expected = artifact.config.weight_shapes(base.hidden_size, locations, layers())
     check_shapes(weights, expected, artifact.path or "the artifact")
+
+
+def _intermediate_size(weights: dict[str, Any]) -> int | None:
+    """The feed-forward width a LoRA-family adapter was made for, read off its feed-forward weights (no
+    format records it); None when it changes no feed-forward layer."""
+    for key, tensor in weights.items():
+        parts = key.split(".", 2)
+        if len(parts) < 3:
+            continue
+        matrix, _, param = parts
+        if matrix == "intermediate" and param in ("lora_B", "m.weight", "vera_B"):
+            return int(tensor.shape[0])
+        if matrix == "output" and param in ("lora_A", "gate.weight"):
+            return int(tensor.shape[1])
+    return None
 
 
 def describe(path: Path | str) -> dict[str, Any]:

@@ -93,7 +93,8 @@ def config_from_adapterhub(raw: dict[str, Any], source: str) -> Any:
     raw = dict(raw)
     arch = raw.pop("architecture", None)
     if arch not in (None, "bottleneck"):
-        raise ConfigError(f"{source}: AdapterHub method {arch!r} is not supported; only bottleneck adapters are")
+        raise ConfigError(f"{source}: AdapterHub method {arch!r} is not supported; bottleneck and LoRA-family "
+                          "(lora, ia3, dora, vera) adapters are")
     legacy_inv = raw.pop("invertible_adapter", None)
     if legacy_inv or any(raw.get(k, off) != off for k, off in UNSUPPORTED_AT.items()):
         what = "compacter (PHM) layers" if raw.get("phm_layer") else \
@@ -201,10 +202,16 @@ def read_adapter(path: Path, shapes_only: bool = False) -> AdapterArtifact:
         raise ArtifactError(f"corrupt {path / ADAPTER_CONFIG}: no 'config' object")
     _rename_activation(data, "non_linearity")
     base = _base(data, path / ADAPTER_CONFIG)
-    config = config_from_adapterhub(data["config"], str(path / ADAPTER_CONFIG))
     arch = architecture_for(base.model_type)
-    key_name, weights = adapter_weights_from_adapterhub(_weights(path, "adapter", shapes_only), arch,
-                                                        config.ln_before, path)
+    raw = _weights(path, "adapter", shapes_only)
+    if data["config"].get("architecture") == "lora":
+        from . import adapterhub_lora
+
+        config = adapterhub_lora.config_from_adapterhub(data["config"], str(path / ADAPTER_CONFIG), data.get("version"))
+        key_name, weights = adapterhub_lora.weights_from_adapterhub(raw, arch, path)
+    else:
+        config = config_from_adapterhub(data["config"], str(path / ADAPTER_CONFIG))
+        key_name, weights = adapter_weights_from_adapterhub(raw, arch, config.ln_before, path)
     name = data.get("name") or key_name or path.name
     return AdapterArtifact(name=name, config=config, weights=weights, base=base, format="adapterhub",
                            path=path, meta=data)
@@ -233,10 +240,16 @@ def write_adapter(directory: Path, artifact: AdapterArtifact, num_layers: int, s
     from ..fsutil import write_json
 
     arch = architecture_for(artifact.base.model_type)
-    config = config_to_adapterhub(artifact.config, artifact.base.hidden_size, num_layers)
+    if artifact.config.architecture == "lora":
+        from . import adapterhub_lora
+
+        config = adapterhub_lora.config_to_adapterhub(artifact.config)
+        weights = adapterhub_lora.weights_to_adapterhub(artifact.weights, arch, artifact.name)
+    else:
+        config = config_to_adapterhub(artifact.config, artifact.base.hidden_size, num_layers)
+        weights = adapter_weights_to_adapterhub(artifact.weights, arch, artifact.name, artifact.config.ln_before)
     write_json(directory / ADAPTER_CONFIG, {"config": config, **_header(artifact.base, arch, artifact.name)})
-    _save(adapter_weights_to_adapterhub(artifact.weights, arch, artifact.name, artifact.config.ln_before),
-          directory, "adapter", safetensors, dtype)
+    _save(weights, directory, "adapter", safetensors, dtype)
 
 
 # ===================================================================== fusions

@@ -18,14 +18,14 @@ def architecture_name(config: dict[str, Any]) -> str:
     from ..presets import adapter_presets
 
     free = {"reduction_factor", "bottleneck_size", "non_linearity", "init_weights", "init_weights_seed",
-            "dropout", "stochastic_depth", "kind"}
+            "dropout", "stochastic_depth", "kind", "r", "alpha"}
 
     def shape(cfg: Any) -> dict[str, Any]:
         return {k: v for k, v in cfg.to_dict().items() if k not in free}
 
     mine = shape(config_from_dict(config))
     for name, preset in sorted(adapter_presets().items()):
-        if name == preset.name and shape(config_from_dict(preset.config)) == mine:
+        if name == preset.name and shape(config_from_dict({**preset.config, "architecture": preset.method})) == mine:
             return name
     return "custom"
 

@@ -9,6 +9,7 @@ from ..errors import ConfigError, suggest
 # method name -> "module:ConfigClass", imported on first use so the CLI starts without torch.
 METHODS: dict[str, str] = {
     "bottleneck": "adapter_cli.methods.bottleneck:BottleneckConfig",
+    "lora": "adapter_cli.methods.lora:LoRAConfig",
 }
 
 

@@ -109,12 +109,12 @@ def test_the_cycle_finder_finds_cycles() -> None:
 # docs/architecture.md's layers, bottom to top: a module imports only from its own layer or those below.
 LAYERS = [
     ("foundations", ["_version", "errors", "reporting", "jsonio", "fsutil", "defaults", "devices", "builtins", "composition",
-                     "methods.activations", "methods", "methods.bottleneck", "head_config", "fusion_config",
+                     "methods.activations", "methods", "methods.bottleneck", "methods.lora", "head_config", "fusion_config",
                      "presets", "architectures"]),
     ("data", ["tasks", "tasks.loading", "tasks.metrics", "tasks.subsets", "formats", "formats.artifacts",
-              "formats.native", "formats.adapterhub"]),
-    ("engine", ["methods.bottleneck_layers", "fastpaths", "stitching", "fusion", "heads", "model", "tokenizer",
-                "inference"]),
+              "formats.native", "formats.adapterhub", "formats.adapterhub_lora", "formats.peft"]),
+    ("engine", ["methods.bottleneck_layers", "methods.lora_layers", "fastpaths", "stitching", "linear_sites",
+                "merging", "fusion", "heads", "model", "tokenizer", "inference"]),
     ("storage", ["cache", "hub", "hub.card", "hub.archive", "hub.registry", "hub.http", "hub.hf", "hub.pack",
                  "hub.pull", "hub.registries", "hub.server", "hub.site", "resolve"]),
     ("training", ["training", "training.recipe", "training.reporter", "training.data", "training.setup",

@@ -1,0 +1,88 @@
+"""AdapterHub's format for LoRA-family adapters (``"architecture": "lora"`` in ``adapter_config.json``).
+
+Weight names carry the changed linear layer's module path, e.g.
+``bert.encoder.layer.3.attention.self.query.loras.mrpc.lora_A``; VeRA's shared projections are stored as
+``bert.shared_parameters.mrpc.lora_A``. Ours are ``q.3.lora_A`` and ``shared.lora_A``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from ..architectures import Architecture
+from ..errors import ArtifactError
+
+# Fields of AdapterHub's LoRAConfig; ours adds "kind" (metadata), which its files do not carry.
+NOT_WRITTEN = ("architecture", "kind", "dora_style", "scaled_inputs")
+
+
+def _older_than_1_1(version: Any) -> bool:
+    match = re.match(r"^(?:adapters\.)?(\d+)\.(\d+)", str(version or ""))
+    return bool(match) and (int(match.group(1)), int(match.group(2))) < (1, 1)
+
+
+def config_from_adapterhub(raw: dict[str, Any], source: str, version: Any) -> Any:
+    from ..methods.lora import LoRAConfig
+
+    values = {k: v for k, v in raw.items() if k != "architecture"}
+    if _older_than_1_1(version) and values.get("alpha", 8) != values.get("r", 8):
+        # Before adapters 1.1.0, LoRA ignored alpha (the scaling was 1); AdapterHub loads such files with
+        # alpha := r to keep their outputs (its loading.py, PR #770), and so do we.
+        values["alpha"] = values.get("r", 8)
+    return LoRAConfig.from_dict(values, source=source)
+
+
+def config_to_adapterhub(config: Any) -> dict[str, Any]:
+    from ..errors import UsageError
+
+    if config.dora_style != "adapters" or config.scaled_inputs:
+        raise UsageError("this adapter computes as PEFT does (dora_style 'peft' or scaled_inputs), which "
+                         "AdapterHub's format cannot express; save it in the adapt or peft format")
+    out = {k: v for k, v in config.to_dict().items() if k not in NOT_WRITTEN}
+    out["architecture"] = "lora"
+    return out
+
+
+def _patterns(arch: Architecture) -> list[tuple[str, re.Pattern[str]]]:
+    prefix = rf"^(?:{re.escape(arch.adapterhub_prefix)}\.)?{re.escape(arch.layers)}\.(\d+)\."
+    return [(matrix, re.compile(prefix + rf"{re.escape(path)}\.loras\.([^.]+)\.(.+)$"))
+            for matrix, path in arch.linears]
+
+
+def weights_from_adapterhub(raw: dict[str, Any], arch: Architecture, source: Path) -> tuple[str | None, dict]:
+    shared = re.compile(rf"^(?:{re.escape(arch.adapterhub_prefix)}\.)?shared_parameters\.([^.]+)\.(lora_[AB])$")
+    out: dict[str, Any] = {}
+    names: set[str] = set()
+    patterns = _patterns(arch)
+    for key, tensor in raw.items():
+        m = shared.match(key)
+        if m:
+            names.add(m.group(1))
+            out[f"shared.{m.group(2)}"] = tensor
+            continue
+        for matrix, pattern in patterns:
+            m = pattern.match(key)
+            if m:
+                layer, name, param = m.groups()
+                names.add(name)
+                out[f"{matrix}.{layer}.{param}"] = tensor
+                break
+        else:
+            raise ArtifactError(f"{source}: unexpected weight {key!r} in a LoRA-family adapter")
+    if len(names) > 1:
+        raise ArtifactError(f"{source}: holds weights of several adapters ({', '.join(sorted(names))})")
+    return (names.pop() if names else None), out
+
+
+def weights_to_adapterhub(weights: dict[str, Any], arch: Architecture, name: str) -> dict[str, Any]:
+    out = {}
+    for key, tensor in weights.items():
+        first, _, rest = key.partition(".")
+        if first == "shared":
+            out[f"{arch.adapterhub_prefix}.shared_parameters.{name}.{rest}"] = tensor
+            continue
+        layer, _, param = rest.partition(".")
+        out[f"{arch.adapterhub_prefix}.{arch.layers}.{layer}.{arch.linear(first)}.loras.{name}.{param}"] = tensor
+    return out
