@@ -279,7 +279,7 @@ class AdapterModel(nn.Module):
     def check_compatible(self, base: BaseModelInfo, what: str) -> None:
         """Refuse artifacts made for another base model; warn when only the model name differs."""
         mine = self.base_info
-        if base.model_type != mine.model_type:
+        if base.model_type is not None and base.model_type != mine.model_type:
             raise BaseModelMismatch(f"{what} was made for a {base.model_type!r} model, but this model is "
                                     f"{mine.model_type!r}; load it into a {base.model_type} base model")
         if base.hidden_size != mine.hidden_size:
@@ -298,7 +298,10 @@ class AdapterModel(nn.Module):
         if name in self.adapters and not overwrite:
             raise UsageError(f"adapter {name!r} is already loaded; pass name= to load it under another name")
         self.check_compatible(artifact.base, f"adapter {str(path)!r}")
-        adapter_set = self._new_adapter_set(artifact.config)
+        config = artifact.config
+        if config.architecture == "lora" and artifact.base.num_layers is None:
+            config = _top_layers_left_out(config, artifact.weights, self.num_layers)
+        adapter_set = self._new_adapter_set(config)
         _load_weights(adapter_set, artifact.weights, artifact.path)
         self._attach(name, adapter_set)
         if with_head and has_head(artifact.path):
@@ -307,21 +310,24 @@ class AdapterModel(nn.Module):
 
     def save_adapter(self, directory: str | os.PathLike, name: str, format: str = "adapt",
                      dtype: torch.dtype | None = None, with_head: bool = True, safetensors: bool = False) -> Path:
-        """Write adapter ``name`` (and its head, if one of that name exists) atomically."""
-        from .formats import adapterhub, native
+        """Write adapter ``name`` (and its head, if one of that name exists) atomically. ``format``: adapt,
+        adapterhub or peft; PEFT's format has no head file, so with peft only the adapter is written."""
+        from .formats import adapterhub, native, peft
         from .fsutil import atomic_directory
 
         if name not in self.adapters:
             raise UsageError(f"no adapter {name!r} is loaded")
-        _check_format(format)
+        _check_format(format, ("adapt", "adapterhub", "peft"))
         artifact = AdapterArtifact(name=name, config=self.adapters[name].config,
                                    weights=self.adapters[name].state_dict(), base=self.base_info)
         with atomic_directory(directory) as tmp:
             if format == "adapt":
                 native.write_adapter(tmp, artifact, dtype)
+            elif format == "peft":
+                peft.write_adapter(tmp, artifact, dtype)
             else:
                 adapterhub.write_adapter(tmp, artifact, self.num_layers, safetensors, dtype)
-            if with_head and name in self.heads:
+            if with_head and name in self.heads and format != "peft":
                 self._write_head(tmp, name, format, dtype, safetensors)
         return Path(directory)
 
@@ -721,9 +727,10 @@ def _short(block: Block) -> str:
         isinstance(block.children[0], str) else str(block)
 
 
-def _check_format(format: str) -> None:
-    if format not in ("adapt", "adapterhub"):
-        raise UsageError(f"unknown format {format!r}; use 'adapt' or 'adapterhub'")
+def _check_format(format: str, formats: tuple[str, ...] = ("adapt", "adapterhub")) -> None:
+    """PEFT's format holds adapters only: fusions and heads are written as adapt's or AdapterHub's."""
+    if format not in formats:
+        raise UsageError(f"unknown format {format!r}; use {', '.join(map(repr, formats[:-1]))} or {formats[-1]!r}")
 
 
 def _fusion_members(adapters: Any) -> list[str]:
@@ -743,6 +750,14 @@ def _fusion_members(adapters: Any) -> list[str]:
             return _fusion_members(fuses[0])
         raise CompositionError(f"{adapters} is not a single fuse(...)")
     return [str(a) for a in adapters]
+
+
+def _top_layers_left_out(config: Any, weights: dict[str, Any], num_layers: int) -> Any:
+    """A PEFT adapter records neither the model's layer count nor the layers it skips above the last one it
+    changes (``layers_to_transform=[0, 1]`` in a 3-layer model): those layers are left out."""
+    named = [int(k.split(".")[1]) for k in weights if k.count(".") >= 2 and k.split(".")[1].isdigit()]
+    extra = [i for i in range(max(named, default=num_layers - 1) + 1, num_layers) if i not in config.leave_out]
+    return config.replace(leave_out=sorted({*config.leave_out, *extra})) if extra else config
 
 
 def _local_dir(path: str | os.PathLike, kind: str) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ArtifactError
-from . import adapterhub, native
+from . import adapterhub, native, peft
 from .artifacts import (ADAPTER_CONFIG, FUSION_CONFIGS, HEAD_CONFIG, AdapterArtifact, BaseModelInfo,
                         FusionArtifact, HeadArtifact, TensorInfo, check_shapes, load_safetensors, load_torch_bin,
                         read_json, safetensors_header, save_safetensors)
@@ -22,17 +22,19 @@ from .artifacts import (ADAPTER_CONFIG, FUSION_CONFIGS, HEAD_CONFIG, AdapterArti
 # The package is the formats' facade: the shared artifacts and the readers that pick the format.
 __all__ = ["ADAPTER_CONFIG", "FUSION_CONFIGS", "HEAD_CONFIG", "AdapterArtifact", "BaseModelInfo", "FusionArtifact",
            "HeadArtifact", "TensorInfo", "load_safetensors", "load_torch_bin", "read_json", "safetensors_header",
-           "save_safetensors", "adapterhub", "native", "detect", "read_adapter", "read_fusion", "read_head",
+           "save_safetensors", "adapterhub", "native", "peft", "detect", "read_adapter", "read_fusion", "read_head",
            "has_head", "check_weight_shapes"]
 
 
 def detect(path: Path, kind: str) -> str:
-    """'adapt' or 'adapterhub' for an adapter/fusion/head directory."""
+    """'adapt', 'peft' or 'adapterhub' for an adapter/fusion/head directory."""
     path = Path(path)
     if not path.is_dir():
         raise ArtifactError(f"no {kind} directory at {path}")
     if native.is_native(path, kind):
         return "adapt"
+    if kind == "adapter" and peft.is_peft(path):  # before AdapterHub's: both write adapter_config.json
+        return "peft"
     if adapterhub.is_adapterhub(path, kind):
         return "adapterhub"
     names = {"adapter": ADAPTER_CONFIG, "fusion": " or ".join(FUSION_CONFIGS), "head": HEAD_CONFIG}[kind]
@@ -41,9 +43,10 @@ def detect(path: Path, kind: str) -> str:
 
 
 def read_adapter(path: Path | str, shapes_only: bool = False) -> AdapterArtifact:
-    """An adapter directory in either format; ``shapes_only``: ``TensorInfo`` weights, no torch for safetensors."""
+    """An adapter directory in any format; ``shapes_only``: ``TensorInfo`` weights, no torch for safetensors."""
     path = Path(path)
-    reader = native.read_adapter if detect(path, "adapter") == "adapt" else adapterhub.read_adapter
+    reader = {"adapt": native.read_adapter, "peft": peft.read_adapter,
+              "adapterhub": adapterhub.read_adapter}[detect(path, "adapter")]
     return reader(path, shapes_only=shapes_only)
 
 
@@ -82,7 +85,7 @@ def check_weight_shapes(artifact: AdapterArtifact | FusionArtifact | HeadArtifac
         expected = artifact.config.weight_shapes(base.hidden_size)
     elif isinstance(artifact, AdapterArtifact) and artifact.config.architecture == "lora":
         expected = artifact.config.weight_shapes(base.hidden_size, layers(artifact.config.leave_out),
-                                                 _intermediate_size(weights))
+                                                 _intermediate_size(weights, artifact.config.scaled_inputs))
     elif isinstance(artifact, AdapterArtifact):
         expected = artifact.config.weight_shapes(base.hidden_size, layers(artifact.config.leave_out))
     else:
@@ -91,15 +94,18 @@ def check_weight_shapes(artifact: AdapterArtifact | FusionArtifact | HeadArtifac
     check_shapes(weights, expected, artifact.path or "the artifact")
 
 
-def _intermediate_size(weights: dict[str, Any]) -> int | None:
+def _intermediate_size(weights: dict[str, Any], scaled_inputs: tuple[str, ...] = ()) -> int | None:
     """The feed-forward width a LoRA-family adapter was made for, read off its feed-forward weights (no
-    format records it); None when it changes no feed-forward layer."""
+    format records it); None when it changes no feed-forward layer. An (IA)³ vector on a layer's input
+    (``scaled_inputs``) has that layer's input width."""
     for key, tensor in weights.items():
         parts = key.split(".", 2)
         if len(parts) < 3:
             continue
         matrix, _, param = parts
-        if matrix == "intermediate" and param in ("lora_B", "m.weight", "vera_B"):
+        if matrix == "intermediate" and param in ("lora_B", "m.weight", "vera_B") and matrix not in scaled_inputs:
+            return int(tensor.shape[0])
+        if matrix == "output" and param == "lora_B" and matrix in scaled_inputs:
             return int(tensor.shape[0])
         if matrix == "output" and param in ("lora_A", "gate.weight"):
             return int(tensor.shape[1])

@@ -25,7 +25,7 @@ HEAD_CONFIG = "head_config.json"
 class BaseModelInfo:
     """What an artifact was made for; checked against the model it is loaded into."""
 
-    model_type: str
+    model_type: str | None  # None: a PEFT adapter whose files do not say (its weights fit BERT-like models)
     hidden_size: int
     name_or_path: str | None = None
     revision: str | None = None

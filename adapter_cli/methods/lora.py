@@ -241,6 +241,7 @@ class LoRAConfig:
                         intermediate_size: int | None = None) -> dict[str, Any]:
         """Parameters per changed linear layer kind and in total (VeRA's frozen shared projections count in
         the total, as AdapterHub counts them, and not in ``trainable_parameters``)."""
+        self.check_rank(hidden_size)
         inner = intermediate_size or 4 * hidden_size
         placements = []
         for matrix in self.matrices:
