@@ -22,8 +22,8 @@ import torch
 from .errors import UsageError
 
 
-def check_mergeable(name: str, adapter_set: Any) -> None:
-    config = adapter_set.config
+def check_mergeable(name: str, config: Any) -> None:
+    """Refuse (one line) an adapter whose configuration cannot be folded into fixed weights."""
     if config.architecture != "lora":
         raise UsageError(f"adapter {name!r} is a {config.architecture} adapter; only LoRA-family adapters "
                          "(lora, ia3, dora, vera) can be merged into the model's weights")

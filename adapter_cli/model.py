@@ -181,6 +181,11 @@ class AdapterModel(nn.Module):
                          f"({limit} positions); use at most {limit}")
 
     @property
+    def intermediate_size(self) -> int:
+        """The feed-forward width: the output width of the first layer's up-projection."""
+        return int(self._linear("intermediate", 0).out_features)
+
+    @property
     def vocab_size(self) -> int:
         return int(self.base.get_input_embeddings().num_embeddings)
 
@@ -545,7 +550,7 @@ class AdapterModel(nn.Module):
 
         if name not in self.adapters:
             raise UsageError(f"no adapter {name!r} is loaded")
-        check_mergeable(name, self.adapters[name])
+        check_mergeable(name, self.adapters[name].config)
         if self.merged == name:
             return
         if self.merged is not None:

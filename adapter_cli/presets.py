@@ -97,6 +97,20 @@ def _load_file(path: Path) -> dict[str, Any]:
     return dict(data["config"]) if isinstance(data.get("config"), dict) else data
 
 
+def _other_method_hint(changes: dict[str, Any], config: Any) -> str:
+    """For a key of another method (``r`` with a bottleneck preset): which presets take it."""
+    from .methods import METHODS, config_class
+
+    for key in changes:
+        if key in config.field_names():
+            continue
+        for method in METHODS:
+            if method != config.architecture and key in config_class(method).field_names():
+                owners = sorted(p.name for p in adapter_presets().values() if p.method == method)
+                return f" ({key!r} belongs to {method} adapters: {', '.join(dict.fromkeys(owners))})"
+    return ""
+
+
 def resolve_adapter_config(spec: Any = "pfeiffer", overrides: dict[str, Any] | None = None) -> Any:
     """Turn a preset name, file, dict or config object plus overrides into a validated config."""
     from .methods import config_from_dict
@@ -129,7 +143,7 @@ def resolve_adapter_config(spec: Any = "pfeiffer", overrides: dict[str, Any] | N
         raise ConfigError(f"{source}: {exc}") from None
     for label, changes in (("inline overrides", inline),
                            ("overrides", overrides or {})):
-        check_keys(changes, config.field_names(), label)
+        check_keys(changes, config.field_names(), label, extra=_other_method_hint(changes, config))
         if changes:
             try:
                 config = config.replace(**changes)

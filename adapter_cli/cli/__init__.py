@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import activations, add, hub, infer, inspect, results, train  # noqa: F401  (registers the commands)
+from . import activations, add, hub, infer, inspect, merge, results, train  # noqa: F401  (registers the commands)
 from .app import app
 from .cache import cache_app
 from .hub import hub_app

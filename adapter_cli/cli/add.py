@@ -17,27 +17,34 @@ from .app import app
     epilog=(
         "Examples:\n\n"
         "  adapt add pfeiffer --hidden-size 768 --num-layers 12 --json     # cost from the config alone\n\n"
+        "  adapt add lora r=16 alpha=32 --hidden-size 768 --num-layers 12   # LoRA: the rank, not a width\n\n"
+        "  adapt add ia3 --hidden-size 768 --num-layers 12 --intermediate-size 3072 --json\n\n"
         "  adapt add houlsby reduction_factor=64 --model ./my-bert --save ./adapters/houlsby64\n\n"
         "  adapt add 'pfeiffer[non_linearity=gelu]' -m bert-base-uncased --format adapterhub --save out/"
     ),
 )
 @handle_errors
 def add(
-    config: str = typer.Argument("pfeiffer", help="Preset (pfeiffer, houlsby, bapna, parallel; AdapterHub aliases "
-                                 "seq_bn, double_seq_bn, par_bn), 'preset[key=value,...]', or a YAML/JSON file."),
+    config: str = typer.Argument("pfeiffer", help="Preset: bottleneck adapters pfeiffer, houlsby, bapna, parallel "
+                                 "(AdapterHub aliases seq_bn, double_seq_bn, par_bn), or the LoRA family lora, ia3, "
+                                 "dora, vera; 'preset[key=value,...]', or a YAML/JSON file (`adapt recipes ls`)."),
     overrides: list[str] = typer.Argument(None, help="key=value changes to the config, e.g. reduction_factor=8 "
-                                          "non_linearity=gelu leave_out=[0,1]", show_default=False),
+                                          "non_linearity=gelu leave_out=[0,1], or for LoRA r=16 alpha=32 "
+                                          "attn_matrices=[q,k,v] intermediate_lora=true", show_default=False),
     model: str = typer.Option(None, "--model", "-m", help="Base model directory or Hub id to introduce the adapter "
                               "into (its parameters are counted and the adapter is built for real); 'minilm' is "
                               "the embedded all-MiniLM-L6-v2."),
     hidden_size: int = typer.Option(None, "--hidden-size", help="Count from the config alone for this hidden size "
                                     "(no model needed)."),
     num_layers: int = typer.Option(None, "--num-layers", help="... and this number of layers."),
+    intermediate_size: int = typer.Option(None, "--intermediate-size", help="... and this feed-forward width, "
+                                          "for LoRA-family adapters on the feed-forward layers (default: 4 x "
+                                          "the hidden size)."),
     name: str = typer.Option(None, "--name", "-n", help="Adapter name (default: the preset name)."),
     save: Path = typer.Option(None, "--save", help="Save the initialised adapter to this directory (needs --model)."),
     head: str = typer.Option(None, "--head", help="Also add a head saved with the adapter: classification:N, "
                              "regression or multiple_choice:N (N labels / choices)."),
-    fmt: str = typer.Option("adapt", "--format", help="Format for --save: adapt or adapterhub."),
+    fmt: str = typer.Option("adapt", "--format", help="Format for --save: adapt, adapterhub or peft (LoRA, (IA)³ and DoRA)."),
     dtype: str = typer.Option("float32", "--dtype", help="Weight precision for --save: float32, float16, bfloat16."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --save directory."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON object on stdout."),
@@ -45,7 +52,9 @@ def add(
     """Introduce an adapter into a base model: placement, parameters and size.
 
     With --model the adapter is built inside the real model; with --hidden-size and --num-layers the
-    counts come from the configuration alone.
+    counts come from the configuration alone. A bottleneck adapter is placed after sub-layers and has a
+    width; a LoRA-family adapter (lora, ia3, dora, vera) changes linear layers (q, k, v, intermediate,
+    output) and has a rank.
     """
     from ..errors import UsageError
     from ..presets import parse_overrides, resolve_adapter_config
@@ -56,13 +65,14 @@ def add(
 
     if dtype.lower() not in DTYPE_NAMES:
         raise UsageError(f"unknown --dtype {dtype!r}; use float32, float16 or bfloat16")
-    if fmt not in ("adapt", "adapterhub"):
-        raise UsageError(f"unknown --format {fmt!r}; use adapt or adapterhub")
+    if fmt not in ("adapt", "adapterhub", "peft"):
+        raise UsageError(f"unknown --format {fmt!r}; use adapt, adapterhub or peft")
     adapter_name = name or _default_name(config)
     from ..composition import check_name
 
     check_name(adapter_name)
     result: dict[str, Any] = {"name": adapter_name, "method": adapter_config.architecture,
+                              "variant": getattr(adapter_config, "variant", adapter_config.architecture),
                               "config": adapter_config.to_dict()}
     if head is not None:
         _head_spec(head)  # validate before loading anything
@@ -72,13 +82,16 @@ def add(
             raise UsageError(f"--save {save} exists and is {what}; pass --overwrite to replace it, or choose "
                              "another directory")
     if model is None:
-        counts = _count(adapter_config, hidden_size, num_layers, head, save, result)
+        counts = _count(adapter_config, (hidden_size, num_layers, intermediate_size), head, save, result)
     else:
+        if intermediate_size is not None:
+            raise UsageError("--intermediate-size is for counts from the config alone; with --model the "
+                             "model's own feed-forward width is used")
         counts = _build(model, adapter_name, adapter_config, head, save, fmt, dtype, result)
-    placements = [{"location": p["location"], "layers": p["layers"], "bottleneck": _width(p["widths"]),
-                   "parameters": p["parameters"]} for p in counts["placements"]]
-    result.update(placements=placements, parameters=counts["parameters"], bytes_fp32=counts["bytes_fp32"],
-                  bytes_fp16=counts["bytes_fp16"],
+    result.update(placements=[_placement(adapter_config, p) for p in counts["placements"]],
+                  parameters=counts["parameters"],
+                  trainable_parameters=counts.get("trainable_parameters", counts["parameters"]),
+                  bytes_fp32=counts["bytes_fp32"], bytes_fp16=counts["bytes_fp16"],
                   percent_of_base=(100.0 * counts["parameters"] / result["base_parameters"]
                                    if result["base_parameters"] else None),
                   saved_to=str(save) if save is not None else None)
@@ -88,11 +101,23 @@ def add(
     _print(result, counts, config, save)
 
 
-def _count(adapter_config: Any, hidden_size: int | None, num_layers: int | None, head: str | None,
+def _placement(adapter_config: Any, p: dict[str, Any]) -> dict[str, Any]:
+    """One placement as shown: a bottleneck's width, or the rank of a LoRA-family change (None for (IA)³,
+    which learns a vector)."""
+    if adapter_config.architecture != "lora":
+        return {"location": p["location"], "layers": p["layers"], "bottleneck": _width(p["widths"]),
+                "parameters": p["parameters"]}
+    rank = None if adapter_config.variant == "ia3" else _width(p["widths"])
+    return {"location": p["location"], "layers": p["layers"], "rank": rank, "parameters": p["parameters"]}
+
+
+def _count(adapter_config: Any, shape: tuple[int | None, int | None, int | None], head: str | None,
            save: Path | None, result: dict[str, Any]) -> dict[str, Any]:
-    """The counts from the configuration alone: no model, no torch."""
+    """The counts from the configuration alone: no model, no torch. ``shape``: hidden size, layers and
+    feed-forward width (None: 4 x hidden) as given on the command line."""
     from ..errors import UsageError
 
+    hidden_size, num_layers, intermediate_size = shape
     if head is not None:
         raise UsageError("--head needs --model")
     if save is not None:
@@ -101,11 +126,18 @@ def _count(adapter_config: Any, hidden_size: int | None, num_layers: int | None,
         raise UsageError("give --model, or both --hidden-size and --num-layers to count from the config alone")
     from ..architectures import MAX_HIDDEN_SIZE, MAX_LAYERS
 
-    for flag, value, top in (("--hidden-size", hidden_size, MAX_HIDDEN_SIZE), ("--num-layers", num_layers, MAX_LAYERS)):
+    inner = intermediate_size if intermediate_size is not None else 4 * hidden_size
+    for flag, value, top in (("--hidden-size", hidden_size, MAX_HIDDEN_SIZE), ("--num-layers", num_layers, MAX_LAYERS),
+                             ("--intermediate-size", inner, 8 * MAX_HIDDEN_SIZE)):
         if not 1 <= value <= top:
             raise UsageError(f"{flag} must be from 1 to {top}, got {value}")
     result.update(hidden_size=hidden_size, num_layers=num_layers, base_model=None, base_parameters=None)
-    counts: dict[str, Any] = adapter_config.parameter_count(hidden_size, num_layers)
+    if adapter_config.architecture != "lora":
+        counts: dict[str, Any] = adapter_config.parameter_count(hidden_size, num_layers)
+        return counts
+    adapter_config.check_rank(hidden_size)
+    result["intermediate_size"] = inner
+    counts = adapter_config.parameter_count(hidden_size, num_layers, inner)
     return counts
 
 
@@ -121,7 +153,12 @@ def _build(model: str, adapter_name: str, adapter_config: Any, head: str | None,
     quiet_libraries()  # transformers is imported now
     m = AdapterModel.from_pretrained(resolve_model(model))
     m.add_adapter(adapter_name, adapter_config)
-    counts: dict[str, Any] = adapter_config.parameter_count(m.hidden_size, m.num_layers)
+    if adapter_config.architecture == "lora":
+        inner = m.intermediate_size
+        result["intermediate_size"] = inner
+        counts: dict[str, Any] = adapter_config.parameter_count(m.hidden_size, m.num_layers, inner)
+    else:
+        counts = adapter_config.parameter_count(m.hidden_size, m.num_layers)
     built = sum(p.numel() for p in m.adapters[adapter_name].parameters())
     assert built == counts["parameters"], (built, counts["parameters"])
     base_params = sum(p.numel() for p in m.base.parameters())
@@ -136,15 +173,21 @@ def _build(model: str, adapter_name: str, adapter_config: Any, head: str | None,
 
 
 def _print(result: dict[str, Any], counts: dict[str, Any], config: str, save: Path | None) -> None:
-    rows = [[p["location"], _layers(p["layers"]), p["bottleneck"], f"{p['parameters']:,}"]
-            for p in result["placements"]]
-    print_table(["placement", "layers", "bottleneck", "parameters"], rows,
-                title=f"adapter {result['name']!r} ({config}) for hidden size {result['hidden_size']}, "
+    lora = result["method"] == "lora"
+    width = "rank" if lora else "bottleneck"
+    rows = [[p["location"], _layers(p["layers"]), "vector" if lora and p["rank"] is None else p[width],
+             f"{p['parameters']:,}"] for p in result["placements"]]
+    variant = f", {result['variant']}" if lora and result["variant"] != config else ""
+    print_table(["matrix" if lora else "placement", "layers", width, "parameters"], rows,
+                title=f"adapter {result['name']!r} ({config}{variant}) for hidden size {result['hidden_size']}, "
                       f"{result['num_layers']} layers")
     line = (f"total: {counts['parameters']:,} parameters ({human_count(counts['parameters'])}), "
             f"{human_bytes(counts['bytes_fp32'])} in fp32, {human_bytes(counts['bytes_fp16'])} in fp16")
     if result["percent_of_base"] is not None:
         line += f", {result['percent_of_base']:.2f}% of the base model's {human_count(result['base_parameters'])}"
+    frozen = counts["parameters"] - result["trainable_parameters"]
+    if frozen:
+        line += f"; {result['trainable_parameters']:,} trained, {frozen:,} frozen (shared random projections)"
     print(line)
     if save is not None:
         print(f"saved to {save}")

@@ -29,7 +29,8 @@ Model = typer.Option(None, "--model", "-m", help="Base model it was trained on, 
 
 def _summary(card: Any, digest: str, path: Path) -> dict[str, Any]:
     return {"id": card.id, "version": card.version, "name": card.name, "base_model": card.base_model.id,
-            "architecture": card.architecture, "reduction_factor": card.reduction_factor,
+            "method": card.method, "architecture": card.architecture, "reduction_factor": card.reduction_factor,
+            "rank": card.rank,
             "archive": str(path), "sha256": digest, "bytes": path.stat().st_size, "files": sorted(card.files)}
 
 
@@ -48,8 +49,9 @@ def pack(name: str = typer.Argument(..., help="A cached adapter (see adapt cache
          json_out: bool = typer.Option(False, "--json", help="Print a JSON object on stdout.")) -> None:
     """Pack an adapter (weights, config, head) and its card into one verifiable .tar.gz.
 
-    The card records the id (task/dataset@author), version, base model and revision, architecture and
-    reduction factor, dev metrics, author, description, citation, license and the sha256 of every file.
+    The card records the id (task/dataset@author), version, base model and revision, method, architecture
+    and reduction factor (or LoRA rank), dev metrics, author, description, citation, license and the sha256
+    of every file.
     """
     from ..hub.pack import pack as do_pack
 
@@ -147,10 +149,17 @@ def search(query: str = typer.Argument(None, help="Free text: every word must ap
         metrics = r.get("metrics") or {}
         key = r.get("main_metric") or next(iter(metrics), None)
         metric = f"{key} {metrics[key]:.3f}" if key in metrics else ""
-        rf = r.get("reduction_factor")
-        rows.append([r["id"], r["version"], r["base_model"]["id"], r.get("architecture") or "",
-                     f"{rf:g}" if isinstance(rf, (int, float)) else "", metric, human_bytes(r.get("bytes") or 0)])
-    print_table(["id", "version", "base model", "arch", "rf", "dev", "size"], rows)
+        rows.append([r["id"], r["version"], r["base_model"]["id"], r.get("architecture") or "", _size(r), metric,
+                     human_bytes(r.get("bytes") or 0)])
+    print_table(["id", "version", "base model", "arch", "rf / r", "dev", "size"], rows)
+
+
+def _size(record: dict[str, Any]) -> str:
+    """A bottleneck's reduction factor (16), or a LoRA-family adapter's rank (r8)."""
+    rf, rank = record.get("reduction_factor"), record.get("rank")
+    if isinstance(rf, (int, float)):
+        return f"{rf:g}"
+    return f"r{rank}" if isinstance(rank, int) else ""
 
 
 @app.command("pull", epilog="Examples:\n\n  adapt pull sentiment/sst-2@ukp --registry ./hub --model bert-base-uncased\n\n"

@@ -33,11 +33,7 @@ def inspect(
     rows = [["kind", result["kind"]], ["name", result["name"]], ["format", result["format"]]]
     if result["kind"] == "adapter":
         rows.append(["method", result["method"]])
-        cfg = result["config"]
-        rows.append(["placement", ", ".join(loc for loc in ("mh_adapter", "output_adapter") if cfg.get(loc))])
-        rows.append(["reduction factor" if cfg.get("reduction_factor") else "bottleneck size",
-                     cfg.get("reduction_factor") or cfg.get("bottleneck_size")])
-        rows.append(["non-linearity", cfg.get("non_linearity")])
+        rows += _method_rows(result["config"])
     if result["kind"] == "fusion":
         rows.append(["adapters", ", ".join(result["adapters"])])
     base = result["base_model"]
@@ -49,3 +45,20 @@ def inspect(
         head = result["head"]
         rows.append(["head", f"{head['name']}: {head['config']['head_type']} ({head['parameters']:,} parameters)"])
     print_table(["field", "value"], rows)
+
+
+def _method_rows(cfg: dict) -> list[list]:
+    """Where the adapter sits and how big it is: a bottleneck's placement and width, or the linear layers a
+    LoRA-family adapter changes and its rank."""
+    if cfg.get("architecture") == "lora":
+        from ..methods import config_from_dict
+
+        config = config_from_dict(cfg)
+        rows = [["variant", config.variant], ["matrices", ", ".join(config.matrices)]]
+        if config.variant != "ia3":
+            rows.append(["rank", config.r])
+        return rows + [["alpha", f"{config.alpha:g}"]]
+    return [["placement", ", ".join(loc for loc in ("mh_adapter", "output_adapter") if cfg.get(loc))],
+            ["reduction factor" if cfg.get("reduction_factor") else "bottleneck size",
+             cfg.get("reduction_factor") or cfg.get("bottleneck_size")],
+            ["non-linearity", cfg.get("non_linearity")]]

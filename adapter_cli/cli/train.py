@@ -20,6 +20,7 @@ from .app import app
         "  adapt train --task mrpc --config pfeiffer --data-dir glue/MRPC\n\n"
         "  adapt train --task rte --method full --data-dir glue/RTE epochs=3\n\n"
         "  adapt train --task sst2 --config houlsby reduction_factor=32 learning_rate=3e-4 seed=2\n\n"
+        "  adapt train --task mrpc --config lora --data-dir glue/MRPC r=16 alpha=32 learning_rate=5e-4\n\n"
         "  adapt train --recipe runs/mrpc-pfeiffer-s42/recipe.yaml --run-dir runs/rerun\n\n"
         "  adapt train --resume --run-dir runs/mrpc-pfeiffer-s42        # continue a killed run\n\n"
         "  torchrun --nproc_per_node 4 -m adapter_cli train --task mnli  # data parallel"
@@ -28,11 +29,13 @@ from .app import app
 @handle_errors
 def train(
     overrides: list[str] = typer.Argument(None, help="Recipe changes as key=value (learning_rate=3e-4 epochs=5 "
-                                          "seed=2 max_train_samples=1000 ...); see `adapt recipes show adapter`.",
+                                          "seed=2 max_train_samples=1000 ...) and adapter config changes "
+                                          "(reduction_factor=32, r=16 ...); see `adapt recipes show adapter`.",
                                           show_default=False),
     task: str = typer.Option(None, "--task", "-t", help="Task name (mrpc, rte, sst-2, ...) or a task YAML file."),
-    config: str = typer.Option(None, "--config", "-c", help="Adapter config: preset (pfeiffer, houlsby, bapna, "
-                               "parallel), preset[key=value], or a file."),
+    config: str = typer.Option(None, "--config", "-c", help="Adapter config: preset (bottleneck: pfeiffer, "
+                               "houlsby, bapna, parallel; LoRA family: lora, ia3, dora, vera), preset[key=value], "
+                               "or a file."),
     method: str = typer.Option(None, "--method", help="adapter (default), full (all weights) or head (head only)."),
     recipe: str = typer.Option(None, "--recipe", "-r", help="Built-in recipe name or YAML file "
                                "(default: the one for --method)."),
@@ -48,7 +51,7 @@ def train(
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
-    """Train an adapter (or a head, or the whole model) on a task with the base frozen.
+    """Train an adapter (bottleneck or LoRA family), a head, or the whole model on a task with the base frozen.
 
     Evaluates on the dev split every epoch, keeps the best checkpoint, stops early, and at the end puts
     the best adapter and head into the local cache (see `adapt cache ls`).

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..architectures import Architecture, architecture_for
 from ..errors import ArtifactError, ConfigError
+from .adapterhub_lora import lora_config_from_adapterhub, lora_config_to_adapterhub, lora_weights_from_adapterhub, \
+    lora_weights_to_adapterhub
 from .artifacts import (ADAPTER_CONFIG, HEAD_CONFIG, AdapterArtifact, BaseModelInfo, FusionArtifact, HeadArtifact,
                load_safetensors, load_torch_bin, read_json, save_safetensors)
 
@@ -205,10 +207,8 @@ def read_adapter(path: Path, shapes_only: bool = False) -> AdapterArtifact:
     arch = architecture_for(base.model_type)
     raw = _weights(path, "adapter", shapes_only)
     if data["config"].get("architecture") == "lora":
-        from . import adapterhub_lora
-
-        config = adapterhub_lora.config_from_adapterhub(data["config"], str(path / ADAPTER_CONFIG), data.get("version"))
-        key_name, weights = adapterhub_lora.weights_from_adapterhub(raw, arch, path)
+        config = lora_config_from_adapterhub(data["config"], str(path / ADAPTER_CONFIG), data.get("version"))
+        key_name, weights = lora_weights_from_adapterhub(raw, arch, path)
     else:
         config = config_from_adapterhub(data["config"], str(path / ADAPTER_CONFIG))
         key_name, weights = adapter_weights_from_adapterhub(raw, arch, config.ln_before, path)
@@ -241,10 +241,8 @@ def write_adapter(directory: Path, artifact: AdapterArtifact, num_layers: int, s
 
     arch = architecture_for(artifact.base.model_type)
     if artifact.config.architecture == "lora":
-        from . import adapterhub_lora
-
-        config = adapterhub_lora.config_to_adapterhub(artifact.config)
-        weights = adapterhub_lora.weights_to_adapterhub(artifact.weights, arch, artifact.name)
+        config = lora_config_to_adapterhub(artifact.config)
+        weights = lora_weights_to_adapterhub(artifact.weights, arch, artifact.name)
     else:
         config = config_to_adapterhub(artifact.config, artifact.base.hidden_size, num_layers)
         weights = adapter_weights_to_adapterhub(artifact.weights, arch, artifact.name, artifact.config.ln_before)

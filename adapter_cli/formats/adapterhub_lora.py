@@ -23,7 +23,7 @@ def _older_than_1_1(version: Any) -> bool:
     return bool(match) and (int(match.group(1)), int(match.group(2))) < (1, 1)
 
 
-def config_from_adapterhub(raw: dict[str, Any], source: str, version: Any) -> Any:
+def lora_config_from_adapterhub(raw: dict[str, Any], source: str, version: Any) -> Any:
     from ..methods.lora import LoRAConfig
 
     values = {k: v for k, v in raw.items() if k != "architecture"}
@@ -34,7 +34,7 @@ def config_from_adapterhub(raw: dict[str, Any], source: str, version: Any) -> An
     return LoRAConfig.from_dict(values, source=source)
 
 
-def config_to_adapterhub(config: Any) -> dict[str, Any]:
+def lora_config_to_adapterhub(config: Any) -> dict[str, Any]:
     from ..errors import UsageError
 
     if config.dora_style != "adapters" or config.scaled_inputs:
@@ -51,7 +51,7 @@ def _patterns(arch: Architecture) -> list[tuple[str, re.Pattern[str]]]:
             for matrix, path in arch.linears]
 
 
-def weights_from_adapterhub(raw: dict[str, Any], arch: Architecture, source: Path) -> tuple[str | None, dict]:
+def lora_weights_from_adapterhub(raw: dict[str, Any], arch: Architecture, source: Path) -> tuple[str | None, dict]:
     shared = re.compile(rf"^(?:{re.escape(arch.adapterhub_prefix)}\.)?shared_parameters\.([^.]+)\.(lora_[AB])$")
     out: dict[str, Any] = {}
     names: set[str] = set()
@@ -76,7 +76,7 @@ def weights_from_adapterhub(raw: dict[str, Any], arch: Architecture, source: Pat
     return (names.pop() if names else None), out
 
 
-def weights_to_adapterhub(weights: dict[str, Any], arch: Architecture, name: str) -> dict[str, Any]:
+def lora_weights_to_adapterhub(weights: dict[str, Any], arch: Architecture, name: str) -> dict[str, Any]:
     out = {}
     for key, tensor in weights.items():
         first, _, rest = key.partition(".")

@@ -117,10 +117,11 @@ class Card:
     version: str
     base_model: BaseModelRef
     kind: str = "task"                     # task | language (AdapterHub's text_task / text_lang)
-    method: str = "bottleneck"
-    architecture: str = "custom"           # the preset the config equals: pfeiffer, houlsby, ...
-    reduction_factor: float | None = None
-    non_linearity: str | None = None
+    method: str = "bottleneck"             # bottleneck or lora (the LoRA family: lora, ia3, dora, vera)
+    architecture: str = "custom"           # the preset the config equals: pfeiffer, houlsby, lora, ...
+    reduction_factor: float | None = None  # bottleneck adapters
+    non_linearity: str | None = None       # bottleneck adapters
+    rank: int | None = None                # LoRA, DoRA and VeRA (absent from older cards: None)
     parameters: int | None = None
     config: dict[str, Any] = field(default_factory=dict)
     head: dict[str, Any] | None = None     # {type, num_labels, labels} when a prediction head ships with it
@@ -207,6 +208,9 @@ def common_problem(data: dict[str, Any]) -> str | None:
         return "metrics must map names to numbers"
     if data.get("reduction_factor") is not None and not _number(data["reduction_factor"]):
         return "reduction_factor must be a number"
+    rank = data.get("rank")
+    if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 1):
+        return "rank must be a whole number of at least 1"
     head = data.get("head")
     labels = (head.get("labels") or []) if isinstance(head, dict) else None
     if head is not None and (not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)):

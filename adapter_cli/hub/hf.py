@@ -169,7 +169,7 @@ def adapterhub_card(directory: Path, spec: str) -> tuple[Path, Any]:
     from ..formats import read_adapter, read_head
     from ..jsonio import load_json
     from .card import BaseModelRef, Card, slug
-    from .pack import architecture_name
+    from .pack import method_fields
 
     if not (directory / "adapter_config.json").is_file():
         raise UsageError(f"{spec} holds neither an adapt index nor an adapter (no adapter_config.json)")
@@ -188,10 +188,8 @@ def adapterhub_card(directory: Path, spec: str) -> tuple[Path, Any]:
                 author=slug(re.sub(r"[^a-z0-9_.\-]", "-", org.lower()), "author"), version=repo.revision or "main",
                 base_model=BaseModelRef(id=artifact.base.name_or_path or raw.get("model_name") or "unknown",
                                         model_type=artifact.base.model_type, hidden_size=artifact.base.hidden_size),
-                architecture=architecture_name(artifact.config.to_dict()), config=artifact.config.to_dict(),
-                reduction_factor=artifact.config.reduction_factor if isinstance(artifact.config.reduction_factor,
-                                                                                (int, float)) else None,
-                non_linearity=artifact.config.non_linearity, head=head, license=front.get("license"),
+                **method_fields(artifact.config, artifact.base.hidden_size), config=artifact.config.to_dict(),
+                head=head, license=front.get("license"),
                 url=f"https://huggingface.co/{repo.repo_id}", description=f"AdapterHub adapter {repo.repo_id}")
     return directory, Card.from_dict(card.to_dict(), spec)  # checked like a downloaded card
 

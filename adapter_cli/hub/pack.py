@@ -23,11 +23,27 @@ def architecture_name(config: dict[str, Any]) -> str:
     def shape(cfg: Any) -> dict[str, Any]:
         return {k: v for k, v in cfg.to_dict().items() if k not in free}
 
-    mine = shape(config_from_dict(config))
+    parsed = config_from_dict(config)
+    mine = shape(parsed)
     for name, preset in sorted(adapter_presets().items()):
         if name == preset.name and shape(config_from_dict({**preset.config, "architecture": preset.method})) == mine:
             return name
-    return "custom"
+    return getattr(parsed, "variant", "custom")  # a LoRA-family adapter is at least its variant (lora, dora, ...)
+
+
+def method_fields(config: Any, hidden_size: int) -> dict[str, Any]:
+    """What a card records of an adapter's method: a bottleneck's reduction factor and non-linearity, or a
+    LoRA-family adapter's rank ((IA)³ learns vectors and has none)."""
+    fields: dict[str, Any] = {"method": config.architecture, "architecture": architecture_name(config.to_dict()),
+                              "reduction_factor": None, "non_linearity": None, "rank": None}
+    if config.architecture == "lora":
+        fields["rank"] = None if config.variant == "ia3" else config.r
+        return fields
+    rf = config.reduction_factor if isinstance(config.reduction_factor, (int, float)) else None
+    if isinstance(config.bottleneck_size, int):
+        rf = hidden_size / config.bottleneck_size
+    fields.update(reduction_factor=rf, non_linearity=config.non_linearity)
+    return fields
 
 
 def _catalog(entry_data: dict[str, Any]) -> str | None:
@@ -58,7 +74,6 @@ def card_for(directory: Path, entry_data: dict[str, Any], *, author: str | None,
     """A card for the adapter in ``directory`` (ours or AdapterHub's), with what the cache entry knows."""
     from .._version import __version__
     from ..formats import has_head, read_adapter, read_head
-    from ..methods.bottleneck import BottleneckConfig
 
     if (directory / "fusion_config.json").is_file() or (directory / "adapter_fusion_config.json").is_file():
         raise UsageError(f"{directory} holds a fusion; only single adapters can be packed for now "
@@ -78,11 +93,7 @@ def card_for(directory: Path, entry_data: dict[str, Any], *, author: str | None,
         raise UsageError(f"task {task!r} has no place in the hub hierarchy; pass `catalog` CATEGORY/DATASET "
                          "(e.g. sentiment/my-reviews) or add `catalog:` to its task file")
     category, dataset = catalog.split("/", 1)
-    config: BottleneckConfig = artifact.config
-    config_dict = config.to_dict()
-    rf = config.reduction_factor if isinstance(config.reduction_factor, (int, float)) else None
-    if isinstance(config.bottleneck_size, int):
-        rf = artifact.base.hidden_size / config.bottleneck_size
+    config = artifact.config
     head = None
     if has_head(directory):
         head_cfg = read_head(directory).config
@@ -98,8 +109,8 @@ def card_for(directory: Path, entry_data: dict[str, Any], *, author: str | None,
         base_model=BaseModelRef(id=base_model, model_type=artifact.base.model_type,
                                 hidden_size=artifact.base.hidden_size, num_layers=artifact.base.num_layers,
                                 revision=artifact.base.revision),
-        kind=kind or config.kind, architecture=architecture_name(config_dict), reduction_factor=rf,
-        non_linearity=config.non_linearity, parameters=raw.get("parameters"), config=config_dict, head=head,
+        kind=kind or config.kind, **method_fields(config, artifact.base.hidden_size),
+        parameters=raw.get("parameters"), config=config.to_dict(), head=head,
         metrics=dict(entry_data.get("metrics") or {}), main_metric=entry_data.get("main_metric"),
         description=description or "", citation=citation or "", license=license, url=url,
         # when the adapter was made, not when it was packed: packing twice gives the same bytes

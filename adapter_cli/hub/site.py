@@ -173,7 +173,9 @@ def _adapter_page(r: dict[str, Any], title: str, registry: str, archive_url: str
                            + (f", {esc(base.get('num_layers'))} layers" if base.get("num_layers") else "") + ")"),
             ("base model revision", esc(base.get("revision") or "not recorded")),
             ("method / architecture", f"{esc(r.get('method'))} / {esc(r.get('architecture'))}"),
-            ("reduction factor", _rf(r)), ("non-linearity", esc(r.get("non_linearity"))),
+            *([("rank", esc(r.get("rank")) if r.get("rank") is not None else "— (learned scaling vectors)")]
+              if r.get("method") == "lora" else
+              [("reduction factor", _rf(r)), ("non-linearity", esc(r.get("non_linearity")))]),
             ("parameters", f"{r['parameters']:,}" if isinstance(r.get("parameters"), int) else "—")]
     head = r.get("head")
     if head:

@@ -3,6 +3,7 @@
 A recipe file has top-level keys (task, model, method, name, description) and sections::
 
     adapter: {config: pfeiffer, reduction_factor: 8}      # the adapter config, then changes to it
+                                                          # (any method's keys: {config: lora, r: 16})
     fusion:  {adapters: [...], config: dynamic, reg_weight: 0.01, unfreeze_adapters: false}
     optim:   {learning_rate, weight_decay, max_grad_norm, warmup_ratio}
     train:   {epochs, patience, batch_size, eval_batch_size, grad_accum, seed, precision, frozen_dtype,
@@ -10,7 +11,7 @@ A recipe file has top-level keys (task, model, method, name, description) and se
     data:    {data_dir, max_length, max_train_samples, max_eval_samples}
 
 Overrides name a key with its section (``optim.learning_rate=3e-4``, ``adapter.reduction_factor=32``) or,
-when that is unambiguous, alone (``learning_rate=3e-4``, ``reduction_factor=32``). Flat files written
+when that is unambiguous, alone (``learning_rate=3e-4``, ``reduction_factor=32``, ``r=16``). Flat files written
 before sections existed (every key at the top) still load. In memory a Recipe is one flat dataclass.
 
 Built-in recipes are ``recipes/train/*.yaml``. A resolved recipe is saved in every run directory
@@ -184,9 +185,11 @@ def _set(data: dict[str, Any], overrides: dict[str, Any], key: str, value: Any, 
 
 
 def _adapter_keys() -> list[str]:
-    from ..methods.bottleneck import BottleneckConfig
+    """Every configuration key of every adapter method (``reduction_factor``, ``r``, ...): which of them a
+    config takes is checked when the adapter config is resolved, against its own method."""
+    from ..methods import METHODS, config_class
 
-    return [f.name for f in dataclasses.fields(BottleneckConfig)]
+    return list(dict.fromkeys(key for method in METHODS for key in config_class(method).field_names()))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
