@@ -67,6 +67,9 @@ def add(
         raise UsageError(f"unknown --dtype {dtype!r}; use float32, float16 or bfloat16")
     if fmt not in ("adapt", "adapterhub", "peft"):
         raise UsageError(f"unknown --format {fmt!r}; use adapt, adapterhub or peft")
+    if fmt == "peft" and head is not None:
+        raise UsageError("--format peft has no place for a head (PEFT saves adapters only); drop --head or use "
+                         "--format adapt")
     adapter_name = name or _default_name(config)
     from ..composition import check_name
 
@@ -181,7 +184,8 @@ def _print(result: dict[str, Any], counts: dict[str, Any], config: str, save: Pa
     print_table(["matrix" if lora else "placement", "layers", width, "parameters"], rows,
                 title=f"adapter {result['name']!r} ({config}{variant}) for hidden size {result['hidden_size']}, "
                       f"{result['num_layers']} layers")
-    line = (f"total: {counts['parameters']:,} parameters ({human_count(counts['parameters'])}), "
+    size = f" ({human_count(counts['parameters'])})" if counts["parameters"] >= 1e5 else ""
+    line = (f"total: {counts['parameters']:,} parameters{size}, "
             f"{human_bytes(counts['bytes_fp32'])} in fp32, {human_bytes(counts['bytes_fp16'])} in fp16")
     if result["percent_of_base"] is not None:
         line += f", {result['percent_of_base']:.2f}% of the base model's {human_count(result['base_parameters'])}"

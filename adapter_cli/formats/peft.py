@@ -301,7 +301,8 @@ def _check_writable(config: Any, name: str) -> None:
         why = "AdapterHub's VeRA (trained r×r and out×out matrices) is not PEFT's VeRA"
     elif config.use_dora and config.dora_style != "peft":
         why = ("AdapterHub-style DoRA normalises W + BA and rescales the bias, PEFT normalises W + (alpha/r)·BA "
-               "and does not, so PEFT would compute different outputs")
+               "and does not, so PEFT would compute different outputs (a DoRA made with dora_style=peft computes "
+               "as PEFT does and can be saved)")
     elif config.composition_mode == "scale" and config.alpha != 1.0:
         why = f"(IA)³ with alpha {config.alpha} (PEFT's (IA)³ has no scaling; alpha must be 1)"
     elif config.dtype is not None:

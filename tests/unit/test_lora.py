@@ -170,3 +170,23 @@ def test_lora_and_bottleneck_adapters_mix_in_one_model():
     torch.testing.assert_close(hidden(model, "batch_split(bn,lo,sizes=[1,2])"), rows, atol=1e-6, rtol=0)
     with pytest.raises(CompositionError, match="'lo' is a lora adapter"):
         model.add_fusion(["bn", "lo"])
+
+
+def test_gradient_checkpointing_recomputes_with_the_adapters_active():
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny().train()
+        model.base.config.hidden_dropout_prob = model.base.config.attention_probs_dropout_prob = 0.0
+        for module in model.base.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        model.add_adapter("d", "dora[intermediate_lora=true]")
+        perturb(model, "d")
+        model.train_adapters(["d"])
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model(input_ids=IDS, attention_mask=MASK, active="d", head=None).last_hidden_state.pow(2).sum().backward()
+        grads.append({k: p.grad.clone() for k, p in model.adapters["d"].named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for key in grads[0]:
+        torch.testing.assert_close(grads[1][key], grads[0][key], atol=1e-5, rtol=1e-4)
