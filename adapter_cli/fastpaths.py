@@ -49,10 +49,15 @@ def _scales(adapters: Sequence[BottleneckAdapter], like: torch.Tensor) -> torch.
                         for m in adapters])
 
 
+def stackable(adapters: Sequence[BottleneckAdapter]) -> bool:
+    """Whether ``stacked_bottlenecks`` computes these members (fast paths on, members alike)."""
+    return ENABLED and _alike(adapters)
+
+
 def stacked_bottlenecks(adapters: Sequence[BottleneckAdapter], a: torch.Tensor) -> torch.Tensor | None:
     """The N members' scaled up-projections of the shared input ``a`` [B, T, H] as [B, T, N, H], or None
     when the members are not alike."""
-    if not ENABLED or not _alike(adapters):
+    if not stackable(adapters):
         return None
     n, width = len(adapters), adapters[0].down.out_features
     down_w = torch.cat([m.down.weight for m in adapters])                   # [N*d, H]

@@ -13,14 +13,22 @@ products per token; docs/performance.md). ``ADAPT_REFERENCE_ORDER=1`` evaluates 
 instead, so outputs match the reference library bit for bit on the same machine; the restructured form
 is exact up to fp32 rounding, which ill-conditioned fusions (near-tied scores of large magnitude) amplify
 (docs/numerics.md measures it).
+
+In a training step ``FusionLayer.fuse`` keeps neither the members' [B, T, N, H] outputs nor the
+attention's intermediates for the backward: the site's member stack and fusion attention run under
+``torch.utils.checkpoint`` (non-reentrant, RNG state restored so that dropout masks repeat) and are
+recomputed in the backward from the shared input and the query. The forward is the same computation in
+the same order (bit for bit); without autograd recording it is a plain call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .fastpaths import ENABLED as FAST_PATHS
 from .errors import ConfigError
@@ -57,60 +65,103 @@ class FusionLayer(nn.Module):
         self.last_attention: torch.Tensor | None = None
         self.keep_attention = False
 
-    def _stack(self, ups: list[torch.Tensor] | torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    def _stack(self, ups: list[torch.Tensor] | torch.Tensor, inside: torch.Tensor | None) -> torch.Tensor:
         # [B, T, N, H]: given as such by the stacked fast path, or a permuted view of [N, B, T, H] (the
         # layout AdapterHub's kernels see) when the members ran one by one.
         u = ups if isinstance(ups, torch.Tensor) else torch.stack(ups).permute(1, 2, 0, 3)
-        if self.config.residual_before:
-            u = u + residual.unsqueeze(2)
+        if inside is not None:
+            u = u + inside.unsqueeze(2)
         return u
 
-    def _softmax(self, scores: torch.Tensor) -> torch.Tensor:
+    def _anneal(self) -> float:
+        """The temperature of this call; one annealing step follows it in training mode."""
+        temperature = self.temperature
+        if self.training and temperature > 1.0:
+            self.temperature = max(temperature - self._temperature_step, 1.0)
+        return temperature
+
+    def _softmax(self, scores: torch.Tensor, temperature: float) -> torch.Tensor:
         scores = self.dropout(scores)
-        probs = torch.softmax(scores / self.temperature, dim=-1)
-        if self.training and self.temperature > 1.0:
-            self.temperature = max(self.temperature - self._temperature_step, 1.0)
+        probs = torch.softmax(scores / temperature, dim=-1)
         if self.keep_attention:
             self.last_attention = probs.detach()
         return probs
 
+    def _close(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return context if self.config.residual_before else context + residual
+
+    def _inside(self, residual: torch.Tensor) -> torch.Tensor | None:
+        """The residual where it enters the attention (``residual_before``), else None (added after it)."""
+        return residual if self.config.residual_before else None
+
     def forward(self, query: torch.Tensor, ups: list[torch.Tensor] | torch.Tensor,
                 residual: torch.Tensor) -> torch.Tensor:
-        if self.restructured:
-            return self.restructured_forward(query, ups, residual)
-        return self.reference_forward(query, ups, residual)
+        form = self._restructured if self.restructured else self._reference
+        return self._close(form(query, ups, self._inside(residual), self._anneal()), residual)
+
+    def fuse(self, query: torch.Tensor, residual: torch.Tensor,
+             members_up: Callable[..., list[torch.Tensor] | torch.Tensor], inputs: Sequence[torch.Tensor],
+             members: Sequence[nn.Module] = ()) -> torch.Tensor:
+        """``forward(query, members_up(*inputs), residual)``, the members' up-projections computed here.
+
+        While autograd records (a training step), the backward keeps only ``inputs``, ``query`` and (with
+        ``residual_before``) ``residual``: the members' up-projections and the attention are recomputed
+        in the backward, with the same temperature and the RNG state of the forward (same dropout masks).
+        ``members`` are the modules ``members_up`` uses (their parameters may be trainable)."""
+        form = self._restructured if self.restructured else self._reference
+        temperature, inside = self._anneal(), self._inside(residual)
+
+        def region(query: torch.Tensor, inside: torch.Tensor | None, *inputs: torch.Tensor) -> torch.Tensor:
+            return form(query, members_up(*inputs), inside, temperature)
+
+        if self._records((query, inside, *inputs), members):
+            context = checkpoint(region, query, inside, *inputs, use_reentrant=False, preserve_rng_state=True)
+        else:
+            context = region(query, inside, *inputs)
+        return self._close(context, residual)
+
+    def _records(self, tensors: Sequence[torch.Tensor | None], members: Sequence[nn.Module]) -> bool:
+        """Whether autograd records this call: grad mode on and a tensor or parameter requiring grad."""
+        if not torch.is_grad_enabled():
+            return False
+        return any(t is not None and t.requires_grad for t in tensors) or any(
+            p.requires_grad for m in (self, *members) for p in m.parameters())
 
     def restructured_forward(self, query: torch.Tensor, ups: list[torch.Tensor] | torch.Tensor,
                              residual: torch.Tensor) -> torch.Tensor:
-        u = self._stack(ups, residual)
+        return self._close(self._restructured(query, ups, self._inside(residual), self._anneal()), residual)
+
+    def reference_forward(self, query: torch.Tensor, ups: list[torch.Tensor] | torch.Tensor,
+                          residual: torch.Tensor) -> torch.Tensor:
+        """AdapterHub's formulation, term by term (for tests of the restructured forward)."""
+        return self._close(self._reference(query, ups, self._inside(residual), self._anneal()), residual)
+
+    # The two forms compute the attention's output before a residual added after it; ``inside`` is the
+    # residual where it enters the members' outputs (``residual_before``), else None.
+    def _restructured(self, query: torch.Tensor, ups: list[torch.Tensor] | torch.Tensor,
+                      inside: torch.Tensor | None, temperature: float) -> torch.Tensor:
+        u = self._stack(ups, inside)
         q = self.query(query) if self.query is not None else query
         if self.key is not None:
             qk = q @ self.key.weight  # W_k^T q, [B, T, H]
             scores = torch.einsum("bth,btnh->btn", qk, u) + (q * self.key.bias).sum(-1, keepdim=True)
         else:
             scores = torch.einsum("bth,btnh->btn", q, u)
-        probs = self._softmax(scores)
+        probs = self._softmax(scores, temperature)
         context = torch.einsum("btn,btnh->bth", probs, u)
-        if self.value is not None:
-            context = self.value(context)
-        if not self.config.residual_before:
-            context = context + residual
-        return context
+        return self.value(context) if self.value is not None else context
 
-    def reference_forward(self, query: torch.Tensor, ups: list[torch.Tensor] | torch.Tensor,
-                          residual: torch.Tensor) -> torch.Tensor:
-        """AdapterHub's formulation, term by term (for tests of the restructured forward)."""
-        u = self._stack(ups, residual)
+    def _reference(self, query: torch.Tensor, ups: list[torch.Tensor] | torch.Tensor,
+                   inside: torch.Tensor | None, temperature: float) -> torch.Tensor:
+        u = self._stack(ups, inside)
         q = self.query(query) if self.query is not None else query
         k = self.key(u) if self.key is not None else u
         v = self.value(u) if (self.value is not None and self.config.value_before_softmax) else u
         scores = torch.squeeze(torch.matmul(q.unsqueeze(2), k.transpose(-2, -1)), dim=2)
-        probs = self._softmax(scores)
+        probs = self._softmax(scores, temperature)
         context = torch.squeeze(torch.matmul(probs.unsqueeze(2), v), dim=2)
         if self.value is not None and not self.config.value_before_softmax:
             context = self.value(context)
-        if not self.config.residual_before:
-            context = context + residual
         return context
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -23,7 +24,7 @@ from torch import nn
 
 from .architectures import SiteSpec
 from .composition import Average, BatchSplit, Block, Fuse, Stack
-from .fastpaths import routed_adapters, stacked_bottlenecks
+from .fastpaths import routed_adapters, stackable, stacked_bottlenecks
 
 
 class ForwardContext:
@@ -253,16 +254,25 @@ class Site:
                                    f"{self.layer}, where {last!r} has an adapter; its members' placements differ")
         a, query, residual = self.adapters[last].pre_forward(state.hidden, state.x, state.ln, fusion.config)
         shared = replace(state, hidden=a, residual=residual)
-        if all(isinstance(c, str) for c in present):
-            stacked = stacked_bottlenecks([self.adapters[c] for c in present], a)  # one product for all members
-            if stacked is not None:
-                return replace(shared, hidden=fusion(query, stacked, residual), last=last)
-        ups = []
-        for child in present:
-            if isinstance(child, Block):
-                child_state = self._run(child, replace(shared, up=None, last=None))
-                if child_state.up is not None:
-                    ups.append(child_state.up)
-            else:
-                ups.append(self.adapters[child](a, residual)[1])
-        return replace(shared, hidden=fusion(query, ups, residual), last=last)
+        members = [self.adapters[leaf] for c in present for leaf in ([c] if isinstance(c, str) else c.leaves())
+                   if leaf in self.adapters]
+        # fusion.fuse computes the members' up-projections from ``inputs`` with members_up; in a training step
+        # it recomputes them in the backward rather than keep them (docs/numerics.md, AdapterFusion).
+        if all(isinstance(c, str) for c in present) and stackable(members):  # one product for all members
+            return replace(shared, hidden=fusion.fuse(query, residual, partial(stacked_bottlenecks, members), (a,),
+                                                      members), last=last)
+
+        def members_up(a: torch.Tensor, residual: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
+            ups = []
+            for child in present:
+                if isinstance(child, Block):
+                    child_state = self._run(child, replace(shared, hidden=a, x=x, residual=residual, up=None,
+                                                           last=None))
+                    if child_state.up is not None:
+                        ups.append(child_state.up)
+                else:
+                    ups.append(self.adapters[child](a, residual)[1])
+            return ups
+
+        return replace(shared, hidden=fusion.fuse(query, residual, members_up, (a, residual, state.x), members),
+                       last=last)
