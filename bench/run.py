@@ -5,20 +5,35 @@ process, except CPU peak memory, which takes one child process per training arm)
     python bench/run.py --device cuda --preset bert-base   # BERT-base shape, seq 128, batch 32 and 128, bf16
     python bench/run.py --preset bert-base --batch 8 --memory-only   # CPU peak memory of the training arms
     python bench/run.py --device cpu --preset small --arms lora     # only the LoRA-family arms and their baselines
+    python bench/run.py --device cpu --preset small --arms mixed    # only the mixed batch at scale (32 adapters)
     python bench/run.py --device cpu --clock cpu    # one thread, timed by its CPU time (a busy shared machine)
 
-Arms: full fine-tuning step (plain transformers model, fused AdamW on CUDA), the frozen floor (all weights
-frozen but layer 0's output LayerNorm, so the backward still crosses every layer above it), adapter training
-step, fusion training steps for N = 2, 4, 8, 16, inference with no adapter / one adapter / fuse-N, and a mixed
-batch where every example uses another adapter. The LoRA set: LoRA and (IA)³ training steps beside a full
-fine-tuning step and a bottleneck adapter step (the "pfeiffer" preset), and inference with the backbone alone,
-LoRA unmerged, LoRA merged into the weights (merge_adapter) and (IA)³ unmerged; each group is timed
-round-robin (one call of each arm in turn, so that drift in the machine's speed reaches every arm alike; on
-CUDA the training arms run one after another, so that each allocator peak holds one model). Wall time
-is CUDA-synchronised, after warm-up, as a median. Peak memory: on CUDA the allocator's peak per arm; on CPU
-the peak resident memory of each training arm run alone in a child process, above what the process held before
-building the model. Every training arm also records the bytes autograd keeps for its backward. Output: JSON
-and a markdown table (bench/results-<device>-<preset>.*).
+Arms, in groups: training steps (full fine-tuning of the plain transformers model, fused AdamW on CUDA; the
+frozen floor, all weights frozen but layer 0's output LayerNorm, so the backward still crosses every layer above
+it; the adapter step with and without gradient checkpointing; fusion steps for N = 2, 4, 8, 16, and the biggest
+with the fast paths off); inference (no adapter, one adapter, fuse-N, and a batch where every example uses
+another adapter, with and without the fast paths); the mixed batch at scale (a batch of 32 rows routed to 1, 8
+and 32 distinct adapters); the LoRA set (LoRA and (IA)³ training steps beside a full fine-tuning step and a
+bottleneck adapter step, and inference with the backbone alone, LoRA unmerged, LoRA merged into the weights and
+(IA)³ unmerged).
+
+How it times, so that a busy shared machine shows as rejected calls rather than as wrong ratios:
+
+* every group is timed round-robin: each round calls every arm of the group once, in an order rotated by one
+  each round, so that a slower or faster spell of the machine reaches every arm alike (on CUDA the training
+  arms of each model run by themselves, so that each allocator peak holds one model);
+* a timed call runs its arm enough times to last --min-call-ms (the count is set in the warm-up);
+* on Linux each call also measures the CPU time that other processes used meanwhile: the machine's busy
+  jiffies in /proc/stat minus this process's own CPU time (getrusage, itself and its children) over the call.
+  A call in which others used more than --max-others cores (beyond the 10 ms resolution of /proc/stat) is
+  rejected and tried again in a later round, up to --max-tries × --repeat calls per arm;
+* per arm: the median of the clean calls, their spread, the clean and rejected counts and the others' CPU;
+  a time ratio of an arm with fewer than --min-clean clean calls is not printed ("n/a (too few clean calls: k)").
+
+Wall time is CUDA-synchronised. Peak memory: on CUDA the allocator's peak per arm; on CPU the peak resident
+memory of each training arm run alone in a child process, above what the process held before building the
+model. Every training arm also records the bytes autograd keeps for its backward. Output: JSON and a markdown
+table (bench/results-<device>-<preset>.*).
 
 The adapter-model arms run as `adapt train` / `adapt infer` run them: under bf16 autocast (CUDA) the frozen
 linear layers are stored in bf16. The frozen floor and the backbone-only arm get the same storage, so the
@@ -30,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import re
 import statistics
@@ -37,10 +53,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+try:
+    import resource
+except ImportError:  # not on Windows: no interference accounting there
+    resource = None  # type: ignore[assignment]
 
 PRESETS = {
     "small": {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 512,
@@ -58,54 +80,181 @@ LORA_TRAINING = ("full fine-tuning step", "adapter training step", *LORA_ARMS)
 # The inference arms timed round-robin; the first is the baseline of the others.
 LORA_INFERENCE = ("inference, backbone, beside LoRA", "inference, LoRA unmerged", "inference, LoRA merged",
                   "inference, (IA)³ unmerged")
+# The mixed batch at scale: a batch of this many rows, one adapter per row (--mixed-adapters).
+MIXED_ADAPTERS = 32
+MIXED = "mixed batch: "  # the prefix of its arms
+
+USER_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100  # the unit of /proc/stat
 
 
-# What times an arm: wall time, or with --clock cpu the CPU time of the one thread that does all the work.
-CLOCK: Callable[[], float] = time.perf_counter
+# ---------------------------------------------------------------------------------------------------------
+# Timing: round-robin calls, each checked for other processes' CPU use.
+
+def proc_stat_busy(path: str | Path = "/proc/stat") -> float:
+    """CPU-seconds that the whole machine has been busy since boot, from the first line of /proc/stat: user,
+    nice, system, irq, softirq and steal jiffies (guest time is counted in user already; idle and iowait are
+    not busy)."""
+    with open(path) as f:
+        fields = f.readline().split()
+    if not fields or fields[0] != "cpu":
+        raise ValueError(f"{path}: no aggregate cpu line")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ([int(v) for v in fields[1:9]] + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / USER_HZ
 
 
-def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeat: int) -> tuple[float, int | None]:
-    for _ in range(warmup):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    samples = []
-    for _ in range(repeat):
-        start = CLOCK()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        samples.append(CLOCK() - start)
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
-    return statistics.median(samples), peak
+def own_cpu_seconds() -> float:
+    """CPU-seconds used by this process (all its threads) and by its children that have been waited for."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
 
 
-def timed_round_robin(fns: dict[str, Callable[[], Any]], device: torch.device, warmup: int,
-                      repeat: int) -> dict[str, tuple[float, int | None]]:
-    """Like ``timed`` for several arms at once: each round calls every arm once, in an order rotated by one
-    each round, so that a slower or faster spell of the machine reaches every arm alike. On CUDA the peak of
-    an arm is the allocator's peak during its calls (the other arms' models are resident too)."""
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    peaks: dict[str, int] = dict.fromkeys(names, 0)
-    for i in range(repeat):
-        for name in names[i % len(names):] + names[:i % len(names)]:
-            if device.type == "cuda":
+def system_busy_reader() -> tuple[Callable[[], float] | None, str]:
+    """The machine's busy-CPU reader, or None with the reason it is not available."""
+    if resource is None:
+        return None, f"not measured: no getrusage on {sys.platform}; every call counts as clean"
+    try:
+        proc_stat_busy()
+    except (OSError, ValueError) as error:
+        return None, f"not measured: no /proc/stat on {sys.platform} ({error}); every call counts as clean"
+    return proc_stat_busy, "/proc/stat busy jiffies minus this process's getrusage (self and children)"
+
+
+@dataclass
+class ArmTiming:
+    """The timed calls of one arm. Seconds are per arm call (a timed call runs the arm ``inner`` times);
+    ``others`` is the CPU that other processes used during each call, in cores (None: not measured)."""
+
+    inner: int = 1
+    clean: list[float] = field(default_factory=list)
+    rejected: list[float] = field(default_factory=list)
+    others_clean: list[float | None] = field(default_factory=list)
+    others_rejected: list[float | None] = field(default_factory=list)
+    peak: int | None = None
+
+    @property
+    def seconds(self) -> float:
+        """The median of the clean calls (of the rejected ones when none is clean)."""
+        samples = self.clean or self.rejected
+        return statistics.median(samples) if samples else math.nan
+
+    def spread(self) -> dict[str, float]:
+        samples = sorted(self.clean or self.rejected)
+        if not samples:
+            return {}
+        q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive") if len(samples) > 1 else samples * 3
+        return {"min": samples[0], "q1": q1, "median": statistics.median(samples), "q3": q3, "max": samples[-1]}
+
+    def summary(self) -> dict[str, Any]:
+        def median(values: list[float | None]) -> float | None:
+            measured = [v for v in values if v is not None]
+            return round(statistics.median(measured), 3) if measured else None
+
+        return {"clean": len(self.clean), "rejected": len(self.rejected), "arm_calls_per_call": self.inner,
+                "spread_seconds": self.spread(),
+                "others_cores": {"clean_median": median(self.others_clean),
+                                 "rejected_median": median(self.others_rejected)}}
+
+
+@dataclass
+class Timer:
+    """Times groups of arms round-robin. ``busy`` reads the machine's busy CPU-seconds (None: interference
+    is not measured and every call is clean); ``own`` this process's CPU-seconds. A call is rejected when
+    other processes used more than ``max_others`` cores during it, beyond ``resolution`` CPU-seconds (the
+    granularity of the busy reader); rejected calls are tried again in later rounds, up to ``max_tries`` ×
+    repeat calls per arm. A timed call runs its arm enough times to last ``min_call`` seconds."""
+
+    clock: Callable[[], float] = time.perf_counter
+    wall: Callable[[], float] = time.perf_counter
+    busy: Callable[[], float] | None = None
+    own: Callable[[], float] = own_cpu_seconds
+    max_others: float = 0.25
+    resolution: float = 1 / USER_HZ
+    min_call: float = 0.0
+    max_tries: int = 3
+    max_inner: int = 1000
+
+    def round_robin(self, fns: dict[str, Callable[[], Any]], device: torch.device, warmup: int,
+                    repeat: int) -> dict[str, ArmTiming]:
+        """Each round calls every arm that still lacks clean calls once, in an order rotated by one each round.
+        On CUDA the peak of an arm is the allocator's peak during its calls (the other arms' models are
+        resident too)."""
+        cuda = device.type == "cuda"
+
+        def call(fn: Callable[[], Any], times: int) -> float:
+            start = self.wall()
+            for _ in range(times):
+                fn()
+            if cuda:
                 torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            start = CLOCK()
-            fns[name]()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-                peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated())
-            samples[name].append(CLOCK() - start)
-    return {name: (statistics.median(samples[name]), peaks[name] or None) for name in names}
+            return self.wall() - start
+
+        names = list(fns)
+        wall = dict.fromkeys(names, 0.0)
+        for _ in range(warmup):
+            for name in names:
+                wall[name] = call(fns[name], 1)
+        timings = {name: ArmTiming() for name in names}
+        if self.min_call > 0:
+            for name in names:
+                took = wall[name] or call(fns[name], 1)  # no warm-up: one untimed call sets the count
+                timings[name].inner = max(1, min(self.max_inner, math.ceil(self.min_call / max(took, 1e-9))))
+        tries = dict.fromkeys(names, 0)
+        most = max(1, self.max_tries) * repeat
+        for i in range(most):
+            order = names[i % len(names):] + names[:i % len(names)]
+            todo = [n for n in order if len(timings[n].clean) < repeat and tries[n] < most]
+            if not todo:
+                break
+            for name in todo:
+                tries[name] += 1
+                timing = timings[name]
+                if cuda:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                busy0 = self.busy() if self.busy else 0.0
+                own0 = self.own() if self.busy else 0.0
+                wall0, clock0 = self.wall(), self.clock()
+                for _ in range(timing.inner):
+                    fns[name]()
+                if cuda:
+                    torch.cuda.synchronize()
+                    timing.peak = max(timing.peak or 0, torch.cuda.max_memory_allocated())
+                clock1, wall1 = self.clock(), self.wall()
+                seconds = (clock1 - clock0) / timing.inner
+                if self.busy is None:
+                    timing.clean.append(seconds)
+                    timing.others_clean.append(None)
+                    continue
+                own1 = self.own()
+                others = (self.busy() - busy0) - (own1 - own0)  # CPU-seconds of everything else
+                cores = round(max(others, 0.0) / max(wall1 - wall0, 1e-9), 3)
+                if others > self.max_others * (wall1 - wall0) + self.resolution:
+                    timing.rejected.append(seconds)
+                    timing.others_rejected.append(cores)
+                else:
+                    timing.clean.append(seconds)
+                    timing.others_clean.append(cores)
+        return timings
+
+    def describe(self, source: str, min_clean: int) -> dict[str, Any]:
+        info: dict[str, Any] = {"source": source, "min_call_s": self.min_call, "min_clean_calls": min_clean}
+        if self.busy is not None:  # (JSON has no infinity: --max-others inf is written as null)
+            info |= {"max_others_cores": None if math.isinf(self.max_others) else self.max_others,
+                     "resolution_cpu_s": self.resolution, "max_tries_per_repeat": self.max_tries}
+        return info
 
 
+def timed_round_robin(fns: dict[str, Callable[[], Any]], device: torch.device, warmup: int, repeat: int,
+                      timer: Timer | None = None) -> dict[str, ArmTiming]:
+    return (timer or Timer()).round_robin(fns, device, warmup, repeat)
+
+
+def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeat: int,
+          timer: Timer | None = None) -> ArmTiming:
+    return timed_round_robin({"arm": fn}, device, warmup, repeat, timer)["arm"]
 def parameter_storages(model: torch.nn.Module) -> set[int]:
     return {p.untyped_storage().data_ptr() for p in model.parameters()}
 
@@ -253,24 +402,38 @@ def peak_rss(preset: str, batch: int, arm: str, steps: int = 3) -> int | None:
     return int(done.stdout.strip().splitlines()[-1])
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=5, help="clean timed calls wanted per arm")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     parser.add_argument("--batch", type=int, help="one batch size instead of the preset's")
-    parser.add_argument("--arms", choices=("all", "lora"), default="all",
+    parser.add_argument("--arms", choices=("all", "lora", "mixed"), default="all",
                         help="lora: only the LoRA set (LoRA and (IA)³ arms with the baselines measured beside "
-                             "them: a full fine-tuning step, a bottleneck adapter step, the backbone alone)")
+                             "them: a full fine-tuning step, a bottleneck adapter step, the backbone alone); "
+                             "mixed: only the mixed batch at scale")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="cpu (CPU only): run torch on one thread and time each arm by that thread's CPU "
                              "time, which other processes on a shared machine hardly change")
+    parser.add_argument("--max-others", type=float, default=0.25, metavar="CORES",
+                        help="reject a timed call during which other processes used more than this many cores "
+                             "(Linux, from /proc/stat; inf: never reject)")
+    parser.add_argument("--min-clean", type=int, default=5, metavar="K",
+                        help="print no time ratio from an arm with fewer clean calls than this")
+    parser.add_argument("--max-tries", type=int, default=3, metavar="F",
+                        help="at most F × --repeat timed calls per arm, rejected ones included")
+    parser.add_argument("--min-call-ms", type=float, default=100.0,
+                        help="a timed call runs its arm enough times to last this long (0: once), so that "
+                             "the 10 ms jiffies of /proc/stat resolve the interference")
+    parser.add_argument("--mixed-adapters", type=int, default=MIXED_ADAPTERS, metavar="K",
+                        help="the mixed batch at scale: K rows routed to K distinct adapters, beside K/4 and "
+                             "one adapter (0: skip it)")
     parser.add_argument("--memory-only", action="store_true",
                         help="CPU: only the peak resident memory of the training arms (quick at BERT-base shape)")
     parser.add_argument("--peak-rss-arm", choices=MEMORY_ARMS, help=argparse.SUPPRESS)  # the child of peak_rss
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.peak_rss_arm:
         print(peak_rss_child(args.preset, args.batch, args.peak_rss_arm, args.repeat))
         return 0
@@ -290,147 +453,209 @@ def main() -> int:
     from adapter_cli import fastpaths
     from adapter_cli.fusion import FusionLayer
 
-    shape = PRESETS[args.preset]
     device = torch.device(args.device)
+    clock = time.perf_counter
     if args.clock == "cpu":
         if device.type != "cpu":
             parser.error("--clock cpu times CPU work only; use it with --device cpu")
-        global CLOCK
         torch.set_num_threads(1)  # every kernel, forward and backward, then runs on the calling thread
-        CLOCK = time.thread_time
+        clock = time.thread_time
+    busy, source = system_busy_reader()
+    timer = Timer(clock=clock, busy=busy, max_others=args.max_others, min_call=args.min_call_ms / 1000,
+                  max_tries=args.max_tries)
+    shape = {**PRESETS[args.preset], "batches": batches,
+             "mixed_adapters": args.mixed_adapters if args.arms in ("all", "mixed") else 0}
+    biggest = max(shape["fuse"])
     rows: list[dict[str, Any]] = []
     merge_check: dict[int, dict[str, float]] = {}  # batch -> max abs differences of the last hidden states
+    cpu_peaks: dict[tuple[int, str], int | None] = {}  # (batch, memory arm) -> peak resident bytes
 
-    @contextlib.contextmanager
-    def reference_order() -> Any:
-        """The product with its fast paths off (ADAPT_REFERENCE_ORDER=1): the baseline they are measured against."""
-        saved = fastpaths.ENABLED, FusionLayer.restructured
-        fastpaths.ENABLED = FusionLayer.restructured = False
-        try:
-            yield
-        finally:
-            fastpaths.ENABLED, FusionLayer.restructured = saved
+    def reference(fn: Callable[[], Any]) -> Callable[[], Any]:
+        """The product with its fast paths off (ADAPT_REFERENCE_ORDER=1): the baseline they are measured
+        against."""
+        def run() -> Any:
+            saved = fastpaths.ENABLED, FusionLayer.restructured
+            fastpaths.ENABLED = FusionLayer.restructured = False
+            try:
+                return fn()
+            finally:
+                fastpaths.ENABLED, FusionLayer.restructured = saved
+        return run
 
-    shape = {**shape, "batches": batches}
-    for batch in shape["batches"]:
-        bench = Bench(args.preset, device, batch)
+    def add_row(batch: int, arm: str, timing: ArmTiming, peak: int | None, saved: int | None) -> None:
+        rows.append({"batch": batch, "arm": arm, "seconds": timing.seconds, "peak_bytes": peak,
+                     "saved_bytes": saved, "calls": timing.summary()})
+        others = timing.summary()["others_cores"]["clean_median"]
+        print(f"batch {batch:>4} {arm:<44} {timing.seconds * 1000:9.2f} ms  clean {len(timing.clean):>2} "
+              f"rejected {len(timing.rejected):>2}" + (f"  others {others:.2f} cores" if others is not None else "")
+              + (f"  peak {peak / 2**20:.0f} MiB" if peak else ""), file=sys.stderr)
 
-        def add_row(arm: str, seconds: float, peak: int | None, saved: int | None) -> None:
-            rows.append({"batch": batch, "arm": arm, "seconds": seconds, "peak_bytes": peak, "saved_bytes": saved})
-            print(f"batch {batch:>4} {arm:<28} {seconds * 1000:9.2f} ms" +
-                  (f"  peak {peak / 2**20:.0f} MiB" if peak else ""), file=sys.stderr)
+    def measure(fns: dict[str, Callable[[], Any]]) -> dict[str, ArmTiming]:
+        return timer.round_robin(fns, device, args.warmup, args.repeat)
 
-        def record(arm: str, fn: Callable[[], Any], model: Any = None) -> None:
-            seconds, peak = timed(fn, device, args.warmup, args.repeat)
-            saved = None
-            if model is not None:  # a training arm: also the activation bytes autograd keeps
-                saved = saved_activation_bytes(fn, parameter_storages(model))
-                if device.type == "cpu" and arm in MEMORY_ARMS:
-                    peak = peak_rss(args.preset, batch, arm)
-            add_row(arm, seconds, peak, saved)
+    def cpu_peak(batch: int, arm: str) -> int | None:
+        if (batch, arm) not in cpu_peaks:
+            cpu_peaks[batch, arm] = peak_rss(args.preset, batch, arm)
+        return cpu_peaks[batch, arm]
 
-        def lora_arms() -> None:
-            """The LoRA family beside its baselines. Training: full fine-tuning, the bottleneck adapter
-            (pfeiffer), LoRA and (IA)³ steps, timed round-robin on CPU (on CUDA one after another, so that each
-            arm's allocator peak holds its own model only); CPU peaks come from child processes as elsewhere.
-            Inference, round-robin, hidden states only: the backbone alone (the same base weights, stored as
-            the others), LoRA unmerged, the same LoRA merged into the weights, (IA)³ unmerged."""
-            models = {}
-            training = {arm: arm if arm in LORA_ARMS else f"{arm}, beside LoRA" for arm in LORA_TRAINING}
-            if device.type == "cuda":
-                for arm, label in training.items():
-                    step, model = bench.training_arm(arm)
-                    seconds, peak = timed(step, device, args.warmup, args.repeat)
-                    add_row(label, seconds, peak, saved_activation_bytes(step, parameter_storages(model)))
-                    if arm in LORA_ARMS:  # the trained adapters serve the inference arms (B no longer zero),
-                        models[LORA_ARMS[arm][1]] = model.eval().cpu()  # off the GPU until the others are measured
-                    del step, model
-                models = {name: model.to(device) for name, model in models.items()}
-            else:
-                built = {arm: bench.training_arm(arm) for arm in training}
-                times = timed_round_robin({arm: step for arm, (step, _) in built.items()}, device, args.warmup,
-                                          args.repeat)
-                measured = {r["arm"]: r["peak_bytes"] for r in rows if r["batch"] == batch}
-                for arm, label in training.items():
-                    step, model = built[arm]
-                    peak = measured.get(arm) or (peak_rss(args.preset, batch, arm) if arm in MEMORY_ARMS else None)
-                    add_row(label, times[arm][0], peak, saved_activation_bytes(step, parameter_storages(model)))
-                    if arm in LORA_ARMS:
-                        models[LORA_ARMS[arm][1]] = model.eval()
-                del built
-            lora, ia3 = models["l0"], models["i0"]
-            merged = bench.adapter_model("lora", "l0")
-            merged.load_state_dict(lora.state_dict())
-            merged.eval().merge_adapter("l0")
-            backbone = bench.plain(trainable=False).eval()  # the same base weights (seed 0) as the LoRA models
-            # The merged arm computes what the unmerged one does, and that is not the backbone's output.
-            hidden = [fn().last_hidden_state.float() for fn in (bench.infer(backbone), bench.infer(lora, active="l0"),
-                                                                bench.infer(merged, active="l0"))]
-            merge_check[batch] = {"merged vs unmerged": (hidden[2] - hidden[1]).abs().max().item(),
-                                  "unmerged vs backbone": (hidden[1] - hidden[0]).abs().max().item()}
-            # Hidden states only (head=None), as the backbone gives: the arms differ by the adapter alone.
-            fns = dict(zip(LORA_INFERENCE, (bench.infer(backbone), bench.infer(lora, active="l0", head=None),
-                                            bench.infer(merged, active="l0", head=None),
-                                            bench.infer(ia3, active="i0", head=None))))
-            for arm, (seconds, peak) in timed_round_robin(fns, device, args.warmup, args.repeat).items():
-                add_row(arm, seconds, peak, None)
+    Builder = Callable[[], tuple[dict[str, Callable[[], None]], Any]]
 
-        if args.arms == "lora":
-            lora_arms()
-            continue
+    def training_group(batch: int, builders: list[Builder], memory: dict[str, str] | None = None,
+                       keep: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Training arms: each builder makes one model and the arms (label -> step) that train it. On CPU
+        all are built and timed round-robin together, and the arms named in ``memory`` (label -> memory arm)
+        get their peak from a child process; on CUDA each builder's arms are timed with only its model
+        resident, so that the allocator's peak is that model's. Returns the models of the arms in ``keep``."""
+        memory = memory or {}
+        kept: dict[str, Any] = {}
 
-        for arm in ("full fine-tuning step", "frozen floor"):
+        def finish(arms: dict[str, Callable[[], None]], model: Any, times: dict[str, ArmTiming]) -> None:
+            for label, step in arms.items():
+                peak = cpu_peak(batch, memory[label]) if device.type == "cpu" and label in memory \
+                    else times[label].peak
+                saved = None if label.endswith("reference order") \
+                    else saved_activation_bytes(step, parameter_storages(model))
+                add_row(batch, label, times[label], peak, saved)
+                if label in keep:
+                    kept[label] = model
+
+        if device.type == "cuda":
+            for build in builders:
+                arms, model = build()
+                finish(arms, model, measure(arms))
+                for label in kept:  # off the GPU until the others are measured
+                    kept[label] = kept[label].cpu()
+                del arms, model
+            return {label: model.to(device) for label, model in kept.items()}
+        built = [build() for build in builders]
+        times = measure({label: step for arms, _ in built for label, step in arms.items()})
+        for arms, model in built:
+            finish(arms, model, times)
+        return kept
+
+    def inference_group(batch: int, fns: dict[str, Callable[[], Any]]) -> None:
+        for arm, timing in measure(fns).items():
+            add_row(batch, arm, timing, timing.peak, None)
+
+    def training_builder(bench: Bench, arm: str, label: str | None = None) -> Builder:
+        def build() -> tuple[dict[str, Callable[[], None]], Any]:
             step, model = bench.training_arm(arm)
-            record(arm, step, model)
-        model.eval()
-        record("inference, no adapter", bench.infer(model))
-        del model, step
+            return {label or arm: step}, model
+        return build
 
-        for arm in ("adapter training step", "adapter training step, checkpointed"):
-            step, model = bench.training_arm(arm)
-            record(arm, step, model)
-        model.gradient_checkpointing_disable()
-        model.eval()
-        record("inference, one adapter", bench.infer(model, active="a0"))
-        for n in shape["fuse"]:
-            for i in range(1, n):
-                if f"a{i}" not in model.adapters:
-                    model.add_adapter(f"a{i}")
+    def fusion_model(bench: Bench, sizes: list[int]) -> tuple[Any, dict[int, str], list[str]]:
+        """An adapter model with adapters a0..a(N-1) and a fusion fN over the first N of them for each N."""
+        model = bench.adapter_model()
+        for i in range(1, max(sizes)):
+            model.add_adapter(f"a{i}")
+        actives, fusions = {}, []
+        for n in sizes:
             members = [f"a{i}" for i in range(n)]
-            fusion = model.add_fusion(members, name=f"f{n}")
-            active = f"fuse({','.join(members)},name=f{n})"
-            model.train_adapters([], fusions=[fusion], heads=["h"])
-            model.train()
-            record(f"fuse-{n} training step", bench.train_step(model, active=active, labels=bench.labels), model)
-            if n == max(shape["fuse"]):
-                with reference_order():
-                    record(f"fuse-{n} training step, reference order",
-                           bench.train_step(model, active=active, labels=bench.labels))
-            model.eval()
-            record(f"inference, fuse-{n}", bench.infer(model, active=active))
-            if n == max(shape["fuse"]):
-                with reference_order():
-                    record(f"inference, fuse-{n}, reference order", bench.infer(model, active=active))
-        for i in range(batch):
-            if f"m{i}" not in model.adapters:
-                model.add_adapter(f"m{i}")
-        mixed = f"batch_split({','.join(f'm{i}' for i in range(batch))},sizes=[{','.join(['1'] * batch)}])"
-        record(f"inference, {batch} distinct adapters", bench.infer(model, active=mixed))
-        with reference_order():
-            record(f"inference, {batch} distinct adapters, one by one", bench.infer(model, active=mixed))
-        del model, step
-        lora_arms()
+            fusions.append(model.add_fusion(members, name=f"f{n}"))
+            actives[n] = f"fuse({','.join(members)},name=f{n})"
+        return model, actives, fusions
 
-    ratios = compute_ratios(rows, shape)
+    def fusion_builder(bench: Bench, n: int) -> Builder:
+        def build() -> tuple[dict[str, Callable[[], None]], Any]:
+            model, actives, fusions = fusion_model(bench, [n])
+            model.train_adapters([], fusions=fusions, heads=["h"])
+            model.train()
+            arms = {f"fuse-{n} training step": bench.train_step(model, active=actives[n], labels=bench.labels)}
+            if n == biggest:
+                arms[f"fuse-{n} training step, reference order"] = reference(
+                    bench.train_step(model, active=actives[n], labels=bench.labels))
+            return arms, model
+        return build
+
+    def routed(names: list[str], rows_each: int) -> str:
+        return f"batch_split({','.join(names)},sizes=[{','.join([str(rows_each)] * len(names))}])"
+
+    def main_arms(bench: Bench, batch: int) -> None:
+        """Training group, then inference group, at one batch size."""
+        training_group(batch, [training_builder(bench, arm) for arm in MEMORY_ARMS[:4]]
+                       + [fusion_builder(bench, n) for n in shape["fuse"]],
+                       memory={arm: arm for arm in MEMORY_ARMS[:4]})
+        floor = bench.plain(trainable=False).eval()
+        one = bench.adapter_model().eval()
+        model, actives, _ = fusion_model(bench, shape["fuse"])
+        for i in range(batch):
+            model.add_adapter(f"m{i}")
+        model.eval()
+        fns = {"inference, no adapter": bench.infer(floor), "inference, one adapter": bench.infer(one, active="a0")}
+        for n in shape["fuse"]:
+            fns[f"inference, fuse-{n}"] = bench.infer(model, active=actives[n])
+            if n == biggest:
+                fns[f"inference, fuse-{n}, reference order"] = reference(bench.infer(model, active=actives[n]))
+        mixed = routed([f"m{i}" for i in range(batch)], 1)
+        fns[f"inference, {batch} distinct adapters"] = bench.infer(model, active=mixed)
+        fns[f"inference, {batch} distinct adapters, one by one"] = reference(bench.infer(model, active=mixed))
+        inference_group(batch, fns)
+
+    def mixed_at_scale(k: int) -> None:
+        """A batch of k rows through one adapter, through k/4 adapters (4 rows each) and through k distinct
+        adapters (with the routing fast path, and one by one), all on one model holding the k adapters."""
+        bench = Bench(args.preset, device, k)
+        model = bench.adapter_model("pfeiffer", "m0")
+        for i in range(1, k):
+            model.add_adapter(f"m{i}")
+        model.eval()
+        names = [f"m{i}" for i in range(k)]
+        fns = {f"{MIXED}one adapter": bench.infer(model, active="m0")}
+        if k >= 8 and k % 4 == 0:
+            fns[f"{MIXED}{k // 4} distinct adapters"] = bench.infer(model, active=routed(names[:k // 4], 4))
+        fns[f"{MIXED}{k} distinct adapters"] = bench.infer(model, active=routed(names, 1))
+        fns[f"{MIXED}{k} distinct adapters, one by one"] = reference(bench.infer(model, active=routed(names, 1)))
+        inference_group(k, fns)
+
+    def lora_arms(bench: Bench, batch: int) -> None:
+        """The LoRA family beside its baselines. Training: full fine-tuning, the bottleneck adapter
+        (pfeiffer), LoRA and (IA)³ steps (CPU peaks from child processes, shared with the main arms).
+        Inference, hidden states only: the backbone alone (the same base weights, stored as the others),
+        LoRA unmerged, the same LoRA merged into the weights, (IA)³ unmerged."""
+        training = {arm: arm if arm in LORA_ARMS else f"{arm}, beside LoRA" for arm in LORA_TRAINING}
+        # the trained adapters serve the inference arms (B no longer zero)
+        models = training_group(batch, [training_builder(bench, arm, label) for arm, label in training.items()],
+                                memory={label: arm for arm, label in training.items() if arm in MEMORY_ARMS},
+                                keep=tuple(LORA_ARMS))
+        lora, ia3 = (models[arm].eval() for arm in LORA_ARMS)
+        merged = bench.adapter_model("lora", "l0")
+        merged.load_state_dict(lora.state_dict())
+        merged.eval().merge_adapter("l0")
+        backbone = bench.plain(trainable=False).eval()  # the same base weights (seed 0) as the LoRA models
+        # The merged arm computes what the unmerged one does, and that is not the backbone's output.
+        hidden = [fn().last_hidden_state.float() for fn in (bench.infer(backbone), bench.infer(lora, active="l0"),
+                                                            bench.infer(merged, active="l0"))]
+        merge_check[batch] = {"merged vs unmerged": (hidden[2] - hidden[1]).abs().max().item(),
+                              "unmerged vs backbone": (hidden[1] - hidden[0]).abs().max().item()}
+        # Hidden states only (head=None), as the backbone gives: the arms differ by the adapter alone.
+        inference_group(batch, dict(zip(LORA_INFERENCE, (
+            bench.infer(backbone), bench.infer(lora, active="l0", head=None),
+            bench.infer(merged, active="l0", head=None), bench.infer(ia3, active="i0", head=None)))))
+
+    if args.arms != "mixed":
+        for batch in batches:
+            bench = Bench(args.preset, device, batch)
+            if args.arms == "all":
+                main_arms(bench, batch)
+            lora_arms(bench, batch)
+    if shape["mixed_adapters"]:
+        mixed_at_scale(shape["mixed_adapters"])
+
+    ratios = compute_ratios(rows, shape, args.min_clean)
+    interference = timer.describe(source, args.min_clean) | {
+        "calls": sum(r["calls"]["clean"] + r["calls"]["rejected"] for r in rows),
+        "rejected_calls": sum(r["calls"]["rejected"] for r in rows)}
     env = {"device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
            "torch": torch.__version__, "preset": args.preset, "shape": shape,
            "dtype": str(torch.bfloat16 if device.type == "cuda" else None), "threads": torch.get_num_threads(),
            "clock": "CPU time of the one thread" if args.clock == "cpu" else "wall",
+           "warmup": args.warmup, "repeat": args.repeat, "interference": interference,
            "peak_memory": "CUDA allocator peak" if device.type == "cuda" else "resident memory peak (child process)",
            "lora_max_abs_diff": merge_check}
     args.out.mkdir(parents=True, exist_ok=True)
-    # The LoRA set alone, or timed by CPU time, gets a file of its own: it does not replace the full table.
-    stem = args.out / (f"results-{device.type}-{args.preset}" + ("-lora" if args.arms == "lora" else "")
+    # The LoRA set or the mixed batch alone, or timed by CPU time, gets a file of its own: it does not
+    # replace the full table.
+    stem = args.out / (f"results-{device.type}-{args.preset}" + ("" if args.arms == "all" else f"-{args.arms}")
                        + ("-cputime" if args.clock == "cpu" else ""))
     stem.with_suffix(".json").write_text(json.dumps({"environment": env, "arms": rows, "ratios": ratios}, indent=1))
     markdown = table(env, rows, ratios)
@@ -439,16 +664,29 @@ def main() -> int:
     return 0
 
 
-def compute_ratios(rows: list[dict[str, Any]], shape: dict[str, Any]) -> list[dict[str, Any]]:
+def compute_ratios(rows: list[dict[str, Any]], shape: dict[str, Any], min_clean: int = 1) -> list[dict[str, Any]]:
+    """Every ratio between arms of one batch size. A time ratio whose arms have fewer than ``min_clean`` clean
+    calls gets no value, and a note instead."""
     ratios = []
     biggest = max(shape["fuse"])
-    for batch in shape["batches"]:
+
+    def adder(batch: int) -> Callable[..., None]:
         arms = {r["arm"]: r for r in rows if r["batch"] == batch}
 
         def add(name: str, num: str, den: str, key: str = "seconds") -> None:
-            if num in arms and den in arms and arms[num][key] and arms[den][key]:
-                ratios.append({"batch": batch, "ratio": name, "value": arms[num][key] / arms[den][key]})
+            if num not in arms or den not in arms or not arms[num][key] or not arms[den][key]:
+                return
+            entry: dict[str, Any] = {"batch": batch, "ratio": name, "value": arms[num][key] / arms[den][key]}
+            if key == "seconds":
+                clean = min(arms[arm].get("calls", {}).get("clean", min_clean) for arm in (num, den))
+                entry["clean_calls"] = clean
+                if clean < min_clean:
+                    entry |= {"value": None, "note": f"n/a (too few clean calls: {clean})"}
+            ratios.append(entry)
+        return add
 
+    for batch in shape["batches"]:
+        add = adder(batch)
         full, adapter, fuse_step = "full fine-tuning step", "adapter training step", f"fuse-{biggest} training step"
         add("adapter step / full fine-tuning step", adapter, full)
         add("adapter step / frozen floor", adapter, "frozen floor")
@@ -488,6 +726,15 @@ def compute_ratios(rows: list[dict[str, Any]], shape: dict[str, Any]) -> list[di
         add("unmerged LoRA inference / backbone inference", unmerged, backbone)
         add("merged LoRA inference / backbone inference", merged, backbone)
         add("unmerged (IA)³ inference / backbone inference", ia3_inference, backbone)
+    k = shape.get("mixed_adapters")
+    if k:  # the mixed batch at scale: throughput relative to one adapter, same batch of k rows
+        add = adder(k)
+        one = f"{MIXED}one adapter"
+        add(f"{MIXED}one adapter / {k} distinct adapters (throughput)", one, f"{MIXED}{k} distinct adapters")
+        add(f"{MIXED}one adapter / {k // 4} distinct adapters (throughput)", one,
+            f"{MIXED}{k // 4} distinct adapters")
+        add(f"{MIXED}fast path / one by one, {k} distinct adapters", f"{MIXED}{k} distinct adapters",
+            f"{MIXED}{k} distinct adapters, one by one")
     return ratios
 
 
@@ -495,12 +742,35 @@ def table(env: dict[str, Any], rows: list[dict[str, Any]], ratios: list[dict[str
     clock = ", timed by CPU time on 1 thread" if env.get("clock", "wall") != "wall" else ""
     lines = [f"# adapt benchmark: {env['device']}, preset {env['preset']}, dtype {env['dtype']}{clock}", "",
              "| batch | ratio | value |", "|---|---|---|"]
-    lines += [f"| {r['batch']} | {r['ratio']} | {r['value']:.2f} |" for r in ratios]
-    lines += ["", f"Peak memory: {env['peak_memory']}.", "",
-              "| batch | arm | median ms | peak MiB | saved activations MB |", "|---|---|---|---|---|"]
-    lines += [f"| {r['batch']} | {r['arm']} | {r['seconds'] * 1000:.2f} | "
-              + (f"{r['peak_bytes'] / 2**20:.0f}" if r["peak_bytes"] else "-") + " | "
-              + (f"{r['saved_bytes'] / 1e6:.1f}" if r["saved_bytes"] else "-") + " |" for r in rows]
+    lines += [f"| {r['batch']} | {r['ratio']} | "
+              + (f"{r['value']:.2f}" if r["value"] is not None else r.get("note", "n/a")) + " |" for r in ratios]
+    interference = env.get("interference", {})
+    if "max_others_cores" in interference:
+        limit = interference["max_others_cores"]
+        rule = "no call is rejected (--max-others inf)" if limit is None else \
+            f"a call is rejected when other processes used more than {limit} cores during it"
+        note = (f"Interference: {interference['source']}; {rule}; {interference.get('rejected_calls', 0)} of "
+                f"{interference.get('calls', 0)} timed calls rejected; a time ratio needs "
+                f"{interference['min_clean_calls']} clean calls per arm.")
+    else:
+        note = f"Interference: {interference.get('source', 'not measured')}."
+    lines += ["", note, "", f"Peak memory: {env['peak_memory']}.", "",
+              "| batch | arm | median ms | min-max ms | clean / rejected calls | others' CPU, cores (clean / rejected,"
+              " median) | peak MiB | saved activations MB |", "|---|---|---|---|---|---|---|---|"]
+
+    def cores(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    for r in rows:
+        calls = r.get("calls") or {}
+        spread, others = calls.get("spread_seconds") or {}, calls.get("others_cores") or {}
+        lines.append(
+            f"| {r['batch']} | {r['arm']} | {r['seconds'] * 1000:.2f} | "
+            + (f"{spread['min'] * 1000:.2f}-{spread['max'] * 1000:.2f}" if spread else "-") + " | "
+            + (f"{calls['clean']} / {calls['rejected']}" if calls else "-") + " | "
+            + f"{cores(others.get('clean_median'))} / {cores(others.get('rejected_median'))} | "
+            + (f"{r['peak_bytes'] / 2**20:.0f}" if r["peak_bytes"] else "-") + " | "
+            + (f"{r['saved_bytes'] / 1e6:.1f}" if r["saved_bytes"] else "-") + " |")
     return "\n".join(lines) + "\n"
 
 

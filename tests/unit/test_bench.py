@@ -11,13 +11,17 @@ from conftest import ROOT
 
 def test_bench_writes_every_arm_and_ratio(tmp_path):
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--device", "cpu", "--preset", "small",
-                          "--repeat", "1", "--warmup", "0", "--out", str(tmp_path)],
+                          "--repeat", "1", "--warmup", "0", "--min-call-ms", "0", "--max-others", "inf",
+                          "--min-clean", "1", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=600, check=False)
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads((tmp_path / "results-cpu-small.json").read_text())
     arms = {r["arm"] for r in result["arms"]}
     assert {"full fine-tuning step", "frozen floor", "adapter training step", "inference, one adapter",
-            "inference, fuse-8", "inference, fuse-8, reference order", "inference, 8 distinct adapters"} <= arms
+            "inference, fuse-8", "inference, fuse-8, reference order", "inference, 8 distinct adapters",
+            "mixed batch: one adapter", "mixed batch: 32 distinct adapters"} <= arms
+    # every arm is timed round-robin in a group and reports its calls (one clean call each here)
+    assert all(r["calls"]["clean"] == 1 and r["calls"]["rejected"] == 0 for r in result["arms"])
     ratios = {r["ratio"]: r["value"] for r in result["ratios"]}
     assert all(v > 0 for v in ratios.values())
     assert {"adapter step / full fine-tuning step", "adapter step / frozen floor",
@@ -25,6 +29,7 @@ def test_bench_writes_every_arm_and_ratio(tmp_path):
             "fuse-8 step / full fine-tuning step", "one adapter / mixed batch of 8 adapters (throughput)",
             "fast paths / reference order: fuse-8 inference", "fast paths / reference order: fuse-8 step",
             "fast paths / one by one: mixed batch of 8",
+            "mixed batch: one adapter / 32 distinct adapters (throughput)",
             "checkpointed adapter step / full fine-tuning step"} <= set(ratios)
     if sys.platform == "linux":  # peak resident memory per training arm, each run alone in a child process
         assert ratios["adapter step / full fine-tuning step: peak memory"] < 1.0
