@@ -18,6 +18,9 @@ Run directory::
 Resume equivalence: batch order depends only on (seed, epoch); the checkpoint stores the position in
 the epoch, the optimizer, scheduler and RNG states, so a resumed run takes exactly the steps the
 uninterrupted run takes.
+
+Head-only runs (``method: head``) never run the frozen encoder in train mode (no dropout below the head),
+and train on features computed once per split (``features.py``), recomputed when a run resumes.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from ..fsutil import dump_json, save_torch, write_text_atomic
 from ..tasks import get_task
 from ..tasks.metrics import compute
 from .data import Encoded, collate, encode, epoch_batches, load_examples, write_subsets
+from .features import Features, cacheable, encode_features, evaluate_features, head_logits, head_reads, predictions
 from .recipe import Recipe
 from .reporter import Reporter
 from .setup import build_model, distributed, environment, frozen_dtype
@@ -51,15 +55,15 @@ def evaluate(model: Any, data: Encoded, task: Any, batch_size: int, active: Any,
              autocast: torch.dtype | None, pad_id: int) -> tuple[dict[str, float], list[float]]:
     regression = task.kind == "regression"
     model.eval()
-    predictions: list[float] = []
+    out: list[float] = []
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
             batch = collate(data, list(range(start, min(start + batch_size, len(data)))), pad_id, regression)
             batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                 logits = model(**batch, active=active).logits.float()
-            predictions.extend(logits[:, 0].tolist() if regression else logits.argmax(-1).tolist())
-    return compute(task.metrics, predictions, data.labels), predictions
+            out.extend(predictions(logits, regression))
+    return compute(task.metrics, out, data.labels), out
 
 
 @dataclass
@@ -102,6 +106,10 @@ class Trainer:
     checkpoint, trained epoch by epoch with evaluation, early stopping and the best checkpoint kept.
     ``run()`` returns the final summary; ``finish`` (main process only) runs on it before run.json says
     "completed", with the run directory still held."""
+
+    # head-only runs train on features computed once (features.py); False runs the frozen encoder on every
+    # batch instead (in eval mode too): the reference the tests compare with
+    _features_once = True
 
     def __init__(self, recipe: Recipe, run_dir: Path, resume: bool = False, reporter: Reporter | None = None,
                  callbacks: list[Callback] | tuple[Callback, ...] = (), notes: dict[str, Any] | None = None,
@@ -152,6 +160,11 @@ class Trainer:
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.train_data = encode(task, train_examples, self.tokenizer, max_length)
         self.eval_data = encode(task, eval_examples, self.tokenizer, max_length)
+        self.head = self.model.heads[self.name]
+        self.on_features = recipe.method == "head" and self._features_once and cacheable(self.train_data) \
+            and cacheable(self.eval_data)
+        self.train_features: Features | None = None
+        self.eval_features: Features | None = None
         self._build_optimizer()
         if saved is not None:
             self._restore(saved)
@@ -180,12 +193,13 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.scaler = torch.amp.GradScaler(enabled=self.autocast == torch.float16)
         self.trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        self.forward: Callable[..., Any] = model
+        module = self.head if self.on_features else model  # on features, the head is all that runs
+        self.forward: Callable[..., Any] = module
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             self.forward = DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def _restore(self, saved: dict[str, Any]) -> None:
         missing = set(self.trainable) - set(saved["trainable"])
@@ -227,8 +241,9 @@ class Trainer:
         self._prepare()
         self._open_run_dir()
         self._started = time.perf_counter()
-        self.reporter.start(self.total_steps, self.state.step, f"{self.task.name} {self.recipe.method}")
         try:
+            self._encode_features()
+            self.reporter.start(self.total_steps, self.state.step, f"{self.task.name} {self.recipe.method}")
             while self.state.epoch < self.recipe.epochs and not self.state.stopped_early:
                 self._train_epoch()
                 self._end_epoch()
@@ -243,6 +258,18 @@ class Trainer:
             self.reporter.close()
         return self._complete()
 
+    def _encode_features(self) -> None:
+        """Head only: the training set (every process) and the dev set (the main process) through the frozen
+        encoder once; the epochs then train the head on these features."""
+        if not self.on_features:
+            return
+        self.reporter.note(f"{self.task.name} head: encoding {len(self.train_data)} training and "
+                           f"{len(self.eval_data) if self.main else 0} dev examples once (frozen encoder)")
+        args = (self.recipe.eval_batch_size, self.device, self.autocast, self.pad_id, self.task.kind == "regression")
+        self.train_features = encode_features(self.model, self.name, self.train_data, *args)
+        if self.main:
+            self.eval_features = encode_features(self.model, self.name, self.eval_data, *args)
+
     def _batches(self, epoch: int) -> list[list[int]]:
         return epoch_batches(len(self.train_data), self.recipe.batch_size, self.recipe.seed, epoch, self.rank,
                              self.world)
@@ -250,21 +277,36 @@ class Trainer:
     def _train_epoch(self) -> None:
         recipe, state = self.recipe, self.state
         self.model.train()
+        if recipe.method == "head":
+            self.model.base.eval()  # a frozen encoder computes without dropout: only the head's own applies
         batches = self._batches(state.epoch)
-        regression = self.task.kind == "regression"
         while state.batch < len(batches):
-            batch = collate(self.train_data, batches[state.batch], self.pad_id, regression)
-            batch = {k: v.to(self.device) for k, v in batch.items()}
             with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-                loss = self.forward(**batch, active=self.active).loss
-                if recipe.method == "fusion" and recipe.fusion_reg_weight:
-                    loss = loss + recipe.fusion_reg_weight * self.model.fusion_regularization()
+                loss = self._loss(batches[state.batch])
             self.scaler.scale(loss / recipe.grad_accum).backward()
             state.running_loss += float(loss.detach())
             state.running_count += 1
             state.batch += 1
             if state.batch % recipe.grad_accum == 0 or state.batch == len(batches):
                 self._optimizer_step(float(loss.detach()), state.batch / len(batches), state.batch < len(batches))
+
+    def _loss(self, indices: list[int]) -> torch.Tensor:
+        """The training loss of one batch: on the stored features (head only), else through the model."""
+        if self.train_features is not None:
+            features, labels = self.train_features.batch(indices, self.device)
+            return self.head.loss(head_logits(self.forward, features), labels)
+        batch = collate(self.train_data, indices, self.pad_id, self.task.kind == "regression")
+        loss = self.forward(**{k: v.to(self.device) for k, v in batch.items()}, active=self.active).loss
+        if self.recipe.method == "fusion" and self.recipe.fusion_reg_weight:
+            loss = loss + self.recipe.fusion_reg_weight * self.model.fusion_regularization()
+        return loss
+
+    def _evaluate(self) -> dict[str, float]:
+        if self.eval_features is not None:
+            return evaluate_features(self.head, self.eval_features, self.eval_data.labels, self.task,
+                                     self.recipe.eval_batch_size, self.device, self.autocast)[0]
+        return evaluate(self.model, self.eval_data, self.task, self.recipe.eval_batch_size, self.active,
+                        self.device, self.autocast, self.pad_id)[0]
 
     def _optimizer_step(self, loss: float, epoch_fraction: float, mid_epoch: bool) -> None:
         recipe, state = self.recipe, self.state
@@ -292,8 +334,7 @@ class Trainer:
         state.epoch += 1
         state.batch = 0
         if self.main:
-            metrics, _ = evaluate(self.model, self.eval_data, self.task, self.recipe.eval_batch_size, self.active,
-                                  self.device, self.autocast, self.pad_id)
+            metrics = self._evaluate()
             value = metrics[self.task.main_metric]
             improved = state.best["metric"] is None or value > state.best["metric"]
             if improved:
@@ -353,6 +394,11 @@ class Trainer:
                    "wall_time_s": round(self._elapsed(), 2), "run_dir": str(self.run_dir)}
         if self.recipe.method == "fusion":
             summary["fusion_members"] = self.active.leaves()
+        if self.train_features is not None:  # head only: the encoder ran once per example (features.py)
+            summary["head_features"] = {
+                "read": head_reads(self.head), "train": len(self.train_features),
+                "eval": len(self.eval_features) if self.eval_features is not None else 0,
+                "encode_s": round(self.train_features.seconds + getattr(self.eval_features, "seconds", 0.0), 2)}
         if not self.main:
             return summary
         write_text_atomic(self.run_dir / "final_metrics.json", dump_json(summary))

@@ -118,7 +118,7 @@ LAYERS = [
     ("storage", ["cache", "hub", "hub.card", "hub.archive", "hub.registry", "hub.http", "hub.hf", "hub.pack",
                  "hub.pull", "hub.registries", "hub.server", "hub.site", "resolve"]),
     ("training", ["training", "training.recipe", "training.reporter", "training.data", "training.setup",
-                  "training.loop", "runs", "results", "activations"]),
+                  "training.features", "training.loop", "runs", "results", "activations"]),
     ("programs", ["cli", "demo", "__main__", ""]),
 ]
 
