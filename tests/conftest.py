@@ -1,8 +1,11 @@
-"""Shared test helpers: tiny random models built from configs, and the location of ../shared."""
+"""Shared test helpers: tiny random models built from configs, the location of ../shared, and the benchmark
+script loaded as a module."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -53,6 +56,15 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def load_bench(name: str = "adapt_bench_run"):
+    """``bench/run.py`` (a script, not a package) loaded as a fresh module called ``name``."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 @contextmanager

@@ -14,22 +14,23 @@ layers live in ``bottleneck_layers`` and are imported from there on first use of
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..errors import ConfigError, check_keys, suggest
+from ..errors import ConfigError, suggest
 from .activations import ACTIVATION_NAMES
+from .base import KINDS, MAX_SEED, MethodConfig
+
+# KINDS and MAX_SEED live in .base; named here too, as before (training.recipe imports MAX_SEED from here).
+__all__ = ["BottleneckConfig", "INIT_SCHEMES", "KINDS", "LOCATIONS", "MAX_SEED"]
 
 LOCATIONS = ("mh_adapter", "output_adapter")
 INIT_SCHEMES = ("bert", "houlsby", "mam_adapter")
-KINDS = ("task", "language")
-MAX_SEED = 2**32 - 1  # seeds (a recipe's seed, init_weights_seed) are 32-bit, as numpy's are
 
 
 @dataclass(frozen=True)
-class BottleneckConfig:
+class BottleneckConfig(MethodConfig):
     """One bottleneck adapter architecture. Defaults are the Pfeiffer (``seq_bn``) configuration."""
 
     architecture: ClassVar[str] = "bottleneck"
@@ -66,14 +67,7 @@ class BottleneckConfig:
 
     # ---------------------------------------------------------------- construction and validation
     @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "adapter config") -> BottleneckConfig:
-        data = dict(data)
-        data.pop("architecture", None)
-        check_keys(data, cls.field_names(), source)
+    def _normalize(cls, data: dict[str, Any], source: str) -> None:
         if "leave_out" in data:
             leave_out = data["leave_out"] or ()
             if not isinstance(leave_out, (list, tuple)) or not all(
@@ -86,16 +80,6 @@ class BottleneckConfig:
                 data[key] = {str(k): v for k, v in data[key].items()}
         if "scaling" in data and isinstance(data["scaling"], int) and not isinstance(data["scaling"], bool):
             data["scaling"] = float(data["scaling"])  # AdapterHub rejects an int here; we do not
-        config = cls(**data)
-        config.validate(source)
-        return config
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {"architecture": self.architecture}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
 
     def replace(self, **changes: Any) -> BottleneckConfig:
         merged = self.to_dict()
@@ -110,10 +94,8 @@ class BottleneckConfig:
         def bad(msg: str) -> ConfigError:
             return ConfigError(f"{source}: {msg}")
 
-        for name in ("mh_adapter", "output_adapter", "original_ln_before", "original_ln_after",
-                     "adapter_residual_before_ln", "ln_before", "ln_after", "is_parallel", "use_gating"):
-            if not isinstance(getattr(self, name), bool):
-                raise bad(f"{name} must be true or false, got {getattr(self, name)!r}")
+        self._check_bools(bad, ("mh_adapter", "output_adapter", "original_ln_before", "original_ln_after",
+                                "adapter_residual_before_ln", "ln_before", "ln_after", "is_parallel", "use_gating"))
         if not (self.mh_adapter or self.output_adapter):
             raise bad("the adapter has no placement: set mh_adapter and/or output_adapter to true")
         if (self.reduction_factor is None) == (self.bottleneck_size is None):
@@ -131,11 +113,7 @@ class BottleneckConfig:
         for key in ("non_linearity", "init_weights", "kind"):
             if not isinstance(getattr(self, key), str):
                 raise bad(f"{key} must be a string, got {getattr(self, key)!r}")
-        if self.init_weights_seed is not None and (isinstance(self.init_weights_seed, bool)
-                                                   or not isinstance(self.init_weights_seed, int)
-                                                   or not 0 <= self.init_weights_seed <= MAX_SEED):
-            raise bad(f"init_weights_seed must be an integer from 0 to {MAX_SEED} or null, "
-                      f"got {self.init_weights_seed!r}")
+        self._check_seed(bad)
         if self.non_linearity.lower() not in ACTIVATION_NAMES:
             raise bad(f"unknown non_linearity {self.non_linearity!r}{suggest(self.non_linearity, ACTIVATION_NAMES)};"
                       f" choose from {', '.join(ACTIVATION_NAMES)}")
@@ -150,14 +128,8 @@ class BottleneckConfig:
         if self.init_weights not in INIT_SCHEMES:
             raise bad(f"unknown init_weights {self.init_weights!r}{suggest(self.init_weights, INIT_SCHEMES)};"
                       f" choose from {', '.join(INIT_SCHEMES)}")
-        for label in ("dropout", "stochastic_depth"):
-            value = getattr(self, label)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise bad(f"{label} must be in [0, 1), got {value!r}")
-        if self.kind not in KINDS:
-            raise bad(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        if any(i < 0 for i in self.leave_out):
-            raise bad(f"leave_out holds layer indices >= 0, got {list(self.leave_out)}")
+        self._check_fractions(bad, ("dropout", "stochastic_depth"))
+        self._check_kind_and_leave_out(bad)
 
     # ---------------------------------------------------------------- shape
     @property
@@ -192,13 +164,6 @@ class BottleneckConfig:
                 f" ({hidden_size} // {factor} = 0); use a factor of at most {hidden_size}"
             )
         return size
-
-    def layers(self, num_layers: int) -> list[int]:
-        outside = [i for i in self.leave_out if i >= num_layers]
-        if outside:
-            raise ConfigError(f"leave_out names layers {outside} but the model has {num_layers} layers "
-                              f"(0..{num_layers - 1})")
-        return [i for i in range(num_layers) if i not in set(self.leave_out)]
 
     def weight_shapes(self, hidden_size: int, num_layers: int) -> dict[str, tuple[int, ...]]:
         """Every weight's name and shape, from the configuration alone: what ``BottleneckAdapterSet`` holds

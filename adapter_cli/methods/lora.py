@@ -19,13 +19,12 @@ Which linear layers: the self-attention projections named in ``attn_matrices`` (
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..errors import ConfigError, check_keys, suggest
-from .bottleneck import KINDS, MAX_SEED
+from ..errors import ConfigError, suggest
+from .base import MethodConfig
 
 ATTENTION_MATRICES = ("q", "k", "v")
 MATRICES = ATTENTION_MATRICES + ("intermediate", "output")  # every linear layer a config can name
@@ -35,7 +34,7 @@ DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
 @dataclass(frozen=True)
-class LoRAConfig:
+class LoRAConfig(MethodConfig):
     """One LoRA-family configuration; the defaults are AdapterHub's ``lora`` preset."""
 
     architecture: ClassVar[str] = "lora"
@@ -66,14 +65,7 @@ class LoRAConfig:
 
     # ---------------------------------------------------------------- construction and validation
     @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "adapter config") -> LoRAConfig:
-        data = dict(data)
-        data.pop("architecture", None)
-        check_keys(data, cls.field_names(), source)
+    def _normalize(cls, data: dict[str, Any], source: str) -> None:
         for key in ("leave_out", "attn_matrices", "scaled_inputs"):
             if key in data:
                 value = data[key] if data[key] is not None else ()
@@ -83,16 +75,6 @@ class LoRAConfig:
         for key in ("alpha", "vera_d", "vera_b"):  # AdapterHub writes ints here as often as floats
             if isinstance(data.get(key), int) and not isinstance(data.get(key), bool):
                 data[key] = float(data[key])
-        config = cls(**data)
-        config.validate(source)
-        return config
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"architecture": self.architecture}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
 
     def replace(self, **changes: Any) -> LoRAConfig:
         return LoRAConfig.from_dict({**self.to_dict(), **changes})
@@ -101,16 +83,13 @@ class LoRAConfig:
         def bad(msg: str) -> ConfigError:
             return ConfigError(f"{source}: {msg}")
 
-        for name in ("selfattn_lora", "intermediate_lora", "output_lora", "use_gating", "use_dora"):
-            if not isinstance(getattr(self, name), bool):
-                raise bad(f"{name} must be true or false, got {getattr(self, name)!r}")
+        self._check_bools(bad, ("selfattn_lora", "intermediate_lora", "output_lora", "use_gating", "use_dora"))
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
             raise bad(f"the rank r must be a whole number of at least 1, got {self.r!r}")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, float) or not math.isfinite(self.alpha) \
                 or self.alpha == 0:
             raise bad(f"alpha must be a non-zero number, got {self.alpha!r}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise bad(f"dropout must be in [0, 1), got {self.dropout!r}")
+        self._check_fractions(bad, ("dropout",))
         unknown = [m for m in self.attn_matrices if m not in ATTENTION_MATRICES]
         if unknown:
             raise bad(f"attn_matrices names {unknown[0]!r}, which is not an attention matrix"
@@ -125,11 +104,7 @@ class LoRAConfig:
         if self.init_weights not in INIT_SCHEMES:
             raise bad(f"unknown init_weights {self.init_weights!r}{suggest(str(self.init_weights), INIT_SCHEMES)};"
                       f" choose from {', '.join(INIT_SCHEMES)}")
-        if self.init_weights_seed is not None and (isinstance(self.init_weights_seed, bool)
-                                                   or not isinstance(self.init_weights_seed, int)
-                                                   or not 0 <= self.init_weights_seed <= MAX_SEED):
-            raise bad(f"init_weights_seed must be an integer from 0 to {MAX_SEED} or null, "
-                      f"got {self.init_weights_seed!r}")
+        self._check_seed(bad)
         for key in ("vera_d", "vera_b"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, float) or not math.isfinite(value)):
@@ -142,10 +117,7 @@ class LoRAConfig:
         if stray or (self.scaled_inputs and self.composition_mode != "scale"):
             raise bad("scaled_inputs names (IA)³ matrices the adapter changes (composition_mode 'scale'), "
                       f"got {list(self.scaled_inputs)}")
-        if self.kind not in KINDS:
-            raise bad(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.leave_out):
-            raise bad(f"leave_out holds layer indices >= 0, got {list(self.leave_out)}")
+        self._check_kind_and_leave_out(bad)
         self._validate_mode(bad)
 
     def _validate_mode(self, bad: Any) -> None:
@@ -183,13 +155,6 @@ class LoRAConfig:
         chosen = [m for m in ATTENTION_MATRICES if self.selfattn_lora and m in self.attn_matrices]
         return tuple(chosen + [m for m, on in (("intermediate", self.intermediate_lora),
                                                 ("output", self.output_lora)) if on])
-
-    def layers(self, num_layers: int) -> list[int]:
-        outside = [i for i in self.leave_out if i >= num_layers]
-        if outside:
-            raise ConfigError(f"leave_out names layers {outside} but the model has {num_layers} layers "
-                              f"(0..{num_layers - 1})")
-        return [i for i in range(num_layers) if i not in set(self.leave_out)]
 
     def check_rank(self, hidden_size: int) -> None:
         """A rank above the hidden size is no longer low-rank: almost surely a typo (r=768 for r=8)."""

@@ -109,8 +109,8 @@ def test_the_cycle_finder_finds_cycles() -> None:
 # docs/architecture.md's layers, bottom to top: a module imports only from its own layer or those below.
 LAYERS = [
     ("foundations", ["_version", "errors", "reporting", "jsonio", "fsutil", "defaults", "devices", "builtins", "composition",
-                     "methods.activations", "methods", "methods.bottleneck", "methods.lora", "head_config", "fusion_config",
-                     "presets", "architectures"]),
+                     "methods.activations", "methods", "methods.base", "methods.bottleneck", "methods.lora",
+                     "head_config", "fusion_config", "presets", "architectures"]),
     ("data", ["tasks", "tasks.loading", "tasks.metrics", "tasks.subsets", "formats", "formats.artifacts",
               "formats.native", "formats.adapterhub", "formats.adapterhub_lora", "formats.peft"]),
     ("engine", ["methods.bottleneck_layers", "methods.lora_layers", "fastpaths", "stitching", "linear_sites",

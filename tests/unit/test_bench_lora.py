@@ -3,26 +3,17 @@ timing asserts: only what is counted, not timed)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 
-from conftest import ROOT
-
-
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("adapt_bench_run", ROOT / "bench" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+from conftest import ROOT, load_bench
 
 
 def test_round_robin_times_every_arm_in_rotated_order():
     import torch
 
-    bench = _bench_module()
+    bench = load_bench()
     calls: list[str] = []
     fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
     result = bench.timed_round_robin(fns, torch.device("cpu"), warmup=1, repeat=3)

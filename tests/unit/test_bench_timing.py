@@ -4,24 +4,14 @@ never timed: fake clocks and a fake /proc/stat, or --repeat 1)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import load_bench
 
-
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("adapt_bench_run_timing", ROOT / "bench" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _bench_module()
+bench = load_bench("adapt_bench_run_timing")
 CPU = torch.device("cpu")
 
 
