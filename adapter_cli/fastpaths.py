@@ -5,22 +5,31 @@
   the result is already in the [B, T, N, H] layout the fusion attends over.
 * ``routed_adapters``: rows of a batch that each use a different adapter (per-example routing) run as one
   batched product over weights gathered per row, so the cost does not grow with the number of distinct
-  adapters in the batch.
+  adapters in the batch (``Site`` runs a batch split of stacks as one such product per stack level);
+* ``routed_deltas``: the same for LoRA and (IA)³ at a linear layer: the terms of all rows in one batched
+  product over per-row A and B (or one gathered scaling vector per row).
 
-Both are the straightforward per-adapter computation reordered, exact up to fp32 rounding (tests compare
+The row -> adapter index of a batch split comes from its sizes, which are Python ints: ``route`` builds it
+in Python (cached per composition and device), never from a data-dependent op such as
+``repeat_interleave``, so ``torch.compile`` traces a routed batch without a graph break.
+
+All are the straightforward per-adapter computation reordered, exact up to fp32 rounding (tests compare
 them with the loop). They apply when the adapters are alike (same class, configuration, width; no layer
 norms or gates of their own, no stochastic depth while training); otherwise the caller loops.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch.nn import functional as F
 
 from .methods.bottleneck_layers import BottleneckAdapter
+from .methods.lora_layers import LinearDelta
 
 # ADAPT_REFERENCE_ORDER=1 runs every adapter, fusion and routed row one by one in AdapterHub's operation
 # order instead (bit-level agreement with the reference library on the same machine; slower).
@@ -35,7 +44,7 @@ def _plain(adapter: BottleneckAdapter) -> bool:
 
 def _alike(adapters: Sequence[BottleneckAdapter]) -> bool:
     first = adapters[0]
-    return len(adapters) > 1 and all(
+    return all(
         type(m) is type(first) and _plain(m) and m.config.non_linearity == first.config.non_linearity
         and m.down.out_features == first.down.out_features for m in adapters)
 
@@ -51,7 +60,7 @@ def _scales(adapters: Sequence[BottleneckAdapter], like: torch.Tensor) -> torch.
 
 def stackable(adapters: Sequence[BottleneckAdapter]) -> bool:
     """Whether ``stacked_bottlenecks`` computes these members (fast paths on, members alike)."""
-    return ENABLED and _alike(adapters)
+    return ENABLED and len(adapters) > 1 and _alike(adapters)
 
 
 def stacked_bottlenecks(adapters: Sequence[BottleneckAdapter], a: torch.Tensor) -> torch.Tensor | None:
@@ -70,14 +79,56 @@ def stacked_bottlenecks(adapters: Sequence[BottleneckAdapter], a: torch.Tensor) 
     return up * scales if scales is not None else up
 
 
+class Route(NamedTuple):
+    """Which adapter each row of a batch split uses: ``rows`` [B] indexes the distinct adapters (0 for a row
+    that no adapter here changes), ``present`` [B] marks the rows some adapter changes (None: every row)."""
+
+    rows: torch.Tensor
+    present: torch.Tensor | None
+
+
+def route(slots: Sequence[int], sizes: Sequence[int], device: torch.device) -> Route | None:
+    """The ``Route`` of a batch split whose part i has ``sizes[i]`` rows through adapter ``slots[i]`` (-1: none
+    here), or None when the fast paths are off (the reference order runs part by part). Built from Python
+    ints, so its shape never depends on tensor data (no graph break under torch.compile, which bakes it into
+    the graph as a constant); cached otherwise, so that an inference loop that sees the same composition
+    batch after batch builds it once."""
+    if not ENABLED:
+        return None
+    if torch.compiler.is_compiling():
+        return _build_route(tuple(slots), tuple(sizes), device)
+    return _cached_route(tuple(slots), tuple(sizes), device)
+
+
+def _build_route(slots: tuple[int, ...], sizes: tuple[int, ...], device: torch.device) -> Route:
+    per_row = [slot for slot, size in zip(slots, sizes) for _ in range(size)]
+    rows = torch.tensor([max(slot, 0) for slot in per_row], dtype=torch.long, device=device)
+    present = None if min(slots) >= 0 else torch.tensor([slot >= 0 for slot in per_row], device=device)
+    return Route(rows, present)
+
+
+@functools.lru_cache(maxsize=256)  # bounded: an inference run sees one composition per distinct batch
+def _cached_route(slots: tuple[int, ...], sizes: tuple[int, ...], device: torch.device) -> Route:
+    # A cached tensor first built under inference_mode would be an inference tensor, which a later training
+    # forward cannot save for its backward (indexing keeps its index): build it as a normal tensor.
+    with torch.inference_mode(False):
+        return _build_route(slots, sizes, device)
+
+
+def routable(adapters: Sequence[BottleneckAdapter]) -> bool:
+    """Whether ``routed_adapters`` computes these adapters: fast paths on, alike, one configuration (so one
+    ``pre_forward`` and ``post_forward`` serve every row), no gate or LayerNorm after the bottleneck."""
+    first = adapters[0]
+    return ENABLED and _alike(adapters) and all(m.config == first.config for m in adapters) \
+        and first.gate is None and first.norm_after is None
+
+
 def routed_adapters(adapters: Sequence[BottleneckAdapter], rows: torch.Tensor, a: torch.Tensor,
                     residual: torch.Tensor) -> torch.Tensor | None:
     """Row i of ``a`` [B, T, H] through ``adapters[rows[i]]``: the adapter output (residual added), or None
     when the adapters are not alike or have parts of their own after the bottleneck."""
     first = adapters[0]
-    cfg = first.config
-    if not ENABLED or not _alike(adapters) or any(m.config != cfg for m in adapters) or first.gate is not None \
-            or first.norm_after is not None:
+    if not routable(adapters):
         return None
     down_w = torch.stack([m.down.weight for m in adapters])[rows]          # [B, d, H]
     down_b = torch.stack([m.down.bias for m in adapters])[rows]            # [B, d]
@@ -89,3 +140,36 @@ def routed_adapters(adapters: Sequence[BottleneckAdapter], rows: torch.Tensor, a
     if scales is not None:
         up = up * scales[rows].unsqueeze(1)
     return first.plain_output(up, residual)
+
+
+def _delta_shape(delta: LinearDelta) -> tuple[Any, ...] | None:
+    """What decides the computation of a LoRA-family term, or None for the variants ``routed_deltas`` does not
+    cover: DoRA (its close rescales by a per-adapter norm of ``W + B A``), gated LoRA (a gate per adapter)
+    and VeRA (its Λ is out×out per adapter: gathered per row it would cost B·out² memory). The caller loops
+    over those."""
+    if delta.m is not None or delta.gate is not None or delta.vera_D is not None:
+        return None
+    weights = (delta.lora_B,) if delta.scale_mode else (delta.lora_A, delta.lora_B)
+    return (delta.scale_mode, delta.scales_input, delta.config.dropout,
+            tuple((tuple(w.shape), w.dtype, w.device) for w in weights))
+
+
+def routed_deltas(deltas: Sequence[LinearDelta], rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+    """Row i of the layer input ``x`` [B, T, in] through ``deltas[rows[i]]``: the terms (LoRA [B, T, out],
+    (IA)³ [B, 1, n]) that ``deltas[0].close`` combines with the frozen output, or None when the fast paths
+    are off or the adapters are not alike (another variant, rank, mode or dropout)."""
+    first = deltas[0]
+    shape = _delta_shape(first)
+    if not ENABLED or shape is None or x.dim() != 3 or any(_delta_shape(d) != shape for d in deltas[1:]):
+        return None
+    if first.scale_mode:  # (IA)³: one vector per row, as LinearDelta.forward's [B, 1, n]
+        term = torch.stack([d.lora_B.view(-1) for d in deltas])[rows].unsqueeze(1)
+    else:
+        down = torch.stack([d.lora_A for d in deltas])[rows]               # [B, r, in]
+        up = torch.stack([d.lora_B for d in deltas])[rows]                 # [B, out, r]
+        term = torch.bmm(torch.bmm(first.dropout(x), down.transpose(1, 2)), up.transpose(1, 2))
+    scalings = [d.scaling for d in deltas]
+    if all(s == scalings[0] for s in scalings):  # one Python float, as the loop multiplies by
+        return term * scalings[0]
+    per_row = torch.tensor(scalings, dtype=term.dtype, device=term.device)[rows]
+    return term * per_row.view(-1, 1, 1)

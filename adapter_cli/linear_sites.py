@@ -9,7 +9,9 @@ as AdapterHub's ``LoRALinear.forward`` does:
 * ``stack(a, b)``: b's term is computed from a's term (AdapterHub's order), then the last member closes;
 * ``batch_split`` (and ``parallel``, which the model runs as a batch split over a repeated batch): each part
   of the rows is closed by its own member (AdapterHub closes all rows with the last member, which differs
-  only for DoRA and for mixing LoRA with (IA)³);
+  only for DoRA and for mixing LoRA with (IA)³). When every part is a plain adapter name and the adapters
+  here are alike, all rows run as one batched product over per-row weights (``fastpaths.routed_deltas``);
+  otherwise, and in the reference order (``ADAPT_REFERENCE_ORDER=1``), part by part;
 * ``average``: ``sum_i w_i term_i`` with weights summing to 1, closed by the last member (AdapterHub also
   divides by the number of members; see docs/numerics.md);
 * ``fuse`` over LoRA-family adapters is refused before any forward pass (``AdapterModel.resolve_composition``).
@@ -25,6 +27,7 @@ from torch import nn
 
 from .composition import Average, BatchSplit, Block, Fuse, Stack
 from .errors import CompositionError
+from .fastpaths import route, routed_deltas
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,9 @@ class LinearSite:
         rows = x.shape[0]
         if sum(block.sizes) != rows:
             raise CompositionError(f"{block}: the sizes add up to {sum(block.sizes)} rows but the batch has {rows}")
+        routed = self._routed(block, output, x)
+        if routed is not None:
+            return routed
         parts, start = [], 0
         for child, size in zip(block.children, block.sizes):
             part = slice(start, start + size)
@@ -109,3 +115,27 @@ class LinearSite:
             done = self._run(child if isinstance(child, Block) else Stack((child,)), output[part], x[part])
             parts.append(output[part] if done is None else done)
         return torch.cat(parts, dim=0)
+
+    def _routed(self, block: BatchSplit, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+        """Every part a plain adapter name: the terms of all rows at once, closed once (alike adapters close
+        alike, so one close is each row's own), rows of parts with no adapter here left as they are. None:
+        a part is a block, or the adapters here are not alike (``routed_deltas`` says which): the loop."""
+        if not all(isinstance(c, str) for c in block.children):
+            return None
+        distinct = list(dict.fromkeys(c for c in block.children if c in self.loras))
+        if not distinct:
+            return None
+        deltas = [self.loras[n] for n in distinct]
+        routing = route([distinct.index(c) if c in self.loras else -1 for c in block.children], block.sizes,
+                        x.device)
+        if routing is None:  # the fast paths are off: part by part, in the reference order
+            return None
+        # One adapter here (the others live elsewhere, e.g. bottleneck adapters): it runs on all rows as it
+        # is, whatever its variant (DoRA, gated), since every term and close is row by row.
+        hidden = deltas[0](None, x) if len(deltas) == 1 else routed_deltas(deltas, routing.rows, x)
+        if hidden is None:
+            return None
+        out = deltas[0].close(output, hidden, self.linear.weight, self.linear.bias, x)
+        if routing.present is None:
+            return out
+        return torch.where(routing.present.view((-1,) + (1,) * (out.dim() - 1)), out, output)

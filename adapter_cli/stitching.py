@@ -24,7 +24,7 @@ from torch import nn
 
 from .architectures import SiteSpec
 from .composition import Average, BatchSplit, Block, Fuse, Stack
-from .fastpaths import routed_adapters, stackable, stacked_bottlenecks
+from .fastpaths import routable, route, routed_adapters, stackable, stacked_bottlenecks
 
 
 class ForwardContext:
@@ -193,10 +193,9 @@ class Site:
             from .errors import CompositionError
 
             raise CompositionError(f"{block}: the sizes add up to {sum(block.sizes)} rows but the batch has {rows}")
-        if len(block.children) > 1 and all(isinstance(c, str) and c in self.adapters for c in block.children):
-            routed = self._routed(block, state)
-            if routed is not None:
-                return routed
+        routed = self._routed(block, state)
+        if routed is not None:
+            return routed
         parts, start = [], 0
         for child, size in zip(block.children, block.sizes):
             rows_here = slice(start, start + size)
@@ -213,18 +212,50 @@ class Site:
                 parts.append(state.ln(part.hidden + part.x))
         return replace(state, hidden=torch.cat(parts, dim=0), final=True)
 
-    def _routed(self, block: BatchSplit, state: _State) -> _State | None:
-        """Every member a plain adapter here: all rows in one batched pass over per-row weights."""
-        names = list(dict.fromkeys(block.children))
-        adapters = [self.adapters[n] for n in names]
-        first = adapters[0]
-        a, _, residual = first.pre_forward(state.hidden, state.x, state.ln)
-        index = torch.tensor([names.index(c) for c in block.children], device=a.device)
-        rows = torch.repeat_interleave(index, torch.tensor(block.sizes, device=a.device))
-        out = routed_adapters(adapters, rows, a, residual)
-        if out is None:
+    def _levels(self, block: BatchSplit) -> list[list[str | None]] | None:
+        """Per stack level, the adapter each part runs there (None: a part with no adapter at this site), when
+        every part is a plain adapter or a stack of plain adapters and the parts with adapters here have
+        equally many (``_stack`` skips a member placed elsewhere, and so does this); else None."""
+        stacks: list[tuple[str, ...] | None] = []
+        for child in block.children:
+            members = (child,) if isinstance(child, str) else child.children if type(child) is Stack else ()
+            if not members or not all(isinstance(m, str) for m in members):
+                return None  # a nested block: the loop
+            here = tuple(m for m in members if m in self.adapters)
+            stacks.append(here or None)  # None: closed by the plain sub-layer, as the loop does
+        depths = {len(s) for s in stacks if s is not None}
+        if len(depths) != 1:
             return None
-        return replace(state, hidden=first.post_forward(out, state.hidden, state.x, state.ln), final=True)
+        return [[s[level] if s is not None else None for s in stacks] for level in range(depths.pop())]
+
+    def _routed(self, block: BatchSplit, state: _State) -> _State | None:
+        """Every part a plain adapter, or a stack of them of one depth, whose adapters at each level are alike:
+        all rows through one batched product per level over per-row weights (exactly ``_stack``'s steps:
+        pre_forward, adapter, its output the next level's hidden), closed by one add & norm. None: loop."""
+        levels = self._levels(block)
+        if levels is None:
+            return None
+        plans = []
+        for names in levels:
+            distinct = list(dict.fromkeys(n for n in names if n is not None))
+            adapters = [self.adapters[n] for n in distinct]
+            routing = route([distinct.index(n) if n is not None else -1 for n in names], block.sizes,
+                            state.hidden.device)
+            if routing is None or (len(adapters) > 1 and not routable(adapters)):  # fast paths off, or unlike
+                return None
+            plans.append((adapters, routing))
+        hidden = state.hidden
+        for adapters, routing in plans:
+            a, _, residual = adapters[0].pre_forward(hidden, state.x, state.ln)
+            # One adapter at this level (stack(lang, task_i) shares lang): it runs on all rows as it is.
+            hidden = adapters[0](a, residual)[0] if len(adapters) == 1 \
+                else routed_adapters(adapters, routing.rows, a, residual)
+        out = plans[-1][0][0].post_forward(hidden, state.hidden, state.x, state.ln)
+        present = plans[-1][1].present
+        if present is not None:  # rows of parts with no adapter here: the plain sub-layer
+            plain = state.ln(state.hidden + state.x)
+            out = torch.where(present.view((-1,) + (1,) * (out.dim() - 1)), out, plain)
+        return replace(state, hidden=out, final=True)
 
     def _stack(self, block: Stack, state: _State) -> _State:
         for child in block.children:

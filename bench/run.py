@@ -5,7 +5,8 @@ process, except CPU peak memory, which takes one child process per training arm)
     python bench/run.py --device cuda --preset bert-base   # BERT-base shape, seq 128, batch 32 and 128, bf16
     python bench/run.py --preset bert-base --batch 8 --memory-only   # CPU peak memory of the training arms
     python bench/run.py --device cpu --preset small --arms lora     # only the LoRA-family arms and their baselines
-    python bench/run.py --device cpu --preset small --arms mixed    # only the mixed batch at scale (32 adapters)
+    python bench/run.py --device cpu --preset small --arms mixed    # only the mixed batch at scale (32 adapters,
+                                                                    # 32 stacks, 32 LoRA adapters)
     python bench/run.py --device cpu --clock cpu    # one thread, timed by its CPU time (a busy shared machine)
 
 Arms, in groups: training steps (full fine-tuning of the plain transformers model, fused AdamW on CUDA; the
@@ -13,7 +14,8 @@ frozen floor, all weights frozen but layer 0's output LayerNorm, so the backward
 it; the adapter step with and without gradient checkpointing; fusion steps for N = 2, 4, 8, 16, and the biggest
 with the fast paths off); inference (no adapter, one adapter, fuse-N, and a batch where every example uses
 another adapter, with and without the fast paths); the mixed batch at scale (a batch of 32 rows routed to 1, 8
-and 32 distinct adapters); the LoRA set (LoRA and (IA)³ training steps beside a full fine-tuning step and a
+and 32 distinct adapters, to 1 and 32 distinct 2-level stacks and to 1 and 32 distinct LoRA adapters, each
+mixed arm also one by one); the LoRA set (LoRA and (IA)³ training steps beside a full fine-tuning step and a
 bottleneck adapter step, and inference with the backbone alone, LoRA unmerged, LoRA merged into the weights and
 (IA)³ unmerged).
 
@@ -43,7 +45,6 @@ ratios against them measure the adapters, not the storage.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -410,10 +411,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5, help="clean timed calls wanted per arm")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     parser.add_argument("--batch", type=int, help="one batch size instead of the preset's")
-    parser.add_argument("--arms", choices=("all", "lora", "mixed"), default="all",
+    parser.add_argument("--arms", choices=("all", "lora", "mixed", "compiled"), default="all",
                         help="lora: only the LoRA set (LoRA and (IA)³ arms with the baselines measured beside "
                              "them: a full fine-tuning step, a bottleneck adapter step, the backbone alone); "
-                             "mixed: only the mixed batch at scale")
+                             "mixed: only the mixed batch at scale; compiled: only one adapter eager against "
+                             "compiled (torch.compile), inference and training step")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="cpu (CPU only): run torch on one thread and time each arm by that thread's CPU "
                              "time, which other processes on a shared machine hardly change")
@@ -428,8 +430,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="a timed call runs its arm enough times to last this long (0: once), so that "
                              "the 10 ms jiffies of /proc/stat resolve the interference")
     parser.add_argument("--mixed-adapters", type=int, default=MIXED_ADAPTERS, metavar="K",
-                        help="the mixed batch at scale: K rows routed to K distinct adapters, beside K/4 and "
-                             "one adapter (0: skip it)")
+                        help="the mixed batch at scale: K rows routed to K distinct adapters (beside K/4 and "
+                             "one adapter), to K distinct 2-level stacks and to K distinct LoRA adapters (each "
+                             "beside one) (0: skip it)")
     parser.add_argument("--memory-only", action="store_true",
                         help="CPU: only the peak resident memory of the training arms (quick at BERT-base shape)")
     parser.add_argument("--peak-rss-arm", choices=MEMORY_ARMS, help=argparse.SUPPRESS)  # the child of peak_rss
@@ -593,18 +596,35 @@ def main(argv: list[str] | None = None) -> int:
 
     def mixed_at_scale(k: int) -> None:
         """A batch of k rows through one adapter, through k/4 adapters (4 rows each) and through k distinct
-        adapters (with the routing fast path, and one by one), all on one model holding the k adapters."""
+        adapters (with the routing fast path, and one by one), all on one model holding the k adapters; the
+        same for k distinct 2-level stacks stack(s_(i mod k/4), m_i) (k/4 language-like adapters under the k
+        task adapters) beside one stack, and, on a second model, for k distinct LoRA adapters beside one."""
         bench = Bench(args.preset, device, k)
         model = bench.adapter_model("pfeiffer", "m0")
         for i in range(1, k):
             model.add_adapter(f"m{i}")
+        lower = max(1, k // 4)
+        for i in range(lower):
+            model.add_adapter(f"s{i}")
         model.eval()
         names = [f"m{i}" for i in range(k)]
+        stacks = [f"stack(s{i % lower},m{i})" for i in range(k)]
         fns = {f"{MIXED}one adapter": bench.infer(model, active="m0")}
         if k >= 8 and k % 4 == 0:
             fns[f"{MIXED}{k // 4} distinct adapters"] = bench.infer(model, active=routed(names[:k // 4], 4))
         fns[f"{MIXED}{k} distinct adapters"] = bench.infer(model, active=routed(names, 1))
         fns[f"{MIXED}{k} distinct adapters, one by one"] = reference(bench.infer(model, active=routed(names, 1)))
+        fns[f"{MIXED}one stack"] = bench.infer(model, active=stacks[0])
+        fns[f"{MIXED}{k} distinct stacks"] = bench.infer(model, active=routed(stacks, 1))
+        fns[f"{MIXED}{k} distinct stacks, one by one"] = reference(bench.infer(model, active=routed(stacks, 1)))
+        lora = bench.adapter_model("lora", "l0")
+        for i in range(1, k):
+            lora.add_adapter(f"l{i}", "lora")
+        lora.eval()
+        loras = routed([f"l{i}" for i in range(k)], 1)
+        fns[f"{MIXED}one LoRA adapter"] = bench.infer(lora, active="l0")
+        fns[f"{MIXED}{k} distinct LoRA adapters"] = bench.infer(lora, active=loras)
+        fns[f"{MIXED}{k} distinct LoRA adapters, one by one"] = reference(bench.infer(lora, active=loras))
         inference_group(k, fns)
 
     def lora_arms(bench: Bench, batch: int) -> None:
@@ -632,12 +652,34 @@ def main(argv: list[str] | None = None) -> int:
             bench.infer(backbone), bench.infer(lora, active="l0", head=None),
             bench.infer(merged, active="l0", head=None), bench.infer(ia3, active="i0", head=None)))))
 
-    if args.arms != "mixed":
+    def compiled_arms(bench: Bench, batch: int) -> None:
+        """One adapter, eager and under torch.compile (two models with the same weights): inference and a
+        training step. The compilation happens in the warm-up calls, which are not timed."""
+        from adapter_cli.compiled import blocker, compile_model
+
+        reason = blocker(device)
+        if reason is not None:
+            print(f"compiled arms skipped: {reason}", file=sys.stderr)
+            return
+        eager, compiled = bench.adapter_model().eval(), bench.adapter_model().eval()
+        compile_model(compiled, True, device, "bench")
+        inference_group(batch, {"inference, one adapter, eager": bench.infer(eager, active="a0"),
+                                "inference, one adapter, compiled": bench.infer(compiled, active="a0")})
+        eager, compiled = bench.adapter_model(), bench.adapter_model()
+        compile_model(compiled, True, device, "bench")
+        inference_group(batch, {  # timed alike; no peak or saved-activation figures for these two
+            "adapter training step, eager": bench.train_step(eager, active="a0", labels=bench.labels),
+            "adapter training step, compiled": bench.train_step(compiled, active="a0", labels=bench.labels)})
+
+    if args.arms not in ("mixed", "compiled"):
         for batch in batches:
             bench = Bench(args.preset, device, batch)
             if args.arms == "all":
                 main_arms(bench, batch)
             lora_arms(bench, batch)
+    if args.arms == "compiled":  # not in "all": compiling takes longer than the rest of the small suite
+        for batch in batches:
+            compiled_arms(Bench(args.preset, device, batch), batch)
     if shape["mixed_adapters"]:
         mixed_at_scale(shape["mixed_adapters"])
 
@@ -726,6 +768,10 @@ def compute_ratios(rows: list[dict[str, Any]], shape: dict[str, Any], min_clean:
         add("unmerged LoRA inference / backbone inference", unmerged, backbone)
         add("merged LoRA inference / backbone inference", merged, backbone)
         add("unmerged (IA)³ inference / backbone inference", ia3_inference, backbone)
+        add("compiled / eager: one-adapter inference", "inference, one adapter, compiled",
+            "inference, one adapter, eager")
+        add("compiled / eager: adapter training step", "adapter training step, compiled",
+            "adapter training step, eager")
     k = shape.get("mixed_adapters")
     if k:  # the mixed batch at scale: throughput relative to one adapter, same batch of k rows
         add = adder(k)
@@ -735,6 +781,11 @@ def compute_ratios(rows: list[dict[str, Any]], shape: dict[str, Any], min_clean:
             f"{MIXED}{k // 4} distinct adapters")
         add(f"{MIXED}fast path / one by one, {k} distinct adapters", f"{MIXED}{k} distinct adapters",
             f"{MIXED}{k} distinct adapters, one by one")
+        for what, single in (("stacks", "one stack"), ("LoRA adapters", "one LoRA adapter")):
+            add(f"{MIXED}{single} / {k} distinct {what} (throughput)", f"{MIXED}{single}",
+                f"{MIXED}{k} distinct {what}")
+            add(f"{MIXED}fast path / one by one, {k} distinct {what}", f"{MIXED}{k} distinct {what}",
+                f"{MIXED}{k} distinct {what}, one by one")
     return ratios
 
 

@@ -67,6 +67,15 @@ def load_bench(name: str = "adapt_bench_run"):
     return module
 
 
+@pytest.fixture
+def no_compiler():
+    """As on a machine without a C++ compiler: inductor's compiler search finds nothing."""
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",)}):
+        yield
+
+
 @contextmanager
 def sandbox(tmp_path_factory, name: str):
     """A module-wide working directory with its own adapter cache (for fixtures that train once and share)."""

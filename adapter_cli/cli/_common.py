@@ -37,6 +37,8 @@ def quiet_libraries() -> None:
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
+    # --compile past torch's recompile limit runs the rest eagerly (still right); not a page of stack trace
+    logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
 
 
 class _WarningLines(logging.Handler):

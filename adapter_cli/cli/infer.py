@@ -20,7 +20,8 @@ from .app import app
         "  adapt infer -m minilm -a sst2 -a mrpc --active 'parallel(sst2,mrpc)' --pair 'Good.' 'Fine.'\n\n"
         "  adapt infer -m minilm -a sst2 -a mrpc -a rte -f rte-fusion --pair 'A premise.' 'A hypothesis.'\n\n"
         "  adapt infer -m minilm -a sst2 -a cola --input mixed.csv --route-column task   # per-row adapter\n\n"
-        "  cat texts.txt | adapt infer -m minilm -a sst2 --input - --output preds.csv   # many texts, one load"
+        "  cat texts.txt | adapt infer -m minilm -a sst2 --input - --output preds.csv   # many texts, one load\n\n"
+        "  cat texts.txt | adapt infer -m minilm -a sst2 --input - --compile   # compiled: for long inputs"
     ),
 )
 @handle_errors
@@ -67,6 +68,12 @@ def infer(
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast on a GPU, fp32 on CPU), fp32, "
                                   "bf16 or fp16. Under autocast the base model's linear layers are stored in "
                                   "that dtype, which changes no result and halves their memory."),
+    compile_: bool = typer.Option(False, "--compile", help="Run the base model under torch.compile (inductor): "
+                                  "the first batch of each composition and shape compiles (seconds to a minute), "
+                                  "later ones run faster; same outputs within 1e-5. Refused where inductor "
+                                  "cannot build (no C++ compiler)."),
+    compile_auto: bool = typer.Option(False, "--compile-auto", help="As --compile where inductor can build; "
+                                      "elsewhere one warning and eager."),
 ) -> None:
     """Predict a label and score for each text (or text pair), as JSON lines on stdout (or CSV/JSONL with
     --output). Each line names the composition and the head that answered it."""
@@ -94,6 +101,9 @@ def infer(
     if autocast is not None:  # before the move: the GPU never holds the fp32 copies
         m.cast_frozen_linears(autocast)
     m.to(where)
+    from ..compiled import compile_model
+
+    compile_model(m, "auto" if compile_auto else compile_, where, "--compile", fallback="--compile-auto")
     from ._progress import batch_progress
 
     predictions: list[dict] = []

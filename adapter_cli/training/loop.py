@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from ..compiled import compile_model
 from ..devices import autocast_dtype, resolve_device
 from ..errors import UsageError, disk_full
 from ..fsutil import dump_json, save_torch, write_text_atomic
@@ -165,6 +166,9 @@ class Trainer:
             and cacheable(self.eval_data)
         self.train_features: Features | None = None
         self.eval_features: Features | None = None
+        # Head only on features: the encoder runs once, nothing worth compiling (and compiling costs seconds).
+        self.compiled = not self.on_features and compile_model(self.model, self.recipe.compile, self.device,
+                                                               "recipe key compile")
         self._build_optimizer()
         if saved is not None:
             self._restore(saved)
@@ -392,6 +396,8 @@ class Trainer:
                    "epochs_run": s.epoch, "steps": s.step, "stopped_early": s.stopped_early,
                    "train_examples": len(self.train_data), "eval_examples": len(self.eval_data),
                    "wall_time_s": round(self._elapsed(), 2), "run_dir": str(self.run_dir)}
+        if self.compiled:
+            summary["compiled"] = True
         if self.recipe.method == "fusion":
             summary["fusion_members"] = self.active.leaves()
         if self.train_features is not None:  # head only: the encoder ran once per example (features.py)

@@ -7,7 +7,7 @@ A recipe file has top-level keys (task, model, method, name, description) and se
     fusion:  {adapters: [...], config: dynamic, reg_weight: 0.01, unfreeze_adapters: false}
     optim:   {learning_rate, weight_decay, max_grad_norm, warmup_ratio}
     train:   {epochs, patience, batch_size, eval_batch_size, grad_accum, seed, precision, frozen_dtype,
-              gradient_checkpointing, device, save_every_steps, log_every_steps}
+              gradient_checkpointing, compile, device, save_every_steps, log_every_steps}
     data:    {data_dir, max_length, max_train_samples, max_eval_samples}
 
 Overrides name a key with its section (``optim.learning_rate=3e-4``, ``adapter.reduction_factor=32``) or,
@@ -41,7 +41,8 @@ SECTIONS: dict[str, dict[str, str]] = {
                "unfreeze_adapters": "unfreeze_adapters"},
     "optim": {k: k for k in ("learning_rate", "weight_decay", "max_grad_norm", "warmup_ratio")},
     "train": {k: k for k in ("epochs", "patience", "batch_size", "eval_batch_size", "grad_accum", "seed",
-                             "precision", "frozen_dtype", "gradient_checkpointing", "device", "save_every_steps",
+                             "precision", "frozen_dtype", "gradient_checkpointing", "compile", "device",
+                             "save_every_steps",
                              "log_every_steps")},
     "data": {k: k for k in ("data_dir", "max_length", "max_train_samples", "max_eval_samples")},
 }
@@ -74,6 +75,7 @@ class Recipe:
     precision: str = "auto"  # auto = bf16 autocast on a CUDA GPU that supports it, fp32 otherwise
     frozen_dtype: str = "auto"  # storage of the frozen linear layers; auto = the autocast dtype (exact), else as loaded
     gradient_checkpointing: bool = False  # recompute each layer in the backward: far less activation memory
+    compile: bool | str = False  # true | false | auto: the base model under torch.compile (compiled.py)
     device: str = "auto"
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
@@ -128,6 +130,9 @@ class Recipe:
                       f"stored in the dtype autocast computes in), got precision={self.precision}")
         if not isinstance(self.gradient_checkpointing, bool):
             raise bad("gradient_checkpointing must be true or false")
+        from ..compiled import parse_setting
+
+        self.compile = parse_setting(self.compile, source)
         for key in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "max_length", "save_every_steps",
                     "log_every_steps"):
             value = getattr(self, key)

@@ -114,7 +114,7 @@ LAYERS = [
     ("data", ["tasks", "tasks.loading", "tasks.metrics", "tasks.subsets", "formats", "formats.artifacts",
               "formats.native", "formats.adapterhub", "formats.adapterhub_lora", "formats.peft"]),
     ("engine", ["methods.bottleneck_layers", "methods.lora_layers", "fastpaths", "stitching", "linear_sites",
-                "merging", "fusion", "heads", "model", "tokenizer", "inference"]),
+                "merging", "fusion", "heads", "model", "tokenizer", "inference", "compiled"]),
     ("storage", ["cache", "hub", "hub.card", "hub.archive", "hub.registry", "hub.http", "hub.hf", "hub.pack",
                  "hub.pull", "hub.registries", "hub.server", "hub.site", "resolve"]),
     ("training", ["training", "training.recipe", "training.reporter", "training.data", "training.setup",
