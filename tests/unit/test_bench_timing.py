@@ -141,12 +141,18 @@ def test_mixed_batch_at_32_adapters_writes_its_ratios(tmp_path, capsys):
     result = json.loads((tmp_path / "results-cpu-small-mixed.json").read_text())
     assert {r["arm"] for r in result["arms"]} == {
         "mixed batch: one adapter", "mixed batch: 8 distinct adapters", "mixed batch: 32 distinct adapters",
-        "mixed batch: 32 distinct adapters, one by one"}
+        "mixed batch: 32 distinct adapters, one by one", "mixed batch: one stack", "mixed batch: 32 distinct stacks",
+        "mixed batch: 32 distinct stacks, one by one", "mixed batch: one LoRA adapter",
+        "mixed batch: 32 distinct LoRA adapters", "mixed batch: 32 distinct LoRA adapters, one by one"}
     assert all(r["batch"] == 32 and r["calls"]["clean"] == 1 for r in result["arms"])
     ratios = {r["ratio"]: r["value"] for r in result["ratios"]}
     assert set(ratios) == {"mixed batch: one adapter / 32 distinct adapters (throughput)",
                            "mixed batch: one adapter / 8 distinct adapters (throughput)",
-                           "mixed batch: fast path / one by one, 32 distinct adapters"}
+                           "mixed batch: fast path / one by one, 32 distinct adapters",
+                           "mixed batch: one stack / 32 distinct stacks (throughput)",
+                           "mixed batch: fast path / one by one, 32 distinct stacks",
+                           "mixed batch: one LoRA adapter / 32 distinct LoRA adapters (throughput)",
+                           "mixed batch: fast path / one by one, 32 distinct LoRA adapters"}
     assert all(v > 0 for v in ratios.values())
     assert result["environment"]["shape"]["mixed_adapters"] == 32
     if sys.platform == "linux":
