@@ -42,6 +42,12 @@ class Architecture:
     num_layers_attr: str = "num_hidden_layers"
     attention_dropout_attr: str = "attention_probs_dropout_prob"
     hidden_dropout_attr: str = "hidden_dropout_prob"
+    # The module (in the base model) whose output an invertible adapter transforms: the embeddings, as in
+    # AdapterHub, which hooks the same module; for ELECTRA that is before embeddings_project (embedding_size).
+    embeddings: str = "embeddings"
+    # Whether a masked-LM head (language adapters, `adapt train --task mlm`) can tie its decoder to the model's
+    # input word embeddings (``get_input_embeddings()``): all five families can.
+    tied_lm_head: bool = True
     # The linear layers LoRA-family adapters change (relative to a layer): q, k, v, intermediate, output.
     # AdapterHub names their weights by these same module paths.
     linears: tuple[tuple[str, str], ...] = (

@@ -76,7 +76,9 @@ class Entry:
         d = self.data
         return {"id": self.id, "name": self.name, "task": d.get("task"), "method": d.get("method"),
                 "config": d.get("config_name"), "base_model": self.model, "metrics": d.get("metrics"),
-                "main_metric": d.get("main_metric"), "kind": d.get("kind"), "created": d.get("created"), "path": str(self.path),
+                "main_metric": d.get("main_metric"), "kind": d.get("kind"), "adapter_kind": d.get("adapter_kind"),
+                "language": d.get("language"), "trained_under": d.get("trained_under"),
+                "created": d.get("created"), "path": str(self.path),
                 "bytes": sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())}
 
 

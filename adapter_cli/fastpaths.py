@@ -37,9 +37,11 @@ ENABLED = os.environ.get("ADAPT_REFERENCE_ORDER") != "1"
 
 
 def _plain(adapter: BottleneckAdapter) -> bool:
-    """An adapter whose bottleneck is exactly up(act(down(a))) * scaling."""
+    """An adapter whose bottleneck is exactly up(act(down(a))) * scaling, with plain linear projections (a
+    Compacter's PHM layers build their weight from Kronecker products: they run one by one)."""
     cfg = adapter.config
-    return adapter.norm_before is None and not (cfg.stochastic_depth > 0.0 and adapter.training)
+    return adapter.norm_before is None and isinstance(adapter.down, torch.nn.Linear) \
+        and not (cfg.stochastic_depth > 0.0 and adapter.training)
 
 
 def _alike(adapters: Sequence[BottleneckAdapter]) -> bool:

@@ -10,7 +10,9 @@ from typing import Any
 from .errors import ConfigError, check_keys, suggest
 from .methods.activations import ACTIVATION_NAMES
 
-HEAD_TYPES = ("classification", "regression", "multiple_choice")
+HEAD_TYPES = ("classification", "regression", "multiple_choice", "masked_lm")
+# Keys only a masked_lm head has (AdapterHub's BertStyleMaskedLMHead): left out of other heads' configs.
+MLM_KEYS = ("vocab_size", "embedding_size", "layer_norm")
 MAX_OUTPUTS = 100_000  # labels or choices: far more than any task has, far less than fills memory
 MAX_HEAD_LAYERS = 64
 
@@ -29,6 +31,11 @@ class HeadConfig:
     # Trained on text pairs (True), single texts (False), or unknown (None, e.g. AdapterHub's heads): lets
     # `adapt infer` refuse a single text for a pair head instead of scoring a meaningless input.
     text_pair: bool | None = None
+    # masked_lm only: the decoder's outputs (the input embeddings' rows, to which it is tied), its input width
+    # (the embeddings' width: ELECTRA's is narrower than hidden) and the LayerNorm after each transform layer
+    vocab_size: int | None = None
+    embedding_size: int | None = None
+    layer_norm: bool = False
 
     def __post_init__(self) -> None:
         types = {"head_type": str, "num_labels": int, "layers": int, "use_pooler": bool, "bias": bool}
@@ -37,7 +44,8 @@ class HeadConfig:
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise ConfigError(f"head {key} must be {kind.__name__}, got {value!r}")
         for key, kinds in (("num_choices", (int, type(None))), ("dropout_prob", (int, float, type(None))),
-                           ("text_pair", (bool, type(None))),
+                           ("text_pair", (bool, type(None))), ("vocab_size", (int, type(None))),
+                           ("embedding_size", (int, type(None))), ("layer_norm", (bool,)),
                            ("activation_function", (str, type(None))), ("label2id", (dict, type(None)))):
             value = getattr(self, key)
             if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
@@ -59,9 +67,25 @@ class HeadConfig:
             raise ConfigError(f"head dropout_prob must be in [0, 1) or null, got {self.dropout_prob!r}")
         if self.activation_function and self.activation_function.lower() not in ACTIVATION_NAMES:
             raise ConfigError(f"unknown head activation {self.activation_function!r}")
+        self._check_masked_lm()
+
+    def _check_masked_lm(self) -> None:
+        if self.head_type != "masked_lm":
+            if self.vocab_size is not None or self.embedding_size is not None or self.layer_norm:
+                raise ConfigError(f"vocab_size, embedding_size and layer_norm are keys of a masked_lm head, not of "
+                                  f"a {self.head_type} head")
+            return
+        if self.vocab_size is None or not 1 <= self.vocab_size <= 10_000_000:
+            raise ConfigError(f"a masked_lm head needs vocab_size (1 to 10000000), got {self.vocab_size!r}")
+        if self.embedding_size is not None and not 1 <= self.embedding_size <= 65536:
+            raise ConfigError(f"head embedding_size must be from 1 to 65536, got {self.embedding_size!r}")
+        if self.layers < 2:
+            raise ConfigError("a masked_lm head has at least 2 layers (a transform and the tied decoder)")
 
     @property
     def outputs(self) -> int:
+        if self.head_type == "masked_lm":
+            return int(self.vocab_size or 0)
         return {"classification": self.num_labels, "regression": 1, "multiple_choice": 1}[self.head_type]
 
     @property
@@ -73,6 +97,8 @@ class HeadConfig:
     def weight_shapes(self, hidden_size: int) -> dict[str, tuple[int, ...]]:
         """Every weight's name and shape, from the configuration alone: what ``heads.PredictionHead`` holds
         (``[Dropout, Linear(H,H), act] * (layers-1) + [Dropout, Linear(H, outputs)]``)."""
+        if self.head_type == "masked_lm":
+            return self._masked_lm_shapes(hidden_size)
         out: dict[str, tuple[int, ...]] = {}
         index = 0
         for i in range(self.layers):
@@ -86,8 +112,36 @@ class HeadConfig:
                     out[f"{index}.bias"] = (self.outputs,)
         return out
 
+    def _masked_lm_shapes(self, hidden_size: int) -> dict[str, tuple[int, ...]]:
+        """AdapterHub's BertStyleMaskedLMHead: ``[Linear(H,E), act, LayerNorm(E)] * (layers-1)`` then the
+        decoder ``Linear(E, vocab)``, whose weight is the input embeddings' (tied, so not stored here: only its
+        bias is the head's own)."""
+        width = self.embedding_size or hidden_size
+        out: dict[str, tuple[int, ...]] = {}
+        index, inputs = 0, hidden_size
+        for _ in range(self.layers - 1):
+            out.update({f"{index}.weight": (width, inputs), f"{index}.bias": (width,)})
+            index += 1 + bool(self.activation_function)
+            if self.layer_norm:
+                out.update({f"{index}.weight": (width,), f"{index}.bias": (width,)})
+                index += 1
+            inputs = width
+        if self.bias:
+            out[f"{index}.bias"] = (self.outputs,)
+        return out
+
+    @property
+    def decoder_index(self) -> int:
+        """The module index of a masked_lm head's tied decoder (3 for the default two layers)."""
+        per_layer = 1 + bool(self.activation_function) + bool(self.layer_norm)
+        return (self.layers - 1) * per_layer
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if self.head_type != "masked_lm":  # other heads' files stay as they were
+            for key in MLM_KEYS:
+                out.pop(key)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "head config") -> HeadConfig:

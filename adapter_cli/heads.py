@@ -1,4 +1,5 @@
-"""Prediction heads saved and loaded with adapters: classification, regression, multiple choice.
+"""Prediction heads saved and loaded with adapters: classification, regression, multiple choice, and the
+masked-language-model head of language adapters (``MaskedLMHead``).
 
 The layout is AdapterHub's flexible head so its head files load key for key: for ``layers=L`` the
 module is ``[Dropout, Linear(H,H), act] * (L-1) + [Dropout, Linear(H, out)]`` applied to the first
@@ -6,6 +7,8 @@ token's final hidden state (or the pooler output with ``use_pooler``).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,3 +62,68 @@ class _Activation(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x)
 
+
+
+class MaskedLMHead(nn.Module):
+    """AdapterHub's ``BertStyleMaskedLMHead``, key for key: ``[Linear(H,E), act, LayerNorm(E)] * (layers-1)``
+    (modules ``0``, ``1``, ``2``), then the decoder (``3``) whose weight is the model's input word embeddings
+    (tied: held by reference, never stored with the head) and whose bias is the head's own. ``logits`` takes
+    an ``inverse`` that runs between the transform and the decoder: the reverse pass of an invertible adapter,
+    where AdapterHub's LM heads apply ``invertible_adapter(..., rev=True)``."""
+
+    def __init__(self, config: HeadConfig, hidden_size: int, embeddings: nn.Embedding, eps: float = 1e-12,
+                 initializer_range: float = 0.02) -> None:
+        super().__init__()
+        self.config = config
+        width = config.embedding_size or hidden_size
+        inputs = hidden_size
+        index = 0
+        for _ in range(config.layers - 1):
+            linear = nn.Linear(inputs, width)
+            with torch.no_grad():
+                linear.weight.normal_(0.0, initializer_range)
+                linear.bias.zero_()
+            self.add_module(str(index), linear)
+            index += 1
+            if config.activation_function:
+                self.add_module(str(index), _Activation(config.activation_function))
+                index += 1
+            if config.layer_norm:
+                self.add_module(str(index), nn.LayerNorm(width, eps=eps))
+                index += 1
+            inputs = width
+        self.add_module(str(index), _TiedDecoder(embeddings, config.outputs, config.bias))
+
+    def transform(self, hidden: torch.Tensor) -> torch.Tensor:
+        modules = list(self._modules.values())
+        for module in modules[:-1]:
+            hidden = module(hidden)
+        return hidden
+
+    def logits(self, hidden: torch.Tensor, inverse: Any = None) -> torch.Tensor:
+        """Scores over the vocabulary for every position of ``hidden`` [B, T, H]."""
+        out = self.transform(hidden)
+        if inverse is not None:
+            out = inverse(out)
+        return list(self._modules.values())[-1](out)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the positions whose label is not -100 (the masked tokens)."""
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                           ignore_index=-100)
+
+
+class _TiedDecoder(nn.Module):
+    """``Linear(E, vocab)`` with the input embeddings' matrix as its weight. The embedding module is held
+    outside the module tree, so the head's state dict is its bias alone and the frozen embeddings are never
+    counted, saved or trained as part of the head."""
+
+    def __init__(self, embeddings: nn.Embedding, vocab_size: int, bias: bool) -> None:
+        super().__init__()
+        self.__dict__["embeddings"] = embeddings  # not a submodule: see the class docstring
+        self.bias = nn.Parameter(torch.zeros(vocab_size)) if bias else None
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.embeddings.weight
+        bias = self.bias.to(weight.dtype) if self.bias is not None else None
+        return nn.functional.linear(hidden.to(weight.dtype), weight, bias)

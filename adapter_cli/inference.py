@@ -144,6 +144,10 @@ def _check_inputs(model: Any, rows: list[Row], composition: Any, head: str | Non
         if config.head_type == "multiple_choice":
             raise UsageError("adapt infer scores one text per row; a multiple-choice head needs its options "
                              "grouped (evaluate multiple-choice tasks with adapt train)")
+        if config.head_type == "masked_lm":
+            raise UsageError(f"head {name!r} is a masked-LM head (a language adapter's): adapt infer answers with task "
+                             f"heads; stack a task adapter on the language adapter, e.g. `adapter` {name} `adapter` "
+                             f"TASK `active` 'stack({name},TASK)'")
         if config.text_pair and singles and not allow_single:
             raise UsageError(f"head {name!r} was trained on text pairs, but {singles} row(s) hold a single text; "
                              "give pairs (`pair`, or `pair_column` with `input`), or pass `allow_single` to "

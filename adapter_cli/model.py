@@ -29,9 +29,11 @@ from .fusion import FusionSet, common_locations
 from .fusion_config import resolve_fusion_config
 from .head_config import HeadConfig
 from .heads import PredictionHead
+from .embedding_sites import EmbeddingSite
 from .methods.bottleneck_layers import BottleneckAdapterSet
 from .linear_sites import LinearSite
 from .presets import resolve_adapter_config
+from .reft_sites import ReftSites, check_composition
 from .stitching import ForwardContext, Site
 
 _UNSET: Any = object()
@@ -72,9 +74,14 @@ class AdapterModel(nn.Module):
         self.active: Block | None = None
         self.active_head: str | None = None
         self.fusion_heads: dict[str, str] = {}  # fusion name -> the head trained with it
+        # adapter name -> what our format records beside its config: the language of a language adapter, the
+        # language adapter a task adapter was trained under (formats.native.ADAPTER_METADATA)
+        self.adapter_meta: dict[str, dict[str, Any]] = {}
         self._context = ForwardContext()
         self._sites: dict[tuple[str, int], Site] = {}
         self._linear_sites: dict[tuple[str, int], LinearSite] = {}
+        self._embedding_site: EmbeddingSite | None = None  # invertible adapters; the hook is made on first use
+        self._reft_sites = ReftSites(self.base, self.arch.layers, self._context)  # hooks made on first use
         self.merged: str | None = None  # a LoRA-family adapter folded into the base weights (merge_adapter)
         self.train(base.training)
 
@@ -130,7 +137,8 @@ class AdapterModel(nn.Module):
         checkpoint = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
         for module in self.base.modules():
             if getattr(module, "gradient_checkpointing", False) and hasattr(module, "_gradient_checkpointing_func"):
-                module._gradient_checkpointing_func = self._context.wrap_checkpoint(checkpoint)
+                module._gradient_checkpointing_func = self._reft_sites.wrap_checkpoint(
+                    self._context.wrap_checkpoint(checkpoint))
 
     def gradient_checkpointing_disable(self) -> None:
         disable = getattr(self.base, "activation_checkpointing_disable", None) or \
@@ -179,6 +187,11 @@ class AdapterModel(nn.Module):
             return limit
         raise UsageError(f"{what} {max_length} is longer than {self.name_or_path or 'this model'} takes "
                          f"({limit} positions); use at most {limit}")
+
+    @property
+    def embedding_size(self) -> int:
+        """The width of the embeddings' output, where invertible adapters run (ELECTRA's is narrower)."""
+        return int(getattr(self.config, "embedding_size", None) or self.hidden_size)
 
     @property
     def intermediate_size(self) -> int:
@@ -238,7 +251,11 @@ class AdapterModel(nn.Module):
 
             config.check_rank(self.hidden_size)
             return LoRAAdapterSet(config, self.num_layers, self._linear)
-        return BottleneckAdapterSet(config, self.hidden_size, self.num_layers)
+        if config.architecture == "reft":
+            from .methods.reft_layers import ReftAdapterSet
+
+            return ReftAdapterSet(config, self.hidden_size, self.num_layers)
+        return BottleneckAdapterSet(config, self.hidden_size, self.num_layers, self.embedding_size)
 
     # ------------------------------------------------------------------ adapters
     def add_adapter(self, name: str, config: Any = "pfeiffer", overrides: dict[str, Any] | None = None,
@@ -259,8 +276,15 @@ class AdapterModel(nn.Module):
         self.adapters[name] = adapter_set
         linear = adapter_set.config.architecture == "lora"
         for place, layer, module in adapter_set.sites():
+            if adapter_set.config.architecture == "reft":  # edits the layer's output: one site per layer
+                self._reft_sites.add(name, layer, module)
+                continue
             site = self._linear_site(place, layer).loras if linear else self._site(place, layer).adapters
             site[name] = module
+        if getattr(adapter_set, "invertible", None) is not None:  # MAD-X: on the embeddings' output
+            if self._embedding_site is None:
+                self._embedding_site = EmbeddingSite(self.base.get_submodule(self.arch.embeddings), self._context)
+            self._embedding_site.adapters[name] = adapter_set.invertible
 
     def delete_adapter(self, name: str) -> None:
         """Remove an adapter, the fusions built on it, and the active composition if it used it."""
@@ -274,6 +298,10 @@ class AdapterModel(nn.Module):
             site.adapters.pop(name, None)
         for linear_site in self._linear_sites.values():
             linear_site.loras.pop(name, None)
+        if self._embedding_site is not None:
+            self._embedding_site.adapters.pop(name, None)
+        self._reft_sites.remove(name)
+        self.adapter_meta.pop(name, None)
         del self.adapters[name]
         if self.active is not None and name in self.active.leaves():
             self.active = None
@@ -309,6 +337,9 @@ class AdapterModel(nn.Module):
         adapter_set = self._new_adapter_set(config)
         _load_weights(adapter_set, artifact.weights, artifact.path)
         self._attach(name, adapter_set)
+        from .formats.native import ADAPTER_METADATA
+
+        self.adapter_meta[name] = {k: artifact.meta[k] for k in ADAPTER_METADATA if artifact.meta.get(k) is not None}
         if with_head and has_head(artifact.path):
             self.load_head(artifact.path, name=name, overwrite=True)
         return name
@@ -324,7 +355,8 @@ class AdapterModel(nn.Module):
             raise UsageError(f"no adapter {name!r} is loaded")
         _check_format(format, ("adapt", "adapterhub", "peft"))
         artifact = AdapterArtifact(name=name, config=self.adapters[name].config,
-                                   weights=self.adapters[name].state_dict(), base=self.base_info)
+                                   weights=self.adapters[name].state_dict(), base=self.base_info,
+                                   meta=dict(self.adapter_meta.get(name) or {}))
         with atomic_directory(directory) as tmp:
             if format == "adapt":
                 native.write_adapter(tmp, artifact, dtype)
@@ -372,9 +404,10 @@ class AdapterModel(nn.Module):
         for member in members:
             config = self.adapters[member].config
             if config.architecture != "bottleneck":
+                hint = f"run it first in a stack, stack({member},...)" if config.architecture == "reft" else \
+                    "use stack, average or parallel with it"
                 raise CompositionError(f"{what}: fuse works over bottleneck adapters only, and {member!r} is a "
-                                       f"{getattr(config, 'variant', config.architecture)} adapter; use stack, "
-                                       "average or parallel with it")
+                                       f"{getattr(config, 'variant', config.architecture)} adapter; {hint}")
 
     def delete_fusion(self, name: str) -> None:
         if name not in self.fusions:
@@ -467,7 +500,9 @@ class AdapterModel(nn.Module):
         self._attach_head(name, config)
         return name
 
-    def _attach_head(self, name: str, config: HeadConfig) -> PredictionHead:
+    def _attach_head(self, name: str, config: HeadConfig) -> nn.Module:
+        if config.head_type == "masked_lm":
+            return self._attach_masked_lm_head(name, config)
         if config.use_pooler and getattr(self.base, "pooler", None) is None:
             raise UsageError(f"head {name!r} reads the pooler output, which this {self.config.model_type} model "
                              "does not have")
@@ -476,6 +511,22 @@ class AdapterModel(nn.Module):
             dropout = getattr(self.config, self.arch.hidden_dropout_attr, 0.0) or 0.0
         head = PredictionHead(config, self.hidden_size, float(dropout),
                               float(getattr(self.config, "initializer_range", 0.02)))
+        self.heads[name] = head.to(device=self._device(), dtype=self._dtype()).train(self.training)
+        self.active_head = name
+        return head
+
+    def _attach_masked_lm_head(self, name: str, config: HeadConfig) -> nn.Module:
+        """A masked-LM head whose decoder is tied to the input word embeddings (heads.MaskedLMHead)."""
+        from .heads import MaskedLMHead
+
+        embeddings = self.base.get_input_embeddings() if self.arch.tied_lm_head else None
+        if not isinstance(embeddings, nn.Embedding) or embeddings.weight.shape[0] != config.vocab_size \
+                or embeddings.weight.shape[1] != (config.embedding_size or self.hidden_size):
+            raise UsageError(f"a {self.config.model_type} model cannot carry masked-LM head {name!r}: its decoder is "
+                             f"tied to the input word embeddings, which this model does not expose as a "
+                             f"{config.vocab_size} x {config.embedding_size or self.hidden_size} matrix")
+        head = MaskedLMHead(config, self.hidden_size, embeddings, float(getattr(self.config, "layer_norm_eps", 1e-12)),
+                            float(getattr(self.config, "initializer_range", 0.02)))
         self.heads[name] = head.to(device=self._device(), dtype=self._dtype()).train(self.training)
         self.active_head = name
         return head
@@ -508,7 +559,10 @@ class AdapterModel(nn.Module):
         from .formats import adapterhub, native
 
         head = self.heads[name]
-        artifact = HeadArtifact(name=name, config=head.config, weights=head.state_dict(), base=self.base_info)
+        weights = head.state_dict()
+        if head.config.head_type == "masked_lm" and format != "adapt":  # AdapterHub stores the tied decoder too
+            weights[f"{head.config.decoder_index}.weight"] = self.base.get_input_embeddings().weight
+        artifact = HeadArtifact(name=name, config=head.config, weights=weights, base=self.base_info)
         if format == "adapt":
             native.write_head(directory, artifact, dtype)
         else:
@@ -529,6 +583,9 @@ class AdapterModel(nn.Module):
             loaded = ", ".join(self.adapters) or "none"
             raise CompositionError(f"composition {block} uses adapter(s) not loaded: {', '.join(missing)} "
                                    f"(loaded: {loaded})")
+        check_composition(block, [n for n in block.leaves() if self.adapters[n].config.architecture == "reft"])
+        if self._embedding_site is not None:  # invertible adapters: only at the bottom (embedding_sites)
+            self._embedding_site.check(block)
         for fuse in fuse_blocks(block):
             self._check_fusable(fuse.leaves(), f"composition {block}")
             if fuse.fusion_name not in self.fusions:
@@ -565,6 +622,13 @@ class AdapterModel(nn.Module):
         if self.merged is not None:
             unmerge(self._linear_sites, self._merged_originals)
             self.merged, self._merged_originals = None, {}
+
+    def invert_embeddings(self, hidden: torch.Tensor, active: Any = _UNSET) -> torch.Tensor:
+        """The reverse pass (AdapterHub's ``rev=True``) of the invertible adapter that runs under a composition
+        (default: the active one), as an LM head applies it before its output embeddings; ``hidden`` itself
+        when no invertible adapter runs there."""
+        setup = self.active if active is _UNSET else self.resolve_composition(active)
+        return hidden if self._embedding_site is None else self._embedding_site.inverse(hidden, setup)
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -622,7 +686,7 @@ class AdapterModel(nn.Module):
         part_heads = self.heads_for(setup) if head is _UNSET and split is not None else []
         if len(set(part_heads)) > 1:  # the parts of a batch split answer with different heads
             whole = self.forward(input_ids, attention_mask, token_type_ids, active=setup, head=None, **kwargs)
-            whole.branches = tuple(self._apply_head(name, _rows(whole, start, start + size), None)
+            whole.branches = tuple(self._apply_head(name, _rows(whole, start, start + size), None, None, setup)
                                    for name, start, size in zip(part_heads, _offsets(split.sizes), split.sizes))
             return whole
         head_name = (part_heads[0] if part_heads else self.head_for(setup)) if head is _UNSET else head
@@ -651,17 +715,29 @@ class AdapterModel(nn.Module):
                                     attentions=getattr(out, "attentions", None))
         if head_name is None:
             return result
-        branch = self._apply_head(head_name, result, labels, num_choices)
+        branch = self._apply_head(head_name, result, labels, num_choices, setup)
         result.logits, result.loss, result.head = branch.logits, branch.loss, branch.head
         return result
 
     def _apply_head(self, name: str | None, hidden: AdapterModelOutput, labels: torch.Tensor | None,
-                    num_choices: int | None = None) -> AdapterModelOutput:
-        """Head ``name`` over the first token's final state (or the pooler output, as its config says)."""
+                    num_choices: int | None = None, setup: Block | None = None) -> AdapterModelOutput:
+        """Head ``name`` over the first token's final state (or the pooler output, as its config says); a
+        masked-LM head over every token, with the reverse pass of the invertible adapter that runs under
+        ``setup`` between its transform and its tied decoder, as AdapterHub's LM heads do."""
         out = AdapterModelOutput(last_hidden_state=hidden.last_hidden_state, pooler_output=hidden.pooler_output)
         if name is None:
             return out
         module = self.heads[name]
+        if module.config.head_type == "masked_lm":  # with labels: [N, vocab] for the N labelled tokens only
+            site = self._embedding_site
+            inverse = None if site is None else (lambda h: site.inverse(h, setup))  # noqa: E731
+            states = hidden.last_hidden_state
+            if labels is not None:  # the decoder over [B, T, vocab] would take GBs for nothing the loss reads
+                states, labels = states[labels != -100], labels[labels != -100]
+            out.logits, out.head = module.logits(states, inverse), name
+            if labels is not None:
+                out.loss = module.loss(out.logits, labels)
+            return out
         if module.config.use_pooler:
             if hidden.pooler_output is None:
                 raise UsageError(f"head {name!r} uses the pooler, which this model does not have")
@@ -684,7 +760,7 @@ class AdapterModel(nn.Module):
         names = self.heads_for(split) if head is _UNSET else [head] * n
         whole = self.forward(input_ids=repeat(input_ids), attention_mask=repeat(attention_mask),
                              token_type_ids=repeat(token_type_ids), active=split, head=None, **kwargs)
-        branches = tuple(self._apply_head(name, _rows(whole, i * rows, (i + 1) * rows), labels)
+        branches = tuple(self._apply_head(name, _rows(whole, i * rows, (i + 1) * rows), labels, None, block)
                          for i, name in enumerate(names))
         return AdapterModelOutput(last_hidden_state=whole.last_hidden_state, branches=branches)
 

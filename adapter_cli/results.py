@@ -191,7 +191,10 @@ def _adapter_config(spec: Any, overrides: dict[str, Any]) -> tuple[str, str]:
     def changes(preset: dict[str, Any]) -> list[str]:
         return [f"{k}={_text(v)}" for k, v in config.items() if v != preset.get(k) and v is not None]
 
-    name, preset = min(_preset_configs(), key=lambda item: (len(changes(item[1])), item[0]))
+    def unset(preset: dict[str, Any]) -> int:  # what the preset sets and the config leaves out (houlsby+inv)
+        return sum(1 for k, v in preset.items() if v is not None and config.get(k) is None)
+
+    name, preset = min(_preset_configs(), key=lambda item: (len(changes(item[1])), unset(item[1]), item[0]))
     return ", ".join([name, *changes(preset)]), json.dumps(config, sort_keys=True)
 
 

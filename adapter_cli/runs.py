@@ -132,7 +132,10 @@ def extract(run_dir: Path | str, overwrite: bool = True) -> Any:
             "config_name": adapter if isinstance(adapter, str) and recipe.get("method") == "adapter" else None,
             "config": artifact.get("config"), "metrics": (final.get("best") or {}).get("metrics"),
             "main_metric": final.get("main_metric"), "seed": recipe.get("seed"),
-            "run_dir": str(run_dir.resolve()), "versions": artifact.get("versions")}
+            "run_dir": str(run_dir.resolve()), "versions": artifact.get("versions"),
+            # MAD-X (adapters only): task or language adapter, its language, the language adapter under it
+            "adapter_kind": artifact.get("kind") if method == "adapter" else None,
+            "language": artifact.get("language"), "trained_under": artifact.get("trained_under")}
     return cache.put(best, model_id=model, entry_id=entry_id, info=info, overwrite=overwrite)
 
 

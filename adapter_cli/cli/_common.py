@@ -64,7 +64,7 @@ def setup_reporting() -> None:
 FLAGS = {name: "--" + name.replace("_", "-") for name in (
     "data_dir", "model", "active", "input", "pair", "pair_column", "allow_single", "head", "task", "adapter",
     "token_file", "max_upload_mb", "writable", "port", "timeout", "version", "author", "catalog", "force", "arch",
-    "registry", "resume", "run_dir")}
+    "registry", "resume", "run_dir", "stack_under", "language", "method", "name")}
 
 
 def as_flags(message: str) -> str:

@@ -25,9 +25,10 @@ from .app import app
 )
 @handle_errors
 def add(
-    config: str = typer.Argument("pfeiffer", help="Preset: bottleneck adapters pfeiffer, houlsby, bapna, parallel "
-                                 "(AdapterHub aliases seq_bn, double_seq_bn, par_bn), or the LoRA family lora, ia3, "
-                                 "dora, vera; 'preset[key=value,...]', or a YAML/JSON file (`adapt recipes ls`)."),
+    config: str = typer.Argument("pfeiffer", help="Preset: bottleneck adapters pfeiffer, houlsby, bapna, parallel, "
+                                 "compacter, compacter_pp (AdapterHub aliases seq_bn, double_seq_bn, par_bn, compacter++), the LoRA "
+                                 "family lora, ia3, dora, vera, or ReFT loreft, noreft, direft; "
+                                 "'preset[key=value,...]', or a YAML/JSON file (`adapt recipes ls`)."),
     overrides: list[str] = typer.Argument(None, help="key=value changes to the config, e.g. reduction_factor=8 "
                                           "non_linearity=gelu leave_out=[0,1], or for LoRA r=16 alpha=32 "
                                           "attn_matrices=[q,k,v] intermediate_lora=true", show_default=False),
@@ -107,7 +108,7 @@ def add(
 def _placement(adapter_config: Any, p: dict[str, Any]) -> dict[str, Any]:
     """One placement as shown: a bottleneck's width, or the rank of a LoRA-family change (None for (IA)³,
     which learns a vector)."""
-    if adapter_config.architecture != "lora":
+    if adapter_config.architecture not in ("lora", "reft"):  # ReFT: an edit of rank r after each layer
         return {"location": p["location"], "layers": p["layers"], "bottleneck": _width(p["widths"]),
                 "parameters": p["parameters"]}
     rank = None if adapter_config.variant == "ia3" else _width(p["widths"])
@@ -160,6 +161,8 @@ def _build(model: str, adapter_name: str, adapter_config: Any, head: str | None,
         inner = m.intermediate_size
         result["intermediate_size"] = inner
         counts: dict[str, Any] = adapter_config.parameter_count(m.hidden_size, m.num_layers, inner)
+    elif adapter_config.architecture == "bottleneck":  # an invertible adapter is as wide as the embeddings
+        counts = adapter_config.parameter_count(m.hidden_size, m.num_layers, embedding_size=m.embedding_size)
     else:
         counts = adapter_config.parameter_count(m.hidden_size, m.num_layers)
     built = sum(p.numel() for p in m.adapters[adapter_name].parameters())
@@ -176,12 +179,12 @@ def _build(model: str, adapter_name: str, adapter_config: Any, head: str | None,
 
 
 def _print(result: dict[str, Any], counts: dict[str, Any], config: str, save: Path | None) -> None:
-    lora = result["method"] == "lora"
+    lora = result["method"] in ("lora", "reft")  # both have a rank, not a bottleneck width
     width = "rank" if lora else "bottleneck"
     rows = [[p["location"], _layers(p["layers"]), "vector" if lora and p["rank"] is None else p[width],
              f"{p['parameters']:,}"] for p in result["placements"]]
     variant = f", {result['variant']}" if lora and result["variant"] != config else ""
-    print_table(["matrix" if lora else "placement", "layers", width, "parameters"], rows,
+    print_table(["matrix" if result["method"] == "lora" else "placement", "layers", width, "parameters"], rows,
                 title=f"adapter {result['name']!r} ({config}{variant}) for hidden size {result['hidden_size']}, "
                       f"{result['num_layers']} layers")
     size = f" ({human_count(counts['parameters'])})" if counts["parameters"] >= 1e5 else ""
@@ -191,7 +194,8 @@ def _print(result: dict[str, Any], counts: dict[str, Any], config: str, save: Pa
         line += f", {result['percent_of_base']:.2f}% of the base model's {human_count(result['base_parameters'])}"
     frozen = counts["parameters"] - result["trainable_parameters"]
     if frozen:
-        line += f"; {result['trainable_parameters']:,} trained, {frozen:,} frozen (shared random projections)"
+        what = counts.get("frozen_what", "shared random projections")
+        line += f"; {result['trainable_parameters']:,} trained, {frozen:,} frozen ({what})"
     print(line)
     if save is not None:
         print(f"saved to {save}")
@@ -236,6 +240,8 @@ def _width(widths: list[int]) -> Any:
 
 
 def _layers(layers: list[int]) -> str:
+    if not layers:  # a placement outside the layers: the invertible adapter on the embeddings
+        return "embeddings"
     if layers and layers == list(range(layers[0], layers[-1] + 1)):
         return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])
     return ",".join(map(str, layers))

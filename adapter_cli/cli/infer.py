@@ -92,6 +92,10 @@ def infer(
 
     where = resolve_device(device)
     autocast = autocast_dtype(precision, where)
+    if task is not None and not texts and input_path is None and _is_mlm(task):
+        _perplexity(task, data_dir, (model, adapters or [], fusions or [], head, active), batch_size, max_length,
+                    where, autocast, metrics_path)
+        return
     rows, spec = _rows(texts or [], pair, input_path, text_column, pair_column, label_column, route_column, task,
                        data_dir)
     from ..inference import predict
@@ -180,6 +184,42 @@ def _default(model: object, names: list[str]) -> str | None:
         raise UsageError(f"{len(fusions)} fusions are loaded ({', '.join(n for n, _ in fusions)}); choose one with "
                          "--active 'fuse(...)'")
     return names[-1] if names else None
+
+
+def _is_mlm(task: str) -> bool:
+    from ..tasks import get_task
+
+    return get_task(task).kind == "mlm"
+
+
+def _perplexity(task: str, data_dir: str | None, load: tuple, batch_size: int, max_length: int, where: object,
+                autocast: object, metrics_path: Path | None) -> None:
+    """--task of kind mlm: perplexity and masked-token accuracy of a masked-LM head (a language adapter's) on
+    the task's dev text, masked as `adapt train` masks it; one JSON line on stdout."""
+    import json
+
+    from ..errors import UsageError
+    from ..fsutil import dump_json, write_text_atomic
+    from ..tasks import get_task
+    from ..tasks.text import load_text
+    from ..training.mlm import Masker, encode_text, evaluate_mlm
+
+    spec = get_task(task)
+    lines, source = load_text(spec, "eval", data_dir)
+    m, tokenizer, composition, head_name = _load(*load)
+    name = head_name or m.head_for(composition, required=True)
+    if m.heads[name].config.head_type != "masked_lm":
+        raise UsageError(f"task {spec.name} scores a masked-LM head, but head {name!r} is a "
+                         f"{m.heads[name].config.head_type} head; load a language adapter (trained with --task mlm)")
+    data = encode_text(lines, tokenizer, m.fit_max_length(max_length, "--max-length"))
+    m.to(where)
+    metrics = evaluate_mlm(m, data, Masker.for_tokenizer(tokenizer, m.vocab_size, 0.15), batch_size, composition,
+                           where, autocast, tokenizer.pad_token_id or 0, head=name)
+    result = {"task": spec.name, "text": source, "active": str(composition) if composition else None, "head": name,
+              "lines": len(lines), "blocks": len(data), **metrics}
+    if metrics_path is not None:
+        write_text_atomic(metrics_path, dump_json(result))
+    print(json.dumps(result))
 
 
 def _report_metrics(spec: object, m: object, rows: list, predictions: list[dict], path: Path | None) -> None:

@@ -34,6 +34,7 @@ def inspect(
     if result["kind"] == "adapter":
         rows.append(["method", result["method"]])
         rows += _method_rows(result["config"])
+        rows += _madx_rows(result)
     if result["kind"] == "fusion":
         rows.append(["adapters", ", ".join(result["adapters"])])
     base = result["base_model"]
@@ -47,6 +48,17 @@ def inspect(
     print_table(["field", "value"], rows)
 
 
+def _madx_rows(result: dict) -> list[list]:
+    """A language adapter's language; a task adapter's language adapter (MAD-X)."""
+    rows = [["adapter kind", result.get("adapter_kind") or "task"]]
+    if result.get("adapter_kind") == "language":
+        rows.append(["language", result.get("language") or "unknown"])
+    under = result.get("trained_under")
+    if under:
+        rows.append(["trained under", f"{under['name']} (language {under['language']}, from {under['source']})"])
+    return rows
+
+
 def _method_rows(cfg: dict) -> list[list]:
     """Where the adapter sits and how big it is: a bottleneck's placement and width, or the linear layers a
     LoRA-family adapter changes and its rank."""
@@ -58,7 +70,19 @@ def _method_rows(cfg: dict) -> list[list]:
         if config.variant != "ia3":
             rows.append(["rank", config.r])
         return rows + [["alpha", f"{config.alpha:g}"]]
-    return [["placement", ", ".join(loc for loc in ("mh_adapter", "output_adapter") if cfg.get(loc))],
+    if cfg.get("architecture") == "reft":
+        from ..methods import config_from_dict
+
+        config = config_from_dict(cfg)
+        return [["variant", config.variant], ["layers", config.layers if config.layers == "all" else
+                                              ", ".join(map(str, config.layers))],
+                ["positions", f"first {config.prefix_positions}, last {config.suffix_positions}"], ["rank", config.r]]
+    rows = [["placement", ", ".join(loc for loc in ("mh_adapter", "output_adapter") if cfg.get(loc))],
             ["reduction factor" if cfg.get("reduction_factor") else "bottleneck size",
              cfg.get("reduction_factor") or cfg.get("bottleneck_size")],
             ["non-linearity", cfg.get("non_linearity")]]
+    if cfg.get("phm_layer"):  # Compacter: the PHM projections' size and what all layers share
+        shared = [what for what, key in (("rule", "shared_phm_rule"), ("W", "shared_W_phm")) if cfg.get(key)]
+        rows.append(["PHM layers", f"phm_dim {cfg.get('phm_dim')}, shared by all layers: "
+                                   f"{', '.join(shared) or 'none'}"])
+    return rows

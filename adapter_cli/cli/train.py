@@ -21,6 +21,8 @@ from .app import app
         "  adapt train --task rte --method full --data-dir glue/RTE epochs=3\n\n"
         "  adapt train --task sst2 --config houlsby reduction_factor=32 learning_rate=3e-4 seed=2\n\n"
         "  adapt train --task mrpc --config lora --data-dir glue/MRPC r=16 alpha=32 learning_rate=5e-4\n\n"
+        "  adapt train --task mlm --data-dir corpus/ --config pfeiffer+inv --language en   # a language adapter\n\n"
+        "  adapt train --task sst2 --data-dir glue/SST-2 --stack-under mlm-en-pfeiffer_inv-s42   # MAD-X task adapter\n\n"
         "  adapt train --recipe runs/mrpc-pfeiffer-s42/recipe.yaml --run-dir runs/rerun\n\n"
         "  adapt train --resume --run-dir runs/mrpc-pfeiffer-s42        # continue a killed run\n\n"
         "  torchrun --nproc_per_node 4 -m adapter_cli train --task mnli  # data parallel"
@@ -45,6 +47,10 @@ def train(
                                  "(e.g. GLUE's train.tsv/dev.tsv). Default: the Hugging Face Hub."),
     run_dir: Path = typer.Option(None, "--run-dir", help="Where the run is written (default: runs/<task>-<config>-s<seed>)."),
     name: str = typer.Option(None, "--name", "-n", help="Adapter and head name (default: the task name)."),
+    language: str = typer.Option(None, "--language", help="--task mlm: the language of the text, recorded with the "
+                                 "language adapter (en, de, ...; default: unknown)."),
+    stack_under: str = typer.Option(None, "--stack-under", help="Train the new adapter under stack(LANG, task) with "
+                                    "LANG, a language adapter (cache name or directory), loaded and frozen."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --run-dir from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not put the result into the adapter cache."),
@@ -64,7 +70,8 @@ def train(
     if resume:
         given = [flag for flag, value in (("--task", task), ("--config", config), ("--method", method),
                                           ("--recipe", recipe), ("--model", model), ("--data-dir", data_dir),
-                                          ("--name", name)) if value is not None]
+                                          ("--name", name), ("--language", language),
+                                          ("--stack-under", stack_under)) if value is not None]
         if given or changes:
             raise UsageError(f"--resume continues the recipe saved in {run_dir}; drop {', '.join(given) or 'the key=value overrides'}")
         resolved, no_cache, done = _resumable(run_dir, no_cache)
@@ -74,7 +81,7 @@ def train(
     else:
         base = load_recipe(recipe or {"full": "full", "head": "head"}.get(method or "", "adapter"))
         flags = {"task": task, "adapter": config, "method": method, "model": model, "data_dir": data_dir,
-                 "name": name}
+                 "name": name, "language": language, "stack_under": stack_under}
         resolved = base.updated({**{k: v for k, v in flags.items() if v is not None}, **changes})
         _precheck(resolved)
         run_dir = _fresh_run_dir(run_dir or Path("runs") / _run_name(resolved), overwrite)
@@ -151,8 +158,13 @@ def _next_command(recipe: Any, summary: dict) -> str:
     """The `adapt infer` command that uses what was just cached, in the input form its head expects."""
     from ..tasks import get_task
 
+    if get_task(recipe.task).kind == "mlm":  # a language adapter: train a task adapter on top of it
+        return f"adapt train --task TASK --stack-under {summary['cache']['id']} --model {recipe.model}"
     loads = " ".join(f"-a {a}" for a in recipe.fusion_adapters) + f" -f {summary['cache']['id']}" \
         if recipe.method == "fusion" else f"-a {summary['cache']['id']}"
+    if recipe.stack_under:
+        lang = summary.get("trained_under", {}).get("name", "LANG")
+        loads = f"-a {recipe.stack_under} {loads} --active 'stack({lang},{recipe.name or get_task(recipe.task).name})'"
     example = "--pair 'a first text' 'a second text'" if get_task(recipe.task).text_pair else "'some text'"
     return f"adapt infer -m {recipe.model} {loads} {example}"
 
@@ -192,6 +204,8 @@ def _precheck(recipe: Any) -> None:
     check_name(recipe.name or task.name)
     if recipe.method == "adapter":
         resolve_adapter_config(recipe.adapter, recipe.adapter_overrides)
+    if recipe.stack_under is not None:
+        _precheck_stack_under(recipe, task)
     if recipe.method == "fusion":
         from ..resolve import locate
         from ..defaults import model_id, resolve_model
@@ -210,6 +224,22 @@ def _precheck(recipe: Any) -> None:
                 raise UsageError(f"no adapter directory {spec}")
 
 
+def _precheck_stack_under(recipe: Any, task: Any) -> None:
+    """--stack-under names a language adapter that exists, for a task adapter."""
+    from ..defaults import model_id, resolve_model
+    from ..errors import UsageError
+    from ..resolve import locate
+    from ..training.setup import language_adapter_kind
+
+    if task.kind == "mlm":
+        raise UsageError("--stack-under trains a task adapter under a language adapter; a language adapter (--task "
+                         "mlm) is trained alone")
+    path = locate(recipe.stack_under, model_id(resolve_model(recipe.model)), "adapter")
+    if not path.is_dir():
+        raise UsageError(f"--stack-under {recipe.stack_under}: no adapter directory or cached adapter of that name")
+    language_adapter_kind(path, recipe.stack_under)
+
+
 def _run_name(recipe: Any) -> str:
     """TASK-CONFIG-sSEED for adapters (mrpc-pfeiffer-s42), TASK-METHOD-sSEED otherwise (rte-fusion-s42,
     mrpc-head-s42): short, and the cache id of the result, so the names in docs and hints are the real ones."""
@@ -217,7 +247,10 @@ def _run_name(recipe: Any) -> str:
 
     label = recipe.adapter if recipe.method == "adapter" and isinstance(recipe.adapter, str) else recipe.method
     label = re.sub(r"[^A-Za-z0-9_\-]", "_", Path(str(label)).stem)
-    return f"{get_task(recipe.task).name}-{label}-s{recipe.seed}"
+    task = get_task(recipe.task)
+    if task.kind == "mlm":  # a language adapter: mlm-en-seq_bn_inv-s42
+        return f"{task.name}-{recipe.language or 'unknown'}-{label}-s{recipe.seed}"
+    return f"{task.name}-{label}-s{recipe.seed}"
 
 
 @app.command(

@@ -86,6 +86,13 @@ def check_weight_shapes(artifact: AdapterArtifact | FusionArtifact | HeadArtifac
     elif isinstance(artifact, AdapterArtifact) and artifact.config.architecture == "lora":
         expected = artifact.config.weight_shapes(base.hidden_size, layers(artifact.config.leave_out),
                                                  _intermediate_size(weights, artifact.config.scaled_inputs))
+    elif isinstance(artifact, AdapterArtifact) and artifact.config.architecture == "reft":
+        expected = artifact.config.weight_shapes(base.hidden_size, layers(artifact.config.named_layers))
+    elif isinstance(artifact, AdapterArtifact) and artifact.config.architecture == "bottleneck":
+        from ..methods.invertible import embedding_size_of  # no format records ELECTRA's narrower embeddings
+
+        expected = artifact.config.weight_shapes(base.hidden_size, layers(artifact.config.leave_out),
+                                                 embedding_size_of(weights))
     elif isinstance(artifact, AdapterArtifact):
         expected = artifact.config.weight_shapes(base.hidden_size, layers(artifact.config.leave_out))
     else:
@@ -123,7 +130,10 @@ def describe(path: Path | str) -> dict[str, Any]:
     if (path / "adapter_config.json").is_file():
         art: Any = read_adapter(path, shapes_only=True)
         out: dict[str, Any] = {"kind": "adapter", "name": art.name, "format": art.format,
-                               "method": art.config.architecture, "config": art.config.to_dict()}
+                               "method": art.config.architecture, "config": art.config.to_dict(),
+                               # MAD-X: task or language adapter, its language, the one it was trained under
+                               "adapter_kind": art.config.kind, "language": art.meta.get("language"),
+                               "trained_under": art.meta.get("trained_under")}
         if has_head(path):
             head = read_head(path, shapes_only=True)
             check_weight_shapes(head)  # as loading would: shapes and dtypes from the headers, without torch

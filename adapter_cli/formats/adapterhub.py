@@ -18,6 +18,8 @@ from ..architectures import Architecture, architecture_for
 from ..errors import ArtifactError, ConfigError
 from .adapterhub_lora import lora_config_from_adapterhub, lora_config_to_adapterhub, lora_weights_from_adapterhub, \
     lora_weights_to_adapterhub
+from .adapterhub_reft import reft_config_from_adapterhub, reft_config_to_adapterhub, reft_weights_from_adapterhub, \
+    reft_weights_to_adapterhub
 from .artifacts import (ADAPTER_CONFIG, HEAD_CONFIG, AdapterArtifact, BaseModelInfo, FusionArtifact, HeadArtifact,
                load_safetensors, load_torch_bin, read_json, save_safetensors)
 
@@ -34,6 +36,7 @@ FILES = {
 LEGACY_KEYS = {
     "attention_text_task_adapters": "adapters", "attention_text_lang_adapters": "adapters",
     "layer_text_task_adapters": "adapters", "layer_text_lang_adapters": "adapters",
+    "invertible_lang_adapters": "invertible_adapters",
 }
 # AdapterHub's BnConfig defaults for fields an old config may lack.
 BN_DEFAULTS: dict[str, Any] = {
@@ -43,11 +46,10 @@ BN_DEFAULTS: dict[str, Any] = {
     "dropout": 0.0, "stochastic_depth": 0.0,
 }
 # Fields of AdapterHub's config that this tool does not implement, with the values meaning "off".
-UNSUPPORTED_AT: dict[str, Any] = {
-    "phm_layer": False, "inv_adapter": None, "inv_adapter_reduction_factor": None, "cross_adapter": False,
-}
+UNSUPPORTED_AT: dict[str, Any] = {"cross_adapter": False}
+# AdapterHub's Compacter (PHM) fields, for configs written before they existed (they map onto ours by name).
 PHM_DEFAULTS: dict[str, Any] = {
-    "phm_dim": 4, "factorized_phm_W": True, "shared_W_phm": False, "shared_phm_rule": True,
+    "phm_layer": False, "phm_dim": 4, "factorized_phm_W": True, "shared_W_phm": False, "shared_phm_rule": True,
     "factorized_phm_rule": False, "phm_c_init": "normal", "phm_init_range": 0.0001, "learn_phm": True,
     "hypercomplex_nonlinearity": "glorot-uniform", "phm_rank": 1, "phm_bias": True,
 }
@@ -97,15 +99,37 @@ def config_from_adapterhub(raw: dict[str, Any], source: str) -> Any:
     if arch not in (None, "bottleneck"):
         raise ConfigError(f"{source}: AdapterHub method {arch!r} is not supported; bottleneck and LoRA-family "
                           "(lora, ia3, dora, vera) adapters are")
-    legacy_inv = raw.pop("invertible_adapter", None)
-    if legacy_inv or any(raw.get(k, off) != off for k, off in UNSUPPORTED_AT.items()):
-        what = "compacter (PHM) layers" if raw.get("phm_layer") else \
-            "cross-attention adapters" if raw.get("cross_adapter") else "invertible adapters"
-        raise ConfigError(f"{source}: {what} are not supported by adapt")
-    for key in list(UNSUPPORTED_AT) + list(PHM_DEFAULTS):
+    _legacy_invertible(raw, source)
+    if any(raw.get(k, off) != off for k, off in UNSUPPORTED_AT.items()):
+        raise ConfigError(f"{source}: cross-attention adapters are not supported by adapt")
+    for key in UNSUPPORTED_AT:
         raw.pop(key, None)
-    values = {**BN_DEFAULTS, **raw}
+    if raw.get("inv_adapter") is None:
+        raw.pop("inv_adapter_reduction_factor", None)  # a factor without an invertible layer: AdapterHub ignores it
+    values = {**BN_DEFAULTS, **PHM_DEFAULTS, **raw}
     return BottleneckConfig.from_dict(values, source=source)
+
+
+def _legacy_invertible(raw: dict[str, Any], source: str) -> None:
+    """adapter-transformers v1 nested the invertible adapter, ``"invertible_adapter": {"block_type": "nice",
+    "reduction_factor": 2}``; AdapterHub maps it onto ``inv_adapter`` and its factor, and so do we."""
+    legacy = raw.pop("invertible_adapter", None)
+    if not legacy:
+        return
+    if not isinstance(legacy, dict) or "block_type" not in legacy:
+        raise ConfigError(f"{source}: invertible_adapter must be an object with block_type and reduction_factor, "
+                          f"got {legacy!r}")
+    raw["inv_adapter"], raw["inv_adapter_reduction_factor"] = legacy["block_type"], legacy.get("reduction_factor")
+
+
+def _drop_unused_invertible(config: Any, weights: dict[str, Any], data: dict[str, Any]) -> Any:
+    """Task adapters of adapter-transformers v1 (``"type": "text_task"``) declared an invertible adapter they
+    never had; AdapterHub drops it when the file holds no invertible weights (``_fix_legacy_config``), so do we.
+    Any other adapter without the weights its config names fails to load, in one line."""
+    if config.inv_adapter is None or data.get("type") != "text_task" or \
+            any(k.startswith("invertible.") for k in weights):
+        return config
+    return config.replace(inv_adapter=None)
 
 
 def config_to_adapterhub(config: Any, hidden_size: int, num_layers: int) -> dict[str, Any]:
@@ -126,7 +150,6 @@ def config_to_adapterhub(config: Any, hidden_size: int, num_layers: int) -> dict
         else:
             out["reduction_factor"] = factor(int(size))
     out.update(UNSUPPORTED_AT)
-    out.update(PHM_DEFAULTS)
     return out
 
 
@@ -154,15 +177,26 @@ def adapter_weights_from_adapterhub(raw: dict[str, Any], arch: Architecture, ln_
     out: dict[str, Any] = {}
     names: set[str] = set()
     patterns = _site_patterns(arch, "adapter")
+    shared = re.compile(rf"^(?:{re.escape(arch.adapterhub_prefix)}\.)?shared_parameters\.([^.]+)\.([^.]+)$")
+    invertible = re.compile(rf"^(?:{re.escape(arch.adapterhub_prefix)}\.)?invertible_adapters\.([^.]+)\.(.+)$")
     for key, tensor in raw.items():
         key = _legacy(key)
+        m = shared.match(key)
+        if m:  # Compacter's PHM parameters, shared by every layer of the adapter
+            names.add(m.group(1))
+            out[f"shared.{m.group(2)}"] = tensor
+            continue
+        m = invertible.match(key)
+        if m:  # MAD-X's invertible layer on the embeddings (F.0.weight ...: the same module names as ours)
+            names.add(m.group(1))
+            out[f"invertible.{m.group(2)}"] = tensor
+            continue
         for location, pattern in patterns:
             m = pattern.match(key)
             if m:
                 break
         else:
-            hint = " (invertible adapters are not supported)" if "invertible" in key else ""
-            raise ArtifactError(f"{source}: unexpected weight {key!r}{hint}")
+            raise ArtifactError(f"{source}: unexpected weight {key!r}")
         layer, name, param = m.groups()
         names.add(name)
         module, _, leaf = param.partition(".")
@@ -184,6 +218,12 @@ def adapter_weights_to_adapterhub(weights: dict[str, torch.Tensor], arch: Archit
     reverse = {v: k for k, v in _ADAPTER_PARAMS.items()}
     out = {}
     for key, tensor in weights.items():
+        if key.startswith("shared."):  # Compacter's shared PHM parameters
+            out[f"{arch.adapterhub_prefix}.shared_parameters.{name}.{key.removeprefix('shared.')}"] = tensor
+            continue
+        if key.startswith("invertible."):  # the invertible layer: <prefix>.invertible_adapters.<name>.F.0.weight
+            out[f"{arch.adapterhub_prefix}.invertible_adapters.{name}.{key.removeprefix('invertible.')}"] = tensor
+            continue
         location, layer, param = key.split(".", 2)
         module, _, leaf = param.partition(".")
         prefix = f"{arch.adapterhub_prefix}.{arch.layers}.{layer}.{arch.site(location).adapterhub_path}.adapters.{name}."
@@ -209,9 +249,13 @@ def read_adapter(path: Path, shapes_only: bool = False) -> AdapterArtifact:
     if data["config"].get("architecture") == "lora":
         config = lora_config_from_adapterhub(data["config"], str(path / ADAPTER_CONFIG), data.get("version"))
         key_name, weights = lora_weights_from_adapterhub(raw, arch, path)
+    elif data["config"].get("architecture") == "reft":
+        config = reft_config_from_adapterhub(data["config"], str(path / ADAPTER_CONFIG))
+        key_name, weights = reft_weights_from_adapterhub(raw, arch, path)
     else:
         config = config_from_adapterhub(data["config"], str(path / ADAPTER_CONFIG))
         key_name, weights = adapter_weights_from_adapterhub(raw, arch, config.ln_before, path)
+        config = _drop_unused_invertible(config, weights, data)
     name = data.get("name") or key_name or path.name
     return AdapterArtifact(name=name, config=config, weights=weights, base=base, format="adapterhub",
                            path=path, meta=data)
@@ -243,6 +287,9 @@ def write_adapter(directory: Path, artifact: AdapterArtifact, num_layers: int, s
     if artifact.config.architecture == "lora":
         config = lora_config_to_adapterhub(artifact.config)
         weights = lora_weights_to_adapterhub(artifact.weights, arch, artifact.name)
+    elif artifact.config.architecture == "reft":
+        config = reft_config_to_adapterhub(artifact.config)
+        weights = reft_weights_to_adapterhub(artifact.weights, arch, artifact.name)
     else:
         config = config_to_adapterhub(artifact.config, artifact.base.hidden_size, num_layers)
         weights = adapter_weights_to_adapterhub(artifact.weights, arch, artifact.name, artifact.config.ln_before)
@@ -314,9 +361,12 @@ def read_head(path: Path, shapes_only: bool = False) -> HeadArtifact:
     if head_type == "classification":
         if raw.get("num_labels") == 1:
             head_type = "regression"
+    elif head_type == "masked_lm":
+        if raw.pop("shift_labels", False):
+            raise ArtifactError(f"{path}: a masked_lm head with shift_labels is a causal LM head; not supported")
     elif head_type != "multiple_choice":
         raise ArtifactError(f"{path}: AdapterHub head type {head_type!r} is not supported "
-                            "(classification, regression and multiple_choice are)")
+                            "(classification, regression, multiple_choice and masked_lm are)")
     try:
         config = HeadConfig.from_dict({"head_type": head_type, **raw}, source=str(path / HEAD_CONFIG))
     except (TypeError, ValueError) as exc:
@@ -329,6 +379,8 @@ def read_head(path: Path, shapes_only: bool = False) -> HeadArtifact:
         if not m:
             raise ArtifactError(f"{path}: unexpected head weight {key!r} (only flexible AdapterHub heads are supported)")
         weights[m.group(2)] = tensor
+    if config.head_type == "masked_lm":  # the decoder's weight is the model's input embeddings (tied)
+        weights.pop(f"{config.decoder_index}.weight", None)
     return HeadArtifact(name=name, config=config, weights=weights, base=base, format="adapterhub", path=path,
                         meta=data)
 
@@ -341,7 +393,11 @@ def write_head(directory: Path, artifact: HeadArtifact, safetensors: bool = Fals
     c = artifact.config
     config: dict[str, Any] = {"activation_function": c.activation_function, "dropout_prob": c.dropout_prob,
                               "label2id": c.label2id, "layers": c.layers, "use_pooler": c.use_pooler}
-    if c.head_type == "multiple_choice":
+    if c.head_type == "masked_lm":  # BertStyleMaskedLMHead's config
+        config = {"head_type": "masked_lm", "vocab_size": c.vocab_size, "embedding_size": c.embedding_size,
+                  "layers": c.layers, "activation_function": c.activation_function, "layer_norm": c.layer_norm,
+                  "bias": c.bias, "shift_labels": False, "label2id": None}
+    elif c.head_type == "multiple_choice":
         config.update(head_type="multiple_choice", num_choices=c.num_choices)
     else:
         config.update(head_type="classification", num_labels=c.outputs, bias=c.bias)

@@ -14,6 +14,7 @@ Weight names are model-independent (``output_adapter.3.down.weight``), so a rena
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,28 @@ FUSION_CONFIG = "fusion_config.json"
 WEIGHTS = {"adapter": "adapter_weights.safetensors", "fusion": "fusion_weights.safetensors",
            "head": "head_weights.safetensors"}
 CONFIGS = {"adapter": ADAPTER_CONFIG, "fusion": FUSION_CONFIG, "head": HEAD_CONFIG}
+# Recorded beside an adapter's config when set: ``language`` (a language adapter's language, e.g. "en") and
+# ``trained_under`` (the language adapter a task adapter was trained stacked under: {name, language, id}).
+ADAPTER_METADATA = ("language", "trained_under")
+_LANGUAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,31}")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
+
+
+def check_metadata(data: dict[str, Any], source: Path) -> None:
+    """``language`` and ``trained_under`` as written by adapt, else one line: they reach tables, cards, pages."""
+    language = data.get("language")
+    if language is not None and not (isinstance(language, str) and _LANGUAGE.fullmatch(language)):
+        raise ArtifactError(f"corrupt {source}: language must be a short code (letters, digits, '_', '-')")
+    under = data.get("trained_under")
+    if under is None:
+        return
+    if not isinstance(under, dict) or set(under) - {"name", "language", "source"} \
+            or not (isinstance(under.get("name"), str) and _NAME.fullmatch(under["name"])) \
+            or not (isinstance(under.get("language"), str) and _LANGUAGE.fullmatch(under["language"])) \
+            or not (isinstance(under.get("source"), str) and len(under["source"]) <= 1000
+                    and under["source"].isprintable()):
+        raise ArtifactError(f"corrupt {source}: trained_under must be {{name, language, source}} of the language "
+                            "adapter the adapter was trained under")
 
 
 def versions() -> dict[str, str]:
@@ -76,6 +99,7 @@ def read_adapter(path: Path, shapes_only: bool = False) -> AdapterArtifact:
     from ..methods import config_from_dict
 
     data, weights, base = _read(path, "adapter", shapes_only)
+    check_metadata(data, path / ADAPTER_CONFIG)
     config = config_from_dict({**data.get("config", {}), "architecture": data.get("method", "bottleneck")},
                               source=str(path / ADAPTER_CONFIG))
     return AdapterArtifact(name=data["name"], config=config, weights=weights, base=base, format="adapt",
@@ -117,8 +141,9 @@ def _write(directory: Path, kind: str, header: dict[str, Any], weights: dict[str
 def write_adapter(directory: Path, artifact: AdapterArtifact, dtype: torch.dtype | None = None) -> None:
     config = artifact.config.to_dict()
     method = config.pop("architecture")
+    extra = {k: artifact.meta[k] for k in ADAPTER_METADATA if artifact.meta.get(k) is not None}
     _write(directory, "adapter", {"name": artifact.name, "method": method, "kind": artifact.config.kind,
-                                  "config": config, "base_model": artifact.base.to_dict()},
+                                  "config": config, "base_model": artifact.base.to_dict(), **extra},
            artifact.weights, dtype)
 
 

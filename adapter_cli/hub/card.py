@@ -117,6 +117,8 @@ class Card:
     version: str
     base_model: BaseModelRef
     kind: str = "task"                     # task | language (AdapterHub's text_task / text_lang)
+    language: str | None = None            # a language adapter's language (en, de, ...)
+    trained_under: dict[str, Any] | None = None  # a task adapter's language adapter: {name, language, source}
     method: str = "bottleneck"             # bottleneck or lora (the LoRA family: lora, ia3, dora, vera)
     architecture: str = "custom"           # the preset the config equals: pfeiffer, houlsby, lora, ...
     reduction_factor: float | None = None  # bottleneck adapters
@@ -177,6 +179,7 @@ def version_key(version: str) -> tuple[Any, ...]:
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}")
 MODEL_ID_RE = re.compile(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
+LANGUAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,31}")
 
 
 def _number(value: Any) -> bool:
@@ -196,6 +199,14 @@ def common_problem(data: dict[str, Any]) -> str | None:
         return "version must be a short string of letters, digits, '.', '_' or '-'"
     if data.get("kind", "task") not in ("task", "language"):
         return "kind must be task or language"
+    language = data.get("language")
+    if language is not None and not (isinstance(language, str) and LANGUAGE_RE.fullmatch(language)):
+        return "language must be a short language code"
+    under = data.get("trained_under")
+    if under is not None and not (isinstance(under, dict) and isinstance(under.get("name"), str)
+                                  and NAME_RE.fullmatch(under["name"]) and isinstance(under.get("language"), str)
+                                  and LANGUAGE_RE.fullmatch(under["language"])):
+        return "trained_under must name the language adapter (name, language)"
     base = data.get("base_model")
     if not isinstance(base, dict) or not isinstance(base.get("id"), str) or len(base["id"]) > 200 \
             or not (MODEL_ID_RE.fullmatch(base["id"]) or base["id"].startswith("/")) or any(c.isspace() for c in base["id"]):

@@ -18,7 +18,7 @@ def architecture_name(config: dict[str, Any]) -> str:
     from ..presets import adapter_presets
 
     free = {"reduction_factor", "bottleneck_size", "non_linearity", "init_weights", "init_weights_seed",
-            "dropout", "stochastic_depth", "kind", "r", "alpha"}
+            "dropout", "stochastic_depth", "kind", "r", "alpha", "inv_adapter_reduction_factor"}
 
     def shape(cfg: Any) -> dict[str, Any]:
         return {k: v for k, v in cfg.to_dict().items() if k not in free}
@@ -36,7 +36,7 @@ def method_fields(config: Any, hidden_size: int) -> dict[str, Any]:
     LoRA-family adapter's rank ((IA)³ learns vectors and has none)."""
     fields: dict[str, Any] = {"method": config.architecture, "architecture": architecture_name(config.to_dict()),
                               "reduction_factor": None, "non_linearity": None, "rank": None}
-    if config.architecture == "lora":
+    if config.architecture in ("lora", "reft"):
         fields["rank"] = None if config.variant == "ia3" else config.r
         return fields
     rf = config.reduction_factor if isinstance(config.reduction_factor, (int, float)) else None
@@ -110,12 +110,19 @@ def card_for(directory: Path, entry_data: dict[str, Any], *, author: str | None,
                                 hidden_size=artifact.base.hidden_size, num_layers=artifact.base.num_layers,
                                 revision=artifact.base.revision),
         kind=kind or config.kind, **method_fields(config, artifact.base.hidden_size),
+        language=artifact.meta.get("language"), trained_under=_under(artifact.meta.get("trained_under")),
         parameters=raw.get("parameters"), config=config.to_dict(), head=head,
         metrics=dict(entry_data.get("metrics") or {}), main_metric=entry_data.get("main_metric"),
         description=description or "", citation=citation or "", license=license, url=url,
         # when the adapter was made, not when it was packed: packing twice gives the same bytes
         created=entry_data.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(
             (directory / "adapter_config.json").stat().st_mtime)), adapt_version=__version__)
+
+
+def _under(record: Any) -> dict[str, Any] | None:
+    """The language adapter a task adapter was trained under, as a card says it (name and language; where it
+    was loaded from is a local path or cache name, of no use to whoever pulls the card)."""
+    return {"name": record["name"], "language": record["language"]} if isinstance(record, dict) else None
 
 
 def resolve_source(name: str, model: str | None) -> tuple[Path, dict[str, Any]]:

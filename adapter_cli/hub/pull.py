@@ -32,6 +32,7 @@ def install(directory: Path, card: Card, *, model_id: str | None, source: str, d
     local_task = next((t.name for t in builtin_tasks().values() if t.catalog == f"{card.task}/{card.dataset}"),
                       card.dataset)
     info = {"name": card.name, "task": local_task, "method": "adapter", "kind": "adapter",
+            "adapter_kind": card.kind, "language": card.language, "trained_under": card.trained_under,
             "config_name": card.architecture, "config": card.config, "metrics": card.metrics or None,
             "main_metric": card.main_metric, "registry_id": card.id, "version": card.version,
             "author": card.author, "source": source, "archive_sha256": digest}

@@ -10,6 +10,7 @@ from ..errors import ConfigError, suggest
 METHODS: dict[str, str] = {
     "bottleneck": "adapter_cli.methods.bottleneck:BottleneckConfig",
     "lora": "adapter_cli.methods.lora:LoRAConfig",
+    "reft": "adapter_cli.methods.reft:ReftConfig",
 }
 
 

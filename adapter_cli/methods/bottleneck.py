@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..errors import ConfigError, suggest
+from . import phm
 from .activations import ACTIVATION_NAMES
 from .base import KINDS, MAX_SEED, MethodConfig
+from .invertible import check_invertible, invertible_placement, invertible_shapes
 
 # KINDS and MAX_SEED live in .base; named here too, as before (training.recipe imports MAX_SEED from here).
 __all__ = ["BottleneckConfig", "INIT_SCHEMES", "KINDS", "LOCATIONS", "MAX_SEED"]
@@ -62,6 +64,23 @@ class BottleneckConfig(MethodConfig):
     dropout: float = 0.0
     stochastic_depth: float = 0.0
     leave_out: tuple[int, ...] = ()
+    # Compacter: down/up projections as PHM layers (AdapterHub's names and defaults; see methods/phm.py).
+    phm_layer: bool = False
+    phm_dim: int = 4
+    factorized_phm_W: bool = True
+    shared_W_phm: bool = False
+    shared_phm_rule: bool = True
+    factorized_phm_rule: bool = False
+    phm_c_init: str = "normal"
+    phm_init_range: float = 0.0001
+    learn_phm: bool = True
+    hypercomplex_nonlinearity: str = "glorot-uniform"
+    phm_rank: int = 1
+    phm_bias: bool = True
+    # MAD-X invertible adapter on the embeddings' output ("nice" or null) and its subnets' reduction factor;
+    # see methods/invertible.py.
+    inv_adapter: str | None = None
+    inv_adapter_reduction_factor: float | None = None
     # Metadata only: a task adapter or a language adapter (MAD-X).
     kind: str = "task"
 
@@ -78,8 +97,9 @@ class BottleneckConfig(MethodConfig):
         for key in ("reduction_factor", "bottleneck_size"):
             if isinstance(data.get(key), dict):  # YAML gives int keys for {0: 4}; layers are looked up as str
                 data[key] = {str(k): v for k, v in data[key].items()}
-        if "scaling" in data and isinstance(data["scaling"], int) and not isinstance(data["scaling"], bool):
-            data["scaling"] = float(data["scaling"])  # AdapterHub rejects an int here; we do not
+        for key in ("scaling", "phm_init_range"):
+            if key in data and isinstance(data[key], int) and not isinstance(data[key], bool):
+                data[key] = float(data[key])  # AdapterHub rejects an int scaling; we do not
 
     def replace(self, **changes: Any) -> BottleneckConfig:
         merged = self.to_dict()
@@ -87,6 +107,8 @@ class BottleneckConfig(MethodConfig):
             merged["reduction_factor"] = None  # an explicit width replaces the preset's factor
         if "reduction_factor" in changes and "bottleneck_size" not in changes:
             merged["bottleneck_size"] = None
+        if changes.get("inv_adapter", "") is None and "inv_adapter_reduction_factor" not in changes:
+            merged["inv_adapter_reduction_factor"] = None  # no invertible adapter, so no factor for one
         merged.update(changes)
         return BottleneckConfig.from_dict(merged)
 
@@ -130,6 +152,8 @@ class BottleneckConfig(MethodConfig):
                       f" choose from {', '.join(INIT_SCHEMES)}")
         self._check_fractions(bad, ("dropout", "stochastic_depth"))
         self._check_kind_and_leave_out(bad)
+        phm.check(self, bad)
+        check_invertible(self, bad)
 
     # ---------------------------------------------------------------- shape
     @property
@@ -152,30 +176,45 @@ class BottleneckConfig(MethodConfig):
             size = int(per_layer(self.bottleneck_size, "bottleneck_size"))
             if size > hidden_size:
                 raise ConfigError(f"bottleneck_size {size} is wider than the hidden size {hidden_size}")
-            return size
-        factor = per_layer(self.reduction_factor, "reduction_factor")
-        if not hidden_size // factor <= hidden_size:  # a factor below 1 (or NaN): a bottleneck wider than the model
-            raise ConfigError(f"reduction_factor {factor} gives a bottleneck wider than the hidden size "
-                              f"{hidden_size}; use a factor of at least 1 (or set bottleneck_size)")
-        size = int(hidden_size // factor)
-        if size < 1:
-            raise ConfigError(
-                f"reduction_factor {factor} gives a zero-width bottleneck for hidden size {hidden_size}"
-                f" ({hidden_size} // {factor} = 0); use a factor of at most {hidden_size}"
-            )
+        else:
+            factor = per_layer(self.reduction_factor, "reduction_factor")
+            if not hidden_size // factor <= hidden_size:  # a factor below 1 (or NaN): wider than the model
+                raise ConfigError(f"reduction_factor {factor} gives a bottleneck wider than the hidden size "
+                                  f"{hidden_size}; use a factor of at least 1 (or set bottleneck_size)")
+            size = int(hidden_size // factor)
+            if size < 1:
+                raise ConfigError(
+                    f"reduction_factor {factor} gives a zero-width bottleneck for hidden size {hidden_size}"
+                    f" ({hidden_size} // {factor} = 0); use a factor of at most {hidden_size}"
+                )
+        if self.phm_layer:
+            phm.check_width(self, hidden_size, size, layer)
         return size
 
-    def weight_shapes(self, hidden_size: int, num_layers: int) -> dict[str, tuple[int, ...]]:
+    def _projection_shapes(self, h: int, d: int) -> dict[str, tuple[int, ...]]:
+        """The down- and up-projection's own parameters at one site: linear layers, or PHM layers."""
+        if not self.phm_layer:
+            return {"down.weight": (d, h), "down.bias": (d,), "up.weight": (h, d), "up.bias": (h,)}
+        return {**{f"down.{k}": v for k, v in phm.projection_shapes(self, h, d).items()},
+                **{f"up.{k}": v for k, v in phm.projection_shapes(self, d, h).items()}}
+
+    def shared_shapes(self, hidden_size: int) -> dict[str, tuple[int, ...]]:
+        """What every layer of the adapter shares (Compacter's PHM rule and W, ``shared.<name>``), else {}."""
+        width = self.width(0, hidden_size) if self.phm_layer and self.shared_W_phm else 0  # one width (checked)
+        return {f"shared.{k}": v for k, v in phm.shared_shapes(self, hidden_size, width).items()}
+
+    def weight_shapes(self, hidden_size: int, num_layers: int,
+                      embedding_size: int | None = None) -> dict[str, tuple[int, ...]]:
         """Every weight's name and shape, from the configuration alone: what ``BottleneckAdapterSet`` holds
         (``adapt inspect`` checks a file against it without torch)."""
-        h, out = hidden_size, {}
+        h, out = hidden_size, self.shared_shapes(hidden_size)
         for loc in self.locations:
             for i in self.layers(num_layers):
                 d, site = self.width(i, h), f"{loc}.{i}."
                 shapes: dict[str, tuple[int, ...]] = {}
                 if self.ln_before:
                     shapes.update({"norm_before.weight": (h,), "norm_before.bias": (h,)})
-                shapes.update({"down.weight": (d, h), "down.bias": (d,), "up.weight": (h, d), "up.bias": (h,)})
+                shapes.update(self._projection_shapes(h, d))
                 if self.ln_after:
                     shapes.update({"norm_after.weight": (h,), "norm_after.bias": (h,)})
                 if self.use_gating:
@@ -183,9 +222,10 @@ class BottleneckConfig(MethodConfig):
                 if self.scaling in ("learned", "channel"):
                     shapes["scaling"] = (1,) if self.scaling == "learned" else (h,)
                 out.update({site + k: v for k, v in shapes.items()})
+        out.update(invertible_shapes(self, embedding_size or hidden_size))  # ELECTRA: embedding_size < hidden
         return out
 
-    def parameter_count(self, hidden_size: int, num_layers: int) -> dict[str, Any]:
+    def parameter_count(self, hidden_size: int, num_layers: int, embedding_size: int | None = None) -> dict[str, Any]:
         """Parameters per placement and in total, from the configuration alone (no model needed)."""
         h = hidden_size
         extra = (2 * h if self.ln_before else 0) + (2 * h if self.ln_after else 0)
@@ -194,8 +234,18 @@ class BottleneckConfig(MethodConfig):
         placements = []
         for loc in self.locations:
             widths = [self.width(i, h) for i in self.layers(num_layers)]
-            params = sum(2 * h * d + d + h + extra for d in widths)
+            params = sum(sum(math.prod(s) for s in self._projection_shapes(h, d).values()) + extra for d in widths)
             placements.append({"location": loc, "layers": self.layers(num_layers), "widths": widths,
                                "parameters": params})
+        shared = sum(math.prod(s) for s in self.shared_shapes(h).values())
+        if shared:  # once per adapter, as AdapterHub counts its shared_parameters
+            placements.append({"location": "shared", "layers": self.layers(num_layers),
+                               "widths": placements[0]["widths"], "parameters": shared})
+        placements += invertible_placement(self, embedding_size or hidden_size)
         total = sum(p["parameters"] for p in placements)
-        return {"placements": placements, "parameters": total, "bytes_fp32": total * 4, "bytes_fp16": total * 2}
+        counts = {"placements": placements, "parameters": total, "bytes_fp32": total * 4, "bytes_fp16": total * 2}
+        if self.phm_layer and not self.learn_phm:  # the rules stay fixed in training (phm_layers.freeze_rules)
+            rules = sum(math.prod(s) for k, s in self.weight_shapes(h, num_layers).items()
+                        if k.rsplit(".", 1)[-1] in phm.RULES)
+            counts.update(trainable_parameters=total - rules, frozen_what="the PHM rules, learn_phm: false")
+        return counts

@@ -14,18 +14,26 @@ from torch import nn
 from ..errors import ConfigError
 from .activations import activation
 from .bottleneck import BottleneckConfig
+from .invertible_layers import invertible_layer
+from .phm_layers import PHMLinear, PHMShared, freeze_rules
 
 
 class BottleneckAdapter(nn.Module):
     """One sequential bottleneck adapter at one site (one layer, one placement)."""
 
     def __init__(self, config: BottleneckConfig, hidden_size: int, width: int,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, shared: PHMShared | None = None) -> None:
         super().__init__()
         self.config = config
         self.norm_before = nn.LayerNorm(hidden_size) if config.ln_before else None
-        self.down = nn.Linear(hidden_size, width)
-        self.up = nn.Linear(width, hidden_size)
+        self.down: nn.Module
+        self.up: nn.Module
+        if config.phm_layer:  # Compacter: PHM projections that initialise themselves (``_init`` skips them)
+            self.down = PHMLinear(config, hidden_size, width, "down", shared, generator)
+            self.up = PHMLinear(config, width, hidden_size, "up", shared, generator)
+        else:
+            self.down = nn.Linear(hidden_size, width)
+            self.up = nn.Linear(width, hidden_size)
         self.norm_after = nn.LayerNorm(hidden_size) if config.ln_after else None
         self.gate = nn.Linear(hidden_size, 1) if config.use_gating else None
         if config.scaling == "learned":
@@ -41,7 +49,7 @@ class BottleneckAdapter(nn.Module):
     @torch.no_grad()
     def _init(self, generator: torch.Generator | None) -> None:
         scheme = self.config.init_weights
-        linears = [m for m in (self.down, self.up, self.gate) if m is not None]
+        linears = [m for m in (self.down, self.up, self.gate) if isinstance(m, nn.Linear)]
         if scheme == "bert":
             for lin in linears:
                 lin.weight.normal_(0.0, 0.02, generator=generator)
@@ -150,7 +158,8 @@ class ParallelBottleneckAdapter(BottleneckAdapter):
 class BottleneckAdapterSet(nn.Module):
     """All sites of one named adapter. State-dict keys are ``<location>.<layer>.<param>``, our format."""
 
-    def __init__(self, config: BottleneckConfig, hidden_size: int, num_layers: int) -> None:
+    def __init__(self, config: BottleneckConfig, hidden_size: int, num_layers: int,
+                 embedding_size: int | None = None) -> None:
         super().__init__()
         self.config = config
         bad = [i for i in config.leave_out if i >= num_layers]
@@ -160,10 +169,23 @@ class BottleneckAdapterSet(nn.Module):
         if config.init_weights_seed is not None:
             generator = torch.Generator().manual_seed(config.init_weights_seed)
         cls = ParallelBottleneckAdapter if config.is_parallel else BottleneckAdapter
+        self.shared = None  # Compacter's shared PHM parameters (``shared.<name>``), created before the layers
+        if config.shared_shapes(hidden_size):
+            width = config.width(0, hidden_size) if config.shared_W_phm else 0
+            self.shared = PHMShared(config, hidden_size, width, generator)
         for loc in config.locations:
-            sites = nn.ModuleDict({str(i): cls(config, hidden_size, config.width(i, hidden_size), generator)
-                                   for i in config.layers(num_layers)})
+            sites = nn.ModuleDict({str(i): cls(config, hidden_size, config.width(i, hidden_size), generator,
+                                               self.shared) for i in config.layers(num_layers)})
             self.add_module(loc, sites)
+        # MAD-X: the invertible layer (``invertible.<param>``) on the embeddings' output, which is
+        # ``embedding_size`` wide (ELECTRA's is narrower than its hidden size); the model attaches it there.
+        self.invertible = invertible_layer(config, embedding_size or hidden_size, generator)
+
+    def requires_grad_(self, requires_grad: bool = True) -> BottleneckAdapterSet:
+        super().requires_grad_(requires_grad)
+        if self.config.phm_layer and not self.config.learn_phm:
+            freeze_rules(self)
+        return self
 
     def site(self, location: str, layer: int) -> BottleneckAdapter | None:
         sites = getattr(self, location, None)

@@ -5,9 +5,10 @@ Schema (see docs/tasks.md)::
 
     name, aliases, description
     catalog: category/dataset     # where its adapters sit in the hub hierarchy (AdapterHub style, e.g. sentiment/sst-2)
-    kind: single | pair | regression | multiple_choice
+    kind: single | pair | regression | multiple_choice | mlm   # mlm: plain text, one or more sentences a line
     labels: [...]                 # label names in id order (not for regression / multiple choice)
     metrics: [accuracy, f1, macro_f1, mcc, pearson, spearman]   # the first is the one early stopping uses
+                                  # (mlm: [perplexity, masked_accuracy]; perplexity: lower is better)
     hub: {path, name, train, eval} | null
     columns: {text, pair, label}  # Hub column names
     choices: {context: [...], options: [...] | options_field: f, fill_blank: f, label, label_map}
@@ -25,8 +26,10 @@ from typing import Any
 
 from ..errors import UsageError, check_keys, suggest
 
-KINDS = ("single", "pair", "regression", "multiple_choice")
-METRICS = ("accuracy", "f1", "macro_f1", "mcc", "pearson", "spearman")
+KINDS = ("single", "pair", "regression", "multiple_choice", "mlm")
+METRICS = ("accuracy", "f1", "macro_f1", "mcc", "pearson", "spearman", "perplexity", "masked_accuracy")
+MLM_METRICS = ("perplexity", "masked_accuracy")  # the only metrics of an mlm task, and only of one
+LOWER_IS_BETTER = frozenset({"perplexity"})  # early stopping and the best checkpoint: smaller wins
 LOCAL_KEYS = ("train", "eval", "file", "header", "columns", "format", "delimiter", "split_column", "splits",
               "label_map")
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
@@ -53,6 +56,11 @@ class TaskSpec:
         return self.metrics[0]
 
     @property
+    def lower_is_better(self) -> bool:
+        """Whether a smaller main metric is better (perplexity)."""
+        return self.main_metric in LOWER_IS_BETTER
+
+    @property
     def num_labels(self) -> int:
         return len(self.labels) if self.kind in ("single", "pair") else 1
 
@@ -64,7 +72,7 @@ class TaskSpec:
     @property
     def head_type(self) -> str:
         return {"single": "classification", "pair": "classification", "regression": "regression",
-                "multiple_choice": "multiple_choice"}[self.kind]
+                "multiple_choice": "multiple_choice", "mlm": "masked_lm"}[self.kind]
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "source"}
@@ -88,6 +96,9 @@ def task_from_dict(data: dict[str, Any], source: str) -> TaskSpec:
     for m in metrics:
         if m not in METRICS:
             raise UsageError(f"task {source}: unknown metric {m!r}{suggest(str(m), METRICS)}; known: {', '.join(METRICS)}")
+    if (kind == "mlm") != all(m in MLM_METRICS for m in metrics):
+        raise UsageError(f"task {source}: an mlm task's metrics are {' and '.join(MLM_METRICS)}, and only an mlm "
+                         f"task's; got {', '.join(metrics)} for kind {kind}")
     labels = tuple(str(x) for x in data.get("labels") or ())
     if kind in ("single", "pair") and len(labels) < 2:
         raise UsageError(f"task {source}: a {kind} classification task needs 'labels' (at least two)")
@@ -96,18 +107,18 @@ def task_from_dict(data: dict[str, Any], source: str) -> TaskSpec:
         raise UsageError(f"task {source}: catalog must look like category/dataset (lower case), got {catalog!r}")
     if kind == "multiple_choice" and not data.get("choices"):
         raise UsageError(f"task {source}: a multiple_choice task needs 'choices'")
-    if kind != "multiple_choice" and "text" not in (data.get("columns") or {}) and \
+    if kind not in ("multiple_choice", "mlm") and "text" not in (data.get("columns") or {}) and \
             "text" not in ((data.get("local") or {}).get("columns") or {}):
         raise UsageError(f"task {source}: 'columns' must name the text column")
     if data.get("local") is not None:
-        _check_local(data["local"], source, labels)
+        _check_local(data["local"], source, labels, kind)
     return TaskSpec(name=str(data["name"]), kind=kind, metrics=metrics, description=data.get("description", ""),
                     aliases=tuple(data.get("aliases") or ()), labels=labels, hub=data.get("hub"),
                     columns=dict(data.get("columns") or {}), choices=data.get("choices"),
                     local=data.get("local"), catalog=str(data.get("catalog") or ""), source=source)
 
 
-def _check_local(local: Any, source: str, labels: tuple[str, ...]) -> None:
+def _check_local(local: Any, source: str, labels: tuple[str, ...], kind: str = "single") -> None:
     """The ``local`` section: which files, how they are read, and which rows belong to which split."""
     if not isinstance(local, dict):
         raise UsageError(f"task {source}: 'local' must be a mapping (train, eval, columns, ...)")
@@ -138,7 +149,7 @@ def _check_local(local: Any, source: str, labels: tuple[str, ...]) -> None:
     if "file" in local and "split_column" not in local:  # else train and eval would read the same rows
         raise UsageError(f"task {source}: local 'file' holds every split, so it needs 'split_column' and 'splits' "
                          "saying which rows are which; or name the files with 'train' and 'eval'")
-    for split in ("train", "eval"):
+    for split in ("train", "eval") if kind != "mlm" else ("train",):  # mlm: dev split drawn from train
         if split not in local and "file" not in local:
             raise UsageError(f"task {source}: local names no {split} file: give 'train' and 'eval' (or 'file' "
                              "with 'split_column')")

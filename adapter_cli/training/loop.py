@@ -44,6 +44,7 @@ from ..fsutil import dump_json, save_torch, write_text_atomic
 from ..tasks import get_task
 from ..tasks.metrics import compute
 from .data import Encoded, collate, encode, epoch_batches, load_examples, write_subsets
+from .mlm import Masker, encode_text, evaluate_mlm, generator, masked_batch
 from .features import Features, cacheable, encode_features, evaluate_features, head_logits, head_reads, predictions
 from .recipe import Recipe
 from .reporter import Reporter
@@ -159,8 +160,7 @@ class Trainer:
             self.model.cast_frozen_linears(frozen)
         self.model.to(self.device)
         self.pad_id = self.tokenizer.pad_token_id or 0
-        self.train_data = encode(task, train_examples, self.tokenizer, max_length)
-        self.eval_data = encode(task, eval_examples, self.tokenizer, max_length)
+        self._encode(train_examples, eval_examples, max_length)
         self.head = self.model.heads[self.name]
         self.on_features = recipe.method == "head" and self._features_once and cacheable(self.train_data) \
             and cacheable(self.eval_data)
@@ -173,6 +173,27 @@ class Trainer:
         if saved is not None:
             self._restore(saved)
         return saved
+
+    def _encode(self, train_examples: list[Any], eval_examples: list[Any], max_length: int) -> None:
+        """Tokenised examples; an mlm task's text packed into blocks, with the masker its batches use."""
+        task, recipe = self.task, self.recipe
+        self.masker: Masker | None = None
+        if task.kind != "mlm":
+            self.train_data = encode(task, train_examples, self.tokenizer, max_length)
+            self.eval_data = encode(task, eval_examples, self.tokenizer, max_length)
+            return
+        from ..tasks.text import held_out_dev
+
+        self.masker = Masker.for_tokenizer(self.tokenizer, self.model.vocab_size, recipe.mlm_probability)
+        self.train_data = encode_text([e.texts[0] for e in train_examples], self.tokenizer, max_length)
+        self.eval_data = encode_text([e.texts[0] for e in eval_examples], self.tokenizer, max_length)
+        if recipe.language is None:
+            self.reporter.note(f"{task.name}: no language given; the language adapter records language unknown")
+        if held_out_dev(task, recipe.data_dir):
+            self.reporter.note(f"{task.name}: no dev text, so a seeded tenth of the training lines "
+                               f"({len(eval_examples)}) is held out as the dev split")
+        self.reporter.note(f"{task.name}: {len(train_examples)} lines packed into {len(self.train_data)} blocks "
+                           f"of up to {max_length} tokens; dev {len(self.eval_data)} blocks")
 
     def _build_optimizer(self) -> None:
         recipe, model = self.recipe, self.model
@@ -299,13 +320,20 @@ class Trainer:
         if self.train_features is not None:
             features, labels = self.train_features.batch(indices, self.device)
             return self.head.loss(head_logits(self.forward, features), labels)
-        batch = collate(self.train_data, indices, self.pad_id, self.task.kind == "regression")
+        if self.masker is not None:  # mlm: masked per batch, seeded by the batch's place in the run
+            batch = masked_batch(self.train_data, indices, self.pad_id, self.masker,
+                                 generator(self.recipe.seed, self.state.epoch, self.state.batch, self.rank))
+        else:
+            batch = collate(self.train_data, indices, self.pad_id, self.task.kind == "regression")
         loss = self.forward(**{k: v.to(self.device) for k, v in batch.items()}, active=self.active).loss
         if self.recipe.method == "fusion" and self.recipe.fusion_reg_weight:
             loss = loss + self.recipe.fusion_reg_weight * self.model.fusion_regularization()
         return loss
 
     def _evaluate(self) -> dict[str, float]:
+        if self.masker is not None:
+            return evaluate_mlm(self.model, self.eval_data, self.masker, self.recipe.eval_batch_size, self.active,
+                                self.device, self.autocast, self.pad_id)
         if self.eval_features is not None:
             return evaluate_features(self.head, self.eval_features, self.eval_data.labels, self.task,
                                      self.recipe.eval_batch_size, self.device, self.autocast)[0]
@@ -340,7 +368,8 @@ class Trainer:
         if self.main:
             metrics = self._evaluate()
             value = metrics[self.task.main_metric]
-            improved = state.best["metric"] is None or value > state.best["metric"]
+            best = state.best["metric"]  # perplexity: lower is better
+            improved = best is None or (value < best if self.task.lower_is_better else value > best)
             if improved:
                 state.best = {"metric": value, "epoch": state.epoch, "step": state.step, "metrics": metrics}
                 state.bad_evals = 0
@@ -400,6 +429,7 @@ class Trainer:
             summary["compiled"] = True
         if self.recipe.method == "fusion":
             summary["fusion_members"] = self.active.leaves()
+        summary.update(self.model.adapter_meta.get(self.name) or {})  # MAD-X: language, trained_under
         if self.train_features is not None:  # head only: the encoder ran once per example (features.py)
             summary["head_features"] = {
                 "read": head_reads(self.head), "train": len(self.train_features),

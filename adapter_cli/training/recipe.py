@@ -3,12 +3,13 @@
 A recipe file has top-level keys (task, model, method, name, description) and sections::
 
     adapter: {config: pfeiffer, reduction_factor: 8}      # the adapter config, then changes to it
-                                                          # (any method's keys: {config: lora, r: 16})
+                                                          # (any method's keys: {config: lora, r: 16});
+                                                          # stack_under: a language adapter (MAD-X)
     fusion:  {adapters: [...], config: dynamic, reg_weight: 0.01, unfreeze_adapters: false}
     optim:   {learning_rate, weight_decay, max_grad_norm, warmup_ratio}
     train:   {epochs, patience, batch_size, eval_batch_size, grad_accum, seed, precision, frozen_dtype,
               gradient_checkpointing, compile, device, save_every_steps, log_every_steps}
-    data:    {data_dir, max_length, max_train_samples, max_eval_samples}
+    data:    {data_dir, max_length, max_train_samples, max_eval_samples, mlm_probability}
 
 Overrides name a key with its section (``optim.learning_rate=3e-4``, ``adapter.reduction_factor=32``) or,
 when that is unambiguous, alone (``learning_rate=3e-4``, ``reduction_factor=32``, ``r=16``). Flat files written
@@ -33,10 +34,11 @@ from ..errors import UsageError, suggest
 from ..methods.bottleneck import MAX_SEED
 
 METHODS = ("adapter", "full", "head", "fusion")
-TOP_LEVEL = ("task", "model", "method", "name", "description")
+TOP_LEVEL = ("task", "model", "method", "name", "language", "description")
+LANGUAGE_CHARS = "letters, digits, '_' or '-', at most 32 (a language code: en, de, sw, en-wiki)"
 # section -> {key in the file: attribute of Recipe}; the "adapter" section also takes any adapter config key
 SECTIONS: dict[str, dict[str, str]] = {
-    "adapter": {"config": "adapter"},
+    "adapter": {"config": "adapter", "stack_under": "stack_under"},
     "fusion": {"adapters": "fusion_adapters", "config": "fusion", "reg_weight": "fusion_reg_weight",
                "unfreeze_adapters": "unfreeze_adapters"},
     "optim": {k: k for k in ("learning_rate", "weight_decay", "max_grad_norm", "warmup_ratio")},
@@ -44,7 +46,7 @@ SECTIONS: dict[str, dict[str, str]] = {
                              "precision", "frozen_dtype", "gradient_checkpointing", "compile", "device",
                              "save_every_steps",
                              "log_every_steps")},
-    "data": {k: k for k in ("data_dir", "max_length", "max_train_samples", "max_eval_samples")},
+    "data": {k: k for k in ("data_dir", "max_length", "max_train_samples", "max_eval_samples", "mlm_probability")},
 }
 
 
@@ -56,6 +58,8 @@ class Recipe:
     adapter: Any = "pfeiffer"  # preset name, config file, or a mapping of config keys
     adapter_overrides: dict[str, Any] = field(default_factory=dict)
     name: str | None = None  # adapter/head name; default: the task name
+    language: str | None = None  # an mlm run's language adapter: its language (recorded; default "unknown")
+    stack_under: str | None = None  # method adapter: train under stack(LANG, task), LANG a frozen language adapter
     fusion_adapters: list[str] = field(default_factory=list)  # method fusion: member adapters (dirs or cache names)
     fusion: Any = "dynamic"  # fusion config: dynamic, static, or a mapping of its fields
     fusion_reg_weight: float = 0.01  # weight of sum ||I - W_v||^2 in the loss
@@ -79,6 +83,7 @@ class Recipe:
     device: str = "auto"
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    mlm_probability: float = 0.15  # mlm tasks: the share of tokens masked (BERT's 80/10/10 among them)
     save_every_steps: int = 200  # checkpoint for --resume
     log_every_steps: int = 10
     description: str = ""
@@ -97,6 +102,10 @@ class Recipe:
         for section, keys in SECTIONS.items():
             out[section] = {key: flat[attr] for key, attr in keys.items()}
         out["adapter"].update(flat["adapter_overrides"])
+        if flat["language"] is None:  # MAD-X keys only where used: other recipes read as they always did
+            del out["language"]
+        if flat["stack_under"] is None:
+            del out["adapter"]["stack_under"]
         return out
 
     def updated(self, changes: dict[str, Any], source: str = "overrides") -> Recipe:
@@ -159,6 +168,23 @@ class Recipe:
         if isinstance(self.fusion_reg_weight, bool) or not isinstance(self.fusion_reg_weight, (int, float)) \
                 or not 0 <= self.fusion_reg_weight < math.inf:
             raise bad("fusion_reg_weight must be a finite non-negative number")
+        self._validate_madx(bad)
+
+    def _validate_madx(self, bad: Any) -> None:
+        """The keys of language adapters (MAD-X): language, stack_under, mlm_probability."""
+        import re
+
+        if self.language is not None and (not isinstance(self.language, str)
+                                          or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,31}", self.language)):
+            raise bad(f"`language` must be {LANGUAGE_CHARS}, got {self.language!r}")
+        if self.stack_under is not None and (not isinstance(self.stack_under, str) or not self.stack_under.strip()):
+            raise bad(f"stack_under must name a language adapter (a cache name or a directory), got {self.stack_under!r}")
+        if self.stack_under is not None and self.method != "adapter":
+            raise bad(f"`stack_under` trains a new adapter under a language adapter; `method` {self.method} trains "
+                      "no adapter (use `method` adapter)")
+        p = self.mlm_probability
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 1:
+            raise bad(f"mlm_probability must be a number between 0 and 1 (exclusive), got {p!r}")
 
 
 def _set(data: dict[str, Any], overrides: dict[str, Any], key: str, value: Any, source: str) -> None:

@@ -57,21 +57,24 @@ def build_model(recipe: Recipe, task: Any) -> tuple[Any, Any, str, Any]:
     from ..model import AdapterModel
     from ..tokenizer import load_tokenizer
 
+    if task.kind == "mlm" and recipe.method != "adapter":
+        raise UsageError(f"task {task.name} trains a language adapter by masked language modelling; `method` "
+                         f"{recipe.method} is not an adapter (use `method` adapter)")
     path = resolve_model(recipe.model)
     model = AdapterModel.from_pretrained(path)
     tokenizer = load_tokenizer(path, model.vocab_size, recipe.model)
     name = recipe.name or task.name.replace(".", "_")
-    head_kw: dict[str, Any] = {"num_labels": task.num_labels}
-    if task.kind in ("single", "pair"):
-        head_kw["label2id"] = {label: i for i, label in enumerate(task.labels)}
-    if task.kind != "multiple_choice":
-        head_kw["text_pair"] = task.text_pair
-    if task.kind == "multiple_choice":
-        head_kw["num_choices"] = 2  # reshaped per batch; the stored value is only a default
+    head_kw = _head_kwargs(task, model)
     active: Any = None
     if recipe.method == "adapter":
-        model.add_adapter(name, recipe.adapter, recipe.adapter_overrides)
+        overrides = {**recipe.adapter_overrides, "kind": "language"} if task.kind == "mlm" else \
+            recipe.adapter_overrides
+        model.add_adapter(name, recipe.adapter, overrides)
         active = name
+        if task.kind == "mlm":
+            model.adapter_meta[name] = {"language": recipe.language or "unknown"}
+        if recipe.stack_under is not None:
+            active = stack_under(model, recipe, task, name)
     elif recipe.method == "fusion":
         from ..resolve import locate
         from ..composition import Fuse
@@ -95,3 +98,53 @@ def build_model(recipe: Recipe, task: Any) -> tuple[Any, Any, str, Any]:
     if recipe.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model, tokenizer, name, active
+
+
+def _head_kwargs(task: Any, model: Any) -> dict[str, Any]:
+    """The head a task trains: its labels and input form; for mlm AdapterHub's masked-LM head (a transform
+    with GELU and LayerNorm, then the decoder tied to the input word embeddings)."""
+    if task.kind == "mlm":
+        return {"vocab_size": model.vocab_size, "embedding_size": model.embedding_size, "layers": 2,
+                "activation_function": "gelu", "layer_norm": True, "bias": True}
+    head_kw: dict[str, Any] = {"num_labels": task.num_labels}
+    if task.kind in ("single", "pair"):
+        head_kw["label2id"] = {label: i for i, label in enumerate(task.labels)}
+    if task.kind != "multiple_choice":
+        head_kw["text_pair"] = task.text_pair
+    if task.kind == "multiple_choice":
+        head_kw["num_choices"] = 2  # reshaped per batch; the stored value is only a default
+    return head_kw
+
+
+def language_adapter_kind(path: Any, spec: str) -> None:
+    """Refuse, from its config alone, an adapter to stack under that is not a language adapter."""
+    from ..formats import read_adapter
+
+    kind = getattr(read_adapter(path, shapes_only=True).config, "kind", "task")
+    if kind != "language":
+        raise UsageError(f"`stack_under` {spec}: that is a {kind} adapter; a task adapter is trained under a language "
+                         "adapter (kind language: one trained with `task` mlm)")
+
+
+def stack_under(model: Any, recipe: Recipe, task: Any, name: str) -> Any:
+    """Load the language adapter ``recipe.stack_under`` frozen and return ``stack(LANG, name)``; the new
+    adapter records which language adapter it was trained under."""
+    from ..composition import Stack
+    from ..resolve import locate
+
+    spec = str(recipe.stack_under)
+    if task.kind == "mlm":
+        raise UsageError("`stack_under` trains a task adapter under a language adapter; a language adapter (`task` "
+                         "mlm) is trained alone")
+    path = locate(spec, model.name_or_path, "adapter")
+    language_adapter_kind(path, spec)
+    from ..formats import read_adapter
+
+    lang = read_adapter(path, shapes_only=True).name
+    if lang == name:
+        raise UsageError(f"`stack_under` {spec}: the language adapter is named {lang!r} like the adapter being "
+                         "trained; name the new adapter otherwise (`name`)")
+    model.load_adapter(path, name=lang, with_head=False)
+    model.adapter_meta[name] = {"trained_under": {"name": lang, "source": spec,
+                                                  "language": model.adapter_meta[lang].get("language", "unknown")}}
+    return Stack((lang, name))

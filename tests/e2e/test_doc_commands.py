@@ -130,6 +130,38 @@ NOT_RUN = {
         "accelerate is not installed; MNLI from the Hub (network)",
     "torchrun --nproc_per_node 4 -m adapter_cli train --task mnli":
         "4 processes training MNLI from the Hub (network); DDP is tested in tests/cli/test_train.py",
+    # MAD-X (docs/training.md, `adapt train --help`): text corpora and language adapters the world does not hold;
+    # the same steps run in tests/cli/test_mlm_cli.py and, on real weights, docs/madx-experiment.sh
+    "adapt train --task mlm --data-dir corpus-en/ --config pfeiffer+inv --language en --name lang_en":
+        "needs a text corpus (corpus-en/); tests/cli/test_mlm_cli.py trains a language adapter so",
+    "adapt train --task sst2 --data-dir glue/SST-2 --stack-under mlm-en-pfeiffer_inv-s42":
+        "needs the language adapter mlm-en-pfeiffer_inv-s42; tests/cli/test_mlm_cli.py trains one so",
+    'adapt infer -m minilm -a mlm-en-pfeiffer_inv-s42 -a sst2-pfeiffer-s42 --active "stack(lang_en,sst2)" "a fine film"':
+        "needs a language adapter and a task adapter trained on it (tests/cli/test_mlm_cli.py)",
+    'adapt infer -m minilm -a mlm-de-pfeiffer_inv-s42 -a sst2-pfeiffer-s42 --active "stack(lang_de,sst2)" "ein guter Film"':
+        "needs a German language adapter (no German text offline)",
+    "adapt infer -m minilm -a mlm-de-pfeiffer_inv-s42 --task mlm --data-dir corpus-de/":
+        "needs a German language adapter and corpus (no German text offline)",
+    # docs/madx.md: the real-data round trip, 35 minutes on 2 cores; docs/madx-experiment.sh runs it
+    "adapt train --task mlm --data-dir out-madx/corpus_a --language en --name lang_a --run-dir out-madx/runs/lang_a "
+    "--config pfeiffer+inv --recipe quick max_length=128 epochs=4 batch_size=16 learning_rate=5e-3 patience=null":
+        "the MAD-X round trip of docs/madx.md (corpora built by docs/madx-experiment.sh, minutes of training)",
+    "adapt train --task mlm --data-dir out-madx/corpus_b --language en-news --name lang_b --run-dir out-madx/runs/lang_b "
+    "--config pfeiffer+inv --recipe quick max_length=128 epochs=4 batch_size=16 learning_rate=5e-3 patience=null":
+        "the MAD-X round trip of docs/madx.md (corpora built by docs/madx-experiment.sh, minutes of training)",
+    "adapt train --task sst2 --data-dir ../shared/data/glue/SST-2 --stack-under lang_a --run-dir out-madx/runs/sst2_madx "
+    "--recipe quick max_train_samples=2000 epochs=2 max_length=128":
+        "the MAD-X round trip of docs/madx.md (needs its language adapter lang_a)",
+    "adapt infer -m minilm -a lang_a --task mlm --data-dir out-madx/corpus_b":
+        "the MAD-X round trip of docs/madx.md (needs its language adapter and corpus)",
+    'adapt infer -m minilm -a lang_a -a sst2_madx --active "stack(lang_a,sst2)" --task sst2 --data-dir '
+    "../shared/data/glue/SST-2": "the MAD-X round trip of docs/madx.md (needs its adapters)",
+    'adapt infer -m minilm -a lang_b -a sst2_madx --active "stack(lang_b,sst2)" --task sst2 --data-dir '
+    "../shared/data/glue/SST-2": "the MAD-X round trip of docs/madx.md (needs its adapters)",
+    "adapt infer -m minilm -a sst2_madx --task sst2 --data-dir ../shared/data/glue/SST-2":
+        "the MAD-X round trip of docs/madx.md (needs its task adapter)",
+    "adapt train --task mlm --data-dir corpus/ --config pfeiffer+inv --language en":
+        "needs a text corpus (corpus/); tests/cli/test_mlm_cli.py trains a language adapter so",
 }
 REMOTE = re.compile(r"\b(?:https?|hf)://\S+")
 

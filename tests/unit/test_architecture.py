@@ -110,15 +110,19 @@ def test_the_cycle_finder_finds_cycles() -> None:
 LAYERS = [
     ("foundations", ["_version", "errors", "reporting", "jsonio", "fsutil", "defaults", "devices", "builtins", "composition",
                      "methods.activations", "methods", "methods.base", "methods.bottleneck", "methods.lora",
+                     "methods.invertible", "methods.reft", "methods.phm",
                      "head_config", "fusion_config", "presets", "architectures"]),
-    ("data", ["tasks", "tasks.loading", "tasks.metrics", "tasks.subsets", "formats", "formats.artifacts",
-              "formats.native", "formats.adapterhub", "formats.adapterhub_lora", "formats.peft"]),
-    ("engine", ["methods.bottleneck_layers", "methods.lora_layers", "fastpaths", "stitching", "linear_sites",
+    ("data", ["tasks", "tasks.loading", "tasks.metrics", "tasks.subsets", "tasks.text", "formats", "formats.artifacts",
+              "formats.native", "formats.adapterhub", "formats.adapterhub_lora", "formats.adapterhub_reft",
+              "formats.peft"]),
+    ("engine", ["methods.bottleneck_layers", "methods.lora_layers", "methods.invertible_layers", "embedding_sites",
+                "methods.reft_layers", "reft_sites", "methods.phm_layers",
+                "fastpaths", "stitching", "linear_sites",
                 "merging", "fusion", "heads", "model", "tokenizer", "inference", "compiled"]),
     ("storage", ["cache", "hub", "hub.card", "hub.archive", "hub.registry", "hub.http", "hub.hf", "hub.pack",
                  "hub.pull", "hub.registries", "hub.server", "hub.site", "resolve"]),
     ("training", ["training", "training.recipe", "training.reporter", "training.data", "training.setup",
-                  "training.features", "training.loop", "runs", "results", "activations"]),
+                  "training.features", "training.mlm", "training.loop", "runs", "results", "activations"]),
     ("programs", ["cli", "demo", "__main__", ""]),
 ]
 
