@@ -115,7 +115,7 @@ def predict(model: Any, tokenizer: Any, rows: list[Row], active: Any = None, bat
     if not routes:
         yield from _predict(model, tokenizer, rows, model.resolve_composition(active), options)
         return
-    if all(r.route in model.adapters for r in rows):
+    if all(r.route in model.adapters and _splittable(model.adapters[r.route]) for r in rows):
         yield from _predict_routed(model, tokenizer, rows, options)
         return
     results: list[dict[str, Any] | None] = [None] * len(rows)
@@ -124,6 +124,12 @@ def predict(model: Any, tokenizer: Any, rows: list[Row], active: Any = None, bat
         for i, out in zip(indices, _predict(model, tokenizer, [rows[i] for i in indices], chosen, options)):
             results[i] = out
     yield from (r for r in results if r is not None)
+
+
+def _splittable(adapter_set: Any) -> bool:
+    """Whether rows of this adapter may share a batch split with other adapters' rows: a ReFT adapter runs only
+    alone and an invertible layer only at the bottom of a composition, so their rows run group by group."""
+    return adapter_set.config.architecture != "reft" and getattr(adapter_set, "invertible", None) is None
 
 
 @dataclass(frozen=True)

@@ -119,7 +119,10 @@ def _indices(name: str, module: Any, mask: Any, hidden: torch.Tensor) -> tuple[A
         prefix_index = index(first, span)
     if suffix:
         span = min(suffix, length)
-        row = _first_bad(end - span < 0)  # a padded row shorter than the suffix
+        # A row shorter than the suffix is refused whatever else is in the batch: the reference cuts the count to
+        # the batch's padded length, so such a row ran alone but failed beside a longer one (an answer that
+        # depended on batching, and a training run that died at the first mixed batch).
+        row = _first_bad(end - first < suffix)
         if row is not None:
             raise _too_short(name, "last", suffix, row, first, end)
         suffix_index = index(end - span, span)

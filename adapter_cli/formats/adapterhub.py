@@ -256,6 +256,8 @@ def read_adapter(path: Path, shapes_only: bool = False) -> AdapterArtifact:
         config = config_from_adapterhub(data["config"], str(path / ADAPTER_CONFIG))
         key_name, weights = adapter_weights_from_adapterhub(raw, arch, config.ln_before, path)
         config = _drop_unused_invertible(config, weights, data)
+    if data.get("type") == "text_lang" and getattr(config, "kind", "task") != "language":
+        config = config.replace(kind="language")  # adapter-transformers' mark of a language adapter
     name = data.get("name") or key_name or path.name
     return AdapterArtifact(name=name, config=config, weights=weights, base=base, format="adapterhub",
                            path=path, meta=data)
@@ -293,7 +295,10 @@ def write_adapter(directory: Path, artifact: AdapterArtifact, num_layers: int, s
     else:
         config = config_to_adapterhub(artifact.config, artifact.base.hidden_size, num_layers)
         weights = adapter_weights_to_adapterhub(artifact.weights, arch, artifact.name, artifact.config.ln_before)
-    write_json(directory / ADAPTER_CONFIG, {"config": config, **_header(artifact.base, arch, artifact.name)})
+    header = _header(artifact.base, arch, artifact.name)
+    if getattr(artifact.config, "kind", "task") == "language":  # the config has no field for it; v1's key does
+        header["type"] = "text_lang"
+    write_json(directory / ADAPTER_CONFIG, {"config": config, **header})
     _save(weights, directory, "adapter", safetensors, dtype)
 
 

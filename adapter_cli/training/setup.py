@@ -120,8 +120,10 @@ def language_adapter_kind(path: Any, spec: str) -> None:
     """Refuse, from its config alone, an adapter to stack under that is not a language adapter."""
     from ..formats import read_adapter
 
-    kind = getattr(read_adapter(path, shapes_only=True).config, "kind", "task")
-    if kind != "language":
+    config = read_adapter(path, shapes_only=True).config
+    kind = getattr(config, "kind", "task")
+    # An invertible layer marks a MAD-X language adapter even where its file does not say "language" (AdapterHub's).
+    if kind != "language" and getattr(config, "inv_adapter", None) is None:
         raise UsageError(f"`stack_under` {spec}: that is a {kind} adapter; a task adapter is trained under a language "
                          "adapter (kind language: one trained with `task` mlm)")
 

@@ -231,3 +231,23 @@ def test_dev_split_held_out_of_train_when_there_is_no_dev_file(tmp_path: Path) -
     (tmp_path / "train.txt").write_text("\n  \n")
     with pytest.raises(UsageError, match="holds no text"):
         load_text(task, "train", tmp_path)
+
+
+def test_a_language_adapter_stays_one_in_adapterhubs_format(tmp_path: Path) -> None:
+    """AdapterHub's config has no kind: the file says "type": "text_lang" (adapter-transformers' key), and a
+    MAD-X adapter with an invertible layer may be stacked under whatever its file says."""
+    from adapter_cli.formats import read_adapter
+    from adapter_cli.training.setup import language_adapter_kind
+
+    model = tiny_model()
+    model.add_adapter("lang", "pfeiffer+inv", {"kind": "language"})
+    model.add_adapter("task", "pfeiffer")
+    model.save_adapter(tmp_path / "lang", "lang", format="adapterhub")
+    model.save_adapter(tmp_path / "task", "task", format="adapterhub")
+    assert json.loads((tmp_path / "lang" / "adapter_config.json").read_text())["type"] == "text_lang"
+    assert "type" not in json.loads((tmp_path / "task" / "adapter_config.json").read_text())
+    assert read_adapter(tmp_path / "lang").config.kind == "language"
+    assert read_adapter(tmp_path / "task").config.kind == "task"
+    language_adapter_kind(tmp_path / "lang", "lang")
+    with pytest.raises(UsageError, match="that is a task adapter"):
+        language_adapter_kind(tmp_path / "task", "task")

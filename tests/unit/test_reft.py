@@ -150,6 +150,18 @@ def test_positions_no_row_has_are_one_line_errors():
     hidden(model, "prefix")  # right padding: the prefix runs into padding, harmless, as in the reference
 
 
+def test_a_row_shorter_than_the_suffix_is_refused_alone_and_batched():
+    """The answer must not depend on what else is in the batch: the reference cuts the suffix to the padded
+    length, so a short row ran alone and failed beside a longer one."""
+    model = tiny()
+    model.add_adapter("suffix", "loreft[prefix_positions=0,suffix_positions=5]")
+    long_and_short = (torch.tensor([[7, 8, 9, 10, 11, 12], [7, 8, 9, 10, 0, 0]]),
+                      torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]]))
+    for ids, mask in (long_and_short, (long_and_short[0][1:, :4], long_and_short[1][1:, :4])):
+        with pytest.raises(UsageError, match="edits the last 5 tokens of each row, but row .* has 4"):
+            model(input_ids=ids, attention_mask=mask, active="suffix", head=None)
+
+
 def test_compositions_follow_the_reference_rule():
     model = tiny()
     model.add_adapter("r", "loreft")
@@ -310,3 +322,41 @@ def test_adapt_train_caches_a_loreft_adapter(tmp_path, monkeypatch):
     m = AdapterModel.from_pretrained(model)
     config = m.adapters[m.load_adapter(run_dir / "best")].config
     assert config.variant == "loreft" and config.suffix_positions == 1
+
+
+@pytest.mark.parametrize("configs", [("loreft", "noreft"), ("pfeiffer+inv", "pfeiffer+inv")], ids=["reft", "inv"])
+def test_routed_rows_of_adapters_that_cannot_share_a_split_run_group_by_group(tmp_path, configs):
+    """--route-column packs rows of plain adapters into one batch split; ReFT adapters and invertible layers
+    cannot share one, so their rows run per adapter, with the answers of a batch of one."""
+    import csv
+
+    from adapter_cli import AdapterModel
+    from adapter_cli.cli import app
+
+    runner = CliRunner()
+    model_dir = save_tiny_model(tmp_path / "tiny")
+    m = AdapterModel.from_pretrained(model_dir)
+    g = torch.Generator().manual_seed(3)
+    for name, config in zip("ab", configs):
+        m.add_adapter(name, config)
+        m.add_head(name, num_labels=2)
+    with torch.no_grad():
+        for p in list(m.adapters.parameters()) + list(m.heads.parameters()):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    for name in "ab":
+        m.save_adapter(tmp_path / name, name)
+    with open(tmp_path / "mixed.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["text", "task"])
+        writer.writeheader()
+        writer.writerows({"text": t, "task": "ab"[i % 2]} for i, t in
+                         enumerate(["good fine day", "bad awful day here", "the film was good", "awful film"]))
+    answers = []
+    for batch in ("4", "1"):
+        result = runner.invoke(app, ["infer", "-m", str(model_dir), "-a", str(tmp_path / "a"), "-a", str(tmp_path / "b"),
+                                     "--input", str(tmp_path / "mixed.csv"), "--route-column", "task",
+                                     "--batch-size", batch])
+        assert result.exit_code == 0, result.stderr
+        answers.append([json.loads(line) for line in result.stdout.splitlines()])
+    assert [r["active"] for r in answers[0]] == ["a", "b", "a", "b"]
+    for batched, alone in zip(*answers):
+        assert batched["label"] == alone["label"] and batched["score"] == pytest.approx(alone["score"], abs=1e-5)
