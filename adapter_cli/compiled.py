@@ -2,10 +2,13 @@
 
 The adapter sites are forward hooks and an instance-level LayerNorm ``forward`` that read the active
 composition from a thread-local context (stitching.py, linear_sites.py). TorchDynamo traces through all of
-them: every composition adapt runs gives one graph without breaks (``tests/unit/test_compiled.py`` counts them
+them: every composition of bottleneck (Compacter and invertible layers included) and LoRA-family adapters gives one
+graph without breaks (``tests/unit/test_compiled.py`` counts them
 with ``torch._dynamo.explain``), and the composition is part of the graph's guards, so switching it recompiles
 rather than reusing a graph built for another composition. Only ``model.base`` is compiled; composition
-parsing, heads and losses stay eager (cheap, and they change shape with the task).
+parsing, heads and losses stay eager (cheap, and they change shape with the task). ReFT is the exception: its
+check that every row has the positions it edits reads the attention mask, which breaks the graph once per layer
+(still right, less fast).
 
 Setting (recipe key ``compile``, ``adapt infer --compile`` / ``--compile-auto``):
 
