@@ -29,7 +29,7 @@ class PredictionHead(nn.Sequential):
             if i < config.layers - 1:
                 modules.append(nn.Linear(hidden_size, hidden_size))
                 if config.activation_function:
-                    modules.append(_Activation(config.activation_function))
+                    modules.append(Activation(config.activation_function))
             else:
                 modules.append(nn.Linear(hidden_size, config.outputs, bias=config.bias))
         super().__init__(*modules)
@@ -53,7 +53,9 @@ class PredictionHead(nn.Sequential):
         return nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1))
 
 
-class _Activation(nn.Module):
+class Activation(nn.Module):
+    """The adapter's non-linearity as a module, so that the layers around it keep AdapterHub's indices (``.0``, ``.2``)."""
+
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name
@@ -61,6 +63,9 @@ class _Activation(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return self.name
 
 
 
@@ -86,7 +91,7 @@ class MaskedLMHead(nn.Module):
             self.add_module(str(index), linear)
             index += 1
             if config.activation_function:
-                self.add_module(str(index), _Activation(config.activation_function))
+                self.add_module(str(index), Activation(config.activation_function))
                 index += 1
             if config.layer_norm:
                 self.add_module(str(index), nn.LayerNorm(width, eps=eps))

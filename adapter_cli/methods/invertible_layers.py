@@ -18,28 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .activations import activation
+from ..heads import Activation
 from .invertible import halves, subnet_width
-
-
-class _Activation(nn.Module):
-    """The adapter's non-linearity as a module, so that a subnet's linear layers are ``.0`` and ``.2``."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__()
-        self.name = name
-        self.fn = activation(name)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x)
-
-    def extra_repr(self) -> str:
-        return self.name
 
 
 def _subnet(config: Any, inputs: int, outputs: int) -> nn.Sequential:
     width = subnet_width(config, inputs)
-    return nn.Sequential(nn.Linear(inputs, width), _Activation(config.non_linearity), nn.Linear(width, outputs))
+    return nn.Sequential(nn.Linear(inputs, width), Activation(config.non_linearity), nn.Linear(width, outputs))
 
 
 class NICECouplingBlock(nn.Module):
