@@ -39,6 +39,10 @@ class Architecture:
     adapterhub_prefix: str  # transformers' base_model_prefix, which AdapterHub puts before its keys
     adapterhub_model_class: str
     hidden_size_attr: str = "hidden_size"
+    heads_attr: str = "num_attention_heads"
+    # The self-attention module (relative to a layer) that calls transformers' attention interface, where
+    # prefix-tuning adapters add their keys and values.
+    self_attention: str = "attention.self"
     num_layers_attr: str = "num_hidden_layers"
     attention_dropout_attr: str = "attention_probs_dropout_prob"
     hidden_dropout_attr: str = "hidden_dropout_prob"
@@ -85,7 +89,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             SiteSpec("output_adapter", "ffn", "ffn", 0, "input", "output_layer_norm", "output_adapters"),
         ),
         "distilbert", "DistilBertAdapterModel",
-        hidden_size_attr="dim", num_layers_attr="n_layers", attention_dropout_attr="attention_dropout",
+        hidden_size_attr="dim", num_layers_attr="n_layers", heads_attr="n_heads", self_attention="attention", attention_dropout_attr="attention_dropout",
         hidden_dropout_attr="dropout",
         linears=(("q", "attention.q_lin"), ("k", "attention.k_lin"), ("v", "attention.v_lin"),
                  ("intermediate", "ffn.lin1"), ("output", "ffn.lin2")),

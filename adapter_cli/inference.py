@@ -128,8 +128,10 @@ def predict(model: Any, tokenizer: Any, rows: list[Row], active: Any = None, bat
 
 def _splittable(adapter_set: Any) -> bool:
     """Whether rows of this adapter may share a batch split with other adapters' rows: a ReFT adapter runs only
-    alone and an invertible layer only at the bottom of a composition, so their rows run group by group."""
-    return adapter_set.config.architecture != "reft" and getattr(adapter_set, "invertible", None) is None
+    alone and an invertible layer only at the bottom of a composition, so their rows run group by group (so do a
+    prompt adapter's: it lengthens its rows)."""
+    return adapter_set.config.architecture not in ("reft", "prompt_tuning") and \
+        getattr(adapter_set, "invertible", None) is None
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,9 @@ from .embedding_sites import EmbeddingSite
 from .methods.bottleneck_layers import BottleneckAdapterSet
 from .linear_sites import LinearSite
 from .presets import resolve_adapter_config
+from .prefix_sites import PrefixSites
+from .prefix_sites import check_composition as check_prefix_composition
+from .prompt_sites import PromptSites
 from .reft_sites import ReftSites, check_composition
 from .stitching import ForwardContext, Site
 
@@ -82,6 +85,8 @@ class AdapterModel(nn.Module):
         self._linear_sites: dict[tuple[str, int], LinearSite] = {}
         self._embedding_site: EmbeddingSite | None = None  # invertible adapters; the hook is made on first use
         self._reft_sites = ReftSites(self.base, self.arch.layers, self._context)  # hooks made on first use
+        self._prefix_sites = PrefixSites(self.base, self.arch.layers, self.arch.self_attention, self._context)
+        self._prompt_sites = PromptSites(self.base, self.arch.embeddings, self._context)  # hooks made on first use
         self.merged: str | None = None  # a LoRA-family adapter folded into the base weights (merge_adapter)
         self.train(base.training)
 
@@ -137,8 +142,8 @@ class AdapterModel(nn.Module):
         checkpoint = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
         for module in self.base.modules():
             if getattr(module, "gradient_checkpointing", False) and hasattr(module, "_gradient_checkpointing_func"):
-                module._gradient_checkpointing_func = self._reft_sites.wrap_checkpoint(
-                    self._context.wrap_checkpoint(checkpoint))
+                module._gradient_checkpointing_func = self._prefix_sites.wrap_checkpoint(
+                    self._reft_sites.wrap_checkpoint(self._context.wrap_checkpoint(checkpoint)))
 
     def gradient_checkpointing_disable(self) -> None:
         disable = getattr(self.base, "activation_checkpointing_disable", None) or \
@@ -158,6 +163,10 @@ class AdapterModel(nn.Module):
     @property
     def hidden_size(self) -> int:
         return int(getattr(self.config, self.arch.hidden_size_attr))
+
+    @property
+    def num_heads(self) -> int:
+        return int(getattr(self.config, self.arch.heads_attr))
 
     @property
     def num_layers(self) -> int:
@@ -244,7 +253,7 @@ class AdapterModel(nn.Module):
             self._linear_sites[key] = LinearSite(self._linear(matrix, layer), layer, matrix, self._context)
         return self._linear_sites[key]
 
-    def _new_adapter_set(self, config: Any) -> nn.Module:
+    def _new_adapter_set(self, config: Any, fresh: bool = False) -> nn.Module:
         """The modules of one adapter, for its method: bottleneck layers, or changes to linear layers."""
         if config.architecture == "lora":
             from .methods.lora_layers import LoRAAdapterSet
@@ -255,6 +264,20 @@ class AdapterModel(nn.Module):
             from .methods.reft_layers import ReftAdapterSet
 
             return ReftAdapterSet(config, self.hidden_size, self.num_layers)
+        if config.architecture == "prefix_tuning":
+            from .methods.prefix_layers import PrefixAdapterSet
+
+            return PrefixAdapterSet(config, self.hidden_size, self.num_layers, self.num_heads)
+        if config.architecture == "union":  # each part as its own method, under the union's name
+            from .methods.union_layers import UnionAdapterSet
+
+            return UnionAdapterSet(config, {c.architecture: self._new_adapter_set(c, fresh) for c in config.configs})
+        if config.architecture == "prompt_tuning":  # fresh: a from_string prompt reads the tokenizer
+            from .methods.prompt_layers import PromptAdapterSet
+            from .prompt_sites import string_words
+
+            words = string_words(getattr(self.config, "_name_or_path", None), self.base.get_input_embeddings())
+            return PromptAdapterSet(config, self.embedding_size, words if fresh else None)
         return BottleneckAdapterSet(config, self.hidden_size, self.num_layers, self.embedding_size)
 
     # ------------------------------------------------------------------ adapters
@@ -265,7 +288,7 @@ class AdapterModel(nn.Module):
         if name in self.adapters and not overwrite:
             raise UsageError(f"adapter {name!r} is already loaded; pick another name or pass overwrite=True")
         config = resolve_adapter_config(config, overrides)
-        self._attach(name, self._new_adapter_set(config))
+        self._attach(name, self._new_adapter_set(config, fresh=True))
         return name
 
     def _attach(self, name: str, adapter_set: nn.Module) -> None:
@@ -274,13 +297,23 @@ class AdapterModel(nn.Module):
         dtype = None if getattr(adapter_set.config, "dtype", None) else self._dtype()  # LoRA's own dtype wins
         adapter_set.to(device=self._device(), dtype=dtype).train(self.training)
         self.adapters[name] = adapter_set
-        linear = adapter_set.config.architecture == "lora"
+        for part in getattr(adapter_set, "parts", {"": adapter_set}).values():  # a config union: each part
+            self._attach_sites(name, part)
+
+    def _attach_sites(self, name: str, adapter_set: nn.Module) -> None:
+        """Stitch one method's modules in at the sites where that method works."""
+        method = adapter_set.config.architecture
         for place, layer, module in adapter_set.sites():
-            if adapter_set.config.architecture == "reft":  # edits the layer's output: one site per layer
+            if method == "reft":  # edits the layer's output: one site per layer
                 self._reft_sites.add(name, layer, module)
-                continue
-            site = self._linear_site(place, layer).loras if linear else self._site(place, layer).adapters
-            site[name] = module
+            elif method == "prefix_tuning":  # keys and values of each self-attention
+                self._prefix_sites.add(name, layer, module)
+            elif method == "lora":
+                self._linear_site(place, layer).loras[name] = module
+            else:
+                self._site(place, layer).adapters[name] = module
+        if method == "prompt_tuning":  # before the embedded input
+            self._prompt_sites.add(name, adapter_set)
         if getattr(adapter_set, "invertible", None) is not None:  # MAD-X: on the embeddings' output
             if self._embedding_site is None:
                 self._embedding_site = EmbeddingSite(self.base.get_submodule(self.arch.embeddings), self._context)
@@ -301,6 +334,8 @@ class AdapterModel(nn.Module):
         if self._embedding_site is not None:
             self._embedding_site.adapters.pop(name, None)
         self._reft_sites.remove(name)
+        self._prefix_sites.remove(name)
+        self._prompt_sites.remove(name)
         self.adapter_meta.pop(name, None)
         del self.adapters[name]
         if self.active is not None and name in self.active.leaves():
@@ -584,6 +619,8 @@ class AdapterModel(nn.Module):
             raise CompositionError(f"composition {block} uses adapter(s) not loaded: {', '.join(missing)} "
                                    f"(loaded: {loaded})")
         check_composition(block, [n for n in block.leaves() if self.adapters[n].config.architecture == "reft"])
+        check_prefix_composition(block, self._prefix_sites.names)
+        self._prompt_sites.check(block, self._prefix_sites.names)
         if self._embedding_site is not None:  # invertible adapters: only at the bottom (embedding_sites)
             self._embedding_site.check(block)
         for fuse in fuse_blocks(block):
@@ -629,6 +666,14 @@ class AdapterModel(nn.Module):
         when no invertible adapter runs there."""
         setup = self.active if active is _UNSET else self.resolve_composition(active)
         return hidden if self._embedding_site is None else self._embedding_site.inverse(hidden, setup)
+
+    def eject_prefix(self, name: str) -> None:
+        """Make prefix-tuning adapter ``name`` flat: its keys and values stored, the MLP that made them dropped
+        (AdapterHub's ``eject_prefix_tuning``); the outputs stay the same and the file gets 10-20x smaller."""
+        config = self.adapter_config(name) if name in self.adapters else None
+        if config is None or config.architecture != "prefix_tuning":
+            raise UsageError(f"{name!r} is not a loaded prefix-tuning adapter")
+        self.adapters[name].eject()
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -732,6 +777,7 @@ class AdapterModel(nn.Module):
             site = self._embedding_site
             inverse = None if site is None else (lambda h: site.inverse(h, setup))  # noqa: E731
             states = hidden.last_hidden_state
+            labels = self._prompt_sites.pad_labels(labels, setup)  # a prompt's positions have no label
             if labels is not None:  # the decoder over [B, T, vocab] would take GBs for nothing the loss reads
                 states, labels = states[labels != -100], labels[labels != -100]
             out.logits, out.head = module.logits(states, inverse), name

@@ -143,7 +143,8 @@ def resolve_adapter_config(spec: Any = "pfeiffer", overrides: dict[str, Any] | N
         raise ConfigError(f"{source}: {exc}") from None
     for label, changes in (("inline overrides", inline),
                            ("overrides", overrides or {})):
-        check_keys(changes, config.field_names(), label, extra=_other_method_hint(changes, config))
+        if config.architecture != "union":  # a union sends each change to the part that has the field
+            check_keys(changes, config.field_names(), label, extra=_other_method_hint(changes, config))
         if changes:
             try:
                 config = config.replace(**changes)

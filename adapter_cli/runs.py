@@ -96,8 +96,9 @@ def settle_status(run_dir: Path) -> str | None:
     return data.get("status")
 
 
-def extract(run_dir: Path | str, overwrite: bool = True) -> Any:
-    """Put a finished run's best adapter (and head) into the cache, keyed by its base model."""
+def extract(run_dir: Path | str, overwrite: bool = True, flat: bool = False) -> Any:
+    """Put a finished run's best adapter (and head) into the cache, keyed by its base model; with ``flat``, a
+    prefix-tuning adapter goes in without the MLP that made its keys and values (same outputs, smaller)."""
     from . import cache
     from .training.recipe import read_run_recipe
     from .formats import read_json as read_artifact_json
@@ -136,7 +137,37 @@ def extract(run_dir: Path | str, overwrite: bool = True) -> Any:
             # MAD-X (adapters only): task or language adapter, its language, the language adapter under it
             "adapter_kind": artifact.get("kind") if method == "adapter" else None,
             "language": artifact.get("language"), "trained_under": artifact.get("trained_under")}
-    return cache.put(best, model_id=model, entry_id=entry_id, info=info, overwrite=overwrite)
+    if not flat:
+        return cache.put(best, model_id=model, entry_id=entry_id, info=info, overwrite=overwrite)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="adapt-flat-") as tmp:
+        flattened = _flat_copy(best, Path(tmp) / "best")
+        info["config"] = flattened
+        return cache.put(Path(tmp) / "best", model_id=model, entry_id=entry_id, info=info, overwrite=overwrite)
+
+
+def _flat_copy(best: Path, target: Path) -> dict[str, Any]:
+    """A copy of a run's best checkpoint with its prefix-tuning adapter made flat; returns the new config."""
+    import dataclasses
+    import shutil
+
+    from .formats import read_adapter
+    from .formats.native import write_adapter
+    from .methods.prefix_layers import flat_weights
+
+    artifact = read_adapter(best)
+    config = artifact.config
+    if config.architecture != "prefix_tuning":
+        raise UsageError(f"only a prefix-tuning adapter can be made flat; {best} holds a {config.architecture} adapter")
+    shutil.copytree(best, target)
+    if not config.flat:
+        artifact = dataclasses.replace(artifact, config=config.replace(flat=True),
+                                       weights=flat_weights(config, artifact.weights))
+        for stale in target.glob("adapter_*"):
+            stale.unlink()
+        write_adapter(target, artifact)
+    return {k: v for k, v in artifact.config.to_dict().items() if k != "architecture"}  # as the file records it
 
 
 def export_fusion(run_dir: Path | str, target: Path | str, format: str = "adapterhub") -> Path:

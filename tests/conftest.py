@@ -48,6 +48,15 @@ def tiny_inputs(batch: int = 3, length: int = 7, vocab: int = 100, seed: int = 1
     return ids, mask
 
 
+def randomise(module: torch.nn.Module, seed: int = 3, scale: float = 0.3) -> None:
+    """Redraw every parameter of ``module`` (adapters, fusions, heads) as ``scale`` * N(0, 1), seeded, so that
+    wrong numerics show (fresh adapters are near-identities)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """Tests marked ``gpu`` run only where CUDA is usable; CPU CI skips them with the reason."""
     if torch.cuda.is_available():

@@ -27,7 +27,7 @@ from .app import app
 def add(
     config: str = typer.Argument("pfeiffer", help="Preset: bottleneck adapters pfeiffer, houlsby, bapna, parallel, "
                                  "compacter, compacter_pp (AdapterHub aliases seq_bn, double_seq_bn, par_bn, compacter++), the LoRA "
-                                 "family lora, ia3, dora, vera, or ReFT loreft, noreft, direft; "
+                                 "family lora, ia3, dora, vera, ReFT loreft, noreft, direft, prefix_tuning, prefix_tuning_flat, or prompt_tuning; "
                                  "'preset[key=value,...]', or a YAML/JSON file (`adapt recipes ls`)."),
     overrides: list[str] = typer.Argument(None, help="key=value changes to the config, e.g. reduction_factor=8 "
                                           "non_linearity=gelu leave_out=[0,1], or for LoRA r=16 alpha=32 "
@@ -105,14 +105,20 @@ def add(
     _print(result, counts, config, save)
 
 
+# What a placement's width is, per method: a bottleneck's width, a rank (LoRA family; ReFT edits rank r after
+# each layer), or a number of tokens (prefix tuning's keys and values per layer).
+WIDTH = {"lora": "rank", "reft": "rank", "prefix_tuning": "prefix_length", "prompt_tuning": "prompt_length",
+         "union": "width"}
+
+
 def _placement(adapter_config: Any, p: dict[str, Any]) -> dict[str, Any]:
-    """One placement as shown: a bottleneck's width, or the rank of a LoRA-family change (None for (IA)³,
-    which learns a vector)."""
-    if adapter_config.architecture not in ("lora", "reft"):  # ReFT: an edit of rank r after each layer
-        return {"location": p["location"], "layers": p["layers"], "bottleneck": _width(p["widths"]),
+    """One placement as shown: its width (None for (IA)³'s rank, which learns a vector)."""
+    width = WIDTH.get(adapter_config.architecture, "bottleneck")
+    value = None if getattr(adapter_config, "variant", None) == "ia3" else _width(p["widths"])
+    if "method" in p:  # a config union: each part's own width, under one key
+        return {"location": p["location"], "method": p["method"], "layers": p["layers"], "width": value,
                 "parameters": p["parameters"]}
-    rank = None if adapter_config.variant == "ia3" else _width(p["widths"])
-    return {"location": p["location"], "layers": p["layers"], "rank": rank, "parameters": p["parameters"]}
+    return {"location": p["location"], "layers": p["layers"], width: value, "parameters": p["parameters"]}
 
 
 def _count(adapter_config: Any, shape: tuple[int | None, int | None, int | None], head: str | None,
@@ -161,8 +167,11 @@ def _build(model: str, adapter_name: str, adapter_config: Any, head: str | None,
         inner = m.intermediate_size
         result["intermediate_size"] = inner
         counts: dict[str, Any] = adapter_config.parameter_count(m.hidden_size, m.num_layers, inner)
-    elif adapter_config.architecture == "bottleneck":  # an invertible adapter is as wide as the embeddings
+    elif adapter_config.architecture in ("bottleneck", "prompt_tuning"):  # invertible adapters, prompts: as wide
+        # as the embeddings
         counts = adapter_config.parameter_count(m.hidden_size, m.num_layers, embedding_size=m.embedding_size)
+    elif adapter_config.architecture == "union":
+        counts = adapter_config.parameter_count(m.hidden_size, m.num_layers, m.intermediate_size)
     else:
         counts = adapter_config.parameter_count(m.hidden_size, m.num_layers)
     built = sum(p.numel() for p in m.adapters[adapter_name].parameters())
@@ -180,11 +189,12 @@ def _build(model: str, adapter_name: str, adapter_config: Any, head: str | None,
 
 def _print(result: dict[str, Any], counts: dict[str, Any], config: str, save: Path | None) -> None:
     lora = result["method"] in ("lora", "reft")  # both have a rank, not a bottleneck width
-    width = "rank" if lora else "bottleneck"
+    width = WIDTH.get(result["method"], "bottleneck")
     rows = [[p["location"], _layers(p["layers"]), "vector" if lora and p["rank"] is None else p[width],
              f"{p['parameters']:,}"] for p in result["placements"]]
     variant = f", {result['variant']}" if lora and result["variant"] != config else ""
-    print_table(["matrix" if result["method"] == "lora" else "placement", "layers", width, "parameters"], rows,
+    print_table(["matrix" if result["method"] == "lora" else "placement", "layers", width.replace("_", " "),
+                 "parameters"], rows,
                 title=f"adapter {result['name']!r} ({config}{variant}) for hidden size {result['hidden_size']}, "
                       f"{result['num_layers']} layers")
     size = f" ({human_count(counts['parameters'])})" if counts["parameters"] >= 1e5 else ""

@@ -70,6 +70,24 @@ def _method_rows(cfg: dict) -> list[list]:
         if config.variant != "ia3":
             rows.append(["rank", config.r])
         return rows + [["alpha", f"{config.alpha:g}"]]
+    if cfg.get("architecture") == "union":  # each part's own rows, named by its method
+        parts = cfg.get("configs") or []
+        rows = [["union of", ", ".join(p.get("architecture") or "bottleneck" for p in parts)]]
+        for part in parts:
+            method = part.get("architecture") or "bottleneck"
+            rows += [[f"{method}: {label}", value] for label, value in _method_rows({**part, "architecture": method})]
+        return rows
+    if cfg.get("architecture") == "prefix_tuning":
+        made = "flat (keys and values stored)" if cfg.get("flat") else \
+            f"MLP {cfg.get('bottleneck_size')} wide, {cfg.get('non_linearity')} (`adapt extract --flat` drops it)"
+        rows = [["prefix length", cfg.get("prefix_length")], ["made by", made]]
+        return rows + ([["gated", "one gate per layer" + ("" if cfg.get("shared_gating") else " each for keys, values")]]
+                       if cfg.get("use_gating") else [])
+    if cfg.get("architecture") == "prompt_tuning":
+        init = cfg.get("prompt_init")
+        if init == "from_string":
+            init = f"{init} {cfg.get('prompt_init_text')!r}"
+        return [["prompt length", cfg.get("prompt_length")], ["combine", cfg.get("combine")], ["init", init]]
     if cfg.get("architecture") == "reft":
         from ..methods import config_from_dict
 

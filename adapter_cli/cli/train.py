@@ -36,8 +36,10 @@ def train(
                                           show_default=False),
     task: str = typer.Option(None, "--task", "-t", help="Task name (mrpc, rte, sst-2, ...) or a task YAML file."),
     config: str = typer.Option(None, "--config", "-c", help="Adapter config: preset (bottleneck: pfeiffer, "
-                               "houlsby, bapna, parallel; LoRA family: lora, ia3, dora, vera), preset[key=value], "
-                               "or a file."),
+                               "houlsby, bapna, parallel, compacter, pfeiffer+inv; LoRA family: lora, ia3, dora, "
+                               "vera; ReFT: loreft, noreft, direft; prefix_tuning, prefix_tuning_flat, "
+                               "prompt_tuning; unions: mam, unipelt; `adapt recipes ls`), preset[key=value], or a "
+                               "file."),
     method: str = typer.Option(None, "--method", help="adapter (default), full (all weights) or head (head only)."),
     recipe: str = typer.Option(None, "--recipe", "-r", help="Built-in recipe name or YAML file "
                                "(default: the one for --method)."),
@@ -303,16 +305,19 @@ def fuse(
         export_fusion(run_dir, export_adapterhub, format="adapterhub")
 
 
-@app.command("extract", epilog="Example:\n\n  adapt extract runs/mrpc-pfeiffer-s42 --json")
+@app.command("extract", epilog="Examples:\n\n  adapt extract runs/mrpc-pfeiffer-s42 --json\n\n"
+             "  adapt extract runs/mrpc-prefix_tuning-s42 --flat")
 @handle_errors
 def extract_cmd(
     run: Path = typer.Argument(..., help="A run directory made by adapt train."),
+    flat: bool = typer.Option(False, "--flat", help="Prefix tuning: cache the keys and values alone, without "
+                              "the MLP that made them in training (same outputs, a 10-20x smaller file)."),
     json_out: bool = typer.Option(False, "--json", help="Print the cache entry as JSON."),
 ) -> None:
     """Put a run's best adapter and head into the local cache, keyed by base model (done by train too)."""
     from ..runs import extract
 
-    entry = extract(run)
+    entry = extract(run, flat=flat)
     if json_out:
         emit_json(entry.summary())
     else:

@@ -10,6 +10,8 @@ legacy ``.bin`` pickles need torch to be read at all.
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,18 @@ def check_weight_shapes(artifact: AdapterArtifact | FusionArtifact | HeadArtifac
         named = [int(k.split(".")[1]) for k in weights if k.count(".") > 1 and k.split(".")[1].isdigit()]
         return min(max([*named, *leave_out], default=-1) + 1, MAX_LAYERS)
 
+    if isinstance(artifact, AdapterArtifact) and artifact.config.architecture == "union":
+        import dataclasses
+
+        for part in artifact.config.configs:  # each part as an adapter of its own; nothing else in the file
+            head = f"parts.{part.architecture}."
+            check_weight_shapes(dataclasses.replace(artifact, config=part, weights={
+                k.removeprefix(head): v for k, v in weights.items() if k.startswith(head)}))
+        methods = {part.architecture for part in artifact.config.configs}
+        stray = [k for k in weights if k.split(".")[0] != "parts" or k.split(".")[1] not in methods]
+        if stray:
+            raise ArtifactError(f"{artifact.path or 'the artifact'}: unexpected weight {stray[0]!r} in a union adapter")
+        return
     if isinstance(artifact, HeadArtifact):
         expected = artifact.config.weight_shapes(base.hidden_size)
     elif isinstance(artifact, AdapterArtifact) and artifact.config.architecture == "lora":
@@ -88,6 +102,11 @@ def check_weight_shapes(artifact: AdapterArtifact | FusionArtifact | HeadArtifac
                                                  _intermediate_size(weights, artifact.config.scaled_inputs))
     elif isinstance(artifact, AdapterArtifact) and artifact.config.architecture == "reft":
         expected = artifact.config.weight_shapes(base.hidden_size, layers(artifact.config.named_layers))
+    elif isinstance(artifact, AdapterArtifact) and artifact.config.architecture == "prefix_tuning":
+        expected = artifact.config.weight_shapes(base.hidden_size, _prefix_layers(artifact.config, weights, base))
+    elif isinstance(artifact, AdapterArtifact) and artifact.config.architecture == "prompt_tuning":
+        width = weights.get("prompt_embedding.weight")  # no format records ELECTRA's narrower embeddings
+        expected = artifact.config.weight_shapes(base.hidden_size, 0, tuple(width.shape)[1] if width is not None else None)
     elif isinstance(artifact, AdapterArtifact) and artifact.config.architecture == "bottleneck":
         from ..methods.invertible import embedding_size_of  # no format records ELECTRA's narrower embeddings
 
@@ -99,6 +118,17 @@ def check_weight_shapes(artifact: AdapterArtifact | FusionArtifact | HeadArtifac
         locations = [loc for loc in LOCATIONS if any(k.startswith(f"{loc}.") for k in weights)]
         expected = artifact.config.weight_shapes(base.hidden_size, locations, layers())
     check_shapes(weights, expected, artifact.path or "the artifact")
+
+
+def _prefix_layers(config: Any, weights: dict[str, Any], base: Any) -> int:
+    """The layers a prefix was made for: recorded in our files; in AdapterHub's, read off the width of the
+    generator's output (prefix length x prefixed layers x 2 x hidden) plus the layers it leaves out."""
+    if base.num_layers is not None:
+        return int(base.num_layers)
+    out = weights.get("prefix.control_trans.2.bias", weights.get("prefix.control_trans"))
+    size = math.prod(tuple(out.shape)) if out is not None else 0
+    per_layer = 2 * base.hidden_size * (1 if "prefix.control_trans.2.bias" in weights else config.prefix_length)
+    return size // per_layer + len(config.leave_out)
 
 
 def _intermediate_size(weights: dict[str, Any], scaled_inputs: tuple[str, ...] = ()) -> int | None:

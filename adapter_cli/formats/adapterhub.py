@@ -18,6 +18,10 @@ from ..architectures import Architecture, architecture_for
 from ..errors import ArtifactError, ConfigError
 from .adapterhub_lora import lora_config_from_adapterhub, lora_config_to_adapterhub, lora_weights_from_adapterhub, \
     lora_weights_to_adapterhub
+from .adapterhub_prefix import prefix_config_from_adapterhub, prefix_config_to_adapterhub, \
+    prefix_weights_from_adapterhub, prefix_weights_to_adapterhub
+from .adapterhub_prompt import prompt_config_from_adapterhub, prompt_config_to_adapterhub, \
+    prompt_weights_from_adapterhub, prompt_weights_to_adapterhub
 from .adapterhub_reft import reft_config_from_adapterhub, reft_config_to_adapterhub, reft_weights_from_adapterhub, \
     reft_weights_to_adapterhub
 from .artifacts import (ADAPTER_CONFIG, HEAD_CONFIG, AdapterArtifact, BaseModelInfo, FusionArtifact, HeadArtifact,
@@ -246,21 +250,66 @@ def read_adapter(path: Path, shapes_only: bool = False) -> AdapterArtifact:
     base = _base(data, path / ADAPTER_CONFIG)
     arch = architecture_for(base.model_type)
     raw = _weights(path, "adapter", shapes_only)
-    if data["config"].get("architecture") == "lora":
-        config = lora_config_from_adapterhub(data["config"], str(path / ADAPTER_CONFIG), data.get("version"))
-        key_name, weights = lora_weights_from_adapterhub(raw, arch, path)
-    elif data["config"].get("architecture") == "reft":
-        config = reft_config_from_adapterhub(data["config"], str(path / ADAPTER_CONFIG))
-        key_name, weights = reft_weights_from_adapterhub(raw, arch, path)
-    else:
-        config = config_from_adapterhub(data["config"], str(path / ADAPTER_CONFIG))
-        key_name, weights = adapter_weights_from_adapterhub(raw, arch, config.ln_before, path)
-        config = _drop_unused_invertible(config, weights, data)
+    config, key_name, weights = _read_method(data["config"], raw, arch, path, data)
     if data.get("type") == "text_lang" and getattr(config, "kind", "task") != "language":
         config = config.replace(kind="language")  # adapter-transformers' mark of a language adapter
     name = data.get("name") or key_name or path.name
     return AdapterArtifact(name=name, config=config, weights=weights, base=base, format="adapterhub",
                            path=path, meta=data)
+
+
+def _read_method(raw_config: dict[str, Any], raw: dict[str, Any], arch: Architecture, path: Path,
+                 data: dict[str, Any]) -> tuple[Any, str | None, dict[str, Any]]:
+    """One method's config and weights (ours) from AdapterHub's, and the adapter name its keys carry."""
+    source = str(path / ADAPTER_CONFIG)
+    method = raw_config.get("architecture")
+    if method == "union":
+        return _read_union(raw_config, raw, arch, path, data)
+    if method == "lora":
+        key_name, weights = lora_weights_from_adapterhub(raw, arch, path)
+        return lora_config_from_adapterhub(raw_config, source, data.get("version")), key_name, weights
+    if method == "reft":
+        key_name, weights = reft_weights_from_adapterhub(raw, arch, path)
+        return reft_config_from_adapterhub(raw_config, source), key_name, weights
+    if method == "prefix_tuning":
+        key_name, weights = prefix_weights_from_adapterhub(raw, arch, path)
+        return prefix_config_from_adapterhub(raw_config, source, weights), key_name, weights
+    if method == "prompt_tuning":
+        key_name, weights = prompt_weights_from_adapterhub(raw, arch, path)
+        return prompt_config_from_adapterhub(raw_config, source), key_name, weights
+    config = config_from_adapterhub(raw_config, source)
+    key_name, weights = adapter_weights_from_adapterhub(raw, arch, config.ln_before, path)
+    return _drop_unused_invertible(config, weights, data), key_name, weights
+
+
+def _union_part(key: str) -> str:
+    """Which part of a union an AdapterHub weight belongs to, by its module path."""
+    if ".prefix_tuning." in key or key.startswith("prefix_tuning."):
+        return "prefix_tuning"
+    return "lora" if ".loras." in key else "bottleneck"
+
+
+def _read_union(raw_config: dict[str, Any], raw: dict[str, Any], arch: Architecture, path: Path,
+                data: dict[str, Any]) -> tuple[Any, str | None, dict[str, Any]]:
+    from ..methods.union import UnionConfig
+
+    parts = raw_config.get("configs")
+    if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):
+        raise ArtifactError(f"corrupt {path / ADAPTER_CONFIG}: a union's configs must be a list of configs")
+    configs, weights, names = [], {}, set()
+    for part in parts:
+        method = part.get("architecture") or "bottleneck"
+        mine = {k: v for k, v in raw.items() if _union_part(k) == method}
+        config, name, part_weights = _read_method({**part, "architecture": method}, mine, arch, path, data)
+        configs.append(config.to_dict())
+        weights.update({f"parts.{method}.{k}": v for k, v in part_weights.items()})
+        names.add(name)
+    left = [k for k in raw if _union_part(k) not in {p.get("architecture") or "bottleneck" for p in parts}]
+    if left:
+        raise ArtifactError(f"{path}: unexpected weight {left[0]!r} in a union adapter")
+    names.discard(None)
+    return UnionConfig.from_dict({"configs": configs}, str(path / ADAPTER_CONFIG)), \
+        (names.pop() if len(names) == 1 else None), weights
 
 
 def _header(base: BaseModelInfo, arch: Architecture, name: str) -> dict[str, Any]:
@@ -281,20 +330,37 @@ def _save(weights: dict[str, torch.Tensor], directory: Path, kind: str, safetens
                     for k, v in weights.items()}, directory / bin_name)
 
 
+def _write_method(config: Any, weights: dict[str, Any], arch: Architecture, name: str, hidden_size: int,
+                  num_layers: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One method's config and weights in AdapterHub's form."""
+    method = config.architecture
+    if method == "union":
+        configs, out = [], {}
+        for part in config.configs:
+            mine = {k.split(".", 2)[2]: v for k, v in weights.items() if k.startswith(f"parts.{part.architecture}.")}
+            part_config, part_weights = _write_method(part, mine, arch, name, hidden_size, num_layers)
+            configs.append(part_config)
+            out.update(part_weights)
+        return {"architecture": "union", "configs": configs}, out
+    if method == "lora":
+        return lora_config_to_adapterhub(config), lora_weights_to_adapterhub(weights, arch, name)
+    if method == "reft":
+        return reft_config_to_adapterhub(config), reft_weights_to_adapterhub(weights, arch, name)
+    if method == "prefix_tuning":
+        return prefix_config_to_adapterhub(config), prefix_weights_to_adapterhub(weights, arch, name, num_layers)
+    if method == "prompt_tuning":
+        return prompt_config_to_adapterhub(config), prompt_weights_to_adapterhub(weights, arch, name)
+    return config_to_adapterhub(config, hidden_size, num_layers), \
+        adapter_weights_to_adapterhub(weights, arch, name, config.ln_before)
+
+
 def write_adapter(directory: Path, artifact: AdapterArtifact, num_layers: int, safetensors: bool = False,
                   dtype: torch.dtype | None = None) -> None:
     from ..fsutil import write_json
 
     arch = architecture_for(artifact.base.model_type)
-    if artifact.config.architecture == "lora":
-        config = lora_config_to_adapterhub(artifact.config)
-        weights = lora_weights_to_adapterhub(artifact.weights, arch, artifact.name)
-    elif artifact.config.architecture == "reft":
-        config = reft_config_to_adapterhub(artifact.config)
-        weights = reft_weights_to_adapterhub(artifact.weights, arch, artifact.name)
-    else:
-        config = config_to_adapterhub(artifact.config, artifact.base.hidden_size, num_layers)
-        weights = adapter_weights_to_adapterhub(artifact.weights, arch, artifact.name, artifact.config.ln_before)
+    config, weights = _write_method(artifact.config, artifact.weights, arch, artifact.name,
+                                    artifact.base.hidden_size, num_layers)
     header = _header(artifact.base, arch, artifact.name)
     if getattr(artifact.config, "kind", "task") == "language":  # the config has no field for it; v1's key does
         header["type"] = "text_lang"

@@ -39,6 +39,8 @@ def method_fields(config: Any, hidden_size: int) -> dict[str, Any]:
     if config.architecture in ("lora", "reft"):
         fields["rank"] = None if config.variant == "ia3" else config.r
         return fields
+    if config.architecture in ("prompt_tuning", "prefix_tuning", "union"):  # vectors per token; a union: its parts
+        return fields
     rf = config.reduction_factor if isinstance(config.reduction_factor, (int, float)) else None
     if isinstance(config.bottleneck_size, int):
         rf = hidden_size / config.bottleneck_size

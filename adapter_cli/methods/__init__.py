@@ -11,6 +11,9 @@ METHODS: dict[str, str] = {
     "bottleneck": "adapter_cli.methods.bottleneck:BottleneckConfig",
     "lora": "adapter_cli.methods.lora:LoRAConfig",
     "reft": "adapter_cli.methods.reft:ReftConfig",
+    "prompt_tuning": "adapter_cli.methods.prompt:PromptTuningConfig",
+    "prefix_tuning": "adapter_cli.methods.prefix:PrefixTuningConfig",
+    "union": "adapter_cli.methods.union:UnionConfig",
 }
 
 

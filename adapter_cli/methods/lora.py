@@ -44,7 +44,7 @@ class LoRAConfig(MethodConfig):
     output_lora: bool = False
     leave_out: tuple[int, ...] = ()
     r: int = 8
-    alpha: float = 8
+    alpha: float = 8.0
     dropout: float = 0.0
     attn_matrices: tuple[str, ...] = ("q", "v")
     composition_mode: str = "add"

@@ -2,10 +2,11 @@
 
 The fixtures (tests/fixtures/inv_<model type>/, made by tests/fixtures/make_inv_fixtures.py with the real library
 on the tiny models of tests/fixtures/lora_<model type>/base) hold adapters with invertible layers in AdapterHub's
-format (seq_bn_inv, double_seq_bn_inv, a non-default factor with another activation), plain task adapters, a
-fusion, the outputs of every composition, and the invertible layers' reverse pass. Every output is reproduced
-within 1e-5 absolute; the files are written back key for key. Where the reference skips an invertible layer
-silently, adapt refuses the composition; where it fails (GLOW), adapt refuses the config.
+format (seq_bn_inv, double_seq_bn_inv, a non-default factor with another activation), plain task adapters (two
+sequential, one parallel), fusions of two and three of them, the outputs of every composition, and the invertible
+layers' reverse pass. Every output is reproduced within 1e-5 absolute, with the fast paths and in the reference
+order; the files are written back key for key. Where the reference skips an invertible layer silently, adapt
+refuses the composition; where it fails (GLOW), adapt refuses the config.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ ROOTS = sorted(d for d in FIXTURES.glob("inv_*") if (d / "cases.json").is_file()
 ACTIVE = {
     "base": None, "single_lang": "lang", "single_hlang": "hlang", "single_lang4": "lang4",
     "stack_lang_ta": "stack(lang,ta)", "stack_hlang_tb": "stack(hlang,tb)", "stack_lang_fuse": "stack(lang,fuse(ta,tb))",
+    "stack_lang_fuse3": "stack(lang,fuse(ta,tb,tc))",
     "batch_split": "batch_split(stack(hlang,ta),stack(hlang,tb),sizes=[1,2])",
     "parallel": "parallel(stack(hlang,ta),stack(hlang,tb))",
 }
@@ -72,6 +74,20 @@ def test_every_case_matches_the_reference(world) -> None:
     root, model, tensors, meta = world
     found = errors(model, tensors, meta)
     assert len(found) >= 10 and set(ACTIVE) - {"stack_lang_fuse"} <= set(found)
+    bad = {case: f"{err:.2e}" for case, err in found.items() if not err <= ATOL}
+    assert bad == {}, f"{root.name}: max |error| above {ATOL}"
+
+
+def test_every_case_matches_in_the_reference_order(world, monkeypatch) -> None:
+    """ADAPT_REFERENCE_ORDER=1: the fast paths off, fusions (fuse(ta, tb), fuse(ta, tb, tc)) in AdapterHub's order."""
+    from adapter_cli import fastpaths
+    from adapter_cli.fusion import FusionLayer
+
+    root, model, tensors, meta = world
+    monkeypatch.setattr(fastpaths, "ENABLED", False)
+    monkeypatch.setattr(FusionLayer, "restructured", False)
+    found = errors(model, tensors, meta)
+    assert "stack_lang_fuse3" in found
     bad = {case: f"{err:.2e}" for case, err in found.items() if not err <= ATOL}
     assert bad == {}, f"{root.name}: max |error| above {ATOL}"
 

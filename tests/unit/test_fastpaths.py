@@ -8,14 +8,7 @@ import torch
 
 from adapter_cli import fastpaths
 from adapter_cli.fusion import FusionLayer
-from conftest import tiny_inputs, tiny_model
-
-
-def _randomise(module: torch.nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+from conftest import randomise, tiny_inputs, tiny_model
 
 
 @pytest.fixture
@@ -36,8 +29,8 @@ def _fusion_model(configs):
         model.add_adapter(f"a{i}", preset, overrides)
         names.append(f"a{i}")
     model.add_fusion(names)
-    _randomise(model.adapters, 1)
-    _randomise(model.fusions, 2)
+    randomise(model.adapters, 1, scale=0.2)
+    randomise(model.fusions, 2, scale=0.2)
     return model, f"fuse({','.join(names)})"
 
 
@@ -92,7 +85,7 @@ def test_routing_rows_to_distinct_adapters_equals_the_loop(overrides, loop):
     names = [f"r{i}" for i in range(5)]
     for n in names:
         model.add_adapter(n, "pfeiffer", overrides)
-    _randomise(model.adapters, 4)
+    randomise(model.adapters, 4, scale=0.2)
     ids, mask = tiny_inputs(batch=7)
     active = f"batch_split({','.join(['r0', 'r1', 'r2', 'r3', 'r4', 'r1', 'r0'])},sizes=[1,1,1,1,1,1,1])"
     with torch.no_grad():
@@ -129,8 +122,8 @@ def test_infer_routing_runs_each_batch_once_and_equals_per_row_runs(tmp_path):
     for n in ("x", "y", "z"):
         model.add_adapter(n, "pfeiffer")
     model.add_head("h", num_labels=2)
-    _randomise(model.adapters, 5)
-    _randomise(model.heads, 6)
+    randomise(model.adapters, 5, scale=0.2)
+    randomise(model.heads, 6, scale=0.2)
     tok = AutoTokenizer.from_pretrained(path)
     texts = ["good film", "bad plot", "the movie was fun", "so dull", "great", "awful film"]
     routes = ["z", "x", "y", "x", "z", "y"]

@@ -9,14 +9,7 @@ import torch
 
 from adapter_cli import fastpaths, fusion
 from adapter_cli.fusion import FusionLayer
-from conftest import tiny_inputs, tiny_model
-
-
-def _randomise(module: torch.nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+from conftest import randomise, tiny_inputs, tiny_model
 
 
 def _keeping(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,8 +40,8 @@ def _model(case: str, dropout: float):
         names.append(f"a{i}")
     members = f"stack({names[0]},{names[1]}),{','.join(names[2:])}" if shape == "stack" else ",".join(names)
     model.add_fusion(names, fusion_config, name="f")
-    _randomise(model.adapters, 1)
-    _randomise(model.fusions, 2)
+    randomise(model.adapters, 1, scale=0.2)
+    randomise(model.fusions, 2, scale=0.2)
     return model, names, f"fuse({members},name=f)"
 
 

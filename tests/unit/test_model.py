@@ -10,16 +10,9 @@ import pytest
 import torch
 
 from adapter_cli.errors import ArtifactError, BaseModelMismatch, CompositionError, UnsupportedModel, UsageError
-from conftest import ROOT, tiny_config, tiny_inputs, tiny_model
+from conftest import ROOT, randomise, tiny_config, tiny_inputs, tiny_model
 
 ARCHS = ["bert", "roberta", "xlm-roberta", "electra", "distilbert"]
-
-
-def _randomise(module: torch.nn.Module, seed: int = 3) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
 
 
 @pytest.mark.parametrize("model_type", ARCHS)
@@ -31,7 +24,7 @@ def test_no_active_adapter_is_bit_identical_to_transformers(model_type) -> None:
     torch.manual_seed(0)
     model = tiny_model(model_type)
     model.add_adapter("a", "houlsby")
-    _randomise(model.adapters["a"])
+    randomise(model.adapters["a"])
     ids, mask = tiny_inputs()
     with torch.no_grad():
         want = plain(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -49,12 +42,12 @@ def test_every_placement_changes_the_output(model_type) -> None:
         base = model(input_ids=ids, attention_mask=mask).last_hidden_state
     for preset in ("pfeiffer", "bapna", "parallel"):
         model.add_adapter(preset, preset)
-        _randomise(model.adapters[preset])
+        randomise(model.adapters[preset])
         with torch.no_grad():
             out = model(input_ids=ids, attention_mask=mask, active=preset).last_hidden_state
         assert (out - base).abs().max() > 1e-2, preset
     model.add_adapter("mh", "pfeiffer", {"mh_adapter": True, "output_adapter": False})
-    _randomise(model.adapters["mh"])
+    randomise(model.adapters["mh"])
     with torch.no_grad():
         assert (model(input_ids=ids, attention_mask=mask, active="mh").last_hidden_state - base).abs().max() > 1e-2
 
@@ -133,7 +126,7 @@ def test_restructured_fusion_equals_reference() -> None:
                                          "temperature": False, "value_before_softmax": True,
                                          "value_initialized": False, "dropout_prob": None}):
         layer = FusionLayer(resolve_fusion_config(config), 16, 0.0).eval()
-        _randomise(layer)
+        randomise(layer)
         q, r = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
         ups = [torch.randn(2, 5, 16) for _ in range(4)]
         torch.testing.assert_close(layer.restructured_forward(q, ups, r), layer.reference_forward(q, ups, r),
@@ -145,7 +138,7 @@ def test_deepcopy_keeps_adapters_working() -> None:
 
     model = tiny_model()
     model.add_adapter("a")
-    _randomise(model.adapters["a"])
+    randomise(model.adapters["a"])
     ids, mask = tiny_inputs()
     twin = copy.deepcopy(model)
     with torch.no_grad():
@@ -201,7 +194,7 @@ def test_save_then_load_in_a_fresh_process_gives_identical_outputs(tmp_path, fmt
     model.add_head("a", num_labels=3)
     model.add_fusion("a,b")
     for module in (model.adapters["a"], model.adapters["b"], model.heads["a"], model.fusions["a,b"]):
-        _randomise(module)
+        randomise(module)
     model.eval()
     ids, _ = tiny_inputs()
     with torch.no_grad():
@@ -222,7 +215,7 @@ def test_save_then_load_in_a_fresh_process_gives_identical_outputs(tmp_path, fmt
 def test_half_precision_export_is_smaller_and_close(tmp_path) -> None:
     model = tiny_model()
     model.add_adapter("a", "houlsby")
-    _randomise(model.adapters["a"])
+    randomise(model.adapters["a"])
     model.save_adapter(tmp_path / "fp32", "a")
     model.save_adapter(tmp_path / "fp16", "a", dtype=torch.float16)
     from safetensors.torch import load_file

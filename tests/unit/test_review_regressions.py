@@ -9,14 +9,7 @@ import torch
 
 from adapter_cli.errors import AdaptError, ArtifactError, ConfigError, UsageError
 from adapter_cli.presets import resolve_adapter_config
-from conftest import tiny_inputs, tiny_model
-
-
-def _randomise(module: torch.nn.Module, seed: int = 3) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+from conftest import randomise, tiny_inputs, tiny_model
 
 
 def test_saving_never_replaces_a_user_directory(tmp_path) -> None:
@@ -42,7 +35,7 @@ def test_gradient_checkpointing_keeps_adapters_active() -> None:
         model.add_adapter("b")
         model.add_fusion("a,b")
         for module in (model.adapters, model.fusions):
-            _randomise(module)
+            randomise(module)
         model.train_adapters(["a", "b"], fusions=["a,b"])
         model.train()
         if checkpointing:
@@ -58,7 +51,7 @@ def test_gradient_checkpointing_keeps_adapters_active() -> None:
 def test_concurrent_forwards_do_not_mix() -> None:
     model = tiny_model()
     model.add_adapter("a")
-    _randomise(model.adapters["a"])
+    randomise(model.adapters["a"])
     ids, mask = tiny_inputs()
     with torch.no_grad():
         want = {a: model(input_ids=ids, attention_mask=mask, active=a).last_hidden_state for a in ("a", None)}

@@ -10,16 +10,9 @@ import pytest
 import torch
 
 from adapter_cli import fastpaths, linear_sites, stitching
-from conftest import tiny_inputs, tiny_model
+from conftest import randomise, tiny_inputs, tiny_model
 
 BATCH = 6
-
-
-def _randomise(module: torch.nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
 
 
 @pytest.fixture
@@ -56,7 +49,7 @@ def _model(adapters: dict[str, tuple[str, dict]]):
     model = tiny_model()
     for name, (preset, overrides) in adapters.items():
         model.add_adapter(name, preset, overrides)
-    _randomise(model.adapters, 3)
+    randomise(model.adapters, 3, scale=0.2)
     return model
 
 
