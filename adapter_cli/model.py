@@ -440,6 +440,7 @@ class AdapterModel(nn.Module):
             config = self.adapters[member].config
             if config.architecture != "bottleneck":
                 hint = f"run it first in a stack, stack({member},...)" if config.architecture == "reft" else \
+                    "use stack or parallel with it" if member in self._prefix_sites.names else \
                     "use stack, average or parallel with it"
                 raise CompositionError(f"{what}: fuse works over bottleneck adapters only, and {member!r} is a "
                                        f"{getattr(config, 'variant', config.architecture)} adapter; {hint}")
@@ -668,12 +669,17 @@ class AdapterModel(nn.Module):
         return hidden if self._embedding_site is None else self._embedding_site.inverse(hidden, setup)
 
     def eject_prefix(self, name: str) -> None:
-        """Make prefix-tuning adapter ``name`` flat: its keys and values stored, the MLP that made them dropped
-        (AdapterHub's ``eject_prefix_tuning``); the outputs stay the same and the file gets 10-20x smaller."""
-        config = self.adapter_config(name) if name in self.adapters else None
-        if config is None or config.architecture != "prefix_tuning":
-            raise UsageError(f"{name!r} is not a loaded prefix-tuning adapter")
-        self.adapters[name].eject()
+        """Make the prefix of adapter ``name`` (a prefix-tuning adapter, or a union with a prefix part) flat: its
+        keys and values stored, the MLP that made them dropped (AdapterHub's ``eject_prefix_tuning``); the
+        outputs stay the same and the file gets 10-20x smaller."""
+        adapter = self.adapters[name] if name in self.adapters else None
+        parts = getattr(adapter, "parts", None)
+        target = parts["prefix_tuning"] if parts is not None and "prefix_tuning" in parts else adapter
+        if target is None or target.config.architecture != "prefix_tuning":
+            raise UsageError(f"{name!r} is not a loaded adapter with a prefix (prefix tuning, mam, unipelt)")
+        target.eject()
+        if parts is not None:  # the union's config names its parts' configs
+            adapter.config = adapter.config.with_part(target.config)
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -141,9 +141,14 @@ class PrefixSite:
     """One self-attention module and the prefix adapters that prefix it."""
 
     def __init__(self, module: nn.Module, layer: int, sites: PrefixSites, inner: Any) -> None:
-        self.layer, self.sites, self.inner = layer, sites, inner
+        self.layer, self.sites, self.inner, self.module = layer, sites, inner, module
         self.prefixes: dict[str, nn.Module] = {}
         self._input = _PerThread()
+        if getattr(module, "_adapt_prefix_site", None) is not None:
+            from .errors import UsageError
+
+            raise UsageError("this transformers model already has prefix-tuning adapters stitched in by another "
+                             "AdapterModel; load a fresh copy of the base model")
         module._adapt_prefix_site = self
         self._handle = module.register_forward_pre_hook(self._keep_input, with_kwargs=True)
 
@@ -157,11 +162,14 @@ class PrefixSite:
         if setup is None or not any(name in context.leaves for name in self.prefixes):
             return self.inner(module, query, key, value, mask, **kwargs)
         found = groups(setup, 0, query.shape[0], self.prefixes)
-        if len(found) == 1:
-            return self._attend(module, query, key, value, mask, slice(None), found[0][2], kwargs)
-        outputs = [self._attend(module, query[a:b], key[a:b], value[a:b], None if mask is None else mask[a:b],
-                                slice(a, b), names, kwargs)[0] for a, b, names in found]
-        return torch.cat(outputs, dim=0), None  # per-group attention weights have different widths
+        try:
+            if len(found) == 1:
+                return self._attend(module, query, key, value, mask, slice(None), found[0][2], kwargs)
+            outputs = [self._attend(module, query[a:b], key[a:b], value[a:b], None if mask is None else mask[a:b],
+                                    slice(a, b), names, kwargs)[0] for a, b, names in found]
+            return torch.cat(outputs, dim=0), None  # per-group attention weights have different widths
+        finally:
+            self._input.set("x", None)  # the gates' input: not kept beyond this call
 
     def _attend(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 mask: torch.Tensor | None, rows: slice, names: tuple[str, ...], kwargs: dict) -> Any:
@@ -215,14 +223,22 @@ class PrefixSites:
     def _install(self) -> None:
         """Switch the model to the wrapping implementation and give every self-attention module a site (those
         without a prefix adapter, e.g. in ``leave_out``, then just call the wrapped implementation)."""
-        current = self.base.config._attn_implementation or "eager"
-        self._wrapped = current.removeprefix(IMPLEMENTATION)
-        if current != IMPLEMENTATION + self._wrapped:
-            self.base.set_attn_implementation(_register(self._wrapped))
-        for layer, block in enumerate(self.base.get_submodule(self.layers_path)):
-            module = block.get_submodule(self.attention_path)
-            self.sites[layer] = PrefixSite(module, layer, self, self._inner(module))
+        modules = [block.get_submodule(self.attention_path) for block in self.base.get_submodule(self.layers_path)]
+        self._wrap()
+        self.sites = {layer: PrefixSite(module, layer, self, self._inner(module)) for layer, module in enumerate(modules)}
         self._handle = self.base.register_forward_pre_hook(self._make, with_kwargs=True)
+
+    def _wrap(self) -> None:
+        """Make the model's attention implementation the wrapper of the one it has (again, when someone set
+        another with ``set_attn_implementation`` since: the prefixes would silently stop otherwise)."""
+        current = self.base.config._attn_implementation or "eager"
+        if current.startswith(IMPLEMENTATION):
+            self._wrapped = current.removeprefix(IMPLEMENTATION)
+            return
+        self._wrapped = current
+        self.base.set_attn_implementation(_register(current))
+        for site in self.sites.values():
+            site.inner = self._inner(site.module)
 
     def _inner(self, module: nn.Module) -> Any:
         """The implementation the model used before (its own eager function for "eager", as transformers does)."""
@@ -236,6 +252,7 @@ class PrefixSites:
         made: dict[str, torch.Tensor] = {}
         active = [n for n in self.names if n in self.context.leaves]
         if active:
+            self._wrap()
             inputs = kwargs.get("input_ids", args[0] if args else None)
             if inputs is None:
                 inputs = kwargs.get("inputs_embeds")

@@ -158,12 +158,19 @@ def _flat_copy(best: Path, target: Path) -> dict[str, Any]:
 
     artifact = read_adapter(best)
     config = artifact.config
-    if config.architecture != "prefix_tuning":
-        raise UsageError(f"only a prefix-tuning adapter can be made flat; {best} holds a {config.architecture} adapter")
+    prefix = config.part("prefix_tuning") if config.architecture == "union" else config
+    if prefix is None or prefix.architecture != "prefix_tuning":
+        raise UsageError(f"only an adapter with a prefix (prefix tuning, mam, unipelt) can be made flat; {best} "
+                         f"holds a {config.architecture} adapter")
     shutil.copytree(best, target)
-    if not config.flat:
-        artifact = dataclasses.replace(artifact, config=config.replace(flat=True),
-                                       weights=flat_weights(config, artifact.weights))
+    if not prefix.flat:
+        head = "parts.prefix_tuning." if config.architecture == "union" else ""
+        mine = {k.removeprefix(head): v for k, v in artifact.weights.items() if k.startswith(head)}
+        flat = {head + k: v for k, v in flat_weights(prefix, mine).items()}
+        weights = {**{k: v for k, v in artifact.weights.items() if not k.startswith(head)}, **flat}
+        flat_prefix = prefix.replace(flat=True)
+        config = config.with_part(flat_prefix) if config.architecture == "union" else flat_prefix
+        artifact = dataclasses.replace(artifact, config=config, weights=weights)
         for stale in target.glob("adapter_*"):
             stale.unlink()
         write_adapter(target, artifact)

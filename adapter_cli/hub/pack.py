@@ -18,17 +18,22 @@ def architecture_name(config: dict[str, Any]) -> str:
     from ..presets import adapter_presets
 
     free = {"reduction_factor", "bottleneck_size", "non_linearity", "init_weights", "init_weights_seed",
-            "dropout", "stochastic_depth", "kind", "r", "alpha", "inv_adapter_reduction_factor"}
+            "dropout", "stochastic_depth", "kind", "r", "alpha", "inv_adapter_reduction_factor", "prefix_length",
+            "prompt_length"}
+
+    def strip(d: dict[str, Any]) -> dict[str, Any]:  # a union's parts too
+        return {k: ([strip(p) for p in v] if k == "configs" else v) for k, v in d.items() if k not in free}
 
     def shape(cfg: Any) -> dict[str, Any]:
-        return {k: v for k, v in cfg.to_dict().items() if k not in free}
+        return strip(cfg.to_dict())
 
     parsed = config_from_dict(config)
     mine = shape(parsed)
     for name, preset in sorted(adapter_presets().items()):
         if name == preset.name and shape(config_from_dict({**preset.config, "architecture": preset.method})) == mine:
             return name
-    return getattr(parsed, "variant", "custom")  # a LoRA-family adapter is at least its variant (lora, dora, ...)
+    variant = getattr(parsed, "variant", "custom")  # a LoRA-family adapter is at least its variant (lora, dora, ...)
+    return variant if variant.isidentifier() else parsed.architecture  # a union's "prefix_tuning+lora": "union"
 
 
 def method_fields(config: Any, hidden_size: int) -> dict[str, Any]:

@@ -27,5 +27,5 @@ def config_class(method: str) -> Any:
 
 
 def config_from_dict(data: dict[str, Any], source: str = "adapter config") -> Any:
-    method = data.get("architecture") or "bottleneck"
+    method = data.get("architecture") or ("union" if "configs" in data else "bottleneck")
     return config_class(method).from_dict(data, source=source)

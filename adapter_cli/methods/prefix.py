@@ -89,6 +89,13 @@ class PrefixTuningConfig(MethodConfig):
         """Gate outputs per layer: 0 without gating, 1 shared by keys and values, else 2."""
         return 0 if not self.use_gating else (1 if self.shared_gating else 2)
 
+    def layers(self, num_layers: int) -> list[int]:
+        layers = super().layers(num_layers)
+        if not layers:
+            raise ConfigError(f"leave_out {list(self.leave_out)} leaves out every layer of {num_layers}: the prefix "
+                              "would change nothing; leave at least one layer in")
+        return layers
+
     def weight_shapes(self, hidden_size: int, num_layers: int) -> dict[str, tuple[int, ...]]:
         """Every stored tensor's name and shape (our names: ``prefix.*`` as AdapterHub's prefix module,
         ``gates.<layer>.*`` for the gates)."""

@@ -73,6 +73,11 @@ class UnionConfig(MethodConfig):
         if self.kind not in KINDS:
             raise ConfigError(f"{source}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
 
+    def with_part(self, config: Any) -> UnionConfig:
+        """The union with its part of ``config``'s method replaced by ``config``."""
+        return UnionConfig(configs=tuple(config if c.architecture == config.architecture else c
+                                         for c in self.configs), kind=self.kind)
+
     def part(self, method: str) -> Any:
         return next((c for c in self.configs if c.architecture == method), None)
 

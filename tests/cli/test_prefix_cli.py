@@ -68,3 +68,18 @@ def test_bad_configs_are_one_line_and_write_nothing(env, preset, args, says) -> 
                                               preset, *args, "--quiet", *FAST]))
     assert says in line
     assert sorted(p.name for p in Path(".").iterdir()) == before
+
+
+def test_a_union_run_extracts_flat_and_a_bottleneck_run_is_refused(env) -> None:
+    out = runner.invoke(app, ["train", "--task", env["task"], "--model", env["model"], "--config", "mam",
+                              "prefix_length=3", "--run-dir", "mam", "--quiet", "--no-cache", *FAST])
+    assert out.exit_code == 0, out.stderr
+    flat = runner.invoke(app, ["extract", "mam", "--flat", "--json"])
+    assert flat.exit_code == 0, flat.stderr
+    cached = json.loads((Path(json.loads(flat.stdout)["path"]) / "adapter_config.json").read_text())
+    prefix = next(c for c in cached["config"]["configs"] if c["architecture"] == "prefix_tuning")
+    assert prefix["flat"] is True
+    out = runner.invoke(app, ["train", "--task", env["task"], "--model", env["model"], "--config", "pfeiffer",
+                              "--run-dir", "pf", "--quiet", "--no-cache", *FAST])
+    assert out.exit_code == 0, out.stderr
+    assert "only an adapter with a prefix" in one_line_error(runner.invoke(app, ["extract", "pf", "--flat"]))

@@ -103,7 +103,7 @@ def test_eject_and_round_trips_keep_the_outputs(tmp_path):
         assert torch.equal(_hidden(model, f"p_{fmt}"), before)
     model.eject_prefix("p")
     assert (_hidden(model, "p") - before).abs().max() < 1e-6
-    with pytest.raises(Exception, match="not a loaded prefix-tuning adapter"):
+    with pytest.raises(Exception, match="not a loaded adapter with a prefix"):
         model.eject_prefix("p_missing")
 
 
@@ -156,3 +156,50 @@ def test_prefixes_in_fuse_or_average_are_refused():
     for spec in ("fuse(p,s)", "average(s,p)", "stack(s,fuse(m,s))"):
         with pytest.raises(CompositionError, match="cannot run inside"):
             model.resolve_composition(spec)
+
+
+def test_a_second_adapter_model_over_the_same_base_is_refused():
+    from adapter_cli import AdapterModel
+    from adapter_cli.errors import UsageError
+
+    model = _model()
+    model.add_adapter("p", "prefix_tuning_flat", {"prefix_length": 2})
+    other = AdapterModel(model.base)
+    with pytest.raises(UsageError, match="already has prefix-tuning adapters stitched in"):
+        other.add_adapter("q", "prefix_tuning_flat", {"prefix_length": 2})
+
+
+def test_prefixes_survive_a_change_of_attention_implementation():
+    """set_attn_implementation("eager") after a prefix was added: the prefix keeps running (wrapped again)."""
+    model = _model()
+    model.add_adapter("p", "prefix_tuning", {"prefix_length": 3, "bottleneck_size": 8})
+    randomise(model, scale=0.5)
+    before = _hidden(model, "p")
+    model.base.set_attn_implementation("eager")
+    assert (_hidden(model, "p") - before).abs().max() < 1e-5
+    assert model.config._attn_implementation == "adapt_prefix_eager"
+    assert not torch.allclose(_hidden(model, "p"), _hidden(model, None))
+
+
+def test_a_unions_prefix_is_ejected_in_place():
+    model = _model()
+    model.add_adapter("m", "mam", {"prefix_length": 3})
+    randomise(model, scale=0.5)
+    before = _hidden(model, "m")
+    model.eject_prefix("m")
+    assert model.adapter_config("m").part("prefix_tuning").flat is True
+    assert (_hidden(model, "m") - before).abs().max() < 1e-5
+
+
+def test_union_files_and_pack_names():
+    from adapter_cli.errors import ConfigError
+    from adapter_cli.hub.pack import architecture_name
+    from adapter_cli.methods import config_from_dict
+    from adapter_cli.presets import resolve_adapter_config
+
+    union = config_from_dict({"configs": [{"architecture": "prefix_tuning"}, {"architecture": "lora"}]})
+    assert union.architecture == "union"  # a file need not say "architecture: union"
+    assert architecture_name(resolve_adapter_config("mam", {"prefix_length": 4}).to_dict()) == "mam"
+    assert architecture_name(union.to_dict()) == "union"
+    with pytest.raises(ConfigError, match="leaves out every layer"):
+        resolve_adapter_config("prefix_tuning", {"leave_out": [0, 1, 2]}).parameter_count(32, 3)
