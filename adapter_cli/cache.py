@@ -5,6 +5,8 @@ Layout (root: ``$ADAPT_CACHE``, else the platform's user cache directory, e.g. ~
     adapters/<model key>/<entry id>                      a symbolic link to the entry's current version
     adapters/<model key>/.store/<entry id>/v-<token>/    adapter (+ head) files in our format, and entry.json
     adapters/<model key>/.store/<entry id>/.lock         held (flock) by the one process writing the entry
+    models/<model key>/                                  a base model adapt made (MT-A's fine-tuned base,
+                                                         id ``<base>+mta-<hash>``); its adapters are keyed by it
 
 ``entry.json`` records the name, task, method, config, dev metrics, versions, the run it came from and
 the sha256 of every file. Commands take an adapter by directory or by cache name for the chosen base
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .defaults import cache_root, model_key  # one rule, in foundations: resolve_model reads it too
 from .errors import AdaptError, ArtifactError, UsageError, disk_full
 from .fsutil import dump_json, file_sha256, fsync_dir, fsync_tree
 
@@ -45,17 +48,6 @@ class NotCached(UsageError):
     """No cache entry of that name for this base model (there may be one in a registry)."""
 
 
-def cache_root() -> Path:
-    if os.environ.get("ADAPT_CACHE"):
-        return Path(os.environ["ADAPT_CACHE"]).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("adapt"))
-
-
-def model_key(model_id: str) -> str:
-    """A directory name for a base model id (hf cache style: models--org--name)."""
-    return "models--" + re.sub(r"[^A-Za-z0-9_.\-]", "-", model_id.replace("/", "--"))
 
 
 @dataclass
@@ -248,6 +240,25 @@ def _publish(folder: Path, entry_id: str, version: Path) -> Path | None:
         os.replace(pointer, link)
     fsync_dir(folder)
     return replaced
+
+
+def put_base_model(source: Path, base_id: str) -> Path:
+    """A base model adapt made (MT-A's fine-tuned base) as a model directory of its own in the cache,
+    ``models/<key>``, whole or not at all; the same id means the same weights, so one already there stays."""
+    from .fsutil import atomic_directory
+
+    target = cache_root() / "models" / model_key(base_id)
+    if (target / "config.json").is_file():
+        return target
+    try:
+        with atomic_directory(target) as tmp:
+            for path in Path(source).iterdir():
+                if path.is_file():
+                    shutil.copy2(path, tmp / path.name)
+    except OSError as exc:
+        raise disk_full(exc, f"the base model {base_id}", f"free some space in {cache_root()} and run it again") or \
+            ArtifactError(f"cannot write the base model {target}: {exc.strerror or exc}") from None
+    return target
 
 
 def put(source: Path, *, model_id: str, entry_id: str, info: dict[str, Any], overwrite: bool = True) -> Entry:

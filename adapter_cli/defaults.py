@@ -29,10 +29,54 @@ def embedded_model_path() -> Path:
 
 
 def resolve_model(name: str) -> str:
-    """``minilm`` (and its full names) mean the embedded copy; anything else is passed to transformers."""
+    """``minilm`` (and its full names) mean the embedded copy; a base model adapt made (``minilm+mta-<hash>``)
+    its directory in the cache; anything else is passed to transformers."""
     if name.lower() in EMBEDDED_NAMES:
         return str(embedded_model_path())
+    derived = derived_model_dir(name)
+    if derived is not None and not Path(name).expanduser().exists():
+        return str(derived)
     return name
+
+
+def cache_root() -> Path:
+    """Where the cache lives: ``$ADAPT_CACHE``, else the platform's user cache directory (cache.py)."""
+    import os
+
+    if os.environ.get("ADAPT_CACHE"):
+        return Path(os.environ["ADAPT_CACHE"]).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("adapt"))
+
+
+def model_key(model_id: str) -> str:
+    """A directory name for a base model id (hf cache style: models--org--name)."""
+    import re
+
+    return "models--" + re.sub(r"[^A-Za-z0-9_.\-]", "-", model_id.replace("/", "--"))
+
+
+DERIVED_MARK = "+mta-"  # in the id of a base adapt fine-tuned (MT-A): minilm+mta-0123456789ab
+
+
+def derived_model_dir(name: str) -> Path | None:
+    """The cached model directory of a base adapt made (``cache_root()/models/<key>``), if ``name`` is one."""
+    if DERIVED_MARK not in name:
+        return None
+    path = cache_root() / "models" / model_key(name)
+    return path if (path / "config.json").is_file() else None
+
+
+def _recorded_id(config: Path) -> str | None:
+    """The id a base adapt made records in its config.json (``adapt_base_id``)."""
+    import json
+
+    try:
+        value = json.loads(config.read_text(encoding="utf-8")).get("adapt_base_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and DERIVED_MARK in value else None
 
 EMBEDDED_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -57,6 +101,9 @@ def model_id(name_or_path: str) -> str:
         pass
     h = hashlib.sha256()
     config = path / "config.json"
+    recorded = _recorded_id(config) if config.is_file() else None
+    if recorded is not None:  # a base adapt made keeps its id wherever its directory is
+        return recorded
     if config.is_file():
         h.update(config.read_bytes())
     for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):

@@ -31,7 +31,7 @@ except ImportError:  # no advisory locks on this platform: nothing is swept (a l
 # A directory holding one of these was written by adapt (or AdapterHub) and may be replaced.
 ARTIFACT_MARKERS = ("adapter_config.json", "fusion_config.json", "adapter_fusion_config.json", "head_config.json",
                     "model.safetensors", "entry.json", "activations.json", "results.json",
-                    "site.json")
+                    "site.json", "multitask.json")
 
 
 def dump_json(data: Any) -> str:

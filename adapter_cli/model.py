@@ -214,7 +214,8 @@ class AdapterModel(nn.Module):
     @property
     def base_info(self) -> BaseModelInfo:
         return BaseModelInfo(model_type=self.config.model_type, hidden_size=self.hidden_size,
-                             name_or_path=self.name_or_path, revision=self.revision, num_layers=self.num_layers)
+                             name_or_path=self.name_or_path, revision=self.revision, num_layers=self.num_layers,
+                             fingerprint=getattr(self.config, "adapt_base_fingerprint", None))
 
     def _dtype(self) -> torch.dtype:
         # The embeddings, not the linear layers: those may be stored in bf16 (cast_frozen_linears) while
@@ -345,8 +346,14 @@ class AdapterModel(nn.Module):
         return self.adapters[name].config
 
     def check_compatible(self, base: BaseModelInfo, what: str) -> None:
-        """Refuse artifacts made for another base model; warn when only the model name differs."""
+        """Refuse artifacts made for another base model; warn when only the model name differs. An artifact
+        trained with a base adapt fine-tuned (MT-A) records that base's fingerprint and loads only into it:
+        its shapes fit the original base, its weights do not."""
         mine = self.base_info
+        if base.fingerprint is not None and base.fingerprint != mine.fingerprint:
+            raise BaseModelMismatch(f"{what} was trained with the fine-tuned base model {base.name_or_path} "
+                                    f"(fingerprint {base.fingerprint[:12]}), but this model is {mine.name_or_path}; "
+                                    f"load it into {base.name_or_path}")
         if base.model_type is not None and base.model_type != mine.model_type:
             raise BaseModelMismatch(f"{what} was made for a {base.model_type!r} model, but this model is "
                                     f"{mine.model_type!r}; load it into a {base.model_type} base model")

@@ -114,6 +114,8 @@ def extract(run_dir: Path | str, overwrite: bool = True, flat: bool = False) -> 
         raise UsageError(f"{run_dir} has no best checkpoint yet (status: {status or 'unknown'}); "
                          "finish it with `adapt train --resume --run-dir ...`")
     recipe = read_run_recipe(run_dir / "recipe.yaml")
+    if recipe.get("method") == "multitask":
+        raise UsageError(f"{run_dir} is a multitask run: a base model and an adapter per task (extract_multitask)")
     if recipe.get("method") == "full":
         raise UsageError("a full fine-tuning run holds a whole model, not an adapter; its weights stay in "
                          f"{best}")
@@ -145,6 +147,42 @@ def extract(run_dir: Path | str, overwrite: bool = True, flat: bool = False) -> 
         flattened = _flat_copy(best, Path(tmp) / "best")
         info["config"] = flattened
         return cache.put(Path(tmp) / "best", model_id=model, entry_id=entry_id, info=info, overwrite=overwrite)
+
+
+def extract_multitask(run_dir: Path | str, overwrite: bool = True) -> dict[str, Any]:
+    """Put a finished MT-A run into the cache: its fine-tuned base as a base model of its own (``models/``),
+    then each task's adapter and head keyed by that base. Returns the base's id and path and the entries."""
+    from . import cache
+    from .formats import read_json as read_artifact_json
+    from .fsutil import recover_directory
+    from .training.recipe import read_run_recipe
+
+    run_dir = Path(run_dir)
+    status = settle_status(run_dir)
+    best = run_dir / "best"
+    recover_directory(best)
+    if not (best / "multitask.json").is_file():
+        raise UsageError(f"{run_dir} has no best checkpoint yet (status: {status or 'unknown'}); "
+                         "finish it with `adapt train --resume --run-dir ...`")
+    recipe = read_run_recipe(run_dir / "recipe.yaml")
+    meta = read_json(best / "multitask.json")
+    final = read_json(run_dir / "final_metrics.json") if (run_dir / "final_metrics.json").is_file() else {}
+    base_id = str(meta.get("base_model"))
+    base_path = cache.put_base_model(best / "base", base_id)
+    stem = re.sub(r"[^A-Za-z0-9_\-]", "_", run_dir.resolve().name)
+    adapters = []
+    for task, name in (meta.get("tasks") or {}).items():
+        artifact = read_artifact_json(best / name / "adapter_config.json", "an adapter")
+        info = {"name": name, "task": task, "method": "multitask", "kind": "adapter",
+                "config_name": recipe.get("adapter") if isinstance(recipe.get("adapter"), str) else None,
+                "config": artifact.get("config"), "metrics": (final.get("per_task") or {}).get(task),
+                "main_metric": (final.get("main_metrics") or {}).get(task), "seed": recipe.get("seed"),
+                "run_dir": str(run_dir.resolve()), "versions": artifact.get("versions"),
+                "adapter_kind": artifact.get("kind"), "derived_from": meta.get("derived_from")}
+        entry = cache.put(best / name, model_id=base_id, entry_id=f"{stem}-{name}", info=info, overwrite=overwrite)
+        adapters.append({"id": entry.id, "task": task, "path": str(entry.path)})
+    return {"base_model": {"id": base_id, "path": str(base_path), "derived_from": meta.get("derived_from")},
+            "adapters": adapters}
 
 
 def _flat_copy(best: Path, target: Path) -> dict[str, Any]:

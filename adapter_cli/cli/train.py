@@ -25,6 +25,8 @@ from .app import app
         "  adapt train --task sst2 --data-dir glue/SST-2 --stack-under mlm-en-pfeiffer_inv-s42   # MAD-X task adapter\n\n"
         "  adapt train --recipe runs/mrpc-pfeiffer-s42/recipe.yaml --run-dir runs/rerun\n\n"
         "  adapt train --resume --run-dir runs/mrpc-pfeiffer-s42        # continue a killed run\n\n"
+        "  adapt train --method multitask --tasks sst2,mrpc,rte --config pfeiffer -d sst2=glue/SST-2 "
+        "-d mrpc=glue/MRPC -d rte=glue/RTE   # MT-A\n\n"
         "  torchrun --nproc_per_node 4 -m adapter_cli train --task mnli  # data parallel"
     ),
 )
@@ -40,13 +42,18 @@ def train(
                                "vera; ReFT: loreft, noreft, direft; prefix_tuning, prefix_tuning_flat, "
                                "prompt_tuning; unions: mam, unipelt; `adapt recipes ls`), preset[key=value], or a "
                                "file."),
-    method: str = typer.Option(None, "--method", help="adapter (default), full (all weights) or head (head only)."),
+    method: str = typer.Option(None, "--method", help="adapter (default), full (all weights), head (head only) or "
+                               "multitask (MT-A: a shared base, unfrozen, and an adapter and head per task of "
+                               "--tasks)."),
+    tasks: str = typer.Option(None, "--tasks", help="--method multitask: the tasks, comma-separated "
+                              "(sst2,mrpc,stsb,rte,cola), each with --data-dir TASK=DIR."),
     recipe: str = typer.Option(None, "--recipe", "-r", help="Built-in recipe name or YAML file "
                                "(default: the one for --method)."),
     model: str = typer.Option(None, "--model", "-m", help="Base model directory or Hub id (default: minilm, the "
                               "embedded all-MiniLM-L6-v2)."),
-    data_dir: str = typer.Option(None, "--data-dir", "-d", help="Directory with the task's original files "
-                                 "(e.g. GLUE's train.tsv/dev.tsv). Default: the Hugging Face Hub."),
+    data_dirs: list[str] = typer.Option(None, "--data-dir", "-d", help="Directory with the task's original files "
+                                        "(e.g. GLUE's train.tsv/dev.tsv); with --tasks, TASK=DIR once per task. "
+                                        "Default: the Hugging Face Hub."),
     run_dir: Path = typer.Option(None, "--run-dir", help="Where the run is written (default: runs/<task>-<config>-s<seed>)."),
     name: str = typer.Option(None, "--name", "-n", help="Adapter and head name (default: the task name)."),
     language: str = typer.Option(None, "--language", help="--task mlm: the language of the text, recorded with the "
@@ -70,8 +77,9 @@ def train(
 
     changes = parse_overrides(overrides or [])
     if resume:
-        given = [flag for flag, value in (("--task", task), ("--config", config), ("--method", method),
-                                          ("--recipe", recipe), ("--model", model), ("--data-dir", data_dir),
+        given = [flag for flag, value in (("--task", task), ("--tasks", tasks), ("--config", config),
+                                          ("--method", method), ("--recipe", recipe), ("--model", model),
+                                          ("--data-dir", data_dirs or None),
                                           ("--name", name), ("--language", language),
                                           ("--stack-under", stack_under)) if value is not None]
         if given or changes:
@@ -81,13 +89,39 @@ def train(
             _report(resolved, _read_summary(run_dir), run_dir, json_out)
             return
     else:
-        base = load_recipe(recipe or {"full": "full", "head": "head"}.get(method or "", "adapter"))
-        flags = {"task": task, "adapter": config, "method": method, "model": model, "data_dir": data_dir,
-                 "name": name, "language": language, "stack_under": stack_under}
+        base = load_recipe(recipe or {"full": "full", "head": "head", "multitask": "multitask"}.get(method or "",
+                                                                                                  "adapter"))
+        flags = {"task": task, "adapter": config, "method": method, "model": model, "name": name,
+                 "language": language, "stack_under": stack_under,
+                 **_task_flags(method or base.method, task, tasks, data_dirs)}
         resolved = base.updated({**{k: v for k, v in flags.items() if v is not None}, **changes})
         _precheck(resolved)
         run_dir = _fresh_run_dir(run_dir or Path("runs") / _run_name(resolved), overwrite)
     _run(resolved, run_dir, resume, no_cache, json_out, quiet)
+
+
+def _task_flags(method: str | None, task: str | None, tasks: str | None, data_dirs: list[str] | None) -> dict:
+    """--task/--data-dir for one task, or --tasks with --data-dir TASK=DIR for --method multitask."""
+    from ..errors import UsageError
+
+    dirs = list(data_dirs or [])
+    if method != "multitask":
+        if tasks is not None:
+            raise UsageError("--tasks is for --method multitask; one task is --task NAME")
+        if len(dirs) > 1:
+            raise UsageError(f"--data-dir is given {len(dirs)} times for one task; give it once")
+        return {"task": task, "data_dir": dirs[0] if dirs else None}
+    if task is not None:
+        raise UsageError("--method multitask takes --tasks A,B,... (two or more), not --task")
+    if not tasks:
+        raise UsageError("--method multitask needs --tasks A,B,... (two or more tasks, e.g. sst2,mrpc)")
+    out: dict[str, str] = {}
+    for item in dirs:
+        key, sep, path = item.partition("=")
+        if not sep or not key or not path:
+            raise UsageError(f"--data-dir {item}: with --tasks give TASK=DIR (e.g. mrpc=glue/MRPC)")
+        out[key] = path
+    return {"tasks": [t.strip() for t in tasks.split(",") if t.strip()], "data_dirs": out}
 
 
 def _resumable(run_dir: Path | None, no_cache: bool) -> tuple[Any, bool, bool]:
@@ -119,6 +153,8 @@ def _read_summary(run_dir: Path) -> dict[str, Any]:
     from ..runs import read_json
 
     summary = read_json(run_dir / "final_metrics.json")
+    if summary.get("method") == "multitask":  # its base and adapters: `adapt cache ls --model BASE_MODEL`
+        return summary
     entry = next((e for e in cache.entries() if e.data.get("run_dir") == str(run_dir.resolve())), None)
     if entry is not None:
         summary["cache"] = {"id": entry.id, "path": str(entry.path)}
@@ -126,19 +162,28 @@ def _read_summary(run_dir: Path) -> dict[str, Any]:
 
 
 def _run(resolved: Any, run_dir: Path, resume: bool, no_cache: bool, json_out: bool, quiet: bool) -> dict:
-    from ..training.loop import train as run_training
+    from ..training import loop
     from ._progress import reporter
 
     def finish(summary: dict[str, Any]) -> None:
         # inside the training (main process, run still held), before run.json says "completed"
-        if not no_cache and resolved.method != "full":
+        if not no_cache and resolved.method == "multitask":
+            from ..runs import extract_multitask
+
+            summary["cache"] = extract_multitask(run_dir)
+        elif not no_cache and resolved.method != "full":
             from ..runs import extract
 
             entry = extract(run_dir)
             summary["cache"] = {"id": entry.id, "path": str(entry.path)}
 
-    summary: dict[str, Any] = run_training(resolved, run_dir, resume=resume, reporter=reporter(quiet),
-                                           notes={"no_cache": True} if no_cache else None, finish=finish)
+    trainer = None
+    if resolved.method == "multitask":
+        from ..training.multitask import MultiTaskTrainer as trainer  # type: ignore[assignment]
+    # loop.train looked up now, not at import: the kill tests (tests/kill_at_step.py) wrap it
+    summary: dict[str, Any] = loop.train(resolved, run_dir, resume=resume, reporter=reporter(quiet),
+                                         notes={"no_cache": True} if no_cache else None, finish=finish,
+                                         trainer=trainer)
     _report(resolved, summary, run_dir, json_out)
     return summary
 
@@ -147,6 +192,9 @@ def _report(resolved: Any, summary: dict[str, Any], run_dir: Path, json_out: boo
     if json_out:
         emit_json(summary)
         return
+    if summary["method"] == "multitask":
+        _report_multitask(summary, run_dir)
+        return
     best = summary["best"]
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in (best["metrics"] or {}).items())
     print(f"{summary['task']} ({summary['method']}): best dev {metrics} at epoch {best['epoch']} "
@@ -154,6 +202,19 @@ def _report(resolved: Any, summary: dict[str, Any], run_dir: Path, json_out: boo
     print(f"run: {run_dir}")
     if "cache" in summary:
         print(f"cached as {summary['cache']['id']}; next: {_next_command(resolved, summary)}")
+
+
+def _report_multitask(summary: dict[str, Any], run_dir: Path) -> None:
+    best = summary["best"]
+    tasks = "; ".join(f"{t} {', '.join(f'{k} {v:.4f}' for k, v in m.items())}" for t, m in summary["per_task"].items())
+    print(f"MT-A {'+'.join(summary['tasks'])}: best mean {best['metric']:.4f} at epoch {best['epoch']} ({tasks}; "
+          f"{summary['epochs_run']} epochs, {summary['steps']} steps, {summary['wall_time_s']:.0f}s)")
+    print(f"run: {run_dir}")
+    print(f"new base model: {summary['base_model']} (fine-tuned from {summary['derived_from']})")
+    if "cache" in summary:
+        ids = ", ".join(a["id"] for a in summary["cache"]["adapters"])
+        print(f"cached under {summary['base_model']}: {ids}; next: adapt infer -m {summary['base_model']} "
+              f"-a {summary['cache']['adapters'][0]['id']} 'some text'")
 
 
 def _next_command(recipe: Any, summary: dict) -> str:
@@ -198,6 +259,12 @@ def _precheck(recipe: Any) -> None:
     from ..presets import resolve_adapter_config
     from ..tasks import get_task
 
+    if recipe.method == "multitask":
+        from ..training.sampling import check_tasks
+
+        check_tasks(recipe)
+        resolve_adapter_config(recipe.adapter, recipe.adapter_overrides)
+        return
     if recipe.task is None:
         from ..errors import UsageError
 
@@ -249,6 +316,10 @@ def _run_name(recipe: Any) -> str:
 
     label = recipe.adapter if recipe.method == "adapter" and isinstance(recipe.adapter, str) else recipe.method
     label = re.sub(r"[^A-Za-z0-9_\-]", "_", Path(str(label)).stem)
+    if recipe.method == "multitask":  # mta-sst2_mrpc-pfeiffer-s42
+        names = "_".join(re.sub(r"[^A-Za-z0-9_\-]", "_", get_task(t).name) for t in recipe.tasks)
+        adapter = recipe.adapter if isinstance(recipe.adapter, str) else "adapter"
+        return f"mta-{names}-{re.sub(r'[^A-Za-z0-9_-]', '_', Path(adapter).stem)}-s{recipe.seed}"
     task = get_task(recipe.task)
     if task.kind == "mlm":  # a language adapter: mlm-en-seq_bn_inv-s42
         return f"{task.name}-{recipe.language or 'unknown'}-{label}-s{recipe.seed}"
@@ -315,8 +386,17 @@ def extract_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the cache entry as JSON."),
 ) -> None:
     """Put a run's best adapter and head into the local cache, keyed by base model (done by train too)."""
-    from ..runs import extract
+    from ..runs import extract, extract_multitask
+    from ..training.recipe import read_run_recipe
 
+    if (run / "recipe.yaml").is_file() and read_run_recipe(run / "recipe.yaml").get("method") == "multitask":
+        cached = extract_multitask(run)
+        if json_out:
+            emit_json(cached)
+        else:
+            print(f"cached base model {cached['base_model']['id']} at {cached['base_model']['path']} and "
+                  f"{', '.join(a['id'] for a in cached['adapters'])} under it")
+        return
     entry = extract(run, flat=flat)
     if json_out:
         emit_json(entry.summary())

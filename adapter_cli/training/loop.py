@@ -116,12 +116,10 @@ class Trainer:
     def __init__(self, recipe: Recipe, run_dir: Path, resume: bool = False, reporter: Reporter | None = None,
                  callbacks: list[Callback] | tuple[Callback, ...] = (), notes: dict[str, Any] | None = None,
                  finish: Callable[[dict[str, Any]], Any] | None = None) -> None:
-        if recipe.task is None:
-            raise UsageError("no task: name one (`task`)")
         self.recipe, self.run_dir, self.resume = recipe, Path(run_dir), resume
         self.reporter = reporter or Reporter()
         self.callbacks, self.notes, self.finish = list(callbacks), notes or {}, finish
-        self.task = get_task(recipe.task)
+        self.task = self._resolve_task(recipe)
         self.rank, self.world = distributed(recipe.device)
         self.main = self.rank == 0
         self.state = TrainState()
@@ -129,6 +127,12 @@ class Trainer:
         self._held: Any = None
 
     # ------------------------------------------------------------------ set-up
+    def _resolve_task(self, recipe: Recipe) -> Any:
+        """The task trained (multitask.py: all of them, as one)."""
+        if recipe.task is None:
+            raise UsageError("no task: name one (`task`)")
+        return get_task(recipe.task)
+
     def _read_checkpoint(self) -> dict[str, Any] | None:
         path = self.run_dir / CHECKPOINT
         if not self.resume:
@@ -419,6 +423,9 @@ class Trainer:
         raise exc
 
     def _complete(self) -> dict[str, Any]:
+        return self._finalize(self._summary())
+
+    def _summary(self) -> dict[str, Any]:
         s = self.state
         summary = {"task": self.task.name, "method": self.recipe.method, "name": self.name,
                    "model": self.recipe.model, "main_metric": self.task.main_metric, "best": s.best,
@@ -435,6 +442,11 @@ class Trainer:
                 "read": head_reads(self.head), "train": len(self.train_features),
                 "eval": len(self.eval_features) if self.eval_features is not None else 0,
                 "encode_s": round(self.train_features.seconds + getattr(self.eval_features, "seconds", 0.0), 2)}
+        return summary
+
+    def _finalize(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """final_metrics.json, then ``finish`` (the cache), then run.json says "completed"."""
+        s = self.state
         if not self.main:
             return summary
         write_text_atomic(self.run_dir / "final_metrics.json", dump_json(summary))
@@ -452,10 +464,12 @@ class Trainer:
 def train(recipe: Recipe, run_dir: Path, resume: bool = False, reporter: Reporter | None = None,
           stop_after_steps: int | None = None, notes: dict[str, Any] | None = None,
           finish: Callable[[dict[str, Any]], Any] | None = None,
-          callbacks: list[Callback] | tuple[Callback, ...] = ()) -> dict[str, Any]:
-    """Train as the recipe says, writing the run directory; returns the final summary (see Trainer)."""
+          callbacks: list[Callback] | tuple[Callback, ...] = (), trainer: type[Trainer] | None = None) -> dict[str, Any]:
+    """Train as the recipe says, writing the run directory; returns the final summary (see Trainer).
+    ``trainer``: a subclass to run instead (multitask.MultiTaskTrainer), passed in so that this module
+    never imports the ones built on it."""
     extra = [StopAfter(stop_after_steps)] if stop_after_steps is not None else []
-    return Trainer(recipe, run_dir, resume, reporter, [*callbacks, *extra], notes, finish).run()
+    return (trainer or Trainer)(recipe, run_dir, resume, reporter, [*callbacks, *extra], notes, finish).run()
 
 
 class _Stop(Exception):

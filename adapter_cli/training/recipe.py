@@ -33,7 +33,7 @@ from ..devices import PRECISIONS
 from ..errors import UsageError, suggest
 from ..methods.bottleneck import MAX_SEED
 
-METHODS = ("adapter", "full", "head", "fusion")
+METHODS = ("adapter", "full", "head", "fusion", "multitask")
 TOP_LEVEL = ("task", "model", "method", "name", "language", "description")
 LANGUAGE_CHARS = "letters, digits, '_' or '-', at most 32 (a language code: en, de, sw, en-wiki)"
 # section -> {key in the file: attribute of Recipe}; the "adapter" section also takes any adapter config key
@@ -47,6 +47,9 @@ SECTIONS: dict[str, dict[str, str]] = {
                              "save_every_steps",
                              "log_every_steps")},
     "data": {k: k for k in ("data_dir", "max_length", "max_train_samples", "max_eval_samples", "mlm_probability")},
+    # MT-A (sampling.py): the tasks, their data, the shared base's learning rate and the annealed sampling
+    "multitask": {k: k for k in ("tasks", "data_dirs", "base_learning_rate", "alpha_start", "alpha_end",
+                                 "alpha_schedule", "steps_per_epoch")},
 }
 
 
@@ -86,6 +89,13 @@ class Recipe:
     mlm_probability: float = 0.15  # mlm tasks: the share of tokens masked (BERT's 80/10/10 among them)
     save_every_steps: int = 200  # checkpoint for --resume
     log_every_steps: int = 10
+    tasks: list[str] = field(default_factory=list)  # method multitask: the tasks (names or task files)
+    data_dirs: dict[str, str] = field(default_factory=dict)  # method multitask: task -> its data directory
+    base_learning_rate: float = 2e-5  # method multitask: the shared base's learning rate (adapters: learning_rate)
+    alpha_start: float = 1.0  # method multitask: sampling exponent at the first epoch (P(task) ~ N^alpha)
+    alpha_end: float = 0.2  # ... at the last epoch (linear in between)
+    alpha_schedule: str = "annealed"  # annealed (start -> end) | constant (start throughout)
+    steps_per_epoch: int | None = None  # method multitask: null = the batches of all tasks together
     description: str = ""
 
     @classmethod
@@ -106,6 +116,8 @@ class Recipe:
             del out["language"]
         if flat["stack_under"] is None:
             del out["adapter"]["stack_under"]
+        if flat["method"] != "multitask":  # other recipes read as they always did
+            del out["multitask"]
         return out
 
     def updated(self, changes: dict[str, Any], source: str = "overrides") -> Recipe:
@@ -169,6 +181,28 @@ class Recipe:
                 or not 0 <= self.fusion_reg_weight < math.inf:
             raise bad("fusion_reg_weight must be a finite non-negative number")
         self._validate_madx(bad)
+        self._validate_multitask(bad)
+
+    def _validate_multitask(self, bad: Any) -> None:
+        """The multitask keys' types; which tasks, and how many, is checked by sampling.check_tasks."""
+        from .sampling import SCHEDULES
+
+        if not isinstance(self.tasks, list) or not all(isinstance(t, str) and t for t in self.tasks):
+            raise bad("tasks must be a list of task names or task files")
+        if not isinstance(self.data_dirs, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                           for k, v in self.data_dirs.items()):
+            raise bad("data_dirs must map task names to data directories")
+        for key in ("base_learning_rate", "alpha_start", "alpha_end"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise bad(f"{key} must be a finite non-negative number, got {value!r}")
+        if self.alpha_schedule not in SCHEDULES:
+            raise bad(f"alpha_schedule must be one of {', '.join(SCHEDULES)}, got {self.alpha_schedule!r}")
+        value = self.steps_per_epoch
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise bad(f"steps_per_epoch must be a positive integer or null, got {value!r}")
+        if self.method != "multitask" and (self.tasks or self.data_dirs):
+            raise bad("`tasks` and `data_dirs` are for `method` multitask (one task: `task` and `data_dir`)")
 
     def _validate_madx(self, bad: Any) -> None:
         """The keys of language adapters (MAD-X): language, stack_under, mlm_probability."""

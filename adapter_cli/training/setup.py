@@ -150,3 +150,24 @@ def stack_under(model: Any, recipe: Recipe, task: Any, name: str) -> Any:
     model.adapter_meta[name] = {"trained_under": {"name": lang, "source": spec,
                                                   "language": model.adapter_meta[lang].get("language", "unknown")}}
     return Stack((lang, name))
+
+
+def build_multitask_model(recipe: Recipe, tasks: list[Any]) -> tuple[Any, Any, list[str]]:
+    """MT-A: one adapter and one head per task on a base that trains too (its own, lower learning rate is
+    set by the optimizer). Returns the model, its tokenizer and the adapter/head name of each task."""
+    from ..defaults import resolve_model
+    from ..model import AdapterModel
+    from ..tokenizer import load_tokenizer
+
+    path = resolve_model(recipe.model)
+    model = AdapterModel.from_pretrained(path)
+    tokenizer = load_tokenizer(path, model.vocab_size, recipe.model)
+    names = [task.name.replace(".", "_") for task in tasks]
+    for task, name in zip(tasks, names):
+        model.add_adapter(name, recipe.adapter, recipe.adapter_overrides)
+        model.add_head(name, task.head_type, **_head_kwargs(task, model))
+    model.train_adapters(names, heads=names)
+    model.base.requires_grad_(True)
+    if recipe.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model, tokenizer, names

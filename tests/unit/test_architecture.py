@@ -124,7 +124,8 @@ LAYERS = [
     ("storage", ["cache", "hub", "hub.card", "hub.archive", "hub.registry", "hub.http", "hub.hf", "hub.pack",
                  "hub.pull", "hub.registries", "hub.server", "hub.site", "resolve"]),
     ("training", ["training", "training.recipe", "training.reporter", "training.data", "training.setup",
-                  "training.features", "training.mlm", "training.loop", "runs", "results", "activations"]),
+                  "training.features", "training.mlm", "training.loop", "training.sampling", "training.multitask",
+                  "runs", "results", "activations"]),
     ("programs", ["cli", "demo", "__main__", ""]),
 ]
 

@@ -36,9 +36,18 @@ def test_an_old_flat_recipe_still_loads(tmp_path) -> None:
 def test_sections_round_trip() -> None:
     r = load_recipe("fusion").updated({"fusion.adapters": ["a", "b"], "adapter.reduction_factor": 4})
     written = r.to_dict()
-    assert set(written) == {"task", "model", "method", "name", "description", *SECTIONS}
+    # the multitask section only in multitask recipes: the others read as they always did
+    assert set(written) == {"task", "model", "method", "name", "description", *SECTIONS} - {"multitask"}
     assert written["fusion"] == {"adapters": ["a", "b"], "config": "dynamic", "reg_weight": 0.01,
                                  "unfreeze_adapters": False}
+    assert Recipe().updated(yaml.safe_load(yaml.safe_dump(written))).flat() == r.flat()
+
+
+def test_a_multitask_recipe_round_trips() -> None:
+    r = load_recipe("multitask").updated({"tasks": ["sst2", "mrpc"], "multitask.data_dirs": {"mrpc": "glue/MRPC"},
+                                          "alpha_end": 0.5})
+    written = r.to_dict()
+    assert written["multitask"]["tasks"] == ["sst2", "mrpc"] and written["multitask"]["alpha_end"] == 0.5
     assert Recipe().updated(yaml.safe_load(yaml.safe_dump(written))).flat() == r.flat()
 
 

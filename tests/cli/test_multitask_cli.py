@@ -1,0 +1,89 @@
+"""``adapt train --method multitask`` (MT-A) on a tiny model and two tiny tasks: the summary, the new base
+model and its cached adapters, refusal on the original base, resume after SIGKILL, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from adapter_cli.cli import app
+from conftest import ROOT, one_line_error, save_tiny_model, write_sentiment_task
+
+runner = CliRunner()
+FAST = ["epochs=2", "batch_size=16", "learning_rate=5e-3", "save_every_steps=1", "patience=null", "max_length=32"]
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADAPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    a = write_sentiment_task(tmp_path / "ta", n_train=32, n_eval=16)
+    b = write_sentiment_task(tmp_path / "tb", n_train=32, n_eval=16, seed=1)
+    b.write_text(b.read_text().replace("toy_sentiment", "toy_two"))
+    return {"model": str(save_tiny_model(tmp_path / "tiny")), "tasks": f"{a},{b}", "root": tmp_path}
+
+
+def mta(env, *args: str):
+    return runner.invoke(app, ["train", "--method", "multitask", "--tasks", env["tasks"], "--model", env["model"],
+                               "--quiet", *args, *FAST])
+
+
+def test_one_run_trains_every_task_and_makes_a_new_base(env) -> None:
+    result = mta(env, "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["method"] == "multitask" and summary["tasks"] == ["toy_sentiment", "toy_two"]
+    assert set(summary["per_task"]) == {"toy_sentiment", "toy_two"}
+    assert summary["mean"] == pytest.approx(sum(m["accuracy"] for m in summary["per_task"].values()) / 2)
+    base = summary["base_model"]
+    assert base.startswith("tiny+mta-") and summary["cache"]["base_model"]["id"] == base
+    records = [json.loads(x) for x in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["type"] == "eval"]
+    assert [r["alpha"] for r in evals] == [1.0, pytest.approx(0.2)] and "toy_two/accuracy" in evals[0]
+    listed = json.loads(runner.invoke(app, ["cache", "ls", "--json"]).stdout)
+    assert sorted(e["task"] for e in listed) == ["toy_sentiment", "toy_two"]
+    assert {e["base_model"] for e in listed} == {base}
+    # by name on the new base (resolved from the cache), refused by path on the original one
+    ok = runner.invoke(app, ["infer", "-m", base, "-a", "toy_two", "good film"])
+    assert ok.exit_code == 0, ok.stderr
+    refused = runner.invoke(app, ["infer", "-m", env["model"], "-a", listed[0]["path"], "good film"])
+    assert refused.exit_code == 2 and "fine-tuned base model" in one_line_error(refused)
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(env) -> None:
+    args = ["--method", "multitask", "--tasks", env["tasks"], "--model", env["model"], "--quiet", "--no-cache",
+            *FAST]
+    killed = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_at_step.py"), "3", "train", *args,
+                             "--run-dir", "killed"], cwd=env["root"], capture_output=True)
+    assert killed.returncode == -9, killed.stderr.decode()[-400:]
+    resumed = runner.invoke(app, ["train", "--resume", "--run-dir", "killed", "--quiet", "--json"])
+    assert resumed.exit_code == 0, resumed.stderr
+    whole = runner.invoke(app, ["train", *args, "--run-dir", "whole", "--json"])
+    assert whole.exit_code == 0, whole.stderr
+    a, b = json.loads(resumed.stdout), json.loads(whole.stdout)
+    assert a["best"] == b["best"] and a["base_model"] == b["base_model"] and a["steps"] == b["steps"]
+    meta = [json.loads((env["root"] / run / "best" / "multitask.json").read_text()) for run in ("killed", "whole")]
+    assert meta[0]["fingerprint"] == meta[1]["fingerprint"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--method", "multitask"], "needs --tasks"),
+    (["--method", "multitask", "--tasks", "sst2"], "two or more tasks"),
+    (["--method", "multitask", "--tasks", "sst2,mrcp"], "mrpc"),
+    (["--method", "multitask", "--tasks", "sst2,sst-2"], "same task"),
+    (["--tasks", "sst2,mrpc"], "--method multitask"),
+    (["--method", "multitask", "--tasks", "sst2,mrpc", "-d", "glue/SST-2"], "TASK=DIR"),
+    (["--method", "multitask", "--tasks", "sst2,mrpc", "-d", "rte=glue/RTE"], "not one of the tasks"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, args, words) -> None:
+    monkeypatch.setenv("ADAPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", *args])
+    assert result.exit_code == 2, result.output
+    assert words in one_line_error(result)
+    assert list(tmp_path.iterdir()) == []
