@@ -139,6 +139,10 @@ def test_pull_killed_at_every_write_boundary(env, tmp_path, monkeypatch) -> None
     packed = runner.invoke(app, ["pack", "run", "--author", "me", "--catalog", "sentiment/toy", "-o", str(archive)])
     assert packed.exit_code == 0, packed.stderr
     monkeypatch.setenv("ADAPT_CACHE", str(tmp_path / "pulled"))
+    # A process killed with SIGKILL cannot remove its unpacking directory: keep those in this test's own
+    # folder (the killed processes inherit TMPDIR), not in the machine's /tmp, 26 per run.
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     points = count_points(tmp_path, "cli", "pull", str(archive))
     pulled_id = listed()[0]["id"]
     for k in range(1, len(points) + 1):
