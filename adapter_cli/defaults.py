@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pathlib import Path
 
 from .errors import UsageError
@@ -66,6 +68,17 @@ def derived_model_dir(name: str) -> Path | None:
         return None
     path = cache_root() / "models" / model_key(name)
     return path if (path / "config.json").is_file() else None
+
+
+BASE_IDENTITY_KEYS = ("adapt_base_id", "adapt_base_fingerprint", "adapt_derived_from")
+
+
+def forget_base_identity(config: Any) -> None:
+    """Drop the MT-A base identity from a transformers config before a *changed* model is saved (full fine-tuning,
+    a merge): the id and fingerprint name the weights they were made for, not these."""
+    for key in BASE_IDENTITY_KEYS:
+        if hasattr(config, key):
+            delattr(config, key)
 
 
 def _recorded_id(config: Path) -> str | None:

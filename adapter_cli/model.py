@@ -350,6 +350,12 @@ class AdapterModel(nn.Module):
         trained with a base adapt fine-tuned (MT-A) records that base's fingerprint and loads only into it:
         its shapes fit the original base, its weights do not."""
         mine = self.base_info
+        from .defaults import DERIVED_MARK
+
+        named = base.name_or_path or ""
+        if base.fingerprint is None and DERIVED_MARK in named and named != mine.name_or_path:
+            raise BaseModelMismatch(f"{what} names the fine-tuned base model {named} (an MT-A base), but this model "
+                                    f"is {mine.name_or_path}; load it into {named}")
         if base.fingerprint is not None and base.fingerprint != mine.fingerprint:
             raise BaseModelMismatch(f"{what} was trained with the fine-tuned base model {base.name_or_path} "
                                     f"(fingerprint {base.fingerprint[:12]}), but this model is {mine.name_or_path}; "

@@ -100,6 +100,9 @@ def _merge(adapter: str, directory: Path, model: str, out: Path) -> dict[str, An
     except UsageError as exc:  # a base model without tokenizer files: the merged one has none either
         print(f"warning: {exc}; the merged model is written without a tokenizer", file=sys.stderr)
         tokenizer = None
+    from ..defaults import forget_base_identity
+
+    forget_base_identity(m.base.config)  # merged weights are not the MT-A base's any more
     with atomic_directory(out, overwrite=True) as tmp:
         m.base.save_pretrained(tmp)
         if tokenizer is not None:

@@ -91,17 +91,22 @@ def train(
     else:
         base = load_recipe(recipe or {"full": "full", "head": "head", "multitask": "multitask"}.get(method or "",
                                                                                                   "adapter"))
+        if (method or base.method) == "multitask" and (name or language):
+            raise UsageError("--name and --language name one adapter; a multitask run names each adapter after its "
+                             "task and trains task adapters")
         flags = {"task": task, "adapter": config, "method": method, "model": model, "name": name,
                  "language": language, "stack_under": stack_under,
-                 **_task_flags(method or base.method, task, tasks, data_dirs)}
+                 **_task_flags(method or base.method, task, tasks, data_dirs, base)}
         resolved = base.updated({**{k: v for k, v in flags.items() if v is not None}, **changes})
         _precheck(resolved)
         run_dir = _fresh_run_dir(run_dir or Path("runs") / _run_name(resolved), overwrite)
     _run(resolved, run_dir, resume, no_cache, json_out, quiet)
 
 
-def _task_flags(method: str | None, task: str | None, tasks: str | None, data_dirs: list[str] | None) -> dict:
-    """--task/--data-dir for one task, or --tasks with --data-dir TASK=DIR for --method multitask."""
+def _task_flags(method: str | None, task: str | None, tasks: str | None, data_dirs: list[str] | None,
+                base: Any = None) -> dict:
+    """--task/--data-dir for one task, or --tasks with --data-dir TASK=DIR for --method multitask (the recipe's
+    tasks and data directories hold where the command line says nothing else: a run's recipe.yaml reruns)."""
     from ..errors import UsageError
 
     dirs = list(data_dirs or [])
@@ -113,15 +118,15 @@ def _task_flags(method: str | None, task: str | None, tasks: str | None, data_di
         return {"task": task, "data_dir": dirs[0] if dirs else None}
     if task is not None:
         raise UsageError("--method multitask takes --tasks A,B,... (two or more), not --task")
-    if not tasks:
+    if not tasks and not getattr(base, "tasks", None):
         raise UsageError("--method multitask needs --tasks A,B,... (two or more tasks, e.g. sst2,mrpc)")
-    out: dict[str, str] = {}
+    out: dict[str, str] = dict(getattr(base, "data_dirs", None) or {})
     for item in dirs:
         key, sep, path = item.partition("=")
         if not sep or not key or not path:
             raise UsageError(f"--data-dir {item}: with --tasks give TASK=DIR (e.g. mrpc=glue/MRPC)")
         out[key] = path
-    return {"tasks": [t.strip() for t in tasks.split(",") if t.strip()], "data_dirs": out}
+    return {"tasks": [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None, "data_dirs": out}
 
 
 def _resumable(run_dir: Path | None, no_cache: bool) -> tuple[Any, bool, bool]:
@@ -390,6 +395,11 @@ def extract_cmd(
     from ..training.recipe import read_run_recipe
 
     if (run / "recipe.yaml").is_file() and read_run_recipe(run / "recipe.yaml").get("method") == "multitask":
+        if flat:
+            from ..errors import UsageError
+
+            raise UsageError(f"{run} is a multitask run; making its prefixes flat is not supported yet: extract it "
+                             "without --flat")
         cached = extract_multitask(run)
         if json_out:
             emit_json(cached)

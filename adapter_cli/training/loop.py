@@ -499,6 +499,9 @@ def _save_best(model: Any, name: str, recipe: Recipe, run_dir: Path, tokenizer: 
         with atomic_directory(run_dir / "best") as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in model.base.state_dict().items()},
                       str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            from ..defaults import forget_base_identity
+
+            forget_base_identity(model.base.config)  # fine-tuned again: no longer the MT-A base it started from
             model.base.config.to_json_file(str(tmp / "config.json"))
             tokenizer.save_pretrained(str(tmp))  # a model directory is usable only with its own tokenizer
             model._write_head(tmp, name, "adapt", None, False)

@@ -87,3 +87,29 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, args, w
     assert result.exit_code == 2, result.output
     assert words in one_line_error(result)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_review_fixes_a_recipe_reruns_and_identities_do_not_leak(env, tmp_path) -> None:
+    """A run's recipe.yaml reruns without --tasks; --name with multitask is refused; an adapter file that names
+    an MT-A base (its fingerprint lost in AdapterHub's format) is refused by another base; a full fine-tune of an
+    MT-A base no longer claims its id."""
+    from adapter_cli import AdapterModel
+    from adapter_cli.defaults import model_id
+    from adapter_cli.errors import BaseModelMismatch
+
+    assert "--name" in one_line_error(mta(env, "--name", "x"))
+    first = mta(env, "--run-dir", "mt", "--json")
+    assert first.exit_code == 0, first.stderr
+    again = runner.invoke(app, ["train", "--recipe", "mt/recipe.yaml", "--run-dir", "mt2", "--no-cache", "--quiet"])
+    assert again.exit_code == 0, again.stderr
+    base = Path("mt/best/base")
+    adapter = next(p for p in Path("mt/best").iterdir() if (p / "adapter_config.json").is_file())
+    tuned = AdapterModel.from_pretrained(base)
+    name = tuned.load_adapter(adapter)
+    tuned.save_adapter(tmp_path / "ah", name, format="adapterhub")
+    with pytest.raises(BaseModelMismatch, match="MT-A base"):
+        AdapterModel.from_pretrained(env["model"]).load_adapter(tmp_path / "ah")
+    full = runner.invoke(app, ["train", "--method", "full", "--task", env["tasks"].split(",")[0], "--model", str(base),
+                               "--run-dir", "full", "--no-cache", "--quiet", *FAST])
+    assert full.exit_code == 0, full.stderr
+    assert "+mta-" not in model_id(str(Path("full/best").resolve()))
