@@ -9,6 +9,9 @@ prefix_length, head_dim], so that layer ``j`` (``j``-th of the prefixed layers) 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -16,45 +19,52 @@ from ..heads import Activation
 from .prefix import PrefixTuningConfig
 
 
-def _seeded(seed: int | None):  # AdapterHub reseeds the global generator; we fork it and leave the caller's
-    return torch.random.fork_rng(devices=[], enabled=seed is not None)
+@contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """AdapterHub reseeds the global generator before drawing; we do so in a forked state, leaving the caller's."""
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
 
 
-class ReparametrisedPrefix(nn.Module):
+class _Generator(nn.Module):
+    """What both generators know: the shape they make keys and values in. Parameters are drawn inside
+    ``_seeded`` (AdapterHub reseeds the global generator with ``init_weights_seed`` first; we fork it)."""
+
+    def __init__(self, prefix_length: int, layers: int, heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.prefix_length, self.layers, self.heads, self.head_dim = prefix_length, layers, heads, head_dim
+
+    def values(self) -> torch.Tensor:  # [prefix_length, layers × 2 × hidden]
+        raise NotImplementedError
+
+
+class ReparametrisedPrefix(_Generator):
     """``wte`` (prefix_length × hidden) through hidden → bottleneck → act → layers × 2 × hidden."""
 
     def __init__(self, config: PrefixTuningConfig, hidden_size: int, layers: int, heads: int) -> None:
-        super().__init__()
-        self.prefix_length, self.layers, self.heads = config.prefix_length, layers, heads
-        self.head_dim = hidden_size // heads
+        super().__init__(config.prefix_length, layers, heads, hidden_size // heads)
         with _seeded(config.init_weights_seed):
-            if config.init_weights_seed is not None:
-                torch.manual_seed(config.init_weights_seed)
             self.wte = nn.Embedding(config.prefix_length, hidden_size)
             self.control_trans = nn.Sequential(
                 nn.Linear(hidden_size, config.bottleneck_size), Activation(config.non_linearity.lower()),
                 nn.Linear(config.bottleneck_size, layers * 2 * heads * self.head_dim))
 
     def values(self) -> torch.Tensor:
-        """[prefix_length, layers × 2 × hidden]: the MLP run once over the prefix table."""
+        """The MLP run once over the prefix table."""
         return self.control_trans(self.wte.weight)
 
-    def flat(self) -> torch.Tensor:
-        """The flat export (AdapterHub's ``eject``): the same numbers as one vector."""
-        return self.values().reshape(-1)
 
-
-class FlatPrefix(nn.Module):
+class FlatPrefix(_Generator):
     """The keys and values stored directly (``control_trans``, one vector), AdapterHub's flat prefix."""
 
-    def __init__(self, config: PrefixTuningConfig, hidden_size: int, layers: int, heads: int) -> None:
-        super().__init__()
-        self.prefix_length, self.layers, self.heads = config.prefix_length, layers, heads
-        self.head_dim = hidden_size // heads
-        with _seeded(config.init_weights_seed):
-            if config.init_weights_seed is not None:
-                torch.manual_seed(config.init_weights_seed)
-            self.control_trans = nn.Parameter(torch.randn(config.prefix_length * layers * 2 * heads * self.head_dim))
+    def __init__(self, prefix_length: int, layers: int, heads: int, head_dim: int,
+                 values: torch.Tensor | None = None, seed: int | None = None) -> None:
+        super().__init__(prefix_length, layers, heads, head_dim)
+        with _seeded(seed):
+            drawn = torch.randn(prefix_length * layers * 2 * heads * head_dim) if values is None else values
+        self.control_trans = nn.Parameter(drawn)
 
     def values(self) -> torch.Tensor:
         return self.control_trans.view(self.prefix_length, -1)
@@ -69,8 +79,10 @@ class PrefixAdapterSet(nn.Module):
             raise ValueError(f"hidden size {hidden_size} is not a multiple of the {heads} attention heads")
         self.config = config
         self.layer_ids = config.layers(num_layers)
-        kind = FlatPrefix if config.flat else ReparametrisedPrefix
-        self.prefix = kind(config, hidden_size, len(self.layer_ids), heads)
+        layers = len(self.layer_ids)
+        self.prefix = FlatPrefix(config.prefix_length, layers, heads, hidden_size // heads,
+                                 seed=config.init_weights_seed) if config.flat \
+            else ReparametrisedPrefix(config, hidden_size, layers, heads)
         self.dropout = nn.Dropout(config.dropout)
         self.gates = nn.ModuleDict()
         for i in self.layer_ids if config.gates else ():
@@ -98,16 +110,12 @@ class PrefixAdapterSet(nn.Module):
         trains the flat vector."""
         if isinstance(self.prefix, FlatPrefix):
             return
-        with torch.no_grad():
-            weights = self.prefix.flat().detach().clone()
         old = self.prefix
+        with torch.no_grad():
+            weights = old.values().reshape(-1).detach().clone()
         self.config = self.config.replace(flat=True)
-        flat = FlatPrefix.__new__(FlatPrefix)
-        nn.Module.__init__(flat)
-        flat.prefix_length, flat.layers, flat.heads, flat.head_dim = old.prefix_length, old.layers, old.heads, \
-            old.head_dim
-        flat.control_trans = nn.Parameter(weights, requires_grad=old.wte.weight.requires_grad)
-        self.prefix = flat
+        self.prefix = FlatPrefix(old.prefix_length, old.layers, old.heads, old.head_dim, values=weights)
+        self.prefix.control_trans.requires_grad_(old.wte.weight.requires_grad)
 
 
 def flat_weights(config: PrefixTuningConfig, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
