@@ -165,3 +165,13 @@ def one_line_error(result, code: int = 2) -> str:
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert result.stdout == ""
     return lines[0]
+
+
+def fixture_inputs(tensors: dict, batch: str) -> dict:
+    """A recorded batch of the reference fixtures (cases.safetensors): "default", "nomask" (the default ids
+    without a mask) or a named one ("leftpad", "short", ...)."""
+    if batch == "default":
+        return {"input_ids": tensors["input_ids"], "attention_mask": tensors["attention_mask"]}
+    if batch == "nomask":
+        return {"input_ids": tensors["input_ids"]}
+    return {"input_ids": tensors[f"{batch}.input_ids"], "attention_mask": tensors[f"{batch}.attention_mask"]}

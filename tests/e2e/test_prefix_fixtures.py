@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FIXTURES
+from conftest import FIXTURES, fixture_inputs
 
 ATOL = 1e-5
 ROOTS = sorted(d for d in FIXTURES.glob("prefix_*") if (d / "cases.json").is_file())
@@ -66,14 +66,6 @@ def _active(spec: str) -> str | None:
     return spec
 
 
-def _inputs(tensors: dict, batch: str) -> dict:
-    if batch == "default":
-        return {"input_ids": tensors["input_ids"], "attention_mask": tensors["attention_mask"]}
-    if batch == "nomask":
-        return {"input_ids": tensors["input_ids"]}
-    return {"input_ids": tensors[f"{batch}.input_ids"], "attention_mask": tensors[f"{batch}.attention_mask"]}
-
-
 def _err(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     return (ours.float() - theirs).abs().max().item()
 
@@ -100,7 +92,7 @@ def test_every_case_matches_the_reference(world):
         if expected is None:
             continue
         with torch.no_grad():
-            out = model(**_inputs(tensors, spec["batch"]), active=_active(spec["active"]))
+            out = model(**fixture_inputs(tensors, spec["batch"]), active=_active(spec["active"]))
         for what in ("last_hidden_state", "logits"):
             err = _err(getattr(out, what), tensors[f"{expected}.{what}"])
             assert err <= ATOL, f"{root.name} {case} {what}: max |error| {err:.2e} > {ATOL}"
@@ -112,7 +104,7 @@ def test_groups_attend_to_their_own_prefix_whatever_its_length(world):
     """batch_split/parallel over prefixes of different lengths: each row as its prefix alone (the reference
     attends to padding it boosts there, see cases.json's row probes)."""
     root, model, tensors, meta = world
-    batch = _inputs(tensors, "nomask" if meta["model_type"] == "distilbert" else "default")
+    batch = fixture_inputs(tensors, "nomask" if meta["model_type"] == "distilbert" else "default")
     with torch.no_grad():
         split = model(**batch, active="batch_split(prefix,prefix_flat,sizes=[2,2])", head=None).last_hidden_state
         par = model(**batch, active="parallel(prefix,prefix_flat)", head="cls_head").branches
@@ -140,7 +132,7 @@ def test_gradients_equal_the_reference(world):
     try:
         model.train_adapters([grads["adapter"]])
         model.zero_grad()
-        out = model(**_inputs(tensors, grads["batch"]), active=grads["adapter"])
+        out = model(**fixture_inputs(tensors, grads["batch"]), active=grads["adapter"])
         out.logits.sum().backward()
         prefix = model.adapters[grads["adapter"]].prefix
         for key in grads["tensors"]:
@@ -164,7 +156,7 @@ def test_an_ejected_prefix_loads_flat(world):
 
 def test_eject_keeps_the_outputs_and_shrinks_the_file(world, tmp_path):
     root, model, tensors, meta = world
-    batch = _inputs(tensors, "default")
+    batch = fixture_inputs(tensors, "default")
     with torch.no_grad():
         before = model(**batch, active="prefix").last_hidden_state
         model.eject_prefix("prefix")

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FIXTURES
+from conftest import FIXTURES, fixture_inputs
 
 ATOL = 1e-5
 ROOTS = sorted(d for d in FIXTURES.glob("prompt_*") if (d / "cases.json").is_file())
@@ -69,14 +69,6 @@ def _active(case: str) -> str | None:
         if case.startswith(batch):
             return case.removeprefix(batch)
     raise AssertionError(f"unknown case {case!r}")
-
-
-def _inputs(tensors: dict, batch: str) -> dict:
-    if batch == "default":
-        return {"input_ids": tensors["input_ids"], "attention_mask": tensors["attention_mask"]}
-    if batch == "nomask":
-        return {"input_ids": tensors["input_ids"]}
-    return {"input_ids": tensors[f"{batch}.input_ids"], "attention_mask": tensors[f"{batch}.attention_mask"]}
 
 
 def _close(ours: torch.Tensor, theirs: torch.Tensor, what: str) -> float:
@@ -153,7 +145,7 @@ def _right_loss(alone_tokens: list[torch.Tensor], labels: torch.Tensor, mask: to
 
 def _check_case(root: Path, model, tensors: dict, case: str, spec: dict, stats: dict) -> None:
     model_type, mlm = root.name.removeprefix("prompt_"), case.startswith("mlm_")
-    active, batch = _active(case), _inputs(tensors, spec["batch"])
+    active, batch = _active(case), fixture_inputs(tensors, spec["batch"])
     what = f"{root.name} {case}"
     out = _run(model, batch["input_ids"], batch.get("attention_mask"), active, "mlm" if mlm else "cls_head")
     loss = _run(model, batch["input_ids"], batch.get("attention_mask"), active, "mlm",
@@ -250,9 +242,9 @@ def _same_as(model, name: str, reference: str, tensors: dict, what: str) -> None
     padded one (where the reference's are wrong)."""
     with torch.no_grad():
         for batch in ("nomask", "default"):
-            hidden = model(**_inputs(tensors, batch), active=name, head=None).last_hidden_state
+            hidden = model(**fixture_inputs(tensors, batch), active=name, head=None).last_hidden_state
             expected = tensors[f"nomask_{reference}.last_hidden_state"] if batch == "nomask" else \
-                model(**_inputs(tensors, batch), active=reference, head=None).last_hidden_state
+                model(**fixture_inputs(tensors, batch), active=reference, head=None).last_hidden_state
             _close(hidden, expected, f"{what} ({batch})")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FIXTURES
+from conftest import FIXTURES, fixture_inputs
 
 ATOL = 1e-5
 ROOTS = sorted(d for d in FIXTURES.glob("reft_*") if (d / "cases.json").is_file())
@@ -69,14 +69,6 @@ def _active(case: str) -> str | None:
     raise AssertionError(f"unknown case {case!r}")
 
 
-def _inputs(tensors: dict, batch: str) -> dict:
-    if batch == "default":
-        return {"input_ids": tensors["input_ids"], "attention_mask": tensors["attention_mask"]}
-    if batch == "nomask":
-        return {"input_ids": tensors["input_ids"]}
-    return {"input_ids": tensors[f"{batch}.input_ids"], "attention_mask": tensors[f"{batch}.attention_mask"]}
-
-
 def _close(ours: torch.Tensor, theirs: torch.Tensor, what: str) -> float:
     err = (ours.float() - theirs).abs().max().item()
     assert err <= ATOL, f"{what}: max |error| {err:.2e} > {ATOL}"
@@ -87,7 +79,7 @@ def test_every_case_matches_the_reference(world):
     root, model, tensors, meta = world
     for case, spec in meta["cases"].items():
         with torch.no_grad():
-            out = model(**_inputs(tensors, spec["batch"]), active=_active(case))
+            out = model(**fixture_inputs(tensors, spec["batch"]), active=_active(case))
         _close(out.last_hidden_state, tensors[f"{case}.last_hidden_state"], f"{root.name} {case}")
         _close(out.logits, tensors[f"{case}.logits"], f"{root.name} {case} logits")
     assert len(meta["cases"]) >= 22
@@ -141,7 +133,7 @@ def test_positions_the_reference_cannot_index_are_refused(world):
     _, model, tensors, meta = world
     assert "index -1 is out of bounds" in meta["reference_behaviour"]["suffix_longer_than_a_row"]
     with pytest.raises(UsageError, match=r"edits the last 3 tokens of each row, but row 0 has 2"):
-        model(**_inputs(tensors, "tiny"), active="noreft_suffix")
+        model(**fixture_inputs(tensors, "tiny"), active="noreft_suffix")
     short = {"input_ids": tensors["short.input_ids"][:, :1], "attention_mask": tensors["short.attention_mask"][:, :1]}
     with pytest.raises(UsageError, match="would write prefix states into suffix positions"):
         model(**short, active="direft_mix_explicit")
@@ -159,7 +151,7 @@ def test_adapterhub_and_adapt_formats_round_trip(world, tmp_path):
         model.save_adapter(out, "loreft_r4", format=fmt, safetensors=safetensors)
         name = model.load_adapter(out, name="again", with_head=False, overwrite=True)
         with torch.no_grad():
-            hidden = model(**_inputs(tensors, "default"), active=name).last_hidden_state
+            hidden = model(**fixture_inputs(tensors, "default"), active=name).last_hidden_state
         _close(hidden, tensors[f"{case}.last_hidden_state"], f"{root.name} {fmt} round trip")
     theirs = json.loads((root / "adapters" / "loreft_r4" / "adapter_config.json").read_text())
     ours = json.loads((tmp_path / "adapterhubFalse" / "adapter_config.json").read_text())
@@ -183,7 +175,7 @@ def test_safetensors_files_load_the_same(world):
     name = model.load_adapter(root / "adapters_safetensors" / "loreft", name="loreft_st", with_head=False)
     try:
         with torch.no_grad():
-            hidden = model(**_inputs(tensors, "default"), active=name).last_hidden_state
+            hidden = model(**fixture_inputs(tensors, "default"), active=name).last_hidden_state
         _close(hidden, tensors["single_loreft.last_hidden_state"], f"{root.name} safetensors")
     finally:
         model.delete_adapter(name)
