@@ -81,7 +81,7 @@ def forget_base_identity(config: Any) -> None:
             delattr(config, key)
 
 
-def _recorded_id(config: Path) -> str | None:
+def recorded_base_id(config: Path) -> str | None:
     """The id a base adapt made records in its config.json (``adapt_base_id``)."""
     import json
 
@@ -114,7 +114,7 @@ def model_id(name_or_path: str) -> str:
         pass
     h = hashlib.sha256()
     config = path / "config.json"
-    recorded = _recorded_id(config) if config.is_file() else None
+    recorded = recorded_base_id(config) if config.is_file() else None
     if recorded is not None:  # a base adapt made keeps its id wherever its directory is
         return recorded
     if config.is_file():

@@ -37,3 +37,34 @@ def locate(spec: str, model_id: str, kind: str | None = None) -> Path:
         return pulled
     verify(entry)
     return entry.path
+
+
+def mta_base_of(specs: list[str]) -> str | None:
+    """The MT-A base (``<model>+mta-<hash>``) that every one of ``specs`` was made with, when they agree on one,
+    else None: so that a fusion over MT-A adapters (or an inspection of it) runs on their base without
+    ``--model``. A spec is a directory (its adapter or fusion config records the base) or a cache name, taken
+    here only when it is cached under MT-A bases alone."""
+    import json
+
+    from .cache import entries, short_names
+    from .defaults import DERIVED_MARK
+    from .formats import ADAPTER_CONFIG, FUSION_CONFIGS
+
+    cached = entries()
+    bases = set()
+    for spec in specs:
+        path = Path(spec)
+        config = next((path / f for f in (ADAPTER_CONFIG, *FUSION_CONFIGS) if (path / f).is_file()), None)
+        if config is not None:
+            try:
+                data = json.loads(config.read_text(encoding="utf-8"))
+                named = (data.get("base_model") or {}).get("name_or_path") or data.get("model_name")
+            except (OSError, ValueError, AttributeError):
+                return None
+            found = {str(named)} if named else set()
+        else:
+            found = {e.model for e in cached if e.id == spec or spec in short_names(e)}
+        if len(found) != 1 or DERIVED_MARK not in next(iter(found)):
+            return None
+        bases |= found
+    return bases.pop() if len(bases) == 1 else None

@@ -11,6 +11,11 @@ seed counts once, the most recent run, so ``n`` is the number of distinct seeds.
 Run directories are read as ``adapt train`` / ``adapt fuse`` write them (training/loop.py):
 ``final_metrics.json`` (task, method, main metric, best result, fusion members), ``recipe.yaml`` (the
 resolved recipe: seed, adapter config, fusion config, settings) and ``run.json`` (status, seed, time).
+
+An MT-A run (``--method multitask``) is one run for several tasks: it gives each of its tasks a row in the
+``mt-a`` column. A fusion whose base is an MT-A base (``<model>+mta-<hash>``) is ``fusion (mt-a)``: F. w/
+MT-A. Every seed of an MT-A run makes a base of its own id, so ids are compared without their hash.
+Table 2 of the paper compares each fusion column with the adapters it fuses (``comparisons``).
 """
 
 from __future__ import annotations
@@ -24,14 +29,16 @@ from typing import Any
 
 from .errors import UsageError
 
-COLUMN_ORDER = ("head", "full", "adapter", "fusion")
+COLUMN_ORDER = ("head", "full", "adapter", "mt-a", "fusion")
+SAME_WITHIN = 0.3  # points: Table 2's "same" band for a fusion against its adapters
 FINAL = "final_metrics.json"
 # Recipe keys that do not change what a run measures (or that are compared on their own below).
 NOT_SETTINGS = frozenset({
     "seed", "task", "method", "name", "description", "data_dir", "device", "precision", "frozen_dtype",
     "gradient_checkpointing", "eval_batch_size", "save_every_steps", "log_every_steps",
-    "adapter", "adapter_overrides", "fusion_adapters", "fusion", "unfreeze_adapters",
+    "adapter", "adapter_overrides", "fusion_adapters", "fusion", "unfreeze_adapters", "tasks", "data_dirs",
 })
+MULTITASK_ONLY = frozenset({"base_learning_rate", "alpha_start", "alpha_end", "alpha_schedule", "steps_per_epoch"})
 FUSION_ONLY = frozenset({"fusion_reg_weight"})
 
 
@@ -128,13 +135,28 @@ def collect(run_dirs: list[Path]) -> list[dict[str, Any]]:
         seed = recipe.get("seed", status.get("seed"))
         best = summary.get("best") or {}
         base, identity = _configuration(method, recipe, summary)
-        runs.append({"run": str(run), "task": summary.get("task") or recipe.get("task"), "kind": method,
-                     "method": base, "seed": seed, "metric": summary.get("main_metric"),
-                     "value": best.get("metric"), "metrics": best.get("metrics"),
-                     "wall_time_s": summary.get("wall_time_s"), "finished": _finished(run, status),
-                     "identity": identity})
+        record = {"run": str(run), "task": summary.get("task") or recipe.get("task"), "kind": method,
+                  "method": base, "seed": seed, "metric": summary.get("main_metric"),
+                  "value": best.get("metric"), "metrics": best.get("metrics"),
+                  "wall_time_s": summary.get("wall_time_s"), "finished": _finished(run, status),
+                  "identity": identity}
+        runs += _per_task(record, summary) if method == "multitask" else [record]
     _label_columns(runs)
     return runs
+
+
+def _per_task(record: dict[str, Any], summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """An MT-A run as one record per task: the task's main metric at the run's best epoch (the best mean)."""
+    mains = summary.get("main_metrics") or {}
+    out = []
+    for task, metrics in (summary.get("per_task") or {}).items():
+        metric = mains.get(task)
+        out.append({**record, "task": task, "metric": metric, "value": (metrics or {}).get(metric),
+                    "metrics": metrics})
+    if not out:
+        raise UsageError(f"{record['run']}/{FINAL} is an MT-A run without per-task results (per_task); "
+                         "was it written by an older adapt? Train it again")
+    return out
 
 
 def _finished(run: Path, status: dict[str, Any]) -> list[float]:
@@ -153,17 +175,25 @@ def _configuration(method: str, recipe: dict[str, Any], summary: dict[str, Any])
     """(column name before disambiguation, everything that must be equal for runs to be seeds of one
     configuration)."""
     settings = {k: v for k, v in recipe.items()
-                if k not in NOT_SETTINGS and (method == "fusion" or k not in FUSION_ONLY)}
+                if k not in NOT_SETTINGS and (method == "fusion" or k not in FUSION_ONLY)
+                and (method == "multitask" or k not in MULTITASK_ONLY)}
     settings.setdefault("model", summary.get("model"))
+    on_mta_base = _mta_base(settings["model"])
+    if on_mta_base:  # each seed's MT-A base has an id of its own: compare where it came from
+        settings["model"] = on_mta_base
     identity: dict[str, Any] = {"method": method, **settings}
     base = method
-    if method == "adapter":
+    if method in ("adapter", "multitask"):
         label, identity["config"] = _adapter_config(recipe.get("adapter", "pfeiffer"),
                                                     recipe.get("adapter_overrides") or {})
-        base = "adapter" if label == "pfeiffer" else f"adapter ({label})"
+        base = "adapter" if method == "adapter" else "mt-a"
+        base = base if label == "pfeiffer" else f"{base} ({label})"
+        if method == "multitask":
+            identity["tasks"] = "+".join(sorted(summary.get("tasks") or []))
     elif method == "fusion":
         fusion = recipe.get("fusion", "dynamic")
-        qualifiers = [] if fusion == "dynamic" else [fusion if isinstance(fusion, str) else "custom"]
+        qualifiers = ["mt-a"] if on_mta_base else []
+        qualifiers += [] if fusion == "dynamic" else [fusion if isinstance(fusion, str) else "custom"]
         if recipe.get("unfreeze_adapters"):
             qualifiers.append("unfrozen adapters")
         members = summary.get("fusion_members") or [Path(str(a)).name for a in recipe.get("fusion_adapters") or []]
@@ -171,6 +201,17 @@ def _configuration(method: str, recipe: dict[str, Any], summary: dict[str, Any])
                         members="+".join(map(str, members)))
         base = f"fusion ({', '.join(qualifiers)})" if qualifiers else "fusion"
     return base, identity
+
+
+def _mta_base(model: Any) -> str | None:
+    """``minilm+mta`` for an MT-A base (its id ``minilm+mta-<hash>``, or its directory, which records the id)."""
+    from .defaults import DERIVED_MARK, recorded_base_id
+
+    text = str(model or "")
+    if DERIVED_MARK not in text:
+        config = Path(text).expanduser() / "config.json"
+        text = (recorded_base_id(config) or "") if text and config.is_file() else ""
+    return text.split(DERIVED_MARK)[0] + DERIVED_MARK.rstrip("-") if DERIVED_MARK in text else None
 
 
 def _adapter_config(spec: Any, overrides: dict[str, Any]) -> tuple[str, str]:
@@ -280,7 +321,44 @@ def table(runs: list[dict[str, Any]], notes: list[str] | None = None) -> dict[st
                                    "n": len(values), "seeds": [r["seed"] for r in chosen],
                                    "metric": chosen[0]["metric"], "runs": [r["run"] for r in chosen]}
     public = [{k: v for k, v in r.items() if k not in ("identity", "group", "finished")} for r in runs]
-    return {"tasks": tasks, "methods": methods, "cells": cells, "runs": public}
+    return {"tasks": tasks, "methods": methods, "cells": cells, "wall_time_s": _wall_times(counted, methods),
+            "comparisons": compare(runs, cells, methods, notes), "runs": public}
+
+
+def _wall_times(counted: list[dict[str, Any]], methods: list[str]) -> dict[str, float]:
+    """Seconds of training per column, each run once (an MT-A run fills a cell per task)."""
+    totals: dict[str, float] = {}
+    for method in methods:
+        seen = {r["run"]: r.get("wall_time_s") or 0.0 for r in counted if r["method"] == method}
+        totals[method] = round(sum(seen.values()), 2)
+    return totals
+
+
+def compare(runs: list[dict[str, Any]], cells: dict[str, dict[str, Any]], methods: list[str],
+            notes: list[str] | None = None) -> list[dict[str, Any]]:
+    """Table 2: each fusion column against the adapters it fuses (``fusion`` against ``adapter``,
+    ``fusion (mt-a)`` against ``mt-a``), per task, in points: improved above +0.3, the same within 0.3,
+    worse below -0.3. A fusion column is compared only when exactly one column of its adapters exists."""
+    family = {r["method"]: r["kind"] for r in runs}
+    mta = {r["method"] for r in runs if r["kind"] == "fusion" and "+mta" in str(r["identity"].get("model"))}
+    out = []
+    for fused in (m for m in methods if family.get(m) == "fusion"):
+        kind = "multitask" if fused in mta else "adapter"
+        against = [m for m in methods if family.get(m) == kind]
+        if len(against) != 1:
+            if against and notes is not None:
+                notes.append(f"note: {fused} is not compared with its adapters: {len(against)} columns could be "
+                             f"them ({', '.join(against)}); give adapt results the runs of one")
+            continue
+        rows = {}
+        for task, row in cells.items():
+            if fused in row and against[0] in row:
+                delta = 100 * (row[fused]["mean"] - row[against[0]]["mean"])
+                arrow = "↑" if delta > SAME_WITHIN else "↓" if delta < -SAME_WITHIN else "="
+                rows[task] = {"delta": round(delta, 4), "arrow": arrow}
+        if rows:
+            out.append({"fusion": fused, "against": against[0], "tasks": rows})
+    return out
 
 
 def report(paths: list[Path]) -> dict[str, Any]:
@@ -295,7 +373,8 @@ def report(paths: list[Path]) -> dict[str, Any]:
     return result
 
 
-def markdown(result: dict[str, Any]) -> str:
+def markdown(result: dict[str, Any], wall_time: bool = False) -> str:
+    """Table 1 (and a wall-time row when ``wall_time``), then Table 2 when a fusion can be compared."""
     methods = result["methods"]
     lines = ["| task | metric | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
     for task in result["tasks"]:
@@ -310,6 +389,20 @@ def markdown(result: dict[str, Any]) -> str:
                 spread = f" ± {100 * c['std']:.1f}" if c["std"] is not None else ""
                 values.append(f"{100 * c['mean']:.1f}{spread} (n={c['n']})")
         lines.append(f"| {task} | {metric} | " + " | ".join(values) + " |")
+    if wall_time:
+        times = [f"{result['wall_time_s'].get(m, 0) / 60:.1f} min" for m in methods]
+        lines.append("| wall time | | " + " | ".join(times) + " |")
+    comparisons = result.get("comparisons") or []
+    if comparisons:
+        lines += ["", f"Fusion against its adapters, in points (↑ above +{SAME_WITHIN}, = within, "
+                  f"↓ below -{SAME_WITHIN}):", "",
+                  "| task | " + " | ".join(f"{c['fusion']} vs {c['against']}" for c in comparisons) + " |",
+                  "|---|" + "---|" * len(comparisons)]
+        for task in result["tasks"]:
+            marks = [c["tasks"].get(task) for c in comparisons]
+            if any(marks):
+                lines.append(f"| {task} | " + " | ".join(f"{m['arrow']} {m['delta']:+.1f}" if m else ""
+                                                         for m in marks) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,23 +1,52 @@
 #!/usr/bin/env bash
-# A small version of the AdapterFusion paper's experiment (Pfeiffer et al. 2021, Table 1 and Figure 4)
-# on GLUE data in its original distribution format, with the embedded all-MiniLM-L6-v2.
+# A small version of the AdapterFusion paper's experiment (Pfeiffer et al. 2021, Tables 1 and 2, Figure 4)
+# with the embedded all-MiniLM-L6-v2: the six columns Head, Full, ST-A, MT-A, F. w/ ST-A and F. w/ MT-A.
 #
-#   GLUE=../shared/data/glue SEEDS="1 2 3" EPOCHS=3 bash docs/paper-experiment.sh
+#   bash docs/paper-experiment.sh                                  # ../shared GLUE: sst2 mrpc stsb cola rte
+#   bash docs/paper-experiment.sh rte=data/RTE mrpc=data/MRPC cb=data/CB    # any tasks, TASK=DIR
+#   SEEDS="1 2" MAX_TRAIN=500 EPOCHS=3 TARGETS="rte mrpc" bash docs/paper-experiment.sh   # a CPU budget
 #
-# Each training is one `adapt train` / `adapt fuse` process; rerunning the script skips finished runs
-# and resumes interrupted ones. Results: out/table.md and out/activations/activations.png.
+# Defaults are the paper's settings, i.e. the recipes' (adapter, head, full, multitask, fusion): learning
+# rates, epochs and early stopping, all training data. Every knob below overrides them for all runs.
+# Each training is one `adapt train` / `adapt fuse` process; rerunning the script skips finished runs and
+# resumes interrupted ones. Results: $OUT/table.md (with wall times and Table 2's arrows) and
+# $OUT/activations*/activations.png.
 set -euo pipefail
 GLUE=${GLUE:-../shared/data/glue}
 SEEDS=${SEEDS:-1}
-EPOCHS=${EPOCHS:-3}
 MODEL=${MODEL:-minilm}
-MAX_TRAIN=${MAX_TRAIN:-null}          # e.g. 2000 to cap the larger training sets on a CPU
-BASELINES=${BASELINES:-1}             # 0: skip the head-only and full fine-tuning runs
+EPOCHS=${EPOCHS:-}          # empty: each recipe's epochs (and patience: early stopping)
+MAX_TRAIN=${MAX_TRAIN:-}    # e.g. 2000: a seeded random subset of each training set
+MAX_EVAL=${MAX_EVAL:-}      # e.g. 500: a seeded random subset of each dev set
+TARGETS=${TARGETS:-}        # fusion targets; empty: every task
+LR_ADAPTER=${LR_ADAPTER:-} LR_HEAD=${LR_HEAD:-} LR_FULL=${LR_FULL:-} LR_FUSION=${LR_FUSION:-}
+LR_BASE=${LR_BASE:-}        # MT-A: the shared base's learning rate (its adapters take LR_ADAPTER)
 OUT=${OUT:-out}
 export ADAPT_CACHE=${ADAPT_CACHE:-$OUT/cache}
 ADAPT=${ADAPT:-.venv/bin/adapt}
+
+declare -A DIR=()
+TASKS=()
+if [ $# -eq 0 ]; then
+  declare -A GLUE_DIR=([sst2]=SST-2 [mrpc]=MRPC [stsb]=STS-B [cola]=CoLA [rte]=RTE)
+  for task in sst2 mrpc stsb cola rte; do DIR[$task]=$GLUE/${GLUE_DIR[$task]}; TASKS+=("$task"); done
+else
+  for pair in "$@"; do
+    case $pair in *=*) ;; *) echo "error: '$pair' is not TASK=DIR (e.g. rte=data/RTE)" >&2; exit 2 ;; esac
+    DIR[${pair%%=*}]=${pair#*=}; TASKS+=("${pair%%=*}")
+  done
+fi
+if [ ${#TASKS[@]} -lt 2 ]; then echo "error: give two or more tasks (TASK=DIR ...)" >&2; exit 2; fi
+for task in "${TASKS[@]}"; do
+  [ -d "${DIR[$task]}" ] || { echo "error: data directory ${DIR[$task]} for $task does not exist" >&2; exit 2; }
+done
+TARGETS=${TARGETS:-${TASKS[*]}}
 mkdir -p "$OUT/runs"
-declare -A DIR=([sst2]=SST-2 [mrpc]=MRPC [stsb]=STS-B [cola]=CoLA [rte]=RTE)
+
+common() {  # the knobs every run shares
+  echo ${EPOCHS:+epochs=$EPOCHS patience=null} ${MAX_TRAIN:+max_train_samples=$MAX_TRAIN} \
+    ${MAX_EVAL:+max_eval_samples=$MAX_EVAL}
+}
 
 run() {  # run DIR CMD...: skip finished runs, resume interrupted ones
   local dir=$1; shift
@@ -26,29 +55,45 @@ run() {  # run DIR CMD...: skip finished runs, resume interrupted ones
   "$@" --run-dir "$dir" --quiet --overwrite
 }
 
+base_of() {  # the fine-tuned base model an MT-A run made (its id in final_metrics.json)
+  grep -o '"base_model": "[^"]*"' "$1/final_metrics.json" | cut -d'"' -f4
+}
+
 for seed in $SEEDS; do
-  for task in sst2 mrpc stsb cola rte; do
-    run "$OUT/runs/$task-adapter-s$seed" "$ADAPT" train --task $task --data-dir "$GLUE/${DIR[$task]}" \
-      --model "$MODEL" --config pfeiffer --name $task seed=$seed epochs=$EPOCHS patience=null \
-      learning_rate=1e-3 max_train_samples=$MAX_TRAIN
+  # Head, Full and ST-A: one run per task
+  for task in "${TASKS[@]}"; do
+    run "$OUT/runs/$task-adapter-s$seed" "$ADAPT" train --task "$task" --data-dir "${DIR[$task]}" --model "$MODEL" \
+      --config pfeiffer --name "$task" seed=$seed $(common) ${LR_ADAPTER:+learning_rate=$LR_ADAPTER}
+    run "$OUT/runs/$task-head-s$seed" "$ADAPT" train --task "$task" --data-dir "${DIR[$task]}" --model "$MODEL" \
+      --method head seed=$seed $(common) ${LR_HEAD:+learning_rate=$LR_HEAD} --no-cache
+    run "$OUT/runs/$task-full-s$seed" "$ADAPT" train --task "$task" --data-dir "${DIR[$task]}" --model "$MODEL" \
+      --method full seed=$seed $(common) ${LR_FULL:+learning_rate=$LR_FULL} --no-cache
   done
-  for target in rte mrpc; do
-    for method in $([ "$BASELINES" = 1 ] && echo head full); do
-      lr=$([ $method = full ] && echo 3e-5 || echo 3e-3)
-      run "$OUT/runs/$target-$method-s$seed" "$ADAPT" train --task $target --data-dir "$GLUE/${DIR[$target]}" \
-        --model "$MODEL" --method $method seed=$seed epochs=$EPOCHS patience=null learning_rate=$lr \
-        max_train_samples=$MAX_TRAIN --no-cache
-    done
-    members=""
-    for task in sst2 mrpc stsb cola rte; do members+=" $task-adapter-s$seed"; done
-    run "$OUT/runs/$target-fusion-s$seed" "$ADAPT" fuse $members --target $target --model "$MODEL" \
-      --data-dir "$GLUE/${DIR[$target]}" seed=$seed epochs=$EPOCHS patience=null learning_rate=5e-4 \
-      max_train_samples=$MAX_TRAIN
+  # MT-A: one run over all tasks; its fine-tuned base becomes a base model of its own in the cache
+  dirs=()
+  for task in "${TASKS[@]}"; do dirs+=(--data-dir "$task=${DIR[$task]}"); done
+  run "$OUT/runs/mta-s$seed" "$ADAPT" train --method multitask --tasks "$(IFS=,; echo "${TASKS[*]}")" "${dirs[@]}" \
+    --model "$MODEL" seed=$seed $(common) ${LR_ADAPTER:+learning_rate=$LR_ADAPTER} \
+    ${LR_BASE:+base_learning_rate=$LR_BASE}
+  mta_base=$(base_of "$OUT/runs/mta-s$seed")
+  # F. w/ ST-A and F. w/ MT-A: every task's adapter fused for each target
+  for target in $TARGETS; do
+    st=() mt=()
+    for task in "${TASKS[@]}"; do st+=("$task-adapter-s$seed"); mt+=("mta-s$seed-$task"); done
+    run "$OUT/runs/$target-fusion-s$seed" "$ADAPT" fuse "${st[@]}" --target "$target" --model "$MODEL" \
+      --data-dir "${DIR[$target]}" seed=$seed $(common) ${LR_FUSION:+learning_rate=$LR_FUSION}
+    run "$OUT/runs/$target-fusion-mta-s$seed" "$ADAPT" fuse "${mt[@]}" --target "$target" --model "$mta_base" \
+      --data-dir "${DIR[$target]}" seed=$seed $(common) ${LR_FUSION:+learning_rate=$LR_FUSION}
   done
 done
 
-"$ADAPT" results "$OUT"/runs/* --output "$OUT/table.md"
+"$ADAPT" results "$OUT"/runs --wall-time --output "$OUT/table.md"
 cat "$OUT/table.md"
-first=$(echo $SEEDS | cut -d' ' -f1)
-"$ADAPT" inspect-activations "rte-fusion-s$first" "mrpc-fusion-s$first" --model "$MODEL" \
-  --data-dir rte="$GLUE/RTE" --data-dir mrpc="$GLUE/MRPC" --out "$OUT/activations"
+first=${SEEDS%% *}
+fusions=() data=()
+for target in $TARGETS; do fusions+=("$target-fusion-s$first"); data+=(--data-dir "$target=${DIR[$target]}"); done
+"$ADAPT" inspect-activations "${fusions[@]}" --model "$MODEL" "${data[@]}" --out "$OUT/activations" --quiet
+mta_base=$(base_of "$OUT/runs/mta-s$first")
+fusions=()
+for target in $TARGETS; do fusions+=("$target-fusion-mta-s$first"); done
+"$ADAPT" inspect-activations "${fusions[@]}" --model "$mta_base" "${data[@]}" --out "$OUT/activations-mta" --quiet

@@ -28,10 +28,12 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # no "Retrying in 1s" lines from huggingface_hub
-    if "huggingface_hub" in sys.modules:
+    if "huggingface_hub" in sys.modules:  # imported already: it read the variable above before it was set
+        from huggingface_hub.utils import disable_progress_bars
         from huggingface_hub.utils import logging as hub_logging
 
         hub_logging.set_verbosity_error()
+        disable_progress_bars()
     if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 

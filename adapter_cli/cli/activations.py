@@ -26,7 +26,8 @@ from .app import app
 def inspect_activations(
     fusions: list[str] = typer.Argument(..., help="Fusions: cache names (they know their members and target "
                                         "task) or directories (then give -a and --task)."),
-    model: str = typer.Option("minilm", "--model", "-m", help="Base model (default: minilm)."),
+    model: str = typer.Option(None, "--model", "-m", help="Base model (default: the MT-A base the fusions were "
+                              "trained with, if they were, else minilm)."),
     adapters: list[str] = typer.Option(None, "--adapter", "-a", help="Member adapters for fusion directories."),
     task: str = typer.Option(None, "--task", "-t", help="Task whose dev split is used (default: the fusion's "
                              "target task)."),
@@ -50,6 +51,10 @@ def inspect_activations(
     from transformers import AutoTokenizer
 
     quiet_libraries()
+    if model is None:
+        from ..resolve import mta_base_of
+
+        model = mta_base_of([*fusions, *(adapters or [])]) or "minilm"
     path = resolve_model(model)
     if not quiet:
         info(f"loading {model} ...")

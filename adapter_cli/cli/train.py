@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from ._common import emit_json, handle_errors
+from ._common import emit_json, handle_errors, info
 from .app import app
 
 
@@ -345,7 +345,8 @@ def fuse(
     adapters: list[str] = typer.Argument(..., help="Member adapters: cache names (for --model), directories "
                                          "(ours or AdapterHub's), then key=value recipe changes."),
     target: str = typer.Option(..., "--target", "-t", help="The target task the fusion is trained on."),
-    model: str = typer.Option(None, "--model", "-m", help="Base model (default: minilm)."),
+    model: str = typer.Option(None, "--model", "-m", help="Base model (default: the MT-A base the members were "
+                              "trained with, if they were, else minilm)."),
     data_dir: str = typer.Option(None, "--data-dir", "-d", help="The target task's original files."),
     recipe: str = typer.Option("fusion", "--recipe", "-r", help="Recipe (default: fusion, the paper's settings)."),
     fusion: str = typer.Option(None, "--fusion-config", help="dynamic (default) or static."),
@@ -368,6 +369,8 @@ def fuse(
 
     members = [a for a in adapters if "=" not in a]
     changes = parse_overrides([a for a in adapters if "=" in a])
+    if model is None and "model" not in changes:
+        model = _members_base(members, quiet)
     base = load_recipe(recipe)
     flags = {"task": target, "method": "fusion", "fusion_adapters": members, "model": model, "data_dir": data_dir,
              "fusion": fusion, "unfreeze_adapters": unfreeze_adapters or None}
@@ -379,6 +382,16 @@ def fuse(
         from ..runs import export_fusion
 
         export_fusion(run_dir, export_adapterhub, format="adapterhub")
+
+
+def _members_base(members: list[str], quiet: bool) -> str | None:
+    """The MT-A base all members were trained with, when no --model is given (None: the recipe's model)."""
+    from ..resolve import mta_base_of
+
+    base = mta_base_of(members)
+    if base is not None and not quiet:
+        info(f"base model: {base} (the MT-A base the members were trained with)")
+    return base
 
 
 @app.command("extract", epilog="Examples:\n\n  adapt extract runs/mrpc-pfeiffer-s42 --json\n\n"

@@ -19,14 +19,21 @@ SUBSET_FILE = "subset.json"
 
 
 def load_examples(task: TaskSpec, data_dir: str | None, seed: int, max_train: int | None, max_eval: int | None,
-                  resume_from: Path | None = None) -> tuple[list[Example], list[Example], dict[str, Any]]:
+                  resume_from: Path | None = None, part: str | None = None
+                  ) -> tuple[list[Example], list[Example], dict[str, Any]]:
     """(train, eval, record): both splits, each cut to a seeded random subset when a maximum is set.
 
     ``resume_from`` is the run directory of a resumed run: the subsets recorded there are reused (and checked
     against the data), so the run keeps training on the rows it started with. ``record`` is what
-    :func:`write_subsets` stores in the run directory.
+    :func:`write_subsets` stores in the run directory. ``part``: the record is one task's of several (an
+    MT-A run records ``{task: record}``).
     """
     recorded = _recorded(resume_from)
+    if part is not None and recorded:
+        recorded = recorded.get(part)
+        if not isinstance(recorded, dict) or not all(isinstance(v, dict) for v in recorded.values()):
+            raise UsageError(f"cannot resume: {Path(resume_from or '.') / SUBSET_FILE} has no subset record for "
+                             f"task {part}")
     out: list[list[Example]] = []
     record: dict[str, Any] = {}
     for split, size in (("train", max_train), ("eval", max_eval)):

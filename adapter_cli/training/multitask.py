@@ -96,12 +96,13 @@ class MultiTaskTrainer(Trainer):
         return saved
 
     def _load_tasks(self, max_length: int) -> None:
-        """Each task's data (seeded subsets, drawn again on resume: the same seed draws the same rows)."""
+        """Each task's data (seeded subsets; on resume the ones recorded in subset.json, checked against the data)."""
         recipe, dirs = self.recipe, self.recipe.data_dirs
         self.train_sets, self.eval_sets, self.subsets = [], [], {}
         for given, task in zip(recipe.tasks, self.tasks):
             train, dev, record = load_examples(task, dirs.get(given) or dirs.get(task.name), recipe.seed,
-                                               recipe.max_train_samples, recipe.max_eval_samples)
+                                               recipe.max_train_samples, recipe.max_eval_samples,
+                                               self.run_dir if self.resume else None, part=task.name)
             self.train_sets.append(encode(task, train, self.tokenizer, max_length))
             self.eval_sets.append(encode(task, dev, self.tokenizer, max_length))
             self.subsets[task.name] = record

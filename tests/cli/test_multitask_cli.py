@@ -57,10 +57,17 @@ def test_one_run_trains_every_task_and_makes_a_new_base(env) -> None:
 
 def test_resume_after_sigkill_equals_an_uninterrupted_run(env) -> None:
     args = ["--method", "multitask", "--tasks", env["tasks"], "--model", env["model"], "--quiet", "--no-cache",
-            *FAST]
+            *FAST, "max_train_samples=24"]
     killed = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_at_step.py"), "3", "train", *args,
                              "--run-dir", "killed"], cwd=env["root"], capture_output=True)
     assert killed.returncode == -9, killed.stderr.decode()[-400:]
+    recorded = json.loads((env["root"] / "killed" / "subset.json").read_text())
+    assert sorted(recorded) == ["toy_sentiment", "toy_two"] and len(recorded["toy_two"]["train"]["indices"]) == 24
+    # resume reads the recorded rows (and says so when a task's record is missing)
+    (env["root"] / "killed" / "subset.json").write_text(json.dumps({"toy_sentiment": recorded["toy_sentiment"]}))
+    broken = runner.invoke(app, ["train", "--resume", "--run-dir", "killed", "--quiet"])
+    assert broken.exit_code == 2 and "no subset record for task toy_two" in one_line_error(broken)
+    (env["root"] / "killed" / "subset.json").write_text(json.dumps(recorded))
     resumed = runner.invoke(app, ["train", "--resume", "--run-dir", "killed", "--quiet", "--json"])
     assert resumed.exit_code == 0, resumed.stderr
     whole = runner.invoke(app, ["train", *args, "--run-dir", "whole", "--json"])
@@ -113,3 +120,32 @@ def test_review_fixes_a_recipe_reruns_and_identities_do_not_leak(env, tmp_path) 
                                "--run-dir", "full", "--no-cache", "--quiet", *FAST])
     assert full.exit_code == 0, full.stderr
     assert "+mta-" not in model_id(str(Path("full/best").resolve()))
+
+
+def test_fusion_over_mt_a_runs_on_their_base_and_fills_table_1(env) -> None:
+    """Fusion w/ MT-A: `adapt fuse` over MT-A adapters (cache names or directories) finds their base without
+    --model; inspect-activations too; `adapt results` puts the MT-A run in a row per task and the fusion in
+    ``fusion (mt-a)``, compared with ``mt-a`` (Table 2)."""
+    first = mta(env, "--run-dir", "mt", "--json")
+    assert first.exit_code == 0, first.stderr
+    base = json.loads(first.stdout)["base_model"]
+    target = env["tasks"].split(",")[1]
+    fast = ["--quiet", "--json", "epochs=1", "batch_size=16", "max_length=32"]
+    by_name = runner.invoke(app, ["fuse", "mt-toy_sentiment", "mt-toy_two", "--target", target,
+                                  "--run-dir", "fused", *fast])
+    assert by_name.exit_code == 0, by_name.stderr
+    assert json.loads(by_name.stdout)["model"] == base
+    by_dir = runner.invoke(app, ["fuse", "mt/best/toy_sentiment", "mt/best/toy_two", "--target", target,
+                                 "--run-dir", "fused-dirs", "--no-cache", *fast])
+    assert by_dir.exit_code == 0, by_dir.stderr
+    shown = runner.invoke(app, ["inspect-activations", "fused", "--task", target, "--json", "--quiet"])
+    assert shown.exit_code == 0, shown.stderr
+    table = json.loads(runner.invoke(app, ["results", "mt", "fused", "--json"]).stdout)
+    assert table["methods"] == ["mt-a", "fusion (mt-a)"]
+    assert set(table["cells"]["toy_sentiment"]) == {"mt-a"} and len(table["cells"]["toy_two"]) == 2
+    assert table["comparisons"][0]["against"] == "mt-a" and "toy_two" in table["comparisons"][0]["tasks"]
+    # the original base is still refused, with --model given
+    refused = runner.invoke(app, ["fuse", "mt-toy_sentiment", "mt-toy_two", "--target", target, "--model",
+                                  env["model"], "--run-dir", "nope", *fast])
+    assert refused.exit_code == 2 and "another base model" in one_line_error(refused)
+    assert not Path("nope").exists()

@@ -203,3 +203,58 @@ def test_real_runs_of_two_configs_and_a_rerun(tmp_path, monkeypatch) -> None:
     assert header == "| task | metric | adapter | adapter (pfeiffer, reduction_factor=8) |"
     assert row.startswith("| toy_sentiment | accuracy | ") and row.count("(n=1)") == 2
     assert "seed 42 was run 2 times" in result.stderr and "runs/pf-again" in result.stderr
+
+
+def fake_mta_run(root: Path, name: str, values: dict[str, float], seed: int, base: str, **changes) -> Path:
+    """A finished ``adapt train --method multitask`` run: one run, a result per task, a base of its own."""
+    run = fake_run(root, name, value=sum(values.values()) / len(values), seed=seed, task="+".join(values),
+                   method="multitask", tasks=list(values), **changes)
+    summary = json.loads((run / "final_metrics.json").read_text())
+    summary.update(tasks=list(values), main_metric="mean", base_model=base, wall_time_s=60.0,
+                   per_task={t: {"accuracy": v, "f1": v / 2} for t, v in values.items()},
+                   main_metrics={t: "accuracy" for t in values})
+    (run / "final_metrics.json").write_text(json.dumps(summary))
+    return run
+
+
+def test_table_1_and_2_with_mt_a_and_fusion_over_it(tmp_path) -> None:
+    """Each seed of MT-A makes its own base (its own id); its rows and the fusions over it still average."""
+    runs = []
+    for seed, (st, mt, f_st, f_mt) in {1: (0.60, 0.65, 0.62, 0.640), 2: (0.62, 0.67, 0.64, 0.672)}.items():
+        base = f"minilm+mta-{seed:012x}"
+        runs += [fake_run(tmp_path, f"rte-adapter-s{seed}", value=st, seed=seed, task="rte"),
+                 fake_run(tmp_path, f"mrpc-adapter-s{seed}", value=0.8, seed=seed),
+                 fake_mta_run(tmp_path, f"mta-s{seed}", {"rte": mt, "mrpc": 0.7}, seed, base),
+                 fake_run(tmp_path, f"rte-fusion-s{seed}", value=f_st, seed=seed, task="rte", method="fusion",
+                          fusion_adapters=["rte-adapter", "mrpc-adapter"]),
+                 fake_run(tmp_path, f"rte-fusion-mta-s{seed}", value=f_mt, seed=seed, task="rte", method="fusion",
+                          fusion_adapters=["mta-rte", "mta-mrpc"], model=base)]
+    data = table(*runs)
+    assert data["methods"] == ["adapter", "mt-a", "fusion", "fusion (mt-a)"]
+    rte, mrpc = data["cells"]["rte"], data["cells"]["mrpc"]
+    assert rte["mt-a"]["n"] == 2 and rte["mt-a"]["mean"] == pytest.approx(0.66)
+    assert mrpc["mt-a"]["mean"] == pytest.approx(0.7) and mrpc["mt-a"]["metric"] == "accuracy"
+    assert rte["fusion (mt-a)"]["n"] == 2 and rte["fusion (mt-a)"]["mean"] == pytest.approx(0.656)
+    assert data["wall_time_s"]["mt-a"] == 120.0  # two runs, each counted once (not once per task)
+    by_fusion = {c["fusion"]: c for c in data["comparisons"]}
+    assert by_fusion["fusion"]["against"] == "adapter" and by_fusion["fusion (mt-a)"]["against"] == "mt-a"
+    assert by_fusion["fusion"]["tasks"]["rte"] == {"delta": pytest.approx(2.0), "arrow": "↑"}
+    assert by_fusion["fusion (mt-a)"]["tasks"]["rte"] == {"delta": pytest.approx(-0.4), "arrow": "↓"}
+    assert "mrpc" not in by_fusion["fusion"]["tasks"]  # no fusion for mrpc
+    text = results(*runs, "--wall-time").stdout
+    assert "| wall time | | 0.1 min | 2.0 min | 0.0 min | 0.0 min |" in text
+    assert "| task | fusion vs adapter | fusion (mt-a) vs mt-a |" in text and "| rte | ↑ +2.0 | ↓ -0.4 |" in text
+    assert "| mrpc | accuracy | 80.0 ± 0.0 (n=2) | 70.0 ± 0.0 (n=2) |  |  |" in text
+    assert "--wall-time adds a row" in one_line_error(results(*runs, "--wall-time", "--csv"))
+
+
+def test_a_fusion_is_compared_only_with_one_column_of_its_adapters(tmp_path) -> None:
+    runs = [fake_run(tmp_path, "a-lr3", value=0.6, task="rte", learning_rate=1e-3),
+            fake_run(tmp_path, "a-lr4", value=0.5, task="rte", learning_rate=1e-4),
+            fake_run(tmp_path, "f", value=0.7, task="rte", method="fusion", fusion_adapters=["a", "b"])]
+    result = results(*runs)
+    assert result.exit_code == 0 and "vs" not in result.stdout
+    assert "is not compared with its adapters: 2 columns" in result.stderr
+    same = [fake_run(tmp_path / "s", "a", value=0.6, task="rte"),
+            fake_run(tmp_path / "s", "f", value=0.602, task="rte", method="fusion", fusion_adapters=["a", "b"])]
+    assert "| rte | = +0.2 |" in results(*same).stdout

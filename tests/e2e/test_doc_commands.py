@@ -162,6 +162,8 @@ NOT_RUN = {
         "the MAD-X round trip of docs/madx.md (needs its task adapter)",
     "adapt train --task mlm --data-dir corpus/ --config pfeiffer+inv --language en":
         "needs a text corpus (corpus/); tests/cli/test_mlm_cli.py trains a language adapter so",
+    "adapt fuse mta-s1-sst2 mta-s1-mrpc mta-s1-rte --target rte -d glue/RTE":
+        "needs the MT-A run mta-s1; tests/cli/test_multitask_cli.py fuses over MT-A adapters so",
 }
 REMOTE = re.compile(r"\b(?:https?|hf)://\S+")
 
