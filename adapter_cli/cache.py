@@ -261,6 +261,42 @@ def put_base_model(source: Path, base_id: str) -> Path:
     return target
 
 
+def base_models() -> list[dict[str, Any]]:
+    """The base models adapt made (MT-A's fine-tuned bases) in the cache: id, the base it was fine-tuned from,
+    how many adapters are cached under it, size and directory."""
+    from .defaults import recorded_base_id
+
+    root = cache_root() / "models"
+    found = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        config = folder / "config.json"
+        base_id = recorded_base_id(config) if not folder.name.startswith(".") and config.is_file() else None
+        if base_id is None:  # a directory being written (atomic_directory) or not one adapt made
+            continue
+        source = None
+        with suppress(OSError, ValueError):
+            source = json.loads(config.read_text(encoding="utf-8")).get("adapt_derived_from")
+        found.append({"id": base_id, "derived_from": source, "adapters": len(entries(base_id)),
+                      "bytes": sum(f.stat().st_size for f in folder.iterdir() if f.is_file()), "path": str(folder)})
+    return found
+
+
+def delete_base_model(base_id: str) -> list[Entry]:
+    """Remove a cached base model with the adapters cached under it (they load into no other base): the
+    adapters first, then the model, its directory renamed aside in one step before its files go."""
+    target = cache_root() / "models" / model_key(base_id)
+    removed = entries(base_id)
+    for entry in removed:
+        delete(entry)
+    aside = target.with_name(f".gone-{secrets.token_hex(6)}")
+    try:
+        os.replace(target, aside)
+    except OSError as exc:
+        raise AdaptError(f"cannot remove {target}: {exc.strerror or exc}") from None
+    shutil.rmtree(aside, ignore_errors=True)
+    return removed
+
+
 def put(source: Path, *, model_id: str, entry_id: str, info: dict[str, Any], overwrite: bool = True) -> Entry:
     """Copy an adapter (or head) directory into the cache, with entry.json: whole or not at all, one writer
     of a name at a time (the others wait their turn, and the last one's copy stays)."""

