@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from collections.abc import Collection
 from typing import Any, ClassVar, Union
 
 from .errors import CompositionError, suggest
@@ -349,3 +350,23 @@ def fuse_blocks(block: Block | None) -> list[Fuse]:
         if isinstance(child, Block):
             found.extend(fuse_blocks(child))
     return found
+
+
+def one_first_in_stack(block: Block, members: Collection[str], method: str, elsewhere: str) -> str | None:
+    """The one adapter of ``members`` (adapters of ``method``, e.g. ReFT or prompt tuning, which change the
+    hidden states or the input before anything else runs) that ``block`` holds, or None. Refused in one line:
+    several of them (AdapterHub runs the first and ignores the others), or one anywhere but alone or first in
+    a stack (``elsewhere``: what AdapterHub does with it there)."""
+    leaves = block.leaves()
+    present = [n for n in dict.fromkeys(leaves) if n in members]
+    if not present:
+        return None
+    if len(present) > 1:
+        raise CompositionError(f"composition {block} holds {len(present)} {method} adapters "
+                               f"({', '.join(map(repr, present))}); one runs per forward pass (AdapterHub runs "
+                               "the first and ignores the others)")
+    name = present[0]
+    if leaves.count(name) > 1 or not (isinstance(block, Stack) and block.children[0] == name):
+        raise CompositionError(f"composition {block}: {method} adapter {name!r} runs alone or first in a stack, "
+                               f"as stack({name},...); {elsewhere}")
+    return name

@@ -40,7 +40,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .composition import BatchSplit, Block, Parallel, Stack
+from .composition import BatchSplit, Block, Parallel, one_first_in_stack
 from .errors import CompositionError, UsageError
 
 IGNORE_INDEX = -100
@@ -55,23 +55,14 @@ def _blocks(node: Any) -> list[Block]:
 def check_composition(block: Block, prompts: Collection[str], prefixes: Collection[str] = ()) -> None:
     """Refuse (one line) a composition that places a prompt adapter where AdapterHub would not run it, or
     combines it with what is not implemented with it here."""
-    leaves = block.leaves()
-    present = [n for n in dict.fromkeys(leaves) if n in prompts]
-    if not present:
+    name = one_first_in_stack(block, prompts, "prompt-tuning", "AdapterHub ignores it anywhere else")
+    if name is None:
         return
-    if len(present) > 1:
-        raise CompositionError(f"composition {block} holds {len(present)} prompt-tuning adapters "
-                               f"({', '.join(map(repr, present))}); one runs per forward pass (AdapterHub runs "
-                               "the first and ignores the others)")
-    name = present[0]
-    if leaves.count(name) > 1 or not (isinstance(block, Stack) and block.children[0] == name):
-        raise CompositionError(f"composition {block}: prompt-tuning adapter {name!r} runs alone or first in a "
-                               f"stack, as stack({name},...); AdapterHub ignores it anywhere else")
     split = next((b for b in _blocks(block) if isinstance(b, (Parallel, BatchSplit))), None)
     if split is not None:
         raise CompositionError(f"composition {block}: {split.kind}(...) after prompt-tuning adapter {name!r} is "
                                "not supported (the prompt lengthens every row); run the members one by one")
-    beside = [n for n in leaves if n in prefixes]
+    beside = [n for n in block.leaves() if n in prefixes]
     if beside:
         raise CompositionError(f"composition {block}: prompt-tuning adapter {name!r} with prefix-tuning adapter "
                                f"{beside[0]!r} is not supported; run them separately")

@@ -27,25 +27,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .composition import Block, Stack
-from .errors import CompositionError, UsageError
+from .composition import Block, one_first_in_stack
+from .errors import UsageError
 
 
 def check_composition(block: Block, refts: Collection[str]) -> None:
     """Refuse (one line) a composition that places a ReFT adapter where AdapterHub would not run it."""
-    leaves = block.leaves()
-    present = [n for n in dict.fromkeys(leaves) if n in refts]
-    if not present:
-        return
-    if len(present) > 1:
-        raise CompositionError(f"composition {block} holds {len(present)} ReFT adapters "
-                               f"({', '.join(map(repr, present))}); one runs per forward pass (AdapterHub runs "
-                               "the first and ignores the others)")
-    name = present[0]
-    if leaves.count(name) > 1 or not (isinstance(block, Stack) and block.children[0] == name):
-        raise CompositionError(f"composition {block}: ReFT adapter {name!r} runs alone or first in a stack, "
-                               f"as stack({name},...); AdapterHub ignores it anywhere else or applies it to "
-                               "every row")
+    one_first_in_stack(block, refts, "ReFT", "AdapterHub ignores it anywhere else or applies it to every row")
 
 
 class _Positions:

@@ -25,7 +25,7 @@ from .adapterhub_prompt import prompt_config_from_adapterhub, prompt_config_to_a
 from .adapterhub_reft import reft_config_from_adapterhub, reft_config_to_adapterhub, reft_weights_from_adapterhub, \
     reft_weights_to_adapterhub
 from .artifacts import (ADAPTER_CONFIG, HEAD_CONFIG, AdapterArtifact, BaseModelInfo, FusionArtifact, HeadArtifact,
-               load_safetensors, load_torch_bin, read_json, save_safetensors)
+               load_safetensors, load_torch_bin, one_adapter, read_json, save_safetensors)
 
 if TYPE_CHECKING:
     import torch
@@ -212,9 +212,7 @@ def adapter_weights_from_adapterhub(raw: dict[str, Any], arch: Architecture, ln_
         else:
             raise ArtifactError(f"{source}: unexpected weight {key!r}")
         out[f"{location}.{layer}.{ours}" + (f".{leaf}" if leaf else "")] = tensor
-    if len(names) > 1:
-        raise ArtifactError(f"{source}: holds weights of several adapters ({', '.join(sorted(names))})")
-    return (names.pop() if names else None), out
+    return one_adapter(names, out, source)
 
 
 def adapter_weights_to_adapterhub(weights: dict[str, torch.Tensor], arch: Architecture, name: str,

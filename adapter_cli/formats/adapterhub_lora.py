@@ -13,6 +13,7 @@ from typing import Any
 
 from ..architectures import Architecture
 from ..errors import ArtifactError
+from .artifacts import one_adapter
 
 # Fields of AdapterHub's LoRAConfig; ours adds "kind" (metadata), which its files do not carry.
 NOT_WRITTEN = ("architecture", "kind", "dora_style", "scaled_inputs")
@@ -71,9 +72,7 @@ def lora_weights_from_adapterhub(raw: dict[str, Any], arch: Architecture, source
                 break
         else:
             raise ArtifactError(f"{source}: unexpected weight {key!r} in a LoRA-family adapter")
-    if len(names) > 1:
-        raise ArtifactError(f"{source}: holds weights of several adapters ({', '.join(sorted(names))})")
-    return (names.pop() if names else None), out
+    return one_adapter(names, out, source)
 
 
 def lora_weights_to_adapterhub(weights: dict[str, Any], arch: Architecture, name: str) -> dict[str, Any]:

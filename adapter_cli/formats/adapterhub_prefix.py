@@ -20,6 +20,7 @@ from typing import Any
 
 from ..architectures import Architecture
 from ..errors import ArtifactError
+from .artifacts import one_adapter
 
 NOT_WRITTEN = ("architecture", "kind")
 
@@ -66,9 +67,7 @@ def prefix_weights_from_adapterhub(raw: dict[str, Any], arch: Architecture, sour
         if key_ours in out and isinstance(tensor, torch.Tensor) and not torch.equal(out[key_ours], tensor):
             raise ArtifactError(f"{source}: the copies of {key_ours} in the file differ; the file is damaged")
         out[key_ours] = tensor
-    if len(names) > 1:
-        raise ArtifactError(f"{source}: holds weights of several adapters ({', '.join(sorted(names))})")
-    return (names.pop() if names else None), out
+    return one_adapter(names, out, source)
 
 
 def prefix_weights_to_adapterhub(weights: dict[str, Any], arch: Architecture, name: str,

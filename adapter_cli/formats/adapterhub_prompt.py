@@ -14,6 +14,7 @@ from typing import Any
 
 from ..architectures import Architecture
 from ..errors import ArtifactError
+from .artifacts import one_adapter
 
 NOT_WRITTEN = ("architecture", "kind", "random_uniform_scale")  # kind: our metadata
 
@@ -41,9 +42,7 @@ def prompt_weights_from_adapterhub(raw: dict[str, Any], arch: Architecture, sour
             raise ArtifactError(f"{source}: unexpected weight {key!r} in a prompt-tuning adapter")
         names.add(m.group(1))
         out[m.group(2)] = tensor
-    if len(names) > 1:
-        raise ArtifactError(f"{source}: holds weights of several adapters ({', '.join(sorted(names))})")
-    return (names.pop() if names else None), out
+    return one_adapter(names, out, source)
 
 
 def prompt_weights_to_adapterhub(weights: dict[str, Any], arch: Architecture, name: str) -> dict[str, Any]:

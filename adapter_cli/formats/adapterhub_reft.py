@@ -21,6 +21,7 @@ from typing import Any
 
 from ..architectures import Architecture
 from ..errors import ArtifactError, UsageError
+from .artifacts import one_adapter
 
 # kind is our metadata; subtract_projection is not a field of AdapterHub's ReftConfig (always true when written)
 NOT_WRITTEN = ("architecture", "kind", "subtract_projection")
@@ -56,9 +57,7 @@ def reft_weights_from_adapterhub(raw: dict[str, Any], arch: Architecture, source
         layer, name, param = m.groups()
         names.add(name)
         out[f"reft.{layer}.{param}"] = tensor
-    if len(names) > 1:
-        raise ArtifactError(f"{source}: holds weights of several adapters ({', '.join(sorted(names))})")
-    return (names.pop() if names else None), out
+    return one_adapter(names, out, source)
 
 
 def reft_weights_to_adapterhub(weights: dict[str, Any], arch: Architecture, name: str) -> dict[str, Any]:

@@ -240,3 +240,11 @@ def save_safetensors(weights: dict[str, torch.Tensor], path: Path, dtype: torch.
     tensors = {k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach())
                .cpu().clone().contiguous() for k, v in weights.items()}
     save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def one_adapter(names: set[str], weights: dict[str, Any], source: Any) -> tuple[str | None, dict[str, Any]]:
+    """(the adapter name a file's weights carry, the weights): AdapterHub's weight names hold the adapter's
+    name, and a file holding several adapters' weights is refused."""
+    if len(names) > 1:
+        raise ArtifactError(f"{source}: holds weights of several adapters ({', '.join(sorted(names))})")
+    return (next(iter(names)) if names else None), weights
