@@ -282,18 +282,20 @@ def base_models() -> list[dict[str, Any]]:
 
 
 def delete_base_model(base_id: str) -> list[Entry]:
-    """Remove a cached base model with the adapters cached under it (they load into no other base): the
-    adapters first, then the model, its directory renamed aside in one step before its files go."""
+    """Remove a cached base model with the adapters cached under it (they load into no other base): the model
+    first, its directory renamed aside in one step (nothing can load it after that), then the adapters, then
+    their folder."""
     target = cache_root() / "models" / model_key(base_id)
-    removed = entries(base_id)
-    for entry in removed:
-        delete(entry)
     aside = target.with_name(f".gone-{secrets.token_hex(6)}")
     try:
         os.replace(target, aside)
     except OSError as exc:
         raise AdaptError(f"cannot remove {target}: {exc.strerror or exc}") from None
     shutil.rmtree(aside, ignore_errors=True)
+    removed = entries(base_id)
+    for entry in removed:
+        delete(entry)
+    shutil.rmtree(cache_root() / "adapters" / model_key(base_id), ignore_errors=True)
     return removed
 
 

@@ -40,9 +40,14 @@ def resolve_model(name: str) -> str:
     its directory in the cache; anything else is passed to transformers."""
     if is_embedded_name(name):
         return str(embedded_model_path())
+    if Path(name).expanduser().exists():
+        return name
     derived = derived_model_dir(name)
-    if derived is not None and not Path(name).expanduser().exists():
+    if derived is not None:
         return str(derived)
+    if DERIVED_MARK in name:  # not a Hub id: transformers would answer with a message about repo names
+        raise UsageError(f"base model {name} was made by an MT-A run and is not in the cache {cache_root()} "
+                         "(see adapt cache models); give its directory instead (the run's best/base)")
     return name
 
 

@@ -40,31 +40,39 @@ def locate(spec: str, model_id: str, kind: str | None = None) -> Path:
 
 
 def mta_base_of(specs: list[str]) -> str | None:
-    """The MT-A base (``<model>+mta-<hash>``) that every one of ``specs`` was made with, when they agree on one,
-    else None: so that a fusion over MT-A adapters (or an inspection of it) runs on their base without
-    ``--model``. A spec is a directory (its adapter or fusion config records the base) or a cache name, taken
-    here only when it is cached under MT-A bases alone."""
+    """The MT-A base (``<model>+mta-<hash>``) that all of ``specs`` were made with, so that a fusion over MT-A
+    adapters (or an inspection of it) runs on their base when no base model is given; None when none of them
+    names an MT-A base. Members of different bases, one of them an MT-A base, are refused in one line. A spec
+    is a directory (its adapter or fusion config records the base) or a cache name (the bases it is cached
+    for; one of several counts as unknown)."""
+    from .defaults import DERIVED_MARK
+
+    bases = {spec: _recorded_bases(spec) for spec in specs}
+    named = {spec: next(iter(found)) for spec, found in bases.items() if len(found) == 1}
+    derived = {base for base in named.values() if DERIVED_MARK in base}
+    if not derived:
+        return None
+    if len(derived) == 1 and len(named) == len(specs) and len(set(named.values())) == 1:
+        return derived.pop()
+    listed = ", ".join(f"{spec}: {named.get(spec) or 'unknown'}" for spec in specs)
+    raise UsageError(f"the adapters were trained on different base models ({listed}); a fusion needs adapters "
+                     "of one base model (an MT-A run's adapters load only into its own base)")
+
+
+def _recorded_bases(spec: str) -> set[str]:
+    """The base models an adapter or fusion given as ``spec`` was made for, as recorded."""
     import json
 
     from .cache import entries, short_names
-    from .defaults import DERIVED_MARK
     from .formats import ADAPTER_CONFIG, FUSION_CONFIGS
 
-    cached = entries()
-    bases = set()
-    for spec in specs:
-        path = Path(spec)
-        config = next((path / f for f in (ADAPTER_CONFIG, *FUSION_CONFIGS) if (path / f).is_file()), None)
-        if config is not None:
-            try:
-                data = json.loads(config.read_text(encoding="utf-8"))
-                named = (data.get("base_model") or {}).get("name_or_path") or data.get("model_name")
-            except (OSError, ValueError, AttributeError):
-                return None
-            found = {str(named)} if named else set()
-        else:
-            found = {e.model for e in cached if e.id == spec or spec in short_names(e)}
-        if len(found) != 1 or DERIVED_MARK not in next(iter(found)):
-            return None
-        bases |= found
-    return bases.pop() if len(bases) == 1 else None
+    path = Path(spec)
+    config = next((path / f for f in (ADAPTER_CONFIG, *FUSION_CONFIGS) if (path / f).is_file()), None)
+    if config is None:
+        return {e.model for e in entries() if e.id == spec or spec in short_names(e)}
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+        named = (data.get("base_model") or {}).get("name_or_path") or data.get("model_name")
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {str(named)} if named else set()

@@ -134,15 +134,49 @@ def collect(run_dirs: list[Path]) -> list[dict[str, Any]]:
         method = str(summary.get("method") or recipe.get("method") or status.get("method") or "?")
         seed = recipe.get("seed", status.get("seed"))
         best = summary.get("best") or {}
-        base, identity = _configuration(method, recipe, summary)
-        record = {"run": str(run), "task": summary.get("task") or recipe.get("task"), "kind": method,
+        base, identity = _configuration(method, recipe, summary, _fusion_base_id(run, recipe, summary))
+        record = {"mta_base": identity.pop("mta_base", None),
+                  "run": str(run), "task": summary.get("task") or recipe.get("task"), "kind": method,
                   "method": base, "seed": seed, "metric": summary.get("main_metric"),
                   "value": best.get("metric"), "metrics": best.get("metrics"),
                   "wall_time_s": summary.get("wall_time_s"), "finished": _finished(run, status),
                   "identity": identity}
+        if method == "multitask":
+            record["base_model"] = summary.get("base_model")
         runs += _per_task(record, summary) if method == "multitask" else [record]
+    _link_mta(runs)
     _label_columns(runs)
     return runs
+
+
+def _fusion_base_id(run: Path, recipe: dict[str, Any], summary: dict[str, Any]) -> str | None:
+    """The id of the MT-A base a fusion ran on, from what the run recorded (its saved fusion's base model, else
+    the model it was given by id), never from a path resolved against the current directory; None otherwise."""
+    from .defaults import DERIVED_MARK
+
+    if (summary.get("method") or recipe.get("method")) != "fusion":
+        return None
+    try:
+        saved = json.loads((run / "best" / "fusion_config.json").read_text(encoding="utf-8"))
+        named = str((saved.get("base_model") or {}).get("name_or_path") or "")
+    except (OSError, ValueError, AttributeError):
+        named = ""
+    for candidate in (named, str(recipe.get("model") or ""), str(summary.get("model") or "")):
+        if DERIVED_MARK in candidate:
+            return candidate
+    return None
+
+
+def _link_mta(runs: list[dict[str, Any]]) -> None:
+    """A fusion on an MT-A base belongs to the configuration of the MT-A run that made the base (when that run is
+    among the runs read): fusions over MT-A runs of two seeds of one configuration average, over two
+    configurations never. A base whose run is not among them stands for itself (each seed its own column)."""
+    made_by = {r["base_model"]: r["identity"] for r in runs if r["kind"] == "multitask" and r.get("base_model")}
+    for r in runs:
+        base = r.pop("mta_base", None)
+        if base is not None:
+            mta = made_by.get(base)
+            r["identity"]["mta"] = json.dumps(mta, sort_keys=True, default=str) if mta is not None else base
 
 
 def _per_task(record: dict[str, Any], summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -171,17 +205,23 @@ def _finished(run: Path, status: dict[str, Any]) -> list[float]:
     return [stamp, (run / FINAL).stat().st_mtime]
 
 
-def _configuration(method: str, recipe: dict[str, Any], summary: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def _configuration(method: str, recipe: dict[str, Any], summary: dict[str, Any],
+                   mta_base: str | None = None) -> tuple[str, dict[str, Any]]:
     """(column name before disambiguation, everything that must be equal for runs to be seeds of one
-    configuration)."""
+    configuration). ``mta_base``: the MT-A base a fusion ran on (its configuration is linked in later)."""
+    from .defaults import DERIVED_MARK, canonical_model_id
+
     settings = {k: v for k, v in recipe.items()
                 if k not in NOT_SETTINGS and (method == "fusion" or k not in FUSION_ONLY)
                 and (method == "multitask" or k not in MULTITASK_ONLY)}
     settings.setdefault("model", summary.get("model"))
-    on_mta_base = _mta_base(settings["model"])
-    if on_mta_base:  # each seed's MT-A base has an id of its own: compare where it came from
-        settings["model"] = on_mta_base
+    settings["model"] = canonical_model_id(str(settings["model"]))
+    on_mta_base = mta_base is not None
+    if on_mta_base:  # each seed's MT-A base has an id of its own: what it is comes from the run that made it
+        settings["model"] = DERIVED_MARK.strip("-")
     identity: dict[str, Any] = {"method": method, **settings}
+    if on_mta_base:
+        identity["mta_base"] = mta_base
     base = method
     if method in ("adapter", "multitask"):
         label, identity["config"] = _adapter_config(recipe.get("adapter", "pfeiffer"),
@@ -201,17 +241,6 @@ def _configuration(method: str, recipe: dict[str, Any], summary: dict[str, Any])
                         members="+".join(map(str, members)))
         base = f"fusion ({', '.join(qualifiers)})" if qualifiers else "fusion"
     return base, identity
-
-
-def _mta_base(model: Any) -> str | None:
-    """``minilm+mta`` for an MT-A base (its id ``minilm+mta-<hash>``, or its directory, which records the id)."""
-    from .defaults import DERIVED_MARK, recorded_base_id
-
-    text = str(model or "")
-    if DERIVED_MARK not in text:
-        config = Path(text).expanduser() / "config.json"
-        text = (recorded_base_id(config) or "") if text and config.is_file() else ""
-    return text.split(DERIVED_MARK)[0] + DERIVED_MARK.rstrip("-") if DERIVED_MARK in text else None
 
 
 def _adapter_config(spec: Any, overrides: dict[str, Any]) -> tuple[str, str]:
@@ -336,26 +365,32 @@ def _wall_times(counted: list[dict[str, Any]], methods: list[str]) -> dict[str, 
 
 def compare(runs: list[dict[str, Any]], cells: dict[str, dict[str, Any]], methods: list[str],
             notes: list[str] | None = None) -> list[dict[str, Any]]:
-    """Table 2: each fusion column against the adapters it fuses (``fusion`` against ``adapter``,
-    ``fusion (mt-a)`` against ``mt-a``), per task, in points: improved above +0.3, the same within 0.3,
-    worse below -0.3. A fusion column is compared only when exactly one column of its adapters exists."""
-    family = {r["method"]: r["kind"] for r in runs}
-    mta = {r["method"] for r in runs if r["kind"] == "fusion" and "+mta" in str(r["identity"].get("model"))}
+    """Table 2: each fusion column against the adapters it fuses, per task, in points: improved above +0.3,
+    the same within 0.3, worse below -0.3. ``fusion`` is compared with the one ``adapter`` column (none when
+    several could be its adapters); ``fusion (mt-a)`` with the ``mt-a`` column of the MT-A runs that made its
+    bases (none when those runs are not among the runs read)."""
+    kind = {r["method"]: r["kind"] for r in runs}
+    label = {r["group"]: r["method"] for r in runs}
     out = []
-    for fused in (m for m in methods if family.get(m) == "fusion"):
-        kind = "multitask" if fused in mta else "adapter"
-        against = [m for m in methods if family.get(m) == kind]
+    for fused in (m for m in methods if kind.get(m) == "fusion"):
+        link = next(r["identity"].get("mta") for r in runs if r["method"] == fused)
+        if link is not None:
+            against = [label[link]] if link in label else []
+            why = "the MT-A runs that made its bases are not among the runs read"
+        else:
+            against = [m for m in methods if kind.get(m) == "adapter"]
+            why = f"{len(against)} columns could be its adapters ({', '.join(against)})"
         if len(against) != 1:
-            if against and notes is not None:
-                notes.append(f"note: {fused} is not compared with its adapters: {len(against)} columns could be "
-                             f"them ({', '.join(against)}); give adapt results the runs of one")
+            if notes is not None and (link is not None or against):
+                notes.append(f"note: {fused} is not compared with its adapters: {why}; give adapt results "
+                             "the runs of one configuration")
             continue
         rows = {}
         for task, row in cells.items():
             if fused in row and against[0] in row:
-                delta = 100 * (row[fused]["mean"] - row[against[0]]["mean"])
+                delta = round(100 * (row[fused]["mean"] - row[against[0]]["mean"]), 6)  # no float noise at 0.3
                 arrow = "↑" if delta > SAME_WITHIN else "↓" if delta < -SAME_WITHIN else "="
-                rows[task] = {"delta": round(delta, 4), "arrow": arrow}
+                rows[task] = {"delta": delta, "arrow": arrow}
         if rows:
             out.append({"fusion": fused, "against": against[0], "tasks": rows})
     return out

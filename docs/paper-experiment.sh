@@ -25,6 +25,9 @@ OUT=${OUT:-out}
 export ADAPT_CACHE=${ADAPT_CACHE:-$OUT/cache}
 ADAPT=${ADAPT:-.venv/bin/adapt}
 
+fail() { echo "error: $*" >&2; exit 2; }
+canonical() { echo "$1" | tr 'A-Z' 'a-z' | tr -d '-'; }  # SST-2 -> sst2, STS-B -> stsb: the names adapt caches under
+
 declare -A DIR=()
 TASKS=()
 if [ $# -eq 0 ]; then
@@ -32,16 +35,32 @@ if [ $# -eq 0 ]; then
   for task in sst2 mrpc stsb cola rte; do DIR[$task]=$GLUE/${GLUE_DIR[$task]}; TASKS+=("$task"); done
 else
   for pair in "$@"; do
-    case $pair in *=*) ;; *) echo "error: '$pair' is not TASK=DIR (e.g. rte=data/RTE)" >&2; exit 2 ;; esac
-    DIR[${pair%%=*}]=${pair#*=}; TASKS+=("${pair%%=*}")
+    case $pair in *=*) ;; *) fail "'$pair' is not TASK=DIR (e.g. rte=data/RTE)" ;; esac
+    task=$(canonical "${pair%%=*}")
+    [ -z "${DIR[$task]:-}" ] || fail "task $task is given twice"
+    DIR[$task]=${pair#*=}; TASKS+=("$task")
   done
 fi
-if [ ${#TASKS[@]} -lt 2 ]; then echo "error: give two or more tasks (TASK=DIR ...)" >&2; exit 2; fi
+[ ${#TASKS[@]} -ge 2 ] || fail "give two or more tasks (TASK=DIR ...)"
 for task in "${TASKS[@]}"; do
-  [ -d "${DIR[$task]}" ] || { echo "error: data directory ${DIR[$task]} for $task does not exist" >&2; exit 2; }
+  [ -d "${DIR[$task]}" ] || fail "data directory ${DIR[$task]} for $task does not exist"
 done
-TARGETS=${TARGETS:-${TASKS[*]}}
+targets=()
+for target in ${TARGETS:-${TASKS[*]}}; do
+  target=$(canonical "$target")
+  [ -n "${DIR[$target]:-}" ] || fail "fusion target $target is not one of the tasks (${TASKS[*]})"
+  targets+=("$target")
+done
+read -r first _ <<< "$SEEDS"
+[ -n "${first:-}" ] || fail "SEEDS is empty"
 mkdir -p "$OUT/runs"
+# finished runs are skipped by name: runs made with other settings must not be taken for these
+settings="tasks=${TASKS[*]} targets=${targets[*]} model=$MODEL epochs=$EPOCHS max_train=$MAX_TRAIN max_eval=$MAX_EVAL"
+settings+=" lr_adapter=$LR_ADAPTER lr_head=$LR_HEAD lr_full=$LR_FULL lr_fusion=$LR_FUSION lr_base=$LR_BASE"
+if [ -f "$OUT/settings.txt" ] && [ "$(cat "$OUT/settings.txt")" != "$settings" ]; then
+  fail "$OUT holds runs made with other settings ($(cat "$OUT/settings.txt")); give another OUT"
+fi
+echo "$settings" > "$OUT/settings.txt"
 
 common() {  # the knobs every run shares
   echo ${EPOCHS:+epochs=$EPOCHS patience=null} ${MAX_TRAIN:+max_train_samples=$MAX_TRAIN} \
@@ -56,7 +75,10 @@ run() {  # run DIR CMD...: skip finished runs, resume interrupted ones
 }
 
 base_of() {  # the fine-tuned base model an MT-A run made (its id in final_metrics.json)
-  grep -o '"base_model": "[^"]*"' "$1/final_metrics.json" | cut -d'"' -f4
+  local id
+  id=$(grep -o '"base_model": "[^"]*"' "$1/final_metrics.json" | cut -d'"' -f4) || true
+  [ -n "$id" ] || fail "$1/final_metrics.json names no base model; is $1 a finished MT-A run?"
+  echo "$id"
 }
 
 for seed in $SEEDS; do
@@ -77,7 +99,7 @@ for seed in $SEEDS; do
     ${LR_BASE:+base_learning_rate=$LR_BASE}
   mta_base=$(base_of "$OUT/runs/mta-s$seed")
   # F. w/ ST-A and F. w/ MT-A: every task's adapter fused for each target
-  for target in $TARGETS; do
+  for target in "${targets[@]}"; do
     st=() mt=()
     for task in "${TASKS[@]}"; do st+=("$task-adapter-s$seed"); mt+=("mta-s$seed-$task"); done
     run "$OUT/runs/$target-fusion-s$seed" "$ADAPT" fuse "${st[@]}" --target "$target" --model "$MODEL" \
@@ -89,11 +111,10 @@ done
 
 "$ADAPT" results "$OUT"/runs --wall-time --output "$OUT/table.md"
 cat "$OUT/table.md"
-first=${SEEDS%% *}
 fusions=() data=()
-for target in $TARGETS; do fusions+=("$target-fusion-s$first"); data+=(--data-dir "$target=${DIR[$target]}"); done
+for target in "${targets[@]}"; do fusions+=("$target-fusion-s$first"); data+=(--data-dir "$target=${DIR[$target]}"); done
 "$ADAPT" inspect-activations "${fusions[@]}" --model "$MODEL" "${data[@]}" --out "$OUT/activations" --quiet
 mta_base=$(base_of "$OUT/runs/mta-s$first")
 fusions=()
-for target in $TARGETS; do fusions+=("$target-fusion-mta-s$first"); done
+for target in "${targets[@]}"; do fusions+=("$target-fusion-mta-s$first"); done
 "$ADAPT" inspect-activations "${fusions[@]}" --model "$mta_base" "${data[@]}" --out "$OUT/activations-mta" --quiet

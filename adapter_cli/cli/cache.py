@@ -118,16 +118,16 @@ def rm(entry: str = typer.Argument(..., help="The entry id (see adapt cache ls),
 
 
 def _rm_base_model(base: dict, yes: bool, dry_run: bool, json_out: bool) -> None:
-    """A base model adapt made goes with the adapters cached under it (they load into no other base)."""
+    """A base model adapt made goes with the entries cached for it (they load into no other base)."""
     from .. import cache
 
     adapters = [e.summary() for e in cache.entries(base["id"])]
-    what = f"{base['id']} and the {len(adapters)} adapter(s) cached under it"
+    what = f"{base['id']} and the {len(adapters)} entries cached for it ({', '.join(a['id'] for a in adapters)})"
     if not dry_run and not yes and not typer.confirm(f"remove the base model {what}?", err=True):
         raise typer.Exit(1)
     if not dry_run:
         cache.delete_base_model(base["id"])
     if json_out:
-        emit_json({**base, "removed": not dry_run, "adapters": [{**a, "removed": not dry_run} for a in adapters]})
+        emit_json({**base, "removed": not dry_run, "entries": [{**a, "removed": not dry_run} for a in adapters]})
         return
     print(f"removed the base model {what}" if not dry_run else f"would remove the base model {what} ({base['path']})")

@@ -62,11 +62,14 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
 
 def derived_id(model: str, fingerprint: str) -> str:
     """``minilm+mta-0123456789ab``: where the base came from, and which weights it has now. The embedded
-    model is ``minilm`` whichever of its names the run was given, so the same weights get the same id."""
+    model is ``minilm`` whichever of its names the run was given, a local directory its directory's name."""
     from ..defaults import is_embedded_name
 
-    short = Path(model).name if ("/" in model and Path(model).expanduser().is_dir()) else model
-    short = "minilm" if is_embedded_name(short) else short
+    path = Path(model).expanduser()
+    if path.is_dir():  # a local directory: its own name (`.` or `../x` say nothing), whatever it is called
+        short = path.resolve().name
+    else:
+        short = "minilm" if is_embedded_name(model) else model
     return f"{short}+mta-{fingerprint[:12]}"
 
 

@@ -159,8 +159,14 @@ def test_cached_base_models_are_listed_and_removed_with_their_adapters(env) -> N
     assert [(b["id"], b["adapters"]) for b in listed] == [(base, 2)] and listed[0]["derived_from"].startswith("local/tiny")
     assert "without --yes" in one_line_error(runner.invoke(app, ["cache", "rm", base]))
     dry = json.loads(runner.invoke(app, ["cache", "rm", base, "--dry-run", "--json"]).stdout)
-    assert dry["removed"] is False and len(dry["adapters"]) == 2 and Path(listed[0]["path"]).is_dir()
+    assert dry["removed"] is False and len(dry["entries"]) == 2 and Path(listed[0]["path"]).is_dir()
     gone = runner.invoke(app, ["cache", "rm", base, "--yes"])
-    assert gone.exit_code == 0 and "2 adapter(s)" in gone.stdout
+    assert gone.exit_code == 0 and "2 entries cached for it" in gone.stdout and "toy_two" in gone.stdout
     assert not Path(listed[0]["path"]).exists() and json.loads(runner.invoke(app, ["cache", "ls", "--json"]).stdout) == []
     assert "no base models" in runner.invoke(app, ["cache", "models"]).stdout
+    assert not any(Path(listed[0]["path"]).parent.parent.joinpath("adapters").glob("*mta*"))  # no empty folders left
+    # an adapter directory of the removed base: one line naming what to do, not a message about Hub repo names
+    best = Path(json.loads(first.stdout)["run_dir"]) / "best"
+    stale = runner.invoke(app, ["fuse", str(best / "toy_sentiment"), str(best / "toy_two"), "--target",
+                                env["tasks"].split(",")[1], "--quiet", "epochs=1", "--run-dir", "stale"])
+    assert stale.exit_code == 2 and "not in the cache" in one_line_error(stale) and not Path("stale").exists()

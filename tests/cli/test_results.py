@@ -258,3 +258,31 @@ def test_a_fusion_is_compared_only_with_one_column_of_its_adapters(tmp_path) -> 
     same = [fake_run(tmp_path / "s", "a", value=0.6, task="rte"),
             fake_run(tmp_path / "s", "f", value=0.602, task="rte", method="fusion", fusion_adapters=["a", "b"])]
     assert "| rte | = +0.2 |" in results(*same).stdout
+
+
+def test_fusions_over_two_mt_a_configurations_stay_apart(tmp_path, monkeypatch) -> None:
+    """Review: fusions over MT-A runs of other settings are other columns, each compared with its own MT-A
+    column; a fusion given its base by path is read from what the run recorded, wherever results runs from;
+    a fusion whose MT-A run is not read stands alone per base."""
+    runs = []
+    for lr, (mt, fused) in {1e-5: (0.60, 0.70), 1e-3: (0.50, 0.40)}.items():
+        for seed in (1, 2):
+            base = f"minilm+mta-{int(lr * 1e6):06d}{seed:06d}"
+            runs.append(fake_mta_run(tmp_path, f"mta-{lr}-s{seed}", {"rte": mt, "mrpc": 0.7}, seed, base,
+                                     base_learning_rate=lr))
+            fusion = fake_run(tmp_path, f"fuse-{lr}-s{seed}", value=fused, seed=seed, task="rte", method="fusion",
+                              fusion_adapters=["rte", "mrpc"], model="runs/whatever/best/base")
+            (fusion / "best").mkdir()
+            (fusion / "best" / "fusion_config.json").write_text(json.dumps({"base_model": {"name_or_path": base}}))
+            runs.append(fusion)
+    monkeypatch.chdir(tmp_path / "mta-1e-05-s1")  # not where the runs' relative paths point
+    data = table(*runs)
+    fusions = [m for m in data["methods"] if m.startswith("fusion")]
+    assert len(fusions) == 2 and all("mt-a" in m for m in fusions)
+    assert {data["cells"]["rte"][m]["n"] for m in fusions} == {2}
+    pairs = {round(data["cells"]["rte"][c["fusion"]]["mean"], 2): (c["against"], c["tasks"]["rte"]["arrow"])
+             for c in data["comparisons"]}
+    assert pairs[0.7][1] == "↑" and pairs[0.4][1] == "↓" and pairs[0.7][0] != pairs[0.4][0]
+    assert all("base_learning_rate" in against for against, _ in pairs.values())
+    alone = table(*[r for r in runs if "fuse-1e-05" in r.name])  # their MT-A runs not given
+    assert len(alone["methods"]) == 2 and alone["comparisons"] == []

@@ -116,3 +116,4 @@ def test_the_same_weights_get_the_same_base_id_whatever_the_model_was_called(tmp
     assert {resolve_model(n) for n in names} == {str(embedded_model_path())}
     (tmp_path / "my-bert").mkdir()
     assert derived_id(str(tmp_path / "my-bert"), digest) == "my-bert+mta-0123456789ab"
+    assert derived_id(str(tmp_path / "my-bert" / "."), digest) == "my-bert+mta-0123456789ab"
