@@ -63,7 +63,7 @@ fi
 echo "$settings" > "$OUT/settings.txt"
 
 common() {  # the knobs every run shares
-  echo ${EPOCHS:+epochs=$EPOCHS patience=null} ${MAX_TRAIN:+max_train_samples=$MAX_TRAIN} \
+  echo ${EPOCHS:+epochs=$EPOCHS patience=null min_steps=null} ${MAX_TRAIN:+max_train_samples=$MAX_TRAIN} \
     ${MAX_EVAL:+max_eval_samples=$MAX_EVAL}
 }
 

@@ -211,7 +211,11 @@ class Trainer:
         if batches == 0:
             raise UsageError(f"the training set has {len(self.train_data)} examples, fewer than one batch per "
                              "process")
-        self.total_steps = math.ceil(batches / recipe.grad_accum) * recipe.epochs
+        per_epoch = math.ceil(batches / recipe.grad_accum)
+        # min_steps: whole epochs enough for that many steps (a small target gets more than `epochs` of them);
+        # kept on resume, since the batches per epoch are the same
+        self.epochs = max(recipe.epochs, math.ceil((recipe.min_steps or 0) / per_epoch))
+        self.total_steps = per_epoch * self.epochs
         warmup, total = int(recipe.warmup_ratio * self.total_steps), self.total_steps
 
         def schedule(step: int) -> float:
@@ -273,7 +277,7 @@ class Trainer:
         try:
             self._encode_features()
             self.reporter.start(self.total_steps, self.state.step, f"{self.task.name} {self.recipe.method}")
-            while self.state.epoch < self.recipe.epochs and not self.state.stopped_early:
+            while self.state.epoch < self.epochs and not self.state.stopped_early:
                 self._train_epoch()
                 self._end_epoch()
         except _Stop:
@@ -384,7 +388,9 @@ class Trainer:
             self.reporter.evaluated(state.epoch, state.step, metrics, improved)
         if self.world > 1:
             state.bad_evals = _broadcast_int(state.bad_evals)
-        state.stopped_early = self.recipe.patience is not None and state.bad_evals >= self.recipe.patience
+        floor = self.recipe.min_steps or 0  # no early stop before min_steps: tiny dev sets are noisy early on
+        state.stopped_early = self.recipe.patience is not None and state.bad_evals >= self.recipe.patience \
+            and state.step >= floor
         self.save_checkpoint()
         for callback in self.callbacks:
             callback.on_epoch_end(self)

@@ -42,7 +42,7 @@ SECTIONS: dict[str, dict[str, str]] = {
     "fusion": {"adapters": "fusion_adapters", "config": "fusion", "reg_weight": "fusion_reg_weight",
                "unfreeze_adapters": "unfreeze_adapters"},
     "optim": {k: k for k in ("learning_rate", "weight_decay", "max_grad_norm", "warmup_ratio")},
-    "train": {k: k for k in ("epochs", "patience", "batch_size", "eval_batch_size", "grad_accum", "seed",
+    "train": {k: k for k in ("epochs", "min_steps", "patience", "batch_size", "eval_batch_size", "grad_accum", "seed",
                              "precision", "frozen_dtype", "gradient_checkpointing", "compile", "device",
                              "save_every_steps",
                              "log_every_steps")},
@@ -70,6 +70,9 @@ class Recipe:
     data_dir: str | None = None
     learning_rate: float = 1e-4
     epochs: int = 30
+    # at least this many optimizer steps (in whole epochs; no early stop before): a small training set gets more
+    # epochs than `epochs`
+    min_steps: int | None = None
     patience: int | None = 5  # evaluations without improvement before stopping; null = never stop early
     batch_size: int = 32
     eval_batch_size: int = 64
@@ -165,7 +168,7 @@ class Recipe:
                 raise bad(f"{key} must be a finite non-negative number, got {value!r}")
         if self.warmup_ratio >= 1:
             raise bad("warmup_ratio must be below 1")
-        for key in ("patience", "max_train_samples", "max_eval_samples"):
+        for key in ("patience", "max_train_samples", "max_eval_samples", "min_steps"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise bad(f"{key} must be a positive integer or null, got {value!r}")
@@ -189,6 +192,9 @@ class Recipe:
 
         if not isinstance(self.tasks, list) or not all(isinstance(t, str) and t for t in self.tasks):
             raise bad("tasks must be a list of task names or task files")
+        if self.method == "multitask" and self.min_steps is not None:
+            raise bad("min_steps is not for method multitask: its epochs are steps_per_epoch steps and its sampling "
+                      "schedule runs over `epochs`; set epochs or steps_per_epoch")
         if not isinstance(self.data_dirs, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                            for k, v in self.data_dirs.items()):
             raise bad("data_dirs must map task names to data directories")

@@ -13,7 +13,7 @@ from adapter_cli.cli import app
 from conftest import one_line_error, sandbox, save_tiny_model, tiny_model, write_sentiment_task
 
 runner = CliRunner()
-FAST = ["epochs=2", "batch_size=16", "learning_rate=5e-3", "patience=null"]
+FAST = ["epochs=2", "batch_size=16", "learning_rate=5e-3", "patience=null", "min_steps=null"]
 
 
 

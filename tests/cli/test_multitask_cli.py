@@ -130,7 +130,7 @@ def test_fusion_over_mt_a_runs_on_their_base_and_fills_table_1(env) -> None:
     assert first.exit_code == 0, first.stderr
     base = json.loads(first.stdout)["base_model"]
     target = env["tasks"].split(",")[1]
-    fast = ["--quiet", "--json", "epochs=1", "batch_size=16", "max_length=32"]
+    fast = ["--quiet", "--json", "epochs=1", "min_steps=null", "batch_size=16", "max_length=32"]
     by_name = runner.invoke(app, ["fuse", "mt-toy_sentiment", "mt-toy_two", "--target", target,
                                   "--run-dir", "fused", *fast])
     assert by_name.exit_code == 0, by_name.stderr
@@ -168,5 +168,5 @@ def test_cached_base_models_are_listed_and_removed_with_their_adapters(env) -> N
     # an adapter directory of the removed base: one line naming what to do, not a message about Hub repo names
     best = Path(json.loads(first.stdout)["run_dir"]) / "best"
     stale = runner.invoke(app, ["fuse", str(best / "toy_sentiment"), str(best / "toy_two"), "--target",
-                                env["tasks"].split(",")[1], "--quiet", "epochs=1", "--run-dir", "stale"])
+                                env["tasks"].split(",")[1], "--quiet", "epochs=1", "min_steps=null", "--run-dir", "stale"])
     assert stale.exit_code == 2 and "not in the cache" in one_line_error(stale) and not Path("stale").exists()

@@ -84,6 +84,25 @@ def test_early_stopping(env) -> None:
     assert summary["stopped_early"] and summary["epochs_run"] == 3
 
 
+def test_min_steps_extends_small_training_sets_and_holds_off_early_stopping(env) -> None:
+    """96 examples at batch 16: 6 steps an epoch. min_steps=20 makes 2 epochs into 4 (24 steps); with nothing
+    to learn (lr 0) and patience 1, the run still reaches 20 steps before it may stop."""
+    summary = json.loads(train(env, "--json", "epochs=2", "min_steps=20", "batch_size=16", "patience=null",
+                               "--no-cache").stdout)
+    assert summary["epochs_run"] == 4 and summary["steps"] == 24
+    held = json.loads(train(env, "--json", "epochs=2", "min_steps=20", "batch_size=16", "patience=1",
+                            "learning_rate=0", "--no-cache", "--run-dir", "held").stdout)
+    assert held["stopped_early"] and held["steps"] == 24  # the first stop allowed: the end of the 4th epoch
+    large = json.loads(train(env, "--json", "epochs=2", "min_steps=5", "batch_size=16", "patience=null",
+                             "--no-cache", "--run-dir", "large").stdout)
+    assert large["epochs_run"] == 2  # enough steps already
+    other = write_sentiment_task(env["root"] / "other", seed=1)
+    other.write_text(other.read_text().replace("toy_sentiment", "toy_two"))
+    refused = runner.invoke(app, ["train", "--method", "multitask", "--tasks", f"{env['task']},{other}",
+                                  "--model", env["model"], "min_steps=5"])
+    assert refused.exit_code == 2 and "min_steps is not for method multitask" in one_line_error(refused)
+
+
 def _final(run: Path) -> tuple[dict, dict]:
     final = json.loads((run / "final_metrics.json").read_text())
     weights = torch.load(run / "checkpoint.pt", weights_only=True)["trainable"]

@@ -16,7 +16,7 @@ from adapter_cli.cli import app
 from conftest import FILLER, WORDS_NEG, WORDS_POS, one_line_error, sandbox, save_tiny_model, write_sentiment_task
 
 runner = CliRunner()
-QUICK = ["epochs=1", "batch_size=16", "learning_rate=5e-3", "patience=null", "--quiet"]
+QUICK = ["epochs=1", "batch_size=16", "learning_rate=5e-3", "patience=null", "min_steps=null", "--quiet"]
 SENTIMENT = {"neg", "pos"}
 MOOD = {"downbeat", "upbeat"}
 MATCH = {"different", "same"}

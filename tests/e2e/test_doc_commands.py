@@ -29,8 +29,8 @@ inside it and ``ADAPT_REGISTRY=./hub`` (the reader's default registry, which `ad
   docs/tasks.md, with its ``train.csv``/``dev.csv``), ``./my-adapter`` (README's `adapt add ... --save`),
   ``~/.config/adapt/registry-token`` (HOME in the world).
 
-World adapters are trained with ``epochs=1 max_length=32``. Example trainings (`adapt train`, `adapt
-fuse`) run on the same small data exactly as written with ``epochs=1 max_length=32`` appended: recipe
+World adapters are trained with ``epochs=1 max_length=32 min_steps=null``. Example trainings (`adapt train`, `adapt
+fuse`) run on the same small data exactly as written with ``epochs=1 max_length=32 min_steps=null`` appended: recipe
 overrides that only shorten the run (the documents' own ``epochs=5`` is replaced by 1); those that read
 their data from the Hub get ``data_dir=glue/...`` the same way (``HUB_DATA``). Before an example
 runs, the outputs it makes itself are removed from its copy of the world (``OWN_OUTPUTS``), as if it ran
@@ -62,7 +62,7 @@ from doc_commands import ROOT, DocCommand, Step, classify, collect
 
 runner = CliRunner()
 ROOT_COMMAND = typer.main.get_command(app)
-CAPS = ("epochs=1", "max_length=32")
+CAPS = ("epochs=1", "max_length=32", "min_steps=null")
 GLUE = SHARED / "data" / "glue"
 
 
