@@ -95,7 +95,8 @@ def _local_path(task: TaskSpec, split: str, data_dir: str | Path | None) -> Path
         raise UsageError(f"task {task.name} has no local {split} file configured")
     base = Path(data_dir) if data_dir is not None else Path(task.source).parent
     if not base.is_dir():
-        raise UsageError(f"data directory {base} does not exist")
+        raise UsageError(f"data directory {base} is a file, not a directory (a task file names the task, not its "
+                         "data)" if base.is_file() else f"data directory {base} does not exist")
     path = base / str(name)
     if data_dir is None and not path.resolve().is_relative_to(base.resolve()):
         # names are checked when the task is read; this is a link out of the task's folder

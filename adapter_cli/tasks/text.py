@@ -25,7 +25,8 @@ def corpus_dir(task: TaskSpec, data_dir: str | Path | None) -> Path:
                          f"{_names(task)} (one or more sentences a line)")
     base = Path(data_dir) if data_dir is not None else Path(task.source).parent
     if not base.is_dir():
-        raise UsageError(f"data directory {base} does not exist")
+        raise UsageError(f"data directory {base} is a file, not a directory (a task file names the task, not its "
+                         "data)" if base.is_file() else f"data directory {base} does not exist")
     return base
 
 
