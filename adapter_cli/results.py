@@ -292,13 +292,21 @@ def _label_columns(runs: list[dict[str, Any]]) -> None:
         r["group"] = json.dumps(r["identity"], sort_keys=True, default=str)
         by_base.setdefault(r["method"], {})[r["group"]] = r["identity"]
     labels: dict[str, str] = {}
-    for base, identities in by_base.items():
+
+    def part(key: str, value: Any) -> str:
+        if key == "config":
+            return "config " + hashlib.sha1(str(value).encode()).hexdigest()[:6]
+        if key == "mta":  # the MT-A configuration a fusion's bases came from: that column's name (or the base id)
+            return f"over {labels.get(value, value)}"
+        return f"{key}={_text(value)}"
+
+    # fusions last: their names can name the MT-A columns
+    for base, identities in sorted(by_base.items(), key=lambda item: any("mta" in i for i in item[1].values())):
         keys = sorted({k for ident in identities.values() for k in ident})
         differing = [k for k in keys if len({json.dumps(i.get(k), sort_keys=True, default=str)
                                               for i in identities.values()}) > 1]
         for group, ident in identities.items():
-            parts = [f"{k}={_text(ident.get(k))}" if k != "config" else
-                     "config " + hashlib.sha1(str(ident.get(k)).encode()).hexdigest()[:6] for k in differing]
+            parts = [part(k, ident.get(k)) for k in differing]
             if not parts:
                 labels[group] = base
             elif base.endswith(")"):  # "adapter (houlsby)" -> "adapter (houlsby, learning_rate=0.001)"

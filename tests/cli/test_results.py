@@ -284,5 +284,6 @@ def test_fusions_over_two_mt_a_configurations_stay_apart(tmp_path, monkeypatch) 
              for c in data["comparisons"]}
     assert pairs[0.7][1] == "↑" and pairs[0.4][1] == "↓" and pairs[0.7][0] != pairs[0.4][0]
     assert all("base_learning_rate" in against for against, _ in pairs.values())
+    assert set(fusions) == {f"fusion (mt-a, over {against})" for against, _ in pairs.values()}  # readable names
     alone = table(*[r for r in runs if "fuse-1e-05" in r.name])  # their MT-A runs not given
     assert len(alone["methods"]) == 2 and alone["comparisons"] == []
