@@ -144,6 +144,13 @@ def test_fusion_over_mt_a_runs_on_their_base_and_fills_table_1(env) -> None:
     assert table["methods"] == ["mt-a", "fusion (mt-a)"]
     assert set(table["cells"]["toy_sentiment"]) == {"mt-a"} and len(table["cells"]["toy_two"]) == 2
     assert table["comparisons"][0]["against"] == "mt-a" and "toy_two" in table["comparisons"][0]["tasks"]
+    # members of two bases, one an MT-A base: one line naming each member's base, nothing written
+    single = runner.invoke(app, ["train", "--task", target, "--model", env["model"], "--run-dir", "st", "--name",
+                                 "st_two", "--quiet", "epochs=1", "batch_size=16", "max_length=32"])
+    assert single.exit_code == 0, single.stderr
+    mixed = runner.invoke(app, ["fuse", "mt-toy_sentiment", "st", "--target", target, "--run-dir", "mixed", *fast])
+    assert mixed.exit_code == 2 and "trained on different base models" in one_line_error(mixed)
+    assert base in one_line_error(mixed) and not Path("mixed").exists()
     # the original base is still refused, with --model given
     refused = runner.invoke(app, ["fuse", "mt-toy_sentiment", "mt-toy_two", "--target", target, "--model",
                                   env["model"], "--run-dir", "nope", *fast])
