@@ -1,9 +1,11 @@
 """Where the adapter sites are in each supported transformers architecture.
 
-A site is a sub-layer that computes ``LN(h + x)``: ``h`` its output (after its dropout) and ``x`` its
-residual input. Adapters are stitched in with forward hooks that capture ``h`` and ``x`` and take over
-that LayerNorm call, so no transformers modeling code is copied. Supporting a new encoder means adding
-one entry here (and a test).
+A site is a sub-layer with a residual connection: ``h`` its output (after its dropout) and ``x`` its
+residual input. In a post-norm encoder (BERT) the site computes ``LN(h + x)``: forward hooks capture ``h``
+and ``x`` and take over that LayerNorm call. In a pre-norm decoder (GPT-2, Llama) the layer itself adds
+``x`` to the sub-layer's output, with no norm after it (``layer_norm`` is empty): a hook on the sub-layer's
+output hands the layer what it must add ``x`` to. Either way no transformers modeling code is copied.
+Supporting a new family means adding one entry here (and a test).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class SiteSpec:
     residual_module: str  # module whose call receives x ...
     residual_arg: int  # ... as this positional argument ...
     residual_kwarg: str  # ... or this keyword argument
-    layer_norm: str  # the LayerNorm applied to h + x
+    layer_norm: str  # the LayerNorm applied to h + x; "" in a pre-norm layer, which adds x itself
     adapterhub_path: str  # AdapterHub's module path for this site, for its weight names
 
 
@@ -57,12 +59,29 @@ class Architecture:
     linears: tuple[tuple[str, str], ...] = (
         ("q", "attention.self.query"), ("k", "attention.self.key"), ("v", "attention.self.value"),
         ("intermediate", "intermediate.dense"), ("output", "output.dense"))
+    # The adapter methods (config ``architecture`` values) adapt stitches into this family; None: all of them.
+    # A family added before a method learned its layout lists what works, and the rest is refused in one line.
+    methods: tuple[str, ...] | None = None
+    # Whether the model takes token_type_ids (segment embeddings); decoders do not.
+    segments: bool = True
+    # A causal decoder: its classification heads read the last attended token (AdapterHub's pooling for
+    # decoders: a causal model's first token has seen nothing else), and it can generate with a causal-LM head.
+    causal: bool = False
+    # The head types (head_config.HEAD_TYPES) a model of this family carries, as AdapterHub's flexible model.
+    heads: tuple[str, ...] = ("classification", "regression", "multiple_choice", "masked_lm")
 
     def linear(self, matrix: str) -> str:
         return dict(self.linears)[matrix]
 
     def site(self, location: str) -> SiteSpec:
         return next(s for s in self.sites if s.location == location)
+
+    def check_method(self, method: str, what: str = "adapter") -> None:
+        """Refuse, in one line, a method adapt does not (yet) stitch into this family."""
+        if self.methods is not None and method not in self.methods:
+            raise UnsupportedModel(f"{what} is a {method.replace('_', ' ')} adapter, and adapt stitches only "
+                                   f"{' and '.join(self.methods)} adapters into {self.name} models so far; "
+                                   f"use a {' or '.join(self.methods)} config")
 
 
 _BERT_SITES = (
@@ -95,6 +114,34 @@ ARCHITECTURES: dict[str, Architecture] = {
                  ("intermediate", "ffn.lin1"), ("output", "ffn.lin2")),
     ),
 }
+
+
+def _pre_norm(name: str, layers: str, attention: str, mlp: str, norms: tuple[str, str], norm_arg: str,
+              prefix: str, model_class: str, **fields: object) -> Architecture:
+    """A decoder whose layers compute ``x + attention(norm(x))`` then ``x + mlp(norm(x))``: the residual is
+    the input of each norm, and AdapterHub's sites receive the sub-layer output and that residual (with no
+    LayerNorm: it passes None)."""
+    sites = (SiteSpec("mh_adapter", attention, norms[0], 0, norm_arg, "", "attention_adapters"),
+             SiteSpec("output_adapter", mlp, norms[1], 0, norm_arg, "", "output_adapters"))
+    return Architecture(name, layers, sites, prefix, model_class, self_attention=attention, methods=("bottleneck",),
+                        segments=False, causal=True, heads=("classification", "regression", "causal_lm"),
+                        **fields)  # type: ignore[arg-type]
+
+
+_LLAMA_LIKE = dict(attention_dropout_attr="attention_dropout", hidden_dropout_attr="hidden_dropout",
+                   embeddings="embed_tokens",
+                   linears=(("q", "self_attn.q_proj"), ("k", "self_attn.k_proj"), ("v", "self_attn.v_proj"),
+                            ("intermediate", "mlp.up_proj"), ("output", "mlp.down_proj")))
+
+ARCHITECTURES.update({
+    "gpt2": _pre_norm("GPT-2", "h", "attn", "mlp", ("ln_1", "ln_2"), "input", "transformer", "GPT2AdapterModel",
+                      attention_dropout_attr="attn_pdrop", hidden_dropout_attr="resid_pdrop", embeddings="wte",
+                      linears=(("intermediate", "mlp.c_fc"), ("output", "mlp.c_proj"))),
+    "llama": _pre_norm("Llama", "layers", "self_attn", "mlp", ("input_layernorm", "post_attention_layernorm"),
+                       "hidden_states", "model", "LlamaAdapterModel", **_LLAMA_LIKE),  # type: ignore[arg-type]
+    "mistral": _pre_norm("Mistral", "layers", "self_attn", "mlp", ("input_layernorm", "post_attention_layernorm"),
+                         "hidden_states", "model", "MistralAdapterModel", **_LLAMA_LIKE),  # type: ignore[arg-type]
+})
 
 
 def architecture_for(model_type: str) -> Architecture:

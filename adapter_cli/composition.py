@@ -370,3 +370,12 @@ def one_first_in_stack(block: Block, members: Collection[str], method: str, else
         raise CompositionError(f"composition {block}: {method} adapter {name!r} runs alone or first in a stack, "
                                f"as stack({name},...); {elsewhere}")
     return name
+
+
+def shown(block: Block | str | None) -> str | None:
+    """A composition as a user would write it: a single adapter as its name, not as stack(name)."""
+    if block is None or isinstance(block, str):
+        return block
+    if isinstance(block, Stack) and len(block.children) == 1 and isinstance(block.children[0], str):
+        return block.children[0]
+    return str(block)

@@ -10,8 +10,12 @@ from typing import Any
 from .errors import ConfigError, check_keys, suggest
 from .methods.activations import ACTIVATION_NAMES
 
-HEAD_TYPES = ("classification", "regression", "multiple_choice", "masked_lm")
-# Keys only a masked_lm head has (AdapterHub's BertStyleMaskedLMHead): left out of other heads' configs.
+HEAD_TYPES = ("classification", "regression", "multiple_choice", "masked_lm", "causal_lm")
+# Language-model heads: a transform, then a decoder over the vocabulary (tied to the input word embeddings
+# where the model ties them), applied to every token.
+LM_HEADS = ("masked_lm", "causal_lm")
+# Keys only a language-model head has (AdapterHub's BertStyleMaskedLMHead and CausalLMHead): left out of
+# other heads' configs.
 MLM_KEYS = ("vocab_size", "embedding_size", "layer_norm")
 MAX_OUTPUTS = 100_000  # labels or choices: far more than any task has, far less than fills memory
 MAX_HEAD_LAYERS = 64
@@ -31,7 +35,7 @@ class HeadConfig:
     # Trained on text pairs (True), single texts (False), or unknown (None, e.g. AdapterHub's heads): lets
     # `adapt infer` refuse a single text for a pair head instead of scoring a meaningless input.
     text_pair: bool | None = None
-    # masked_lm only: the decoder's outputs (the input embeddings' rows, to which it is tied), its input width
+    # masked_lm and causal_lm only: the decoder's outputs (the input embeddings' rows, to which it is tied), its input width
     # (the embeddings' width: ELECTRA's is narrower than hidden) and the LayerNorm after each transform layer
     vocab_size: int | None = None
     embedding_size: int | None = None
@@ -67,24 +71,28 @@ class HeadConfig:
             raise ConfigError(f"head dropout_prob must be in [0, 1) or null, got {self.dropout_prob!r}")
         if self.activation_function and self.activation_function.lower() not in ACTIVATION_NAMES:
             raise ConfigError(f"unknown head activation {self.activation_function!r}")
-        self._check_masked_lm()
+        self._check_lm()
 
-    def _check_masked_lm(self) -> None:
-        if self.head_type != "masked_lm":
+    def _check_lm(self) -> None:
+        if self.head_type not in LM_HEADS:
             if self.vocab_size is not None or self.embedding_size is not None or self.layer_norm:
-                raise ConfigError(f"vocab_size, embedding_size and layer_norm are keys of a masked_lm head, not of "
-                                  f"a {self.head_type} head")
+                raise ConfigError(f"vocab_size, embedding_size and layer_norm are keys of a language-model head "
+                                  f"(masked_lm, causal_lm), not of a {self.head_type} head")
             return
         if self.vocab_size is None or not 1 <= self.vocab_size <= 10_000_000:
-            raise ConfigError(f"a masked_lm head needs vocab_size (1 to 10000000), got {self.vocab_size!r}")
+            raise ConfigError(f"a {self.head_type} head needs vocab_size (1 to 10000000), got {self.vocab_size!r}")
         if self.embedding_size is not None and not 1 <= self.embedding_size <= 65536:
             raise ConfigError(f"head embedding_size must be from 1 to 65536, got {self.embedding_size!r}")
-        if self.layers < 2:
+        if self.head_type == "masked_lm" and self.layers < 2:
             raise ConfigError("a masked_lm head has at least 2 layers (a transform and the tied decoder)")
 
     @property
+    def is_lm(self) -> bool:
+        return self.head_type in LM_HEADS
+
+    @property
     def outputs(self) -> int:
-        if self.head_type == "masked_lm":
+        if self.is_lm:
             return int(self.vocab_size or 0)
         return {"classification": self.num_labels, "regression": 1, "multiple_choice": 1}[self.head_type]
 
@@ -94,11 +102,15 @@ class HeadConfig:
             return {int(i): label for label, i in self.label2id.items()}
         return {i: f"LABEL_{i}" for i in range(self.outputs)} if self.head_type == "classification" else {}
 
-    def weight_shapes(self, hidden_size: int) -> dict[str, tuple[int, ...]]:
+    def weight_shapes(self, hidden_size: int, decoder_stored: bool = False) -> dict[str, tuple[int, ...]]:
         """Every weight's name and shape, from the configuration alone: what ``heads.PredictionHead`` holds
-        (``[Dropout, Linear(H,H), act] * (layers-1) + [Dropout, Linear(H, outputs)]``)."""
-        if self.head_type == "masked_lm":
-            return self._masked_lm_shapes(hidden_size)
+        (``[Dropout, Linear(H,H), act] * (layers-1) + [Dropout, Linear(H, outputs)]``). A language-model
+        head's decoder weight is stored only where it is not tied (``decoder_stored``)."""
+        if self.is_lm:
+            shapes = self._masked_lm_shapes(hidden_size)
+            if decoder_stored:
+                shapes[f"{self.decoder_index}.weight"] = (self.outputs, self.embedding_size or hidden_size)
+            return shapes
         out: dict[str, tuple[int, ...]] = {}
         index = 0
         for i in range(self.layers):
@@ -113,9 +125,9 @@ class HeadConfig:
         return out
 
     def _masked_lm_shapes(self, hidden_size: int) -> dict[str, tuple[int, ...]]:
-        """AdapterHub's BertStyleMaskedLMHead: ``[Linear(H,E), act, LayerNorm(E)] * (layers-1)`` then the
-        decoder ``Linear(E, vocab)``, whose weight is the input embeddings' (tied, so not stored here: only its
-        bias is the head's own)."""
+        """AdapterHub's BertStyleMaskedLMHead and CausalLMHead: ``[Linear(H,E), act, LayerNorm(E)] *
+        (layers-1)`` then the decoder ``Linear(E, vocab)``, whose weight is the input embeddings' where tied
+        (and then not stored here: only its bias is the head's own)."""
         width = self.embedding_size or hidden_size
         out: dict[str, tuple[int, ...]] = {}
         index, inputs = 0, hidden_size
@@ -132,13 +144,13 @@ class HeadConfig:
 
     @property
     def decoder_index(self) -> int:
-        """The module index of a masked_lm head's tied decoder (3 for the default two layers)."""
+        """The module index of a language-model head's decoder (3 for the default two layers)."""
         per_layer = 1 + bool(self.activation_function) + bool(self.layer_norm)
         return (self.layers - 1) * per_layer
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        if self.head_type != "masked_lm":  # other heads' files stay as they were
+        if not self.is_lm:  # other heads' files stay as they were
             for key in MLM_KEYS:
                 out.pop(key)
         return out

@@ -1,5 +1,6 @@
 """Prediction heads saved and loaded with adapters: classification, regression, multiple choice, and the
-masked-language-model head of language adapters (``MaskedLMHead``).
+language-model heads (``LanguageModelHead``): the masked-LM head of language adapters and a decoder's causal-LM
+head.
 
 The layout is AdapterHub's flexible head so its head files load key for key: for ``layers=L`` the
 module is ``[Dropout, Linear(H,H), act] * (L-1) + [Dropout, Linear(H, out)]`` applied to the first
@@ -69,14 +70,15 @@ class Activation(nn.Module):
 
 
 
-class MaskedLMHead(nn.Module):
-    """AdapterHub's ``BertStyleMaskedLMHead``, key for key: ``[Linear(H,E), act, LayerNorm(E)] * (layers-1)``
-    (modules ``0``, ``1``, ``2``), then the decoder (``3``) whose weight is the model's input word embeddings
-    (tied: held by reference, never stored with the head) and whose bias is the head's own. ``logits`` takes
-    an ``inverse`` that runs between the transform and the decoder: the reverse pass of an invertible adapter,
-    where AdapterHub's LM heads apply ``invertible_adapter(..., rev=True)``."""
+class LanguageModelHead(nn.Module):
+    """AdapterHub's ``BertStyleMaskedLMHead`` and ``CausalLMHead``, key for key: ``[Linear(H,E), act,
+    LayerNorm(E)] * (layers-1)`` (modules ``0``, ``1``, ``2``), then the decoder (``3``), whose weight is the
+    model's input word embeddings where the model ties them (held by reference, never stored with the head)
+    and the head's own ``Linear(E, vocab)`` weight otherwise (``embeddings`` None); its bias is the head's own.
+    ``logits`` takes an ``inverse`` that runs between the transform and the decoder: the reverse pass of an
+    invertible adapter, where AdapterHub's LM heads apply ``invertible_adapter(..., rev=True)``."""
 
-    def __init__(self, config: HeadConfig, hidden_size: int, embeddings: nn.Embedding, eps: float = 1e-12,
+    def __init__(self, config: HeadConfig, hidden_size: int, embeddings: nn.Embedding | None, eps: float = 1e-12,
                  initializer_range: float = 0.02) -> None:
         super().__init__()
         self.config = config
@@ -97,7 +99,19 @@ class MaskedLMHead(nn.Module):
                 self.add_module(str(index), nn.LayerNorm(width, eps=eps))
                 index += 1
             inputs = width
-        self.add_module(str(index), _TiedDecoder(embeddings, config.outputs, config.bias))
+        if embeddings is not None:
+            self.add_module(str(index), _TiedDecoder(embeddings, config.outputs, config.bias))
+            return
+        decoder = nn.Linear(width, config.outputs, bias=config.bias)
+        with torch.no_grad():
+            decoder.weight.normal_(0.0, initializer_range)
+            if decoder.bias is not None:
+                decoder.bias.zero_()
+        self.add_module(str(index), decoder)
+
+    @property
+    def tied(self) -> bool:
+        return isinstance(list(self._modules.values())[-1], _TiedDecoder)
 
     def transform(self, hidden: torch.Tensor) -> torch.Tensor:
         modules = list(self._modules.values())
@@ -113,7 +127,11 @@ class MaskedLMHead(nn.Module):
         return list(self._modules.values())[-1](out)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over the positions whose label is not -100 (the masked tokens)."""
+        """Mean cross-entropy over the positions whose label is not -100 (the masked tokens). A causal-LM
+        head's logits at position t predict the token at t + 1: labels are shifted by one, as AdapterHub's
+        ``shift_labels`` does, so labels may simply be the input ids (-100 where no loss is wanted)."""
+        if self.config.head_type == "causal_lm":
+            logits, labels = logits[..., :-1, :], labels[..., 1:]
         return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                                            ignore_index=-100)
 

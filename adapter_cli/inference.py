@@ -199,6 +199,7 @@ def _predict(model: Any, tokenizer: Any, rows: list[Row], active: Any, options: 
         pairs = [r.pair for r in chunk] if chunk[0].pair is not None else None
         enc = tokenizer(texts, pairs, padding=True, truncation=True, max_length=options.max_length,
                         return_tensors="pt")
+        _check_not_empty(enc["attention_mask"], start)
         enc = {k: v.to(device) for k, v in enc.items()}
         with torch.inference_mode(), torch.autocast(device.type, dtype=options.autocast,
                                                     enabled=options.autocast is not None):
@@ -211,6 +212,15 @@ def _predict(model: Any, tokenizer: Any, rows: list[Row], active: Any, options: 
             continue
         for row, answer in zip(chunk, _answers(model, list(out.branches or [out]))):
             yield {**_row_fields(row, shown), **answer}
+
+
+def _check_not_empty(mask: Any, offset: int) -> None:
+    """A row the tokenizer made no token of (an empty text, for a decoder's tokenizer, which adds none) has
+    nothing for a head to read: one line instead of an answer read off padding."""
+    empty = (mask.sum(-1) == 0).nonzero().flatten().tolist()
+    if empty:
+        raise UsageError(f"row {offset + empty[0] + 1} has no tokens (an empty text); give it some text or leave "
+                         "it out")
 
 
 def _answers(model: Any, parts: list[Any]) -> list[dict[str, Any]]:
@@ -240,12 +250,6 @@ def _row_fields(row: Row, active: str | None) -> dict[str, Any]:
 
 def _display(block: Any) -> str | None:
     """A composition as the user would write it: a single adapter as its name."""
-    from .composition import Stack
+    from .composition import shown
 
-    if block is None:
-        return None
-    if isinstance(block, str):
-        return block
-    if isinstance(block, Stack) and len(block.children) == 1 and isinstance(block.children[0], str):
-        return block.children[0]
-    return str(block)
+    return shown(block)

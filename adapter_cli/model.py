@@ -23,7 +23,7 @@ from transformers.utils import ModelOutput
 
 from .architectures import Architecture, architecture_for
 from .composition import BatchSplit, Block, Fuse, Parallel, Stack, check_name, fuse_blocks, parse_composition
-from .errors import ArtifactError, BaseModelMismatch, CompositionError, UsageError
+from .errors import ArtifactError, BaseModelMismatch, CompositionError, UnsupportedModel, UsageError
 from .formats import AdapterArtifact, BaseModelInfo, FusionArtifact, HeadArtifact
 from .fusion import FusionSet, common_locations
 from .fusion_config import resolve_fusion_config
@@ -54,6 +54,9 @@ class AdapterModelOutput(ModelOutput):
     # output per part, in row order.
     branches: tuple[AdapterModelOutput, ...] | None = None
     head: str | None = None  # the head that produced ``logits``
+    # Per row, the position of its last attended token: what a decoder's classification head reads.
+    last_token: torch.Tensor | None = None
+    cache: Any = None  # a decoder's key/value cache, when called with use_cache=True (generation.py)
 
 
 @lru_cache(maxsize=256)
@@ -69,6 +72,7 @@ class AdapterModel(nn.Module):
         self.base = base
         self.name_or_path = name_or_path or getattr(base.config, "_name_or_path", None) or None
         self.revision = revision or getattr(base.config, "_commit_hash", None)
+        self.source: str | None = None  # where from_pretrained read the weights (a directory or a Hub id)
         for p in self.base.parameters():
             p.requires_grad_(False)
         self.adapters = nn.ModuleDict()
@@ -115,7 +119,9 @@ class AdapterModel(nn.Module):
         base = AutoModel.from_pretrained(name, config=config, revision=revision, dtype=dtype or "auto", **kwargs)
         from .defaults import model_id
 
-        return cls(base, name_or_path=model_id(name), revision=revision or getattr(config, "_commit_hash", None))
+        model = cls(base, name_or_path=model_id(name), revision=revision or getattr(config, "_commit_hash", None))
+        model.source = name
+        return model
 
     @classmethod
     def from_config(cls, config: Any) -> AdapterModel:
@@ -254,8 +260,12 @@ class AdapterModel(nn.Module):
             self._linear_sites[key] = LinearSite(self._linear(matrix, layer), layer, matrix, self._context)
         return self._linear_sites[key]
 
-    def _new_adapter_set(self, config: Any, fresh: bool = False) -> nn.Module:
+    def _new_adapter_set(self, config: Any, fresh: bool = False, what: str = "the adapter") -> nn.Module:
         """The modules of one adapter, for its method: bottleneck layers, or changes to linear layers."""
+        for part in getattr(config, "configs", None) or (config,):  # each part of a union
+            self.arch.check_method(part.architecture, what)
+            if getattr(part, "inv_adapter", None):
+                self.arch.check_method("invertible", what)
         if config.architecture == "lora":
             from .methods.lora_layers import LoRAAdapterSet
 
@@ -289,7 +299,7 @@ class AdapterModel(nn.Module):
         if name in self.adapters and not overwrite:
             raise UsageError(f"adapter {name!r} is already loaded; pick another name or pass overwrite=True")
         config = resolve_adapter_config(config, overrides)
-        self._attach(name, self._new_adapter_set(config, fresh=True))
+        self._attach(name, self._new_adapter_set(config, fresh=True, what=f"adapter {name!r}"))
         return name
 
     def _attach(self, name: str, adapter_set: nn.Module) -> None:
@@ -382,7 +392,7 @@ class AdapterModel(nn.Module):
         config = artifact.config
         if config.architecture == "lora" and artifact.base.num_layers is None:
             config = _top_layers_left_out(config, artifact.weights, self.num_layers)
-        adapter_set = self._new_adapter_set(config)
+        adapter_set = self._new_adapter_set(config, what=f"adapter {str(path)!r}")
         _load_weights(adapter_set, artifact.weights, artifact.path)
         self._attach(name, adapter_set)
         from .formats.native import ADAPTER_METADATA
@@ -550,8 +560,11 @@ class AdapterModel(nn.Module):
         return name
 
     def _attach_head(self, name: str, config: HeadConfig) -> nn.Module:
-        if config.head_type == "masked_lm":
-            return self._attach_masked_lm_head(name, config)
+        if config.head_type not in self.arch.heads:
+            raise UnsupportedModel(f"head {name!r} is a {config.head_type} head, which {self.arch.name} models cannot "
+                                   f"carry; they take {', '.join(self.arch.heads)} heads")
+        if config.is_lm:
+            return self._attach_lm_head(name, config)
         if config.use_pooler and getattr(self.base, "pooler", None) is None:
             raise UsageError(f"head {name!r} reads the pooler output, which this {self.config.model_type} model "
                              "does not have")
@@ -564,18 +577,29 @@ class AdapterModel(nn.Module):
         self.active_head = name
         return head
 
-    def _attach_masked_lm_head(self, name: str, config: HeadConfig) -> nn.Module:
-        """A masked-LM head whose decoder is tied to the input word embeddings (heads.MaskedLMHead)."""
-        from .heads import MaskedLMHead
+    def ties_lm_head(self, config: HeadConfig) -> bool:
+        """Whether a language-model head's decoder is the input word embeddings: always for a masked-LM head
+        (AdapterHub ties them), for a causal-LM head where the model ties its own (``tie_word_embeddings``)."""
+        return config.head_type == "masked_lm" or bool(getattr(self.config, "tie_word_embeddings", True))
 
-        embeddings = self.base.get_input_embeddings() if self.arch.tied_lm_head else None
-        if not isinstance(embeddings, nn.Embedding) or embeddings.weight.shape[0] != config.vocab_size \
-                or embeddings.weight.shape[1] != (config.embedding_size or self.hidden_size):
-            raise UsageError(f"a {self.config.model_type} model cannot carry masked-LM head {name!r}: its decoder is "
-                             f"tied to the input word embeddings, which this model does not expose as a "
-                             f"{config.vocab_size} x {config.embedding_size or self.hidden_size} matrix")
-        head = MaskedLMHead(config, self.hidden_size, embeddings, float(getattr(self.config, "layer_norm_eps", 1e-12)),
-                            float(getattr(self.config, "initializer_range", 0.02)))
+    def _attach_lm_head(self, name: str, config: HeadConfig) -> nn.Module:
+        """A language-model head whose decoder is tied to the input word embeddings, or (a causal-LM head
+        of a model that does not tie them) has its own weight (heads.LanguageModelHead)."""
+        from .heads import LanguageModelHead
+
+        width = config.embedding_size or self.hidden_size
+        embeddings = None
+        if self.ties_lm_head(config):
+            embeddings = self.base.get_input_embeddings() if self.arch.tied_lm_head else None
+            if not isinstance(embeddings, nn.Embedding) or tuple(embeddings.weight.shape) != (config.vocab_size, width):
+                kind = {"masked_lm": "masked-LM", "causal_lm": "causal-LM"}[config.head_type]
+                raise UsageError(f"a {self.config.model_type} model cannot carry {kind} head {name!r}: its "
+                                 f"decoder is tied to the input word embeddings, which this model does not expose "
+                                 f"as a {config.vocab_size} x {width} matrix")
+        # AdapterHub reads layer_norm_eps only: 1e-12 for GPT-2 (layer_norm_epsilon) and Llama (rms_norm_eps) too
+        eps = float(getattr(self.config, "layer_norm_eps", 1e-12))
+        head = LanguageModelHead(config, self.hidden_size, embeddings, eps,
+                                 float(getattr(self.config, "initializer_range", 0.02)))
         self.heads[name] = head.to(device=self._device(), dtype=self._dtype()).train(self.training)
         self.active_head = name
         return head
@@ -589,7 +613,16 @@ class AdapterModel(nn.Module):
             raise UsageError(f"head {name!r} is already loaded; pass name= to load it under another name")
         self.check_compatible(artifact.base, f"head {str(path)!r}")
         head = self._attach_head(name, artifact.config)
-        _load_weights(head, artifact.weights, artifact.path)
+        weights = artifact.weights
+        if getattr(head, "tied", False):  # AdapterHub stores the tied decoder too: it must be these embeddings
+            decoder = weights.get(f"{artifact.config.decoder_index}.weight")
+            if decoder is not None and not torch.equal(decoder.to(self._dtype()),
+                                                       self.base.get_input_embeddings().weight.detach().cpu()
+                                                       .to(self._dtype())):
+                raise BaseModelMismatch(f"head {str(path)!r} was made on other word embeddings than this model's "
+                                        f"(its decoder, tied to them, differs); load it on the base it was made for")
+            weights = {k: v for k, v in weights.items() if k != f"{artifact.config.decoder_index}.weight"}
+        _load_weights(head, weights, artifact.path)
         return name
 
     def save_head(self, directory: str | os.PathLike, name: str, format: str = "adapt",
@@ -609,7 +642,7 @@ class AdapterModel(nn.Module):
 
         head = self.heads[name]
         weights = head.state_dict()
-        if head.config.head_type == "masked_lm" and format != "adapt":  # AdapterHub stores the tied decoder too
+        if getattr(head, "tied", False) and format != "adapt":  # AdapterHub stores the tied decoder too
             weights[f"{head.config.decoder_index}.weight"] = self.base.get_input_embeddings().weight
         artifact = HeadArtifact(name=name, config=head.config, weights=weights, base=self.base_info)
         if format == "adapt":
@@ -764,10 +797,17 @@ class AdapterModel(nn.Module):
             input_ids, attention_mask, token_type_ids = (
                 t.reshape(-1, t.shape[-1]) if t is not None else None
                 for t in (input_ids, attention_mask, token_type_ids))
-        if token_type_ids is not None and self.config.model_type == "distilbert":
-            token_type_ids = None  # DistilBERT has no segment embeddings
+        if token_type_ids is not None and (not self.arch.segments or self.config.model_type == "distilbert"):
+            token_type_ids = None  # no segment embeddings (DistilBERT, decoders)
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
+        if self.arch.causal:
+            kwargs.setdefault("use_cache", False)  # a cache only where asked for (generation), not in training
+            if "position_ids" not in kwargs and attention_mask is not None and attention_mask.dim() == 2 \
+                    and bool((attention_mask[:, 0] == 0).any()):
+                # Left padding: positions count from each row's first token (GPT-2's absolute positions would
+                # otherwise move with the padding). Right padding keeps transformers' own, as AdapterHub does.
+                kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         previous = self._context.set(setup)
         try:
             out = self.base(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
@@ -776,7 +816,9 @@ class AdapterModel(nn.Module):
         result = AdapterModelOutput(last_hidden_state=out.last_hidden_state,
                                     pooler_output=getattr(out, "pooler_output", None),
                                     hidden_states=getattr(out, "hidden_states", None),
-                                    attentions=getattr(out, "attentions", None))
+                                    attentions=getattr(out, "attentions", None),
+                                    last_token=_last_tokens(out.last_hidden_state, attention_mask)
+                                    if self.arch.causal else None, cache=getattr(out, "cache", None))
         if head_name is None:
             return result
         branch = self._apply_head(head_name, result, labels, num_choices, setup)
@@ -792,6 +834,11 @@ class AdapterModel(nn.Module):
         if name is None:
             return out
         module = self.heads[name]
+        if module.config.head_type == "causal_lm":  # every position; a decoder has no invertible adapters yet
+            out.logits, out.head = module.logits(hidden.last_hidden_state), name
+            if labels is not None:
+                out.loss = module.loss(out.logits, labels)
+            return out
         if module.config.head_type == "masked_lm":  # with labels: [N, vocab] for the N labelled tokens only
             site = self._embedding_site
             inverse = None if site is None else (lambda h: site.inverse(h, setup))  # noqa: E731
@@ -803,16 +850,22 @@ class AdapterModel(nn.Module):
             if labels is not None:
                 out.loss = module.loss(out.logits, labels)
             return out
-        if module.config.use_pooler:
-            if hidden.pooler_output is None:
-                raise UsageError(f"head {name!r} uses the pooler, which this model does not have")
-            features = hidden.pooler_output
-        else:
-            features = hidden.last_hidden_state[:, 0]
-        out.logits, out.head = module.logits(features, num_choices), name
+        if module.config.use_pooler and hidden.pooler_output is None:
+            raise UsageError(f"head {name!r} uses the pooler, which this model does not have")
+        out.logits, out.head = module.logits(self.head_features(module, hidden), num_choices), name
         if labels is not None:
             out.loss = module.loss(out.logits, labels)
         return out
+
+    def head_features(self, head: nn.Module, out: AdapterModelOutput) -> torch.Tensor:
+        """What a classification-style head reads: the pooler output (``use_pooler``), else the first token's
+        final state, or in a decoder the last attended token's (AdapterHub's pooling for decoders)."""
+        if head.config.use_pooler:
+            return out.pooler_output
+        states = out.last_hidden_state
+        if out.last_token is None:
+            return states[:, 0]
+        return states[torch.arange(states.shape[0], device=states.device), out.last_token]
 
     def _parallel(self, block: Any, input_ids: Any, attention_mask: Any, token_type_ids: Any, labels: Any,
                   head: Any, kwargs: dict[str, Any]) -> AdapterModelOutput:
@@ -864,13 +917,29 @@ def _offsets(sizes: tuple[int, ...]) -> list[int]:
 
 def _rows(out: AdapterModelOutput, start: int, stop: int) -> AdapterModelOutput:
     pooled = out.pooler_output[start:stop] if out.pooler_output is not None else None
-    return AdapterModelOutput(last_hidden_state=out.last_hidden_state[start:stop], pooler_output=pooled)
+    last = out.last_token[start:stop] if out.last_token is not None else None
+    return AdapterModelOutput(last_hidden_state=out.last_hidden_state[start:stop], pooler_output=pooled,
+                              last_token=last)
+
+
+def _last_tokens(states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Per row, the position of the last token the mask lets through (the last position without a mask).
+    AdapterHub counts the tokens that are not the pad id instead; with right padding and a pad id used only
+    for padding the two agree, and the mask stays right where a real token shares the pad id (GPT-2's
+    common pad = eos) or the padding is on the left."""
+    rows, length = states.shape[0], states.shape[1]
+    if attention_mask is None:
+        return torch.full((rows,), length - 1, dtype=torch.long, device=states.device)
+    # With a cache the mask covers the earlier tokens too: positions count from the first of this call's.
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device) - (attention_mask.shape[-1] - length)
+    return (attention_mask.to(torch.long) * positions).amax(-1).clamp(min=0).to(states.device)
 
 
 def _short(block: Block) -> str:
     """A single adapter prints as its name, not as stack(name)."""
-    return block.children[0] if isinstance(block, Stack) and len(block.children) == 1 and \
-        isinstance(block.children[0], str) else str(block)
+    from .composition import shown
+
+    return str(shown(block))
 
 
 def _check_format(format: str, formats: tuple[str, ...] = ("adapt", "adapterhub")) -> None:

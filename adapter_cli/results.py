@@ -31,6 +31,12 @@ from .errors import UsageError
 
 COLUMN_ORDER = ("head", "full", "adapter", "mt-a", "fusion")
 SAME_WITHIN = 0.3  # points: Table 2's "same" band for a fusion against its adapters
+UNBOUNDED = frozenset({"perplexity"})  # shown as they are, not as points (x100), and lower is better
+
+
+def _points(metric: str, value: float) -> float:
+    """A metric as the tables show it: proportions (accuracy, F1, correlations) in points, perplexity as is."""
+    return value if metric in UNBOUNDED else 100 * value
 FINAL = "final_metrics.json"
 # Recipe keys that do not change what a run measures (or that are compared on their own below).
 NOT_SETTINGS = frozenset({
@@ -396,7 +402,11 @@ def compare(runs: list[dict[str, Any]], cells: dict[str, dict[str, Any]], method
         rows = {}
         for task, row in cells.items():
             if fused in row and against[0] in row:
-                delta = round(100 * (row[fused]["mean"] - row[against[0]]["mean"]), 6)  # no float noise at 0.3
+                metric = row[fused].get("metric", "")
+                gain = row[fused]["mean"] - row[against[0]]["mean"]
+                if metric in UNBOUNDED:  # lower is better: an improvement is a drop
+                    gain = -gain
+                delta = round(_points(metric, gain), 6)  # no float noise at 0.3
                 arrow = "↑" if delta > SAME_WITHIN else "↓" if delta < -SAME_WITHIN else "="
                 rows[task] = {"delta": delta, "arrow": arrow}
         if rows:
@@ -429,8 +439,8 @@ def markdown(result: dict[str, Any], wall_time: bool = False) -> str:
             if c is None:
                 values.append("")
             else:
-                spread = f" ± {100 * c['std']:.1f}" if c["std"] is not None else ""
-                values.append(f"{100 * c['mean']:.1f}{spread} (n={c['n']})")
+                spread = f" ± {_points(metric, c['std']):.1f}" if c["std"] is not None else ""
+                values.append(f"{_points(metric, c['mean']):.1f}{spread} (n={c['n']})")
         lines.append(f"| {task} | {metric} | " + " | ".join(values) + " |")
     if wall_time:
         times = [f"{result['wall_time_s'].get(m, 0) / 60:.1f} min" for m in methods]

@@ -9,6 +9,11 @@ For each site (layer x placement) three hooks are installed:
   otherwise it ignores its input ``h + x`` and returns the composition's output computed from ``h``
   and ``x``, exactly as AdapterHub's ``bottleneck_layer_forward``.
 
+In a pre-norm layer (GPT-2, Llama) there is no LayerNorm after the sum: the layer adds ``x`` to the
+sub-layer's output itself. There the forward hook on the sub-layer returns, in place of ``h``, the value
+the layer then adds ``x`` to: the composition's output before its final ``+ x`` (AdapterHub adds it last
+too, so the sum is the same operation on the same operands). A plain site returns ``h`` unchanged.
+
 The active composition travels in a ``ForwardContext`` owned by the model and set per forward call.
 """
 
@@ -94,11 +99,15 @@ class ForwardContext:
 class _State:
     hidden: torch.Tensor
     x: torch.Tensor
-    ln: nn.Module
+    ln: Any  # the LayerNorm (a bound forward), None at a pre-norm site
     residual: torch.Tensor | None = None
     up: torch.Tensor | None = None
     last: str | None = None
     final: bool = False  # hidden is already the sub-layer output (a batch split closed each part itself)
+
+
+# Added in place of x where a pre-norm layer adds x itself after the site: ``out + 0.0`` is ``out`` exactly.
+_NOTHING_ADDED = 0.0
 
 
 def _submodule(root: nn.Module, path: str) -> nn.Module:
@@ -114,21 +123,28 @@ class Site:
         self.context = context
         self.adapters: dict[str, nn.Module] = {}
         self.fusions: dict[str, nn.Module] = {}
-        self.layer_norm = _submodule(layer_module, spec.layer_norm)
-        if "forward" in vars(self.layer_norm):
+        self.pre_norm = not spec.layer_norm
+        output_module = _submodule(layer_module, spec.output_of)
+        self.layer_norm = None if self.pre_norm else _submodule(layer_module, spec.layer_norm)
+        marked = output_module if self.pre_norm else self.layer_norm
+        if "forward" in vars(marked) or getattr(marked, "_adapt_site", False):
             from .errors import UsageError
 
             raise UsageError("this transformers model already has adapters stitched in by another AdapterModel; "
                              "load a fresh copy of the base model")
-        self._original_ln_forward = type(self.layer_norm).forward.__get__(self.layer_norm)
         self._residual_arg, self._residual_kwarg = spec.residual_arg, spec.residual_kwarg
         # Bound methods, not closures: copy.deepcopy rebinds them to the copied site.
         self._handles = [
             _submodule(layer_module, spec.residual_module).register_forward_pre_hook(self._keep_residual,
                                                                                       with_kwargs=True),
-            _submodule(layer_module, spec.output_of).register_forward_hook(self._keep_output),
+            output_module.register_forward_hook(self._adapt_output if self.pre_norm else self._keep_output),
         ]
-        self.layer_norm.forward = self._layer_norm_forward
+        if self.pre_norm:
+            self._original_ln_forward = None
+            output_module._adapt_site = True
+        else:
+            self._original_ln_forward = type(self.layer_norm).forward.__get__(self.layer_norm)
+            self.layer_norm.forward = self._layer_norm_forward
 
     # h and x live in the thread-local context, so concurrent forward passes on one model do not mix.
     def _keep_residual(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -144,15 +160,46 @@ class Site:
     # ------------------------------------------------------------------ forward
     def _layer_norm_forward(self, summed: torch.Tensor) -> torch.Tensor:
         h, x = self.context.captures.pop(id(self), (None, None))
+        out = self._compute(h, x)
+        return self._original_ln_forward(summed) if out is None else out
+
+    def _adapt_output(self, _module: nn.Module, _args: tuple, output: Any) -> Any:
+        """Pre-norm: the sub-layer's output replaced by what the layer adds x to (None: unchanged)."""
+        _, x = self.context.captures.pop(id(self), (None, None))
+        h = output[0] if isinstance(output, tuple) else output
+        out = self._compute(h, x)
+        if out is None:
+            return None
+        return (out,) + tuple(output[1:]) if isinstance(output, tuple) else out
+
+    def _compute(self, h: torch.Tensor | None, x: torch.Tensor | None) -> torch.Tensor | None:
+        """The site's output under the active composition; None where the plain sub-layer's stands."""
         setup = self.context.setup
         if setup is None or h is None or x is None or self.context.leaves.isdisjoint(self.adapters):
-            return self._original_ln_forward(summed)
+            return None
         state = self._run(setup, _State(hidden=h, x=x, ln=self._original_ln_forward))
         if state.final:
             return state.hidden
         if state.last is None:  # nothing of the composition ran here
-            return self._original_ln_forward(summed)
-        return self.adapters[state.last].post_forward(state.hidden, h, x, self._original_ln_forward)
+            return None
+        return self._close(state.last, state.hidden, h, x)
+
+    def _close(self, last: str, out: torch.Tensor, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self._close_with(self.adapters[last], out, h, x)
+
+    def _close_with(self, adapter: nn.Module, out: torch.Tensor, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The last adapter's add & norm. Pre-norm: without the final ``+ x``, which the layer adds next; an
+        adapter configured not to add x again (``original_ln_after: false``) gets it taken off here, the one
+        case where the result differs from AdapterHub's, by the rounding of that subtraction (< 1 ulp of x)."""
+        if not self.pre_norm:
+            return adapter.post_forward(out, h, x, self._original_ln_forward)
+        if adapter.config.original_ln_after:
+            return adapter.post_forward(out, h, _NOTHING_ADDED, None)
+        return adapter.post_forward(out, h, x, None) - x
+
+    def _plain(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The sub-layer's own add & norm; pre-norm: ``h``, to which the layer adds x."""
+        return h if self.pre_norm else self._original_ln_forward(h + x)
 
     def _run(self, block: Block, state: _State) -> _State:
         if isinstance(block, Fuse):
@@ -207,9 +254,9 @@ class Site:
             if done.final:
                 parts.append(done.hidden)
             elif done.last is not None:
-                parts.append(self.adapters[done.last].post_forward(done.hidden, part.hidden, part.x, state.ln))
+                parts.append(self._close(done.last, done.hidden, part.hidden, part.x))
             else:  # no member of this part lives here: the plain sub-layer
-                parts.append(state.ln(part.hidden + part.x))
+                parts.append(self._plain(part.hidden, part.x))
         return replace(state, hidden=torch.cat(parts, dim=0), final=True)
 
     def _levels(self, block: BatchSplit) -> list[list[str | None]] | None:
@@ -250,10 +297,10 @@ class Site:
             # One adapter at this level (stack(lang, task_i) shares lang): it runs on all rows as it is.
             hidden = adapters[0](a, residual)[0] if len(adapters) == 1 \
                 else routed_adapters(adapters, routing.rows, a, residual)
-        out = plans[-1][0][0].post_forward(hidden, state.hidden, state.x, state.ln)
+        out = self._close_with(plans[-1][0][0], hidden, state.hidden, state.x)
         present = plans[-1][1].present
         if present is not None:  # rows of parts with no adapter here: the plain sub-layer
-            plain = state.ln(state.hidden + state.x)
+            plain = self._plain(state.hidden, state.x)
             out = torch.where(present.view((-1,) + (1,) * (out.dim() - 1)), out, plain)
         return replace(state, hidden=out, final=True)
 

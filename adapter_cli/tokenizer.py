@@ -26,4 +26,8 @@ def load_tokenizer(path: str, vocab_size: int | None, label: str) -> Any:
         raise UsageError(f"the tokenizer of {label} has {size} tokens but the model's embedding matrix has "
                          f"{vocab_size}: its tokenizer files are missing or wrong; copy the base model's tokenizer "
                          f"files (tokenizer.json, tokenizer_config.json, vocab files) into {path}")
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        # Decoders (GPT-2, Llama) ship no padding token; batches pad with end-of-sequence, which the attention
+        # mask hides, as transformers' own pipelines do.
+        tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

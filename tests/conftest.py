@@ -175,3 +175,65 @@ def fixture_inputs(tensors: dict, batch: str) -> dict:
     if batch == "nomask":
         return {"input_ids": tensors["input_ids"]}
     return {"input_ids": tensors[f"{batch}.input_ids"], "attention_mask": tensors[f"{batch}.attention_mask"]}
+
+
+# ---------------------------------------------------------------------- tiny decoders (GPT-2, Llama, Mistral)
+
+DECODER_TYPES = ("gpt2", "llama", "mistral")
+# A character-level vocabulary of exactly 70 entries: the specials, then one token per character.
+DECODER_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+DECODER_CHARS = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,!")
+DECODER_VOCAB = DECODER_SPECIALS + DECODER_CHARS
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+
+
+def tiny_decoder_config(model_type: str = "gpt2", **overrides):
+    """A small random decoder (vocab 70, hidden 32, 2 layers, 4 heads, 64 positions; pad 0, bos 1, eos 2);
+    Llama and Mistral with grouped-query attention (2 key/value heads)."""
+    from transformers import AutoConfig
+
+    ids = dict(pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID)
+    if model_type == "gpt2":
+        kw = dict(vocab_size=len(DECODER_VOCAB), n_embd=32, n_layer=2, n_head=4, n_inner=64, n_positions=64, **ids)
+    else:
+        kw = dict(vocab_size=len(DECODER_VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64, **ids)
+        if model_type == "mistral":
+            kw["sliding_window"] = None
+    kw.update(overrides)
+    return AutoConfig.for_model(model_type, **kw)
+
+
+def tiny_decoder(model_type: str = "gpt2", seed: int = 0, **overrides):
+    """An AdapterModel over a tiny random decoder (see ``tiny_decoder_config``), in eval mode."""
+    from adapter_cli import AdapterModel
+
+    torch.manual_seed(seed)
+    return AdapterModel.from_config(tiny_decoder_config(model_type, **overrides)).eval()
+
+
+def char_tokenizer():
+    """A character-level fast tokenizer over ``DECODER_VOCAB`` (no bos/eos added; decode joins characters)."""
+    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(WordLevel({t: i for i, t in enumerate(DECODER_VOCAB)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")
+
+
+def save_tiny_decoder(path: Path, model_type: str = "gpt2", seed: int = 0, bare: bool = False,
+                      **overrides) -> Path:
+    """A tiny random causal LM (``AutoModelForCausalLM``, with its ``lm_head``; ``bare``: the base ``AutoModel``
+    only) and its character tokenizer, saved like a real model directory."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    path.mkdir(parents=True, exist_ok=True)
+    char_tokenizer().save_pretrained(path)
+    torch.manual_seed(seed)
+    cls = AutoModel if bare else AutoModelForCausalLM
+    cls.from_config(tiny_decoder_config(model_type, **overrides)).save_pretrained(path)
+    return path

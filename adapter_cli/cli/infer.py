@@ -21,7 +21,10 @@ from .app import app
         "  adapt infer -m minilm -a sst2 -a mrpc -a rte -f rte-fusion --pair 'A premise.' 'A hypothesis.'\n\n"
         "  adapt infer -m minilm -a sst2 -a cola --input mixed.csv --route-column task   # per-row adapter\n\n"
         "  cat texts.txt | adapt infer -m minilm -a sst2 --input - --output preds.csv   # many texts, one load\n\n"
-        "  cat texts.txt | adapt infer -m minilm -a sst2 --input - --compile   # compiled: for long inputs"
+        "  cat texts.txt | adapt infer -m minilm -a sst2 --input - --compile   # compiled: for long inputs\n\n"
+        "  adapt infer -m ./smollm2 -a reviews --generate 'this film is' --max-new-tokens 40   # a decoder\n\n"
+        "  adapt infer -m ./smollm2 -a reviews -a fresh --active 'parallel(reviews,fresh)' --generate 'the acting' "
+        "--temperature 0.8 --top-p 0.9"
     ),
 )
 @handle_errors
@@ -74,9 +77,26 @@ def infer(
                                   "cannot build (no C++ compiler)."),
     compile_auto: bool = typer.Option(False, "--compile-auto", help="As --compile where inductor can build; "
                                       "elsewhere one warning and eager."),
+    generate: bool = typer.Option(False, "--generate", help="Continue each text instead of classifying it: a "
+                                  "decoder (GPT-2, Llama, Mistral) with a causal-LM head (the adapter's own, "
+                                  "--head, else the model's pretrained one), adapters active. One JSON line per "
+                                  "text: generated, finish (eos, stop, length), new_tokens."),
+    max_new_tokens: int = typer.Option(None, "--max-new-tokens", min=1, help="With --generate: at most this many "
+                                       "new tokens per text.  [default: 32]", show_default=False),
+    temperature: float = typer.Option(None, "--temperature", min=0.0, help="With --generate: 0 picks the most "
+                                      "likely token (greedy); above 0 samples from the softmax at this "
+                                      "temperature.  [default: 0]", show_default=False),
+    top_p: float = typer.Option(None, "--top-p", help="With --generate and sampling: keep the smallest set of "
+                                "tokens whose probabilities reach this mass (nucleus sampling).  [default: 1]",
+                                show_default=False),
+    stop: list[str] = typer.Option(None, "--stop", help="With --generate: end a text's continuation at this "
+                                   "string (left out of the output); repeatable.", show_default=False),
+    seed: int = typer.Option(None, "--seed", help="With --generate and sampling: the seed, so a run repeats.  "
+                             "[default: 0]", show_default=False),
 ) -> None:
     """Predict a label and score for each text (or text pair), as JSON lines on stdout (or CSV/JSONL with
-    --output). Each line names the composition and the head that answered it."""
+    --output). Each line names the composition and the head that answered it. With --generate, a decoder
+    continues each text instead."""
     from ..composition import parse_composition
     from ..errors import UsageError
 
@@ -92,6 +112,13 @@ def infer(
 
     where = resolve_device(device)
     autocast = autocast_dtype(precision, where)
+    if generate or stop or any(v is not None for v in (max_new_tokens, temperature, top_p, seed)):
+        _generate(texts, input_path, text_column, (model, adapters or [], fusions or [], head, active),
+                  (generate, max_new_tokens, temperature, top_p, stop, seed), batch_size, max_length, where, autocast,
+                  output, {"--pair": pair, "--pair-column": pair_column, "--route-column": route_column,
+                           "--label-column": label_column, "--task": task, "--metrics": metrics_path,
+                           "--allow-single": allow_single, "--compile": compile_ or compile_auto})
+        return
     if task is not None and not texts and input_path is None and _is_mlm(task):
         _perplexity(task, data_dir, (model, adapters or [], fusions or [], head, active), batch_size, max_length,
                     where, autocast, metrics_path)
@@ -127,6 +154,26 @@ def infer(
         return
     _write(output, predictions)
     info(f"wrote {len(predictions)} predictions to {output}")
+
+
+def _generate(texts: list[str] | None, input_path: str | None, text_column: str, load: tuple, knobs: tuple,
+              batch_size: int, max_length: int, where: object, autocast: object, output: Path | None,
+              others: dict) -> None:
+    from ..errors import UsageError
+    from ..generation import Sampling
+    from ._generate import refuse_options, run
+
+    generate, max_new_tokens, temperature, top_p, stop, seed = knobs
+    if not generate:
+        raise UsageError("--max-new-tokens, --temperature, --top-p, --stop and --seed set up generation; add "
+                         "--generate")
+    from ..inference import read_rows
+
+    refuse_options(others)
+    given = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
+    sampling = Sampling(stop=tuple(stop or ()), **{k: v for k, v in given.items() if v is not None})
+    rows = [r.text for r in read_rows(texts or [], input_path, text_column, None)]
+    run(_load(*load), rows, sampling, batch_size, max_length, where, autocast, output, _write)
 
 
 def _rows(texts: list[str], pair: bool, input_path: str | None, text_column: str, pair_column: str | None,
@@ -187,15 +234,17 @@ def _default(model: object, names: list[str]) -> str | None:
 
 
 def _is_mlm(task: str) -> bool:
+    """A language-modelling task on plain text (mlm or lm): scored by perplexity, not row by row."""
     from ..tasks import get_task
 
-    return get_task(task).kind == "mlm"
+    return get_task(task).plain_text
 
 
 def _perplexity(task: str, data_dir: str | None, load: tuple, batch_size: int, max_length: int, where: object,
                 autocast: object, metrics_path: Path | None) -> None:
     """--task of kind mlm: perplexity and masked-token accuracy of a masked-LM head (a language adapter's) on
-    the task's dev text, masked as `adapt train` masks it; one JSON line on stdout."""
+    the task's dev text, masked as `adapt train` masks it; of kind lm: perplexity and next-token accuracy of
+    a decoder's causal-LM head (the adapter's, else the model's own). One JSON line on stdout."""
     import json
 
     from ..errors import UsageError
@@ -207,15 +256,27 @@ def _perplexity(task: str, data_dir: str | None, load: tuple, batch_size: int, m
     spec = get_task(task)
     lines, source = load_text(spec, "eval", data_dir)
     m, tokenizer, composition, head_name = _load(*load)
-    name = head_name or m.head_for(composition, required=True)
-    if m.heads[name].config.head_type != "masked_lm":
-        raise UsageError(f"task {spec.name} scores a masked-LM head, but head {name!r} is a "
+    if spec.kind == "lm":
+        from ..generation import choose_lm_head
+
+        name = choose_lm_head(m, head_name, composition, purpose=f"task {spec.name}")
+    else:
+        name = head_name or m.head_for(composition, required=True)
+    if m.heads[name].config.head_type != spec.head_type:
+        raise UsageError(f"task {spec.name} scores a {spec.head_type} head, but head {name!r} is a "
                          f"{m.heads[name].config.head_type} head; load a language adapter (trained with --task mlm)")
     data = encode_text(lines, tokenizer, m.fit_max_length(max_length, "--max-length"))
     m.to(where)
-    metrics = evaluate_mlm(m, data, Masker.for_tokenizer(tokenizer, m.vocab_size, 0.15), batch_size, composition,
-                           where, autocast, tokenizer.pad_token_id or 0, head=name)
-    result = {"task": spec.name, "text": source, "active": str(composition) if composition else None, "head": name,
+    if spec.kind == "lm":
+        from ..training.clm import evaluate_lm
+
+        metrics = evaluate_lm(m, data, batch_size, composition, where, autocast, tokenizer.pad_token_id or 0, name)
+    else:
+        metrics = evaluate_mlm(m, data, Masker.for_tokenizer(tokenizer, m.vocab_size, 0.15), batch_size,
+                               composition, where, autocast, tokenizer.pad_token_id or 0, head=name)
+    from ..composition import shown
+
+    result = {"task": spec.name, "text": source, "active": shown(composition), "head": name,
               "lines": len(lines), "blocks": len(data), **metrics}
     if metrics_path is not None:
         write_text_atomic(metrics_path, dump_json(result))

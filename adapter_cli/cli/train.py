@@ -234,6 +234,8 @@ def _next_command(recipe: Any, summary: dict) -> str:
         lang = summary.get("trained_under", {}).get("name", "LANG")
         loads = f"-a {recipe.stack_under} {loads} --active 'stack({lang},{recipe.name or get_task(recipe.task).name})'"
     example = "--pair 'a first text' 'a second text'" if get_task(recipe.task).text_pair else "'some text'"
+    if get_task(recipe.task).kind == "lm":  # a decoder's adapter: continue text with it
+        example = "--generate 'Once upon a time'"
     return f"adapt infer -m {recipe.model} {loads} {example}"
 
 

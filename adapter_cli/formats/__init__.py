@@ -96,7 +96,8 @@ def check_weight_shapes(artifact: AdapterArtifact | FusionArtifact | HeadArtifac
             raise ArtifactError(f"{artifact.path or 'the artifact'}: unexpected weight {stray[0]!r} in a union adapter")
         return
     if isinstance(artifact, HeadArtifact):
-        expected = artifact.config.weight_shapes(base.hidden_size)
+        expected = artifact.config.weight_shapes(base.hidden_size,
+                                                 f"{artifact.config.decoder_index}.weight" in weights)
     elif isinstance(artifact, AdapterArtifact) and artifact.config.architecture == "lora":
         expected = artifact.config.weight_shapes(base.hidden_size, layers(artifact.config.leave_out),
                                                  _intermediate_size(weights, artifact.config.scaled_inputs))

@@ -432,10 +432,14 @@ def read_head(path: Path, shapes_only: bool = False) -> HeadArtifact:
             head_type = "regression"
     elif head_type == "masked_lm":
         if raw.pop("shift_labels", False):
-            raise ArtifactError(f"{path}: a masked_lm head with shift_labels is a causal LM head; not supported")
+            head_type = "causal_lm"  # AdapterHub's causal-LM head differs from its masked-LM head by this key alone
+    elif head_type == "causal_lm":
+        if not raw.pop("shift_labels", True):
+            raise ArtifactError(f"{path}: a causal_lm head without shift_labels predicts each token from itself; "
+                                "not supported")
     elif head_type != "multiple_choice":
         raise ArtifactError(f"{path}: AdapterHub head type {head_type!r} is not supported "
-                            "(classification, regression, multiple_choice and masked_lm are)")
+                            "(classification, regression, multiple_choice, masked_lm and causal_lm are)")
     try:
         config = HeadConfig.from_dict({"head_type": head_type, **raw}, source=str(path / HEAD_CONFIG))
     except (TypeError, ValueError) as exc:
@@ -450,6 +454,8 @@ def read_head(path: Path, shapes_only: bool = False) -> HeadArtifact:
         weights[m.group(2)] = tensor
     if config.head_type == "masked_lm":  # the decoder's weight is the model's input embeddings (tied)
         weights.pop(f"{config.decoder_index}.weight", None)
+    # A causal-LM head's decoder weight stays: it is the head's own where the model does not tie its word
+    # embeddings, and loading checks it against them where it does (AdapterModel.load_head).
     return HeadArtifact(name=name, config=config, weights=weights, base=base, format="adapterhub", path=path,
                         meta=data)
 
@@ -462,10 +468,12 @@ def write_head(directory: Path, artifact: HeadArtifact, safetensors: bool = Fals
     c = artifact.config
     config: dict[str, Any] = {"activation_function": c.activation_function, "dropout_prob": c.dropout_prob,
                               "label2id": c.label2id, "layers": c.layers, "use_pooler": c.use_pooler}
-    if c.head_type == "masked_lm":  # BertStyleMaskedLMHead's config
-        config = {"head_type": "masked_lm", "vocab_size": c.vocab_size, "embedding_size": c.embedding_size,
+    if c.is_lm:  # BertStyleMaskedLMHead's and CausalLMHead's config
+        config = {"head_type": c.head_type, "vocab_size": c.vocab_size, "embedding_size": c.embedding_size,
                   "layers": c.layers, "activation_function": c.activation_function, "layer_norm": c.layer_norm,
-                  "bias": c.bias, "shift_labels": False, "label2id": None}
+                  "bias": c.bias, "shift_labels": c.head_type == "causal_lm", "label2id": None}
+        if c.head_type == "causal_lm":  # BertStyleMaskedLMHead takes no dropout_prob
+            config["dropout_prob"] = c.dropout_prob
     elif c.head_type == "multiple_choice":
         config.update(head_type="multiple_choice", num_choices=c.num_choices)
     else:

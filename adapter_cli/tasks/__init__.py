@@ -5,10 +5,11 @@ Schema (see docs/tasks.md)::
 
     name, aliases, description
     catalog: category/dataset     # where its adapters sit in the hub hierarchy (AdapterHub style, e.g. sentiment/sst-2)
-    kind: single | pair | regression | multiple_choice | mlm   # mlm: plain text, one or more sentences a line
+    kind: single | pair | regression | multiple_choice | mlm | lm   # mlm, lm: plain text, sentences a line
     labels: [...]                 # label names in id order (not for regression / multiple choice)
     metrics: [accuracy, f1, macro_f1, mcc, pearson, spearman]   # the first is the one early stopping uses
-                                  # (mlm: [perplexity, masked_accuracy]; perplexity: lower is better)
+                                  # (mlm: [perplexity, masked_accuracy]; lm: [perplexity,
+                                  # next_token_accuracy]; perplexity: lower is better)
     hub: {path, name, train, eval} | null
     columns: {text, pair, label}  # Hub column names
     choices: {context: [...], options: [...] | options_field: f, fill_blank: f, label, label_map}
@@ -26,9 +27,12 @@ from typing import Any
 
 from ..errors import UsageError, check_keys, suggest
 
-KINDS = ("single", "pair", "regression", "multiple_choice", "mlm")
-METRICS = ("accuracy", "f1", "macro_f1", "mcc", "pearson", "spearman", "perplexity", "masked_accuracy")
+KINDS = ("single", "pair", "regression", "multiple_choice", "mlm", "lm")
+TEXT_KINDS = ("mlm", "lm")  # language modelling on plain text: masked (encoders) or causal (decoders)
+METRICS = ("accuracy", "f1", "macro_f1", "mcc", "pearson", "spearman", "perplexity", "masked_accuracy",
+           "next_token_accuracy")
 MLM_METRICS = ("perplexity", "masked_accuracy")  # the only metrics of an mlm task, and only of one
+LM_METRICS = ("perplexity", "next_token_accuracy")  # the same for an lm task
 LOWER_IS_BETTER = frozenset({"perplexity"})  # early stopping and the best checkpoint: smaller wins
 LOCAL_KEYS = ("train", "eval", "file", "header", "columns", "format", "delimiter", "split_column", "splits",
               "label_map")
@@ -65,6 +69,11 @@ class TaskSpec:
         return len(self.labels) if self.kind in ("single", "pair") else 1
 
     @property
+    def plain_text(self) -> bool:
+        """Language modelling on plain text (mlm, lm): lines, not labelled examples."""
+        return self.kind in TEXT_KINDS
+
+    @property
     def text_pair(self) -> bool:
         """Whether each example is a pair of texts (MRPC, RTE, STS-B, ...)."""
         return "pair" in self.columns or "pair" in ((self.local or {}).get("columns") or {})
@@ -72,7 +81,7 @@ class TaskSpec:
     @property
     def head_type(self) -> str:
         return {"single": "classification", "pair": "classification", "regression": "regression",
-                "multiple_choice": "multiple_choice", "mlm": "masked_lm"}[self.kind]
+                "multiple_choice": "multiple_choice", "mlm": "masked_lm", "lm": "causal_lm"}[self.kind]
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "source"}
@@ -96,9 +105,14 @@ def task_from_dict(data: dict[str, Any], source: str) -> TaskSpec:
     for m in metrics:
         if m not in METRICS:
             raise UsageError(f"task {source}: unknown metric {m!r}{suggest(str(m), METRICS)}; known: {', '.join(METRICS)}")
-    if (kind == "mlm") != all(m in MLM_METRICS for m in metrics):
-        raise UsageError(f"task {source}: an mlm task's metrics are {' and '.join(MLM_METRICS)}, and only an mlm "
-                         f"task's; got {', '.join(metrics)} for kind {kind}")
+    allowed = {"mlm": MLM_METRICS, "lm": LM_METRICS}.get(kind)
+    if allowed is not None and not all(m in allowed for m in metrics):
+        raise UsageError(f"task {source}: an {kind} task's metrics are {' and '.join(allowed)}; got "
+                         f"{', '.join(metrics)}")
+    text_only = next((m for m in metrics if m in MLM_METRICS + LM_METRICS), None)
+    if allowed is None and text_only is not None:
+        raise UsageError(f"task {source}: {text_only} is a metric of language modelling (kind mlm or lm), not of a "
+                         f"{kind} task")
     labels = tuple(str(x) for x in data.get("labels") or ())
     if kind in ("single", "pair") and len(labels) < 2:
         raise UsageError(f"task {source}: a {kind} classification task needs 'labels' (at least two)")
@@ -107,7 +121,7 @@ def task_from_dict(data: dict[str, Any], source: str) -> TaskSpec:
         raise UsageError(f"task {source}: catalog must look like category/dataset (lower case), got {catalog!r}")
     if kind == "multiple_choice" and not data.get("choices"):
         raise UsageError(f"task {source}: a multiple_choice task needs 'choices'")
-    if kind not in ("multiple_choice", "mlm") and "text" not in (data.get("columns") or {}) and \
+    if kind not in ("multiple_choice", *TEXT_KINDS) and "text" not in (data.get("columns") or {}) and \
             "text" not in ((data.get("local") or {}).get("columns") or {}):
         raise UsageError(f"task {source}: 'columns' must name the text column")
     if data.get("local") is not None:
@@ -149,7 +163,7 @@ def _check_local(local: Any, source: str, labels: tuple[str, ...], kind: str = "
     if "file" in local and "split_column" not in local:  # else train and eval would read the same rows
         raise UsageError(f"task {source}: local 'file' holds every split, so it needs 'split_column' and 'splits' "
                          "saying which rows are which; or name the files with 'train' and 'eval'")
-    for split in ("train", "eval") if kind != "mlm" else ("train",):  # mlm: dev split drawn from train
+    for split in ("train", "eval") if kind not in TEXT_KINDS else ("train",):  # text: dev drawn from train
         if split not in local and "file" not in local:
             raise UsageError(f"task {source}: local names no {split} file: give 'train' and 'eval' (or 'file' "
                              "with 'split_column')")

@@ -37,14 +37,14 @@ def load_examples(task: TaskSpec, data_dir: str | None, seed: int, max_train: in
     out: list[list[Example]] = []
     record: dict[str, Any] = {}
     for split, size in (("train", max_train), ("eval", max_eval)):
-        examples = _mlm_lines(task, split, data_dir) if task.kind == "mlm" else load_split(task, split, data_dir)
+        examples = _mlm_lines(task, split, data_dir) if task.plain_text else load_split(task, split, data_dir)
         if split in recorded:
             subset = from_record(split, recorded[split], len(examples), size, seed,
                                  str(Path(resume_from or ".") / SUBSET_FILE))
         else:
             # classification (and multiple choice: the answer position) keeps each label's share
-            subset = draw(split, [e.label for e in examples], size, seed, stratify=task.kind not in ("regression",
-                                                                                                  "mlm"))
+            subset = draw(split, [e.label for e in examples], size, seed,
+                          stratify=task.kind != "regression" and not task.plain_text)
         out.append([examples[i] for i in subset.indices])
         record[split] = subset.to_dict()
     return out[0], out[1], record

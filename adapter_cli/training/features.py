@@ -1,8 +1,8 @@
 """Head-only training on features computed once.
 
 With ``method: head`` nothing below the head trains, so what the base model hands the head is the same in
-every epoch: the first token's final hidden state, or the pooler output when the head's config says
-``use_pooler`` (exactly what ``AdapterModel._apply_head`` reads). Each split is encoded once, with the base
+every epoch: the first token's final hidden state (a decoder's: the last attended token's), or the pooler
+output when the head's config says ``use_pooler`` (exactly what ``AdapterModel.head_features`` reads). Each split is encoded once, with the base
 model in eval mode (no dropout in the frozen encoder), in batches of similar length (little padding), and
 kept in memory: on the training device when it fits under ``DEVICE_BYTES``, in host memory otherwise (it
 is N x hidden floats: 67k SST-2 sentences x 384 are 100 MB). The head then trains on these features for
@@ -39,9 +39,12 @@ class Features:
         return self.values[rows].to(device), self.labels[rows].to(device)
 
 
-def head_reads(head: Any) -> str:
-    """What a head reads from the base model's output: ``pooler_output`` or ``first_token``."""
-    return "pooler_output" if head.config.use_pooler else "first_token"
+def head_reads(head: Any, model: Any = None) -> str:
+    """What a head reads from the base model's output: ``pooler_output``, ``first_token`` or (a decoder's)
+    ``last_token``."""
+    if head.config.use_pooler:
+        return "pooler_output"
+    return "last_token" if model is not None and model.arch.causal else "first_token"
 
 
 def cacheable(data: Encoded) -> bool:
@@ -92,7 +95,7 @@ def _encode_batch(model: Any, head: Any, batch: dict[str, torch.Tensor], device:
         inputs = {k: v.reshape(-1, v.shape[-1]) for k, v in inputs.items()}
     with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
         out = model(**inputs, active=None, head=None)
-    features = out.pooler_output if head.config.use_pooler else out.last_hidden_state[:, 0]
+    features = model.head_features(head, out)
     return features.reshape(rows, choices, -1) if choices is not None else features
 
 

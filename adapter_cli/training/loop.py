@@ -44,6 +44,7 @@ from ..fsutil import dump_json, save_torch, write_text_atomic
 from ..tasks import get_task
 from ..tasks.metrics import compute
 from .data import Encoded, collate, encode, epoch_batches, load_examples, write_subsets
+from .clm import evaluate_lm, lm_batch
 from .mlm import Masker, encode_text, evaluate_mlm, generator, masked_batch
 from .features import Features, cacheable, encode_features, evaluate_features, head_logits, head_reads, predictions
 from .recipe import Recipe
@@ -179,19 +180,21 @@ class Trainer:
         return saved
 
     def _encode(self, train_examples: list[Any], eval_examples: list[Any], max_length: int) -> None:
-        """Tokenised examples; an mlm task's text packed into blocks, with the masker its batches use."""
+        """Tokenised examples; an mlm or lm task's text packed into blocks (mlm: with the masker its batches
+        use)."""
         task, recipe = self.task, self.recipe
         self.masker: Masker | None = None
-        if task.kind != "mlm":
+        if not task.plain_text:
             self.train_data = encode(task, train_examples, self.tokenizer, max_length)
             self.eval_data = encode(task, eval_examples, self.tokenizer, max_length)
             return
         from ..tasks.text import held_out_dev
 
-        self.masker = Masker.for_tokenizer(self.tokenizer, self.model.vocab_size, recipe.mlm_probability)
+        if task.kind == "mlm":
+            self.masker = Masker.for_tokenizer(self.tokenizer, self.model.vocab_size, recipe.mlm_probability)
         self.train_data = encode_text([e.texts[0] for e in train_examples], self.tokenizer, max_length)
         self.eval_data = encode_text([e.texts[0] for e in eval_examples], self.tokenizer, max_length)
-        if recipe.language is None:
+        if recipe.language is None and task.kind == "mlm":
             self.reporter.note(f"{task.name}: no language given; the language adapter records language unknown")
         if held_out_dev(task, recipe.data_dir):
             self.reporter.note(f"{task.name}: no dev text, so a seeded tenth of the training lines "
@@ -331,6 +334,8 @@ class Trainer:
         if self.masker is not None:  # mlm: masked per batch, seeded by the batch's place in the run
             batch = masked_batch(self.train_data, indices, self.pad_id, self.masker,
                                  generator(self.recipe.seed, self.state.epoch, self.state.batch, self.rank))
+        elif self.task.kind == "lm":
+            batch = lm_batch(self.train_data, indices, self.pad_id)
         else:
             batch = collate(self.train_data, indices, self.pad_id, self.task.kind == "regression")
         loss = self.forward(**{k: v.to(self.device) for k, v in batch.items()}, active=self.active).loss
@@ -342,6 +347,9 @@ class Trainer:
         if self.masker is not None:
             return evaluate_mlm(self.model, self.eval_data, self.masker, self.recipe.eval_batch_size, self.active,
                                 self.device, self.autocast, self.pad_id)
+        if self.task.kind == "lm":
+            return evaluate_lm(self.model, self.eval_data, self.recipe.eval_batch_size, self.active, self.device,
+                               self.autocast, self.pad_id)
         if self.eval_features is not None:
             return evaluate_features(self.head, self.eval_features, self.eval_data.labels, self.task,
                                      self.recipe.eval_batch_size, self.device, self.autocast)[0]
@@ -445,7 +453,7 @@ class Trainer:
         summary.update(self.model.adapter_meta.get(self.name) or {})  # MAD-X: language, trained_under
         if self.train_features is not None:  # head only: the encoder ran once per example (features.py)
             summary["head_features"] = {
-                "read": head_reads(self.head), "train": len(self.train_features),
+                "read": head_reads(self.head, self.model), "train": len(self.train_features),
                 "eval": len(self.eval_features) if self.eval_features is not None else 0,
                 "encode_s": round(self.train_features.seconds + getattr(self.eval_features, "seconds", 0.0), 2)}
         return summary
@@ -493,8 +501,8 @@ def _broadcast_int(value: int) -> int:
 def _save_best(model: Any, name: str, recipe: Recipe, run_dir: Path, tokenizer: Any) -> None:
     from ..fsutil import atomic_directory
 
-    if recipe.method == "adapter":
-        model.save_adapter(run_dir / "best", name)
+    if recipe.method == "adapter":  # an lm adapter reads the base model's own LM head: not copied into it
+        model.save_adapter(run_dir / "best", name, with_head=model.heads[name].config.head_type != "causal_lm")
     elif recipe.method == "fusion":
         model.save_fusion(run_dir / "best", next(iter(model.fusions)), head=name)
     elif recipe.method == "head":

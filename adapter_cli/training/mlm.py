@@ -99,18 +99,25 @@ def generator(*key: Any) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
+def padded_blocks(data: Encoded, indices: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The blocks ``indices`` of packed text padded on the right: (ids, attention mask)."""
+    blocks = [data.features[i]["input_ids"] for i in indices]
+    width = max(len(block) for block in blocks)
+    ids = torch.full((len(blocks), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(blocks), width), dtype=torch.long)
+    for row, block in enumerate(blocks):
+        ids[row, :len(block)] = torch.tensor(block)
+        attention[row, :len(block)] = 1
+    return ids, attention
+
+
 def masked_batch(data: Encoded, indices: list[int], pad_id: int, masker: Masker,
                  gen: torch.Generator | None) -> dict[str, torch.Tensor]:
     """The padded batch with its tokens masked and ``labels`` for the masked ones: masked as one batch by
     ``gen``, or (``gen`` None, the dev text) each block by its own generator keyed by its index, so that the
     dev masks do not depend on the batch size."""
     items = [data.features[i] for i in indices]
-    width = max(len(it["input_ids"]) for it in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(items), width), dtype=torch.long)
-    for row, it in enumerate(items):
-        ids[row, :len(it["input_ids"])] = torch.tensor(it["input_ids"])
-        attention[row, :len(it["input_ids"])] = 1
+    ids, attention = padded_blocks(data, indices, pad_id)
     if gen is not None:
         masked, labels = masker.mask(ids, attention, gen)
     else:

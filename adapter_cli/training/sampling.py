@@ -92,9 +92,9 @@ def check_tasks(recipe: Any) -> list[Any]:
             raise UsageError(f"tasks {seen[head]} and {given} are the same task or share the adapter and head name "
                              f"{head!r}; each task trains its own adapter and head")
         seen[head] = given
-        if spec.kind == "mlm":
-            raise UsageError(f"task {given} is masked language modelling (a language adapter); multitask training "
-                             "takes tasks with a prediction head")
+        if spec.plain_text:
+            raise UsageError(f"task {given} is language modelling on plain text; multitask training takes tasks with "
+                             "a prediction head")
     unknown = sorted(set(recipe.data_dirs or {}) - set(names) - {s.name for s in specs})
     if unknown:
         raise UsageError(f"`data_dirs` names {unknown[0]}, which is not one of the tasks ({', '.join(names)})")

@@ -60,8 +60,12 @@ def build_model(recipe: Recipe, task: Any) -> tuple[Any, Any, str, Any]:
     if task.kind == "mlm" and recipe.method != "adapter":
         raise UsageError(f"task {task.name} trains a language adapter by masked language modelling; `method` "
                          f"{recipe.method} is not an adapter (use `method` adapter)")
+    if task.kind == "lm" and recipe.method != "adapter":
+        raise UsageError(f"task {task.name} trains a decoder's adapter by causal language modelling; `method` "
+                         f"{recipe.method} is not supported for it yet (use `method` adapter)")
     path = resolve_model(recipe.model)
     model = AdapterModel.from_pretrained(path)
+    _check_family(task, model, recipe.model)
     tokenizer = load_tokenizer(path, model.vocab_size, recipe.model)
     name = recipe.name or task.name.replace(".", "_")
     head_kw = _head_kwargs(task, model)
@@ -83,11 +87,16 @@ def build_model(recipe: Recipe, task: Any) -> tuple[Any, Any, str, Any]:
                    for spec in recipe.fusion_adapters]
         fusion = model.add_fusion(members, recipe.fusion)
         active = Fuse(tuple(members))
-    model.add_head(name, task.head_type, **head_kw)
+    if task.kind == "lm":  # the decoder's own LM head, frozen (training/clm.py)
+        from ..lm_head import attach_own_head
+
+        attach_own_head(model, name)
+    else:
+        model.add_head(name, task.head_type, **head_kw)
     if recipe.method == "fusion":
         model.set_fusion_head(fusion, name)
     if recipe.method == "adapter":
-        model.train_adapters([name], heads=[name])
+        model.train_adapters([name], heads=[] if task.kind == "lm" else [name])
     elif recipe.method == "fusion":
         model.train_adapters(members if recipe.unfreeze_adapters else [], fusions=[fusion], heads=[name])
     elif recipe.method == "head":
@@ -98,6 +107,16 @@ def build_model(recipe: Recipe, task: Any) -> tuple[Any, Any, str, Any]:
     if recipe.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model, tokenizer, name, active
+
+
+def _check_family(task: Any, model: Any, label: str) -> None:
+    """Language modelling that fits the model: causal (lm) for a decoder, masked (mlm) for an encoder."""
+    if task.kind == "lm" and not model.arch.causal:
+        raise UsageError(f"task {task.name} is causal language modelling, for decoders (GPT-2, Llama, Mistral); "
+                         f"{label} is a {model.arch.name} encoder: train its language adapter with task mlm")
+    if task.kind == "mlm" and model.arch.causal:
+        raise UsageError(f"task {task.name} is masked language modelling, for encoders; {label} is a "
+                         f"{model.arch.name} decoder: train its adapter with task lm")
 
 
 def _head_kwargs(task: Any, model: Any) -> dict[str, Any]:

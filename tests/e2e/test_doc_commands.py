@@ -94,6 +94,7 @@ INLINE_FRAGMENTS = {
     "adapt infer --device cuda": "names the --device option (docs/performance.md)",
     "adapt infer --input rows.csv --route-column adapter": "names the routing options in a sentence "
     "(docs/fusion.md); -m and -a are left out",
+    "adapt infer --generate": "names the --generate option (README, docs/decoders.md)",
 }
 
 # Examples in code blocks or epilogs that are not plain commands: what is checked instead, and why.
@@ -130,6 +131,21 @@ NOT_RUN = {
         "accelerate is not installed; MNLI from the Hub (network)",
     "torchrun --nproc_per_node 4 -m adapter_cli train --task mnli":
         "4 processes training MNLI from the Hub (network); DDP is tested in tests/cli/test_train.py",
+    # Decoders (docs/decoders.md, `adapt infer --help`): the real SmolLM2 is a 93 MB download converted from GGUF by
+    # docs/decoder-experiment.sh, which runs these steps; tests/cli/test_generate_cli.py runs them on a tiny GPT-2
+    "adapt infer -m ./smollm2 --generate 'The capital of France is' --max-new-tokens 25":
+        "needs SmolLM2 converted by docs/decoder-experiment.sh (a PyPI download); test_generate_cli.py runs it so",
+    "adapt infer -m ./smollm2 -a reviews --generate 'this film is' --temperature 0.8 --top-p 0.9 --seed 1":
+        "needs SmolLM2 and its reviews adapter (docs/decoder-experiment.sh); test_generate_cli.py samples so",
+    "adapt infer -m ./smollm2 -a a -a b --active 'parallel(a,b)' --generate 'this film is'":
+        "needs SmolLM2 (docs/decoder-experiment.sh); tests/unit/test_decoders.py generates under parallel",
+    "adapt train --task lm --data-dir reviews/ --model ./smollm2 --config pfeiffer":
+        "needs SmolLM2 and the reviews text (docs/decoder-experiment.sh trains exactly this)",
+    "adapt infer -m ./smollm2 -a reviews --generate 'this film is' --max-new-tokens 40":
+        "needs SmolLM2 and its reviews adapter (docs/decoder-experiment.sh)",
+    "adapt infer -m ./smollm2 -a reviews -a fresh --active 'parallel(reviews,fresh)' --generate 'the acting' "
+    "--temperature 0.8 --top-p 0.9":
+        "needs SmolLM2 and two adapters on it (docs/decoder-experiment.sh runs parallel(reviews,fresh))",
     # MAD-X (docs/training.md, `adapt train --help`): text corpora and language adapters the world does not hold;
     # the same steps run in tests/cli/test_mlm_cli.py and, on real weights, docs/madx-experiment.sh
     "adapt train --task mlm --data-dir corpus-en/ --config pfeiffer+inv --language en --name lang_en":

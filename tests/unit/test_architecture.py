@@ -120,11 +120,11 @@ LAYERS = [
                 "methods.reft_layers", "reft_sites", "methods.phm_layers", "methods.prompt_layers", "prompt_sites",
                 "methods.prefix_layers", "prefix_sites", "methods.union_layers",
                 "fastpaths", "stitching", "linear_sites",
-                "merging", "fusion", "heads", "model", "tokenizer", "inference", "compiled"]),
+                "merging", "fusion", "heads", "model", "lm_head", "generation", "tokenizer", "inference", "compiled"]),
     ("storage", ["cache", "hub", "hub.card", "hub.archive", "hub.registry", "hub.http", "hub.hf", "hub.pack",
                  "hub.pull", "hub.registries", "hub.server", "hub.site", "resolve"]),
     ("training", ["training", "training.recipe", "training.reporter", "training.data", "training.setup",
-                  "training.features", "training.mlm", "training.loop", "training.sampling", "training.multitask",
+                  "training.features", "training.mlm", "training.clm", "training.loop", "training.sampling", "training.multitask",
                   "runs", "results", "activations"]),
     ("programs", ["cli", "demo", "__main__", ""]),
 ]

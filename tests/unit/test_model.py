@@ -90,8 +90,9 @@ def test_unsupported_architecture_lists_supported_ones() -> None:
 
     from adapter_cli import AdapterModel
 
-    with pytest.raises(UnsupportedModel, match="supported model types: bert, distilbert, electra"):
-        AdapterModel.from_config(AutoConfig.for_model("gpt2", n_layer=1, n_embd=32, n_head=2))
+    with pytest.raises(UnsupportedModel, match="supported model types: bert, distilbert, electra, gpt2, llama"):
+        AdapterModel.from_config(AutoConfig.for_model("t5", num_layers=1, d_model=32, num_heads=2, d_ff=64,
+                                                      d_kv=16, vocab_size=100))
 
 
 def test_composition_errors_name_what_is_missing() -> None:

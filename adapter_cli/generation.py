@@ -1,0 +1,256 @@
+"""Text generation from a decoder with a causal-LM head and any composition of adapters active.
+
+The prompt runs once through the model and fills the key/value cache; each new token then runs alone
+against that cache, so a step costs one token's forward pass. Adapters act on each position by itself, so
+the cached steps give what a full recomputation would (tested against AdapterHub's ``generate``). Prompts of
+different lengths are padded on the left and their positions count from their first real token, as
+transformers' own ``generate`` does.
+
+Choosing the next token: greedy (``temperature`` 0) or sampling from the softmax at ``temperature``, kept to
+the smallest set of tokens whose probabilities reach ``top_p`` (nucleus sampling, Holtzman et al. 2020),
+from a seeded generator so a run can be repeated. A row stops at the end-of-sequence token, at a stop string
+(the caller decodes and checks: ``stopped``), or after ``max_new_tokens``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+
+from .errors import UsageError
+
+MAX_NEW_TOKENS = 100_000
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_new_tokens: int = 32
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise UsageError(f"max_new_tokens must be from 1 to {MAX_NEW_TOKENS}, got {self.max_new_tokens}")
+        if not 0 <= self.temperature <= 100:
+            raise UsageError(f"temperature must be from 0 (greedy) to 100, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
+        if any(not s for s in self.stop):
+            raise UsageError("a stop string must not be empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass
+class Generated:
+    tokens: list[list[int]]  # per row, the new tokens (a stop string's tokens kept; the caller cuts the text)
+    finish: list[str]  # per row: "eos", "stop" or "length"
+    scores: list[torch.Tensor] = field(default_factory=list)  # per step, the logits [rows, vocab] it chose from
+
+
+def choose_lm_head(model: Any, head: str | None, composition: Any, purpose: str = "generation") -> str:
+    """The causal-LM head for ``purpose``: ``head`` if given, else the head named like the composition (an
+    adapter saved with a causal-LM head of its own), else the model's own LM head (lm_head.py), never another
+    adapter's head; or one line saying why there is none."""
+    if not model.arch.causal:
+        raise UsageError(f"{purpose} needs a decoder (GPT-2, Llama, Mistral); {model.config.model_type} models "
+                         "are encoders")
+    name = head
+    if name is None:
+        try:
+            name = model.head_for(composition, required=True)
+        except UsageError:  # no head is named like it: an adapter trained on an lm task saves none
+            name = None
+    if name is None:
+        from .lm_head import attach_own_head
+
+        return attach_own_head(model)
+    kind = model.heads[name].config.head_type
+    if kind != "causal_lm":
+        hint = "score texts with it instead of generating" if purpose == "generation" else "score it on its task"
+        raise UsageError(f"head {name!r} is a {kind} head; {purpose} needs a causal_lm head: {hint}, or load an "
+                         "adapter trained on an lm task")
+    return name
+
+
+def _generators(sampling: Sampling, keys: list[tuple[int, int]]) -> list[torch.Generator] | None:
+    """One generator per row, seeded by (seed, prompt, member): a prompt's sample does not depend on the batch
+    it runs in, and two copies of a prompt get samples of their own."""
+    if sampling.greedy:
+        return None
+    import hashlib
+
+    def seed(key: tuple[int, int]) -> int:
+        digest = hashlib.sha256(f"{sampling.seed}:{key[0]}:{key[1]}".encode()).digest()
+        return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+    return [torch.Generator().manual_seed(seed(key)) for key in keys]
+
+
+def _choose(logits: torch.Tensor, sampling: Sampling, generators: list[torch.Generator] | None) -> torch.Tensor:
+    if generators is None:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    if sampling.top_p < 1:
+        sorted_probs, order = probs.sort(-1, descending=True)
+        before = sorted_probs.cumsum(-1) - sorted_probs  # the mass of the tokens ranked above each one
+        sorted_probs = sorted_probs.masked_fill(before >= sampling.top_p, 0.0)  # the first token always stays
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    probs = probs.cpu()
+    picked = [torch.multinomial(probs[row], 1, generator=g) for row, g in enumerate(generators)]
+    return torch.cat(picked).to(logits.device)
+
+
+@torch.no_grad()
+def generate(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, composition: Any,
+             head: str | list[str], sampling: Sampling, eos_token_id: int | None, pad_token_id: int,
+             stopped: Callable[[int, list[int]], bool] | None = None, keep_scores: bool = False,
+             first_prompt: int = 0) -> Generated:
+    """Continue each left-padded prompt row; see the module docstring. Under ``parallel(a, b, ...)`` every
+    prompt is continued once per member, in one batch (AdapterHub's parallel inference): ``head`` then names
+    one head per member, and the rows of the result are member by member (all prompts under ``a``, then
+    all under ``b`` ...). ``first_prompt``: the index of the first row among all prompts, which seeds each
+    row's sampling (``_generators``)."""
+    from .composition import BatchSplit, Parallel
+
+    rows = input_ids.shape[0]
+    block = model.resolve_composition(composition)
+    heads = [head] if isinstance(head, str) else list(head)
+    prompts = rows
+    if isinstance(block, Parallel):  # one copy of the batch per member, as a batch split (model._parallel)
+        copies = len(block.children)
+        input_ids, attention_mask = input_ids.repeat(copies, 1), attention_mask.repeat(copies, 1)
+        block = BatchSplit(block.children, sizes=(rows,) * copies)
+        rows *= copies
+    if len(heads) * (rows // len(heads)) != rows:
+        raise UsageError(f"{len(heads)} heads for {rows} rows")
+    parts = [(model.heads[name], i * (rows // len(heads)), rows // len(heads)) for i, name in enumerate(heads)]
+    generators = _generators(sampling, [(first_prompt + row % prompts, row // prompts) for row in range(rows)])
+    mask = attention_mask.to(input_ids.device).long()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, active=block, head=None,
+                use_cache=True)
+    result = Generated(tokens=[[] for _ in range(rows)], finish=["length"] * rows)
+    done = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
+    for step in range(sampling.max_new_tokens):
+        last = out.last_hidden_state[:, -1:]
+        logits = torch.cat([module.logits(last[start:start + size])[:, -1] for module, start, size in parts])
+        if keep_scores:
+            result.scores.append(logits.float().cpu())
+        chosen = torch.where(done, torch.full_like(done, pad_token_id, dtype=torch.long),
+                             _choose(logits, sampling, generators))
+        _record(result, chosen.tolist(), done, eos_token_id, stopped)
+        if bool(done.all()) or step == sampling.max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, (~done).long()[:, None]], dim=-1)
+        positions = positions[:, -1:] + 1
+        out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=positions, active=block,
+                    head=None, use_cache=True, cache=out.cache)
+    return result
+
+
+def _record(result: Generated, chosen: list[int], done: torch.Tensor, eos_token_id: int | None,
+            stopped: Callable[[int, list[int]], bool] | None) -> None:
+    """Append each unfinished row's token and mark the rows that end with it."""
+    for row, token in enumerate(chosen):
+        if done[row]:
+            continue
+        result.tokens[row].append(token)
+        if eos_token_id is not None and token == eos_token_id:
+            result.finish[row], done[row] = "eos", True
+        elif stopped is not None and stopped(row, result.tokens[row]):
+            result.finish[row], done[row] = "stop", True
+
+
+def generate_texts(model: Any, tokenizer: Any, prompts: list[str], composition: Any, head: str | None,
+                   sampling: Sampling, batch_size: int, max_length: int) -> Iterator[dict[str, Any]]:
+    """Each prompt's continuation as one JSON-ready record, batch by batch (prompts padded and cut on the
+    left: the end of a long prompt is what the next token depends on). Under ``parallel(...)`` a record
+    holds one continuation per member (``members``)."""
+    from .composition import BatchSplit, Parallel, shown
+
+    block = model.resolve_composition(composition)
+    if isinstance(block, BatchSplit):  # its sizes fix the rows of each batch; the prompts do not come so
+        raise UsageError(f"{block}: generation takes one composition for every prompt, or parallel(...); a batch "
+                         "split sends fixed rows through different adapters: generate each part on its own")
+    members = [str(shown(c)) for c in block.children] if isinstance(block, Parallel) else None
+    heads: str | list[str] = [choose_lm_head(model, head, c) for c in block.children] if members \
+        else choose_lm_head(model, head, block)
+    limit = model.max_positions
+    if limit is not None and sampling.max_new_tokens >= limit:
+        raise UsageError(f"max_new_tokens {sampling.max_new_tokens} leaves no room for a prompt in the "
+                         f"{limit} positions this model takes")
+    device = next(model.parameters()).device
+    sides = tokenizer.padding_side, tokenizer.truncation_side
+    tokenizer.padding_side = tokenizer.truncation_side = "left"
+
+    def stopped(_row: int, tokens: list[int]) -> bool:
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        return _cut_at_stop(text, sampling.stop) != text
+
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            cut = _prompt_cuts(tokenizer, chunk, start, max_length, sampling.max_new_tokens, limit)
+            enc = tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            _start_empty_rows(enc, tokenizer)
+            out = generate(model, enc["input_ids"].to(device), enc["attention_mask"].to(device), block, heads,
+                           sampling, tokenizer.eos_token_id, tokenizer.pad_token_id or 0,
+                           stopped if sampling.stop else None, first_prompt=start)
+            answers = [{"generated": _cut_at_stop(tokenizer.decode(t, skip_special_tokens=True), sampling.stop),
+                        "finish": f, "new_tokens": len(t)} for t, f in zip(out.tokens, out.finish)]
+            for i, answer in enumerate(answers):  # say how much of a long prompt was left out
+                if cut[i % len(chunk)]:
+                    answer["prompt_tokens_cut"] = cut[i % len(chunk)]
+            for j, prompt in enumerate(chunk):
+                if members is None:
+                    yield {"text": prompt, **answers[j], "head": heads}
+                else:
+                    yield {"text": prompt, "members": {m: {**answers[i * len(chunk) + j], "head": heads[i]}
+                                                       for i, m in enumerate(members)}}
+    finally:
+        tokenizer.padding_side, tokenizer.truncation_side = sides
+
+
+def _prompt_cuts(tokenizer: Any, chunk: list[str], start: int, max_length: int, max_new_tokens: int,
+                 limit: int | None) -> list[int]:
+    """Per prompt, how many tokens cutting it to ``max_length`` leaves out (from its start); refused in one line
+    when what is kept and the new tokens do not fit the model's positions."""
+    lengths = [len(ids) for ids in tokenizer(chunk, truncation=False)["input_ids"]]
+    for i, n in enumerate(lengths):
+        kept = min(n, max_length)
+        if limit is not None and kept + max_new_tokens > limit:
+            raise UsageError(f"prompt {start + i + 1} keeps {kept} tokens, and with max_new_tokens {max_new_tokens} "
+                             f"that is more than the {limit} positions this model takes; lower max_new_tokens or "
+                             f"max_length")
+    return [max(0, n - max_length) for n in lengths]
+
+
+def _start_empty_rows(enc: Any, tokenizer: Any) -> None:
+    """An empty prompt, which a tokenizer without a start token (GPT-2's) leaves with no token at all, starts
+    from the beginning-of-sequence token (GPT-2's unconditional generation), or is refused in one line."""
+    empty = (enc["attention_mask"].sum(-1) == 0).nonzero().flatten().tolist()
+    if not empty:
+        return
+    if enc["input_ids"].shape[1] == 0:  # every prompt of the batch is empty: make room for the start token
+        rows = enc["input_ids"].shape[0]
+        enc["input_ids"] = enc["input_ids"].new_full((rows, 1), tokenizer.pad_token_id or 0)
+        enc["attention_mask"] = enc["attention_mask"].new_zeros((rows, 1))
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start is None:
+        raise UsageError("an empty prompt gives this model no token to continue from, and its tokenizer has no "
+                         "start token; give each prompt some text")
+    for row in empty:  # left padding: the last position is the row's first (and only) token
+        enc["input_ids"][row, -1], enc["attention_mask"][row, -1] = start, 1
+
+
+def _cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
+    """``text`` up to (not including) the first stop string in it."""
+    ends = [text.find(s) for s in stops if s in text]
+    return text[:min(ends)] if ends else text

@@ -1,0 +1,145 @@
+"""A decoder's adapter trained on plain text (`adapt train --task lm`) on a tiny GPT-2 and an untied tiny
+Llama: the run's metrics, what is saved and cached (the adapter without the model's own head), perplexity from
+`adapt infer --task lm` equal to the run's, generation with the trained adapter, resume after SIGKILL equal to
+the uninterrupted run, and bad input in one line with nothing written."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from adapter_cli.cli import app
+from conftest import ROOT, one_line_error, save_tiny_decoder, save_tiny_model
+
+runner = CliRunner()
+FAST = ["epochs=2", "batch_size=4", "max_length=32", "learning_rate=1e-2", "save_every_steps=2",
+        "log_every_steps=2", "patience=null"]
+
+
+def _text(root: Path, lines: int = 60, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    words = "the cat sat on a mat and a dog ran to the park".split()
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "train.txt").write_text("".join(" ".join(rng.choice(words) for _ in range(8)) + "\n"
+                                            for _ in range(lines)))
+    (root / "dev.txt").write_text("".join(" ".join(rng.choice(words) for _ in range(8)) + "\n" for _ in range(12)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lm")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ADAPT_CACHE", str(root / "cache"))
+    mp.chdir(root)
+    env = {"root": root, "text": str(_text(root / "text")),
+           "gpt2": str(save_tiny_decoder(root / "gpt2", "gpt2", seed=1)),
+           "llama": str(save_tiny_decoder(root / "llama", "llama", seed=1, tie_word_embeddings=False))}
+    for family in ("gpt2", "llama"):
+        result = runner.invoke(app, ["train", "--task", "lm", "--data-dir", env["text"], "--model", env[family],
+                                     "--run-dir", str(root / "runs" / family), "--json", *FAST])
+        assert result.exit_code == 0, result.stderr
+        env[f"{family}_run"] = json.loads(result.stdout)
+    yield env
+    mp.undo()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_lm_run_learns_and_saves_the_adapter_without_the_models_head(world, family) -> None:
+    summary = world[f"{family}_run"]
+    assert summary["main_metric"] == "perplexity"
+    assert set(summary["best"]["metrics"]) == {"perplexity", "next_token_accuracy"}
+    records = [json.loads(line) for line in (world["root"] / "runs" / family / "metrics.jsonl").read_text()
+               .splitlines()]
+    perplexities = [r["perplexity"] for r in records if r["type"] == "eval"]
+    assert len(perplexities) == 2 and perplexities[-1] < perplexities[0]  # the adapter learned something
+    best = world["root"] / "runs" / family / "best"
+    assert (best / "adapter_config.json").is_file()
+    assert not (best / "head_config.json").exists()  # the base model's own head is not copied into the adapter
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_infer_task_lm_scores_what_the_run_scored(world, family) -> None:
+    best = world["root"] / "runs" / family / "best"
+    result = runner.invoke(app, ["infer", "-m", world[family], "-a", str(best), "--task", "lm", "--data-dir",
+                                 world["text"], "--max-length", "32"])
+    assert result.exit_code == 0, result.stderr
+    scored = json.loads(result.stdout)
+    run = world[f"{family}_run"]["best"]["metrics"]
+    assert scored["head"] == "lm" and scored["active"] == "lm"
+    assert scored["perplexity"] == pytest.approx(run["perplexity"], rel=1e-5)
+    assert scored["next_token_accuracy"] == pytest.approx(run["next_token_accuracy"], abs=1e-9)
+    base = runner.invoke(app, ["infer", "-m", world[family], "--task", "lm", "--data-dir", world["text"],
+                               "--max-length", "32"])
+    assert base.exit_code == 0, base.stderr
+    assert json.loads(base.stdout)["perplexity"] > scored["perplexity"]  # the adapter helps on this text
+
+
+def test_generate_with_the_trained_adapter(world) -> None:
+    best = world["root"] / "runs" / "gpt2" / "best"
+    args = ["infer", "-m", world["gpt2"], "-a", str(best), "--generate", "the cat", "--max-new-tokens", "6"]
+    first, again = runner.invoke(app, args), runner.invoke(app, args)
+    assert first.exit_code == 0, first.stderr
+    row = json.loads(first.stdout)
+    assert row["head"] == "lm" and row["active"] == "lm" and row["new_tokens"] == 6 and row["finish"] == "length"
+    assert first.stdout == again.stdout
+    plain = runner.invoke(app, ["infer", "-m", world["gpt2"], "--generate", "the cat", "--max-new-tokens", "6"])
+    assert plain.exit_code == 0 and "active" not in json.loads(plain.stdout)
+
+
+def test_the_run_is_cached_under_the_decoder(world) -> None:
+    result = runner.invoke(app, ["cache", "ls", "--json"])
+    assert result.exit_code == 0, result.stderr
+    listed = json.dumps(json.loads(result.stdout))
+    assert '"task": "lm"' in listed
+
+
+def test_resume_after_a_kill_reaches_the_same_result(world, tmp_path) -> None:
+    args = ["--task", "lm", "--data-dir", world["text"], "--model", world["gpt2"], "--quiet", "--no-cache", *FAST]
+    killer = [sys.executable, str(ROOT / "tests" / "kill_at_step.py"), "5", "train"]
+    killed = subprocess.Popen(killer + args + ["--run-dir", str(tmp_path / "killed")], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    whole = runner.invoke(app, ["train", *args, "--run-dir", str(tmp_path / "whole")])
+    assert whole.exit_code == 0, whole.stderr
+    assert killed.wait() == -9
+    resumed = runner.invoke(app, ["train", "--resume", "--run-dir", str(tmp_path / "killed"), "--quiet"])
+    assert resumed.exit_code == 0, resumed.stderr
+    runs = []
+    for name in ("whole", "killed"):
+        run = tmp_path / name
+        runs.append((json.loads((run / "final_metrics.json").read_text())["best"],
+                     torch.load(run / "checkpoint.pt", weights_only=True)["trainable"]))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
+
+
+@pytest.mark.parametrize("model, args, message", [
+    ("encoder", ["--task", "lm"], "task lm is causal language modelling, for decoders"),
+    ("gpt2", ["--task", "mlm"], "task mlm is masked language modelling, for encoders"),
+    ("gpt2", ["--task", "lm", "--method", "head"], "--method head is not supported for it yet"),
+    ("gpt2", ["--task", "lm", "--config", "lora"], "adapt stitches only bottleneck adapters into GPT-2 models"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(world, tmp_path, model, args, message) -> None:
+    path = str(save_tiny_model(tmp_path / "bert")) if model == "encoder" else world[model]
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--model", path, "--data-dir", world["text"], *args, "--run-dir",
+                                 str(run_dir), *FAST])
+    assert message in one_line_error(result, 2)
+    assert not run_dir.exists()
+
+
+def test_results_show_perplexity_as_it_is(world) -> None:
+    """Perplexity is not a proportion: `adapt results` shows it unscaled (accuracy and F1 are in points)."""
+    result = runner.invoke(app, ["results", str(world["root"] / "runs")])
+    assert result.exit_code == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| lm |"))
+    shown = float(row.split("|")[3].split()[0])
+    runs = [world[f"{f}_run"]["best"]["metrics"]["perplexity"] for f in ("gpt2", "llama")]
+    assert any(abs(shown - p) < 0.06 for p in runs), (row, runs)
