@@ -265,7 +265,12 @@ def _perplexity(task: str, data_dir: str | None, load: tuple, batch_size: int, m
     if m.heads[name].config.head_type != spec.head_type:
         raise UsageError(f"task {spec.name} scores a {spec.head_type} head, but head {name!r} is a "
                          f"{m.heads[name].config.head_type} head; load a language adapter (trained with --task mlm)")
-    data = encode_text(lines, tokenizer, m.fit_max_length(max_length, "--max-length"))
+    if spec.kind == "lm":
+        from ..training.clm import encode_lm
+
+        data = encode_lm(lines, tokenizer, m.fit_max_length(max_length, "--max-length"))
+    else:
+        data = encode_text(lines, tokenizer, m.fit_max_length(max_length, "--max-length"))
     m.to(where)
     if spec.kind == "lm":
         from ..training.clm import evaluate_lm

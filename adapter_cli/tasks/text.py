@@ -1,11 +1,13 @@
-"""Plain-text corpora for masked-language-model tasks (``kind: mlm``): ``train.txt`` and ``dev.txt`` in the
-data directory, one or more sentences a line, blank lines skipped. Without a dev file a seeded tenth of the
+"""Plain-text corpora for language-model tasks (``kind: mlm`` and ``lm``): ``train.txt`` and ``dev.txt`` in the
+data directory, one or more sentences a line, blank lines skipped; for ``lm`` instead ``train.jsonl`` and
+``dev.jsonl`` of prompt/completion pairs. Without a dev file a seeded tenth of the
 training lines (at most 2,000, at least one) is held out as the dev split, the same for every run seed, so
 runs with different seeds are scored on the same text."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..errors import UsageError
 from . import TaskSpec
@@ -50,26 +52,55 @@ def read_lines(path: Path) -> list[str]:
     return [line for line in lines if line]
 
 
+def read_pairs(path: Path) -> list[tuple[str, str]]:
+    """(prompt, completion) from a JSONL file of objects with string fields ``prompt`` and ``completion``."""
+    import json
+
+    pairs = []
+    for number, line in enumerate(read_lines(path), 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{path} line {number} is not JSON: {exc.msg}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) \
+                or not isinstance(record.get("completion"), str):
+            raise UsageError(f"{path} line {number} needs string fields \"prompt\" and \"completion\"")
+        if not record["completion"]:
+            raise UsageError(f"{path} line {number} has an empty completion: there is nothing to learn from it")
+        pairs.append((record["prompt"], record["completion"]))
+    return pairs
+
+
 def held_out(n: int) -> list[int]:
     """The training line indices held out as the dev split when there is no dev file."""
     size = min(MAX_DEV_LINES, max(1, round(n * DEV_SHARE)))
     return sample_indices([0] * n, size, DEV_SEED, stratify=False, salt="dev")[1]
 
 
-def load_text(task: TaskSpec, split: str, data_dir: str | Path | None) -> tuple[list[str], str]:
-    """(lines, where) of ``split`` ('train' or 'eval'); ``where`` says where they came from (for notes)."""
+PAIRS = {"train": "train.jsonl", "eval": "dev.jsonl"}  # an lm task's prompt/completion files
+
+
+def load_text(task: TaskSpec, split: str, data_dir: str | Path | None) -> tuple[list[Any], str]:
+    """(lines, where) of ``split`` ('train' or 'eval'); ``where`` says where they came from (for notes). An lm
+    task whose directory holds ``train.jsonl`` reads (prompt, completion) pairs from it instead of lines."""
     local = task.local or {}
     base = corpus_dir(task, data_dir)
     train_path = base / str(local.get("train", "train.txt"))
     eval_name = local.get("eval")
+    reader: Any = read_lines
+    if task.kind == "lm" and (base / PAIRS["train"]).is_file():
+        if train_path.is_file():
+            raise UsageError(f"{base} holds both {train_path.name} (text) and {PAIRS['train']} (prompt/completion "
+                             "pairs); keep the one to train on")
+        train_path, eval_name, reader = base / PAIRS["train"], PAIRS["eval"], read_pairs
     eval_path = base / str(eval_name) if eval_name else None
     if split == "eval" and eval_path is not None and eval_path.is_file():
-        lines, where = read_lines(eval_path), str(eval_path)
+        lines, where = reader(eval_path), str(eval_path)
     else:
         if not train_path.is_file():
             raise UsageError(f"{base} has no training text {train_path.name} (task {task.name} reads "
                              f"{_names(task)}: plain text, one or more sentences a line)")
-        lines = read_lines(train_path)
+        lines = reader(train_path)
         if not lines:
             raise UsageError(f"{train_path} holds no text (every line is blank)")
         if eval_path is None or not eval_path.is_file():  # a seeded tenth of train is the dev split

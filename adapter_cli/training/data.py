@@ -54,7 +54,7 @@ def _mlm_lines(task: TaskSpec, split: str, data_dir: str | None) -> list[Example
     """An mlm task's text lines as examples (one line each), so that subsets and their records apply."""
     from ..tasks.text import load_text
 
-    return [Example(texts=(line,)) for line in load_text(task, split, data_dir)[0]]
+    return [Example(texts=line if isinstance(line, tuple) else (line,)) for line in load_text(task, split, data_dir)[0]]
 
 
 def _recorded(run_dir: Path | None) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from ..fsutil import dump_json, save_torch, write_text_atomic
 from ..tasks import get_task
 from ..tasks.metrics import compute
 from .data import Encoded, collate, encode, epoch_batches, load_examples, write_subsets
-from .clm import evaluate_lm, lm_batch
+from .clm import encode_lm, evaluate_lm, lm_batch
 from .mlm import Masker, encode_text, evaluate_mlm, generator, masked_batch
 from .features import Features, cacheable, encode_features, evaluate_features, head_logits, head_reads, predictions
 from .recipe import Recipe
@@ -192,15 +192,23 @@ class Trainer:
 
         if task.kind == "mlm":
             self.masker = Masker.for_tokenizer(self.tokenizer, self.model.vocab_size, recipe.mlm_probability)
-        self.train_data = encode_text([e.texts[0] for e in train_examples], self.tokenizer, max_length)
-        self.eval_data = encode_text([e.texts[0] for e in eval_examples], self.tokenizer, max_length)
+        if task.kind == "lm":  # lines, or prompt/completion pairs
+            self.train_data = encode_lm([_lm_item(e) for e in train_examples], self.tokenizer, max_length)
+            self.eval_data = encode_lm([_lm_item(e) for e in eval_examples], self.tokenizer, max_length)
+        else:
+            self.train_data = encode_text([e.texts[0] for e in train_examples], self.tokenizer, max_length)
+            self.eval_data = encode_text([e.texts[0] for e in eval_examples], self.tokenizer, max_length)
         if recipe.language is None and task.kind == "mlm":
             self.reporter.note(f"{task.name}: no language given; the language adapter records language unknown")
         if held_out_dev(task, recipe.data_dir):
             self.reporter.note(f"{task.name}: no dev text, so a seeded tenth of the training lines "
                                f"({len(eval_examples)}) is held out as the dev split")
-        self.reporter.note(f"{task.name}: {len(train_examples)} lines packed into {len(self.train_data)} blocks "
-                           f"of up to {max_length} tokens; dev {len(self.eval_data)} blocks")
+        if train_examples and len(train_examples[0].texts) == 2:
+            self.reporter.note(f"{task.name}: {len(train_examples)} prompt/completion pairs of up to {max_length} "
+                               f"tokens, the loss on the completions; dev {len(self.eval_data)} pairs")
+        else:
+            self.reporter.note(f"{task.name}: {len(train_examples)} lines packed into {len(self.train_data)} "
+                               f"blocks of up to {max_length} tokens; dev {len(self.eval_data)} blocks")
 
     def _build_optimizer(self) -> None:
         recipe, model = self.recipe, self.model
@@ -496,6 +504,11 @@ def _broadcast_int(value: int) -> int:
     t = torch.tensor([value])
     dist.broadcast(t, 0)
     return int(t.item())
+
+
+def _lm_item(example: Any) -> Any:
+    """An lm example as clm.encode_lm takes it: its line, or its (prompt, completion) pair."""
+    return example.texts if len(example.texts) == 2 else example.texts[0]
 
 
 def _save_best(model: Any, name: str, recipe: Recipe, run_dir: Path, tokenizer: Any) -> None:

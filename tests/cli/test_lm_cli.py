@@ -143,3 +143,64 @@ def test_results_show_perplexity_as_it_is(world) -> None:
     shown = float(row.split("|")[3].split()[0])
     runs = [world[f"{f}_run"]["best"]["metrics"]["perplexity"] for f in ("gpt2", "llama")]
     assert any(abs(shown - p) < 0.06 for p in runs), (row, runs)
+
+
+def _pairs(root: Path, n: int = 40) -> Path:
+    rng = random.Random(1)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "train.jsonl", "w") as f:
+        for _ in range(n):
+            a, b = rng.randint(0, 9), rng.randint(0, 9)
+            f.write(json.dumps({"prompt": f"{a} and {b} is ", "completion": f"{a + b}."}) + "\n")
+    return root
+
+
+def test_prompt_completion_pairs_train_on_the_completion_only(world, tmp_path) -> None:
+    data = _pairs(tmp_path / "pairs")
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--task", "lm", "--data-dir", str(data), "--model", world["gpt2"],
+                                 "--run-dir", str(run), "--no-cache", "--json", *FAST])
+    assert result.exit_code == 0, result.stderr
+    assert "36 prompt/completion pairs of up to 32 tokens, the loss on the completions; dev 4 pairs" in result.stderr
+    scored = runner.invoke(app, ["infer", "-m", world["gpt2"], "-a", str(run / "best"), "--task", "lm",
+                                 "--data-dir", str(data), "--max-length", "32"])
+    assert scored.exit_code == 0, scored.stderr
+    best = json.loads(result.stdout)["best"]["metrics"]
+    assert json.loads(scored.stdout)["perplexity"] == pytest.approx(best["perplexity"], rel=1e-5)
+
+
+def test_encode_lm_labels_only_the_completion_and_cuts_the_prompt_first() -> None:
+    from adapter_cli.training.clm import encode_lm, lm_batch
+    from conftest import EOS_ID, char_tokenizer
+
+    tokenizer = char_tokenizer()
+    data = encode_lm([("abcdef", "xy"), ("a", "z")], tokenizer, 6)
+    ids = [f["input_ids"] for f in data.features]
+    y, x, z = (tokenizer.convert_tokens_to_ids(c) for c in "yxz")
+    assert ids[0][-3:] == [x, y, EOS_ID] and len(ids[0]) == 6  # "def" kept of the prompt, then "xy" + eos
+    assert [f["prompt_length"] for f in data.features] == [3, 1]
+    batch = lm_batch(data, [0, 1], pad_id=0)
+    assert batch["labels"][0].tolist() == [-100, -100, -100, x, y, EOS_ID]
+    assert batch["labels"][1].tolist() == [-100, z, EOS_ID, -100, -100, -100]
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"prompt": "a"}\n{"prompt": "b", "completion": "c"}\n', "line 1 needs string fields"),
+    ("not json\n", "line 1 is not JSON"),
+    ('{"prompt": "a", "completion": ""}\n{"prompt": "b", "completion": "c"}\n', "line 1 has an empty completion"),
+])
+def test_bad_pairs_are_one_line(world, tmp_path, content, message) -> None:
+    (tmp_path / "pairs").mkdir()
+    (tmp_path / "pairs" / "train.jsonl").write_text(content)
+    result = runner.invoke(app, ["train", "--task", "lm", "--data-dir", str(tmp_path / "pairs"), "--model",
+                                 world["gpt2"], "--run-dir", str(tmp_path / "run"), *FAST])
+    assert message in one_line_error(result, 2)
+    assert not (tmp_path / "run").exists()
+
+
+def test_text_and_pairs_together_are_refused(world, tmp_path) -> None:
+    data = _pairs(tmp_path / "both")
+    (data / "train.txt").write_text("some text\nmore text\n")
+    result = runner.invoke(app, ["train", "--task", "lm", "--data-dir", str(data), "--model", world["gpt2"],
+                                 "--run-dir", str(tmp_path / "run"), *FAST])
+    assert "holds both train.txt (text) and train.jsonl" in one_line_error(result, 2)
