@@ -123,15 +123,18 @@ def _pre_norm(name: str, layers: str, attention: str, mlp: str, norms: tuple[str
     LayerNorm: it passes None)."""
     sites = (SiteSpec("mh_adapter", attention, norms[0], 0, norm_arg, "", "attention_adapters"),
              SiteSpec("output_adapter", mlp, norms[1], 0, norm_arg, "", "output_adapters"))
-    return Architecture(name, layers, sites, prefix, model_class, self_attention=attention, methods=("bottleneck",),
+    fields.setdefault("methods", ("bottleneck",))
+    return Architecture(name, layers, sites, prefix, model_class, self_attention=attention,
                         segments=False, causal=True, heads=("classification", "regression", "causal_lm"),
                         **fields)  # type: ignore[arg-type]
 
 
+# AdapterHub's Llama and Mistral put the LoRA it calls "intermediate" on mlp.down_proj and "output" on
+# mlp.up_proj (the reverse of the names' sense in BERT); adapt follows it so that their files load key for key.
 _LLAMA_LIKE = dict(attention_dropout_attr="attention_dropout", hidden_dropout_attr="hidden_dropout",
-                   embeddings="embed_tokens",
+                   embeddings="embed_tokens", methods=("bottleneck", "lora"),
                    linears=(("q", "self_attn.q_proj"), ("k", "self_attn.k_proj"), ("v", "self_attn.v_proj"),
-                            ("intermediate", "mlp.up_proj"), ("output", "mlp.down_proj")))
+                            ("intermediate", "mlp.down_proj"), ("output", "mlp.up_proj")))
 
 ARCHITECTURES.update({
     "gpt2": _pre_norm("GPT-2", "h", "attn", "mlp", ("ln_1", "ln_2"), "input", "transformer", "GPT2AdapterModel",

@@ -76,6 +76,12 @@ class LinearSite:
         if isinstance(block, str):
             if block not in self.loras:
                 return terms
+            if terms.hidden is not None and self.loras[block].config.composition_mode == "add" \
+                    and self.linear.in_features != self.linear.out_features:
+                raise CompositionError(f"stack({terms.last},{block}): a stack of LoRA adapters feeds one's output "
+                                       f"into the next (AdapterHub's order), which needs a layer with as many "
+                                       f"outputs as inputs, but {self.matrix} of layer {self.layer} maps "
+                                       f"{self.linear.in_features} to {self.linear.out_features} features")
             return replace(terms, hidden=self.loras[block](terms.hidden, terms.x), last=block)
         if isinstance(block, Stack):
             for child in block.children:

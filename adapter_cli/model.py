@@ -214,6 +214,17 @@ class AdapterModel(nn.Module):
         return int(self._linear("intermediate", 0).out_features)
 
     @property
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in_features, out_features) of each linear layer a LoRA-family adapter can change, in the first
+        layer (a decoder's grouped-query keys and values are narrower than its hidden size)."""
+        out = {}
+        for matrix, _ in self.arch.linears:
+            linear = self._linear(matrix, 0)
+            if isinstance(linear, nn.Linear):
+                out[matrix] = (int(linear.in_features), int(linear.out_features))
+        return out
+
+    @property
     def vocab_size(self) -> int:
         return int(self.base.get_input_embeddings().num_embeddings)
 

@@ -166,12 +166,12 @@ def _build(model: str, adapter_name: str, adapter_config: Any, head: str | None,
     if adapter_config.architecture == "lora":
         inner = m.intermediate_size
         result["intermediate_size"] = inner
-        counts: dict[str, Any] = adapter_config.parameter_count(m.hidden_size, m.num_layers, inner)
+        counts: dict[str, Any] = adapter_config.parameter_count(m.hidden_size, m.num_layers, inner, m.linear_shapes)
     elif adapter_config.architecture in ("bottleneck", "prompt_tuning"):  # invertible adapters, prompts: as wide
         # as the embeddings
         counts = adapter_config.parameter_count(m.hidden_size, m.num_layers, embedding_size=m.embedding_size)
     elif adapter_config.architecture == "union":
-        counts = adapter_config.parameter_count(m.hidden_size, m.num_layers, m.intermediate_size)
+        counts = adapter_config.parameter_count(m.hidden_size, m.num_layers, m.intermediate_size, m.linear_shapes)
     else:
         counts = adapter_config.parameter_count(m.hidden_size, m.num_layers)
     built = sum(p.numel() for p in m.adapters[adapter_name].parameters())

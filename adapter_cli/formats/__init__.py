@@ -100,7 +100,8 @@ def check_weight_shapes(artifact: AdapterArtifact | FusionArtifact | HeadArtifac
                                                  f"{artifact.config.decoder_index}.weight" in weights)
     elif isinstance(artifact, AdapterArtifact) and artifact.config.architecture == "lora":
         expected = artifact.config.weight_shapes(base.hidden_size, layers(artifact.config.leave_out),
-                                                 _intermediate_size(weights, artifact.config.scaled_inputs))
+                                                 _intermediate_size(weights, artifact.config.scaled_inputs),
+                                                 _decoder_linear_shapes(base.model_type, weights))
     elif isinstance(artifact, AdapterArtifact) and artifact.config.architecture == "reft":
         expected = artifact.config.weight_shapes(base.hidden_size, layers(artifact.config.named_layers))
     elif isinstance(artifact, AdapterArtifact) and artifact.config.architecture == "prefix_tuning":
@@ -130,6 +131,29 @@ def _prefix_layers(config: Any, weights: dict[str, Any], base: Any) -> int:
     size = math.prod(tuple(out.shape)) if out is not None else 0
     per_layer = 2 * base.hidden_size * (1 if "prefix.control_trans.2.bias" in weights else config.prefix_length)
     return size // per_layer + len(config.leave_out)
+
+
+def _decoder_linear_shapes(model_type: str, weights: dict[str, Any]) -> dict[str, tuple[int, int]] | None:
+    """A decoder's linear layers are not BERT's (grouped-query keys and values are narrower; AdapterHub's
+    Llama names down_proj "intermediate"), and no format records their widths: each matrix's (in, out) is
+    read off its first layer's weights, so the check still finds a missing, extra or inconsistent weight."""
+    from ..architectures import ARCHITECTURES
+
+    arch = ARCHITECTURES.get(model_type)
+    if arch is None or not arch.causal:
+        return None
+    found: dict[str, list[int | None]] = {}
+    for key, tensor in weights.items():
+        parts = key.split(".", 2)
+        if len(parts) < 3 or not parts[1].isdigit():
+            continue
+        shape, (matrix, _, param) = tuple(tensor.shape), parts
+        seen = found.setdefault(matrix, [None, None])
+        if param == "lora_A" or param == "gate.weight":
+            seen[0] = seen[0] or shape[1]
+        elif param in ("lora_B", "m.weight", "vera_B"):
+            seen[1] = seen[1] or shape[0]
+    return {m: (i or o or 0, o or i or 0) for m, (i, o) in found.items() if i or o}
 
 
 def _intermediate_size(weights: dict[str, Any], scaled_inputs: tuple[str, ...] = ()) -> int | None:

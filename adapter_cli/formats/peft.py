@@ -240,15 +240,35 @@ def _config(data: dict[str, Any], peft_type: str, matrices: list[str], layers: d
     return LoRAConfig.from_dict(values, source=str(source))
 
 
-def _hidden_size(weights: dict[str, Any], scaled: tuple[str, ...]) -> int | None:
+def _hidden_size(weights: dict[str, Any], scaled: tuple[str, ...], model_type: str | None = None) -> int | None:
     """The hidden size read off the weights: the input width of q, k, v and the up-projection, the output
-    width of q, k, v and the down-projection ((IA)³: whichever side its vector scales)."""
+    width of q, k, v and the down-projection ((IA)³: whichever side its vector scales). A decoder's keys and
+    values may be narrower (grouped-query attention) and AdapterHub's names for its feed-forward layers are
+    the other way round, so there only q's widths, the input of "output" (up_proj) and the output of
+    "intermediate" (down_proj) count."""
+    from ..architectures import ARCHITECTURES
+
+    arch = ARCHITECTURES.get(model_type or "")
+    if arch is not None and arch.causal:
+        return _decoder_hidden_size(weights, scaled)
     for key, tensor in weights.items():
         matrix, _, param = key.split(".", 2)
         if param == "lora_A" and matrix != "output":
             return int(tensor.shape[1])
         reads_input = matrix in scaled  # an (IA)³ vector on the input: (in, 1)
         if param in ("lora_B", "m.weight") and (matrix in ("q", "k", "v") or (matrix == "output") != reads_input):
+            return int(tensor.shape[0])
+    return None
+
+
+def _decoder_hidden_size(weights: dict[str, Any], scaled: tuple[str, ...]) -> int | None:
+    for key, tensor in weights.items():
+        matrix, _, param = key.split(".", 2)
+        if param == "lora_A" and matrix in ("q", "k", "v", "output"):
+            return int(tensor.shape[1])
+        reads_input = matrix in scaled
+        if param in ("lora_B", "m.weight") and (matrix == "q" or (matrix == "intermediate" and not reads_input)
+                                                 or (matrix == "output" and reads_input)):
             return int(tensor.shape[0])
     return None
 
@@ -265,9 +285,10 @@ def _model_type(data: dict[str, Any], layouts: set[str]) -> str | None:
 
 def _base(data: dict[str, Any], weights: dict[str, Any], scaled: tuple[str, ...], model_type: str | None,
           source: Path) -> BaseModelInfo:
-    hidden = _hidden_size(weights, scaled)
+    hidden = _hidden_size(weights, scaled, model_type)
     if hidden is None:
-        raise ArtifactError(f"{source}: cannot tell the hidden size from the weights (PEFT does not record it)")
+        raise ArtifactError(f"{source}: cannot tell the hidden size from the weights (PEFT does not record it, "
+                            "and no weight of this adapter is as wide as the hidden states)")
     name = data.get("base_model_name_or_path")
     try:
         return BaseModelInfo(model_type=model_type, hidden_size=hidden,

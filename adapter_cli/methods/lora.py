@@ -189,28 +189,31 @@ class LoRAConfig(MethodConfig):
             return {}
         return {"shared.lora_A": (self.r, hidden_size), "shared.lora_B": (hidden_size, self.r)}
 
-    def weight_shapes(self, hidden_size: int, num_layers: int,
-                      intermediate_size: int | None = None) -> dict[str, tuple[int, ...]]:
-        """Every weight's name and shape, from the configuration alone (``matrix.layer.parameter``)."""
+    def weight_shapes(self, hidden_size: int, num_layers: int, intermediate_size: int | None = None,
+                      linear_shapes: dict[str, tuple[int, int]] | None = None) -> dict[str, tuple[int, ...]]:
+        """Every weight's name and shape, from the configuration alone (``matrix.layer.parameter``); a family
+        whose linear layers are not BERT's (a decoder's grouped-query keys and values) gives their (in, out)
+        in ``linear_shapes``."""
         inner = intermediate_size or 4 * hidden_size
         out = dict(self.shared_shapes(hidden_size))
         for matrix in self.matrices:
-            fan_in, fan_out = self.linear_shape(matrix, hidden_size, inner)
+            fan_in, fan_out = (linear_shapes or {}).get(matrix) or self.linear_shape(matrix, hidden_size, inner)
             if matrix in self.scaled_inputs:
                 fan_out = fan_in
             for i in self.layers(num_layers):
                 out.update({f"{matrix}.{i}.{k}": v for k, v in self.site_shapes(fan_in, fan_out).items()})
         return out
 
-    def parameter_count(self, hidden_size: int, num_layers: int,
-                        intermediate_size: int | None = None) -> dict[str, Any]:
+    def parameter_count(self, hidden_size: int, num_layers: int, intermediate_size: int | None = None,
+                        linear_shapes: dict[str, tuple[int, int]] | None = None) -> dict[str, Any]:
         """Parameters per changed linear layer kind and in total (VeRA's frozen shared projections count in
-        the total, as AdapterHub counts them, and not in ``trainable_parameters``)."""
+        the total, as AdapterHub counts them, and not in ``trainable_parameters``). ``linear_shapes``: as
+        for ``weight_shapes``."""
         self.check_rank(hidden_size)
         inner = intermediate_size or 4 * hidden_size
         placements = []
         for matrix in self.matrices:
-            fan_in, fan_out = self.linear_shape(matrix, hidden_size, inner)
+            fan_in, fan_out = (linear_shapes or {}).get(matrix) or self.linear_shape(matrix, hidden_size, inner)
             shapes = self.site_shapes(fan_in, fan_in if matrix in self.scaled_inputs else fan_out)
             per_layer = sum(math.prod(s) for s in shapes.values())
             layers = self.layers(num_layers)

@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .lora import LoRAConfig
 
 
@@ -147,6 +148,13 @@ class LoRAAdapterSet(nn.Module):
         self.shared = None
         if config.is_vera:
             first = linear(config.matrices[0], layers[0])
+            for matrix in config.matrices[1:]:  # one A and one B serve every changed layer: one shape for all
+                other = linear(matrix, layers[0])
+                if (other.in_features, other.out_features) != (first.in_features, first.out_features):
+                    raise ConfigError(f"VeRA shares one random projection pair among the layers it changes, but "
+                                      f"{matrix} maps {other.in_features} to {other.out_features} features and "
+                                      f"{config.matrices[0]} {first.in_features} to {first.out_features} (e.g. "
+                                      "grouped-query keys and values); change layers of one shape only")
             self.shared = SharedProjections(config, first.in_features, first.out_features, generator)
         for matrix in config.matrices:
             modules = {}

@@ -154,12 +154,15 @@ def test_generate_on_the_embedded_minilm(tmp_path) -> None:
     assert "generation needs a decoder" in line and "are encoders" in line
 
 
-def test_add_lora_to_a_decoder_is_refused(decoders, tmp_path) -> None:
-    d = decoders["llama"]
-    save = tmp_path / "lora"
-    for preset in ("lora", "prefix_tuning", "loreft"):
-        line = _bad(["add", preset, "-m", str(d / "model"), "--save", str(save)], save)
-        assert "adapt stitches only bottleneck adapters into Llama models" in line, line
+def test_methods_a_decoder_does_not_take_are_refused(decoders, tmp_path) -> None:
+    save = tmp_path / "refused"
+    for family, takes, presets in (("gpt2", "bottleneck", ("lora", "prefix_tuning", "loreft")),
+                                   ("llama", "bottleneck and lora", ("prefix_tuning", "loreft"))):
+        for preset in presets:
+            line = _bad(["add", preset, "-m", str(decoders[family] / "model"), "--save", str(save)], save)
+            assert f"adapt stitches only {takes} adapters into" in line, line
+    line = _bad(["add", "vera", "-m", str(decoders["llama"] / "model"), "--save", str(save)], save)
+    assert "VeRA shares one random projection pair" in line and "v maps 32 to 16 features" in line
 
 
 # ====================================================================== found in review

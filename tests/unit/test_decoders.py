@@ -139,19 +139,25 @@ def test_pre_norm_site_equals_adapterhub_formula(model_type, preset, overrides, 
 # ====================================================================== 3. methods
 
 
-@pytest.mark.parametrize("model_type", DECODER_TYPES)
-@pytest.mark.parametrize("preset, method", [
+TAKES = {"gpt2": "bottleneck", "llama": "bottleneck and lora", "mistral": "bottleneck and lora"}
+REFUSED = [(model_type, preset, method) for model_type in DECODER_TYPES for preset, method in [
     ("lora", "lora"), ("ia3", "lora"), ("prefix_tuning", "prefix tuning"), ("prompt_tuning", "prompt tuning"),
     ("loreft", "reft"), ("mam", "prefix tuning"), ("seq_bn_inv", "invertible"), ("pfeiffer+inv", "invertible"),
-])
+] if method not in TAKES[model_type].split(" and ")]
+
+
+@pytest.mark.parametrize("model_type, preset, method", REFUSED)
 def test_methods_other_than_bottleneck_are_refused(model_type, preset, method) -> None:
+    """GPT-2 takes bottleneck adapters only; Llama and Mistral the LoRA family too (tests/e2e/test_lora_fixtures.py
+    checks those against AdapterHub)."""
+    takes = TAKES[model_type]
     model = tiny_decoder(model_type)
     with pytest.raises(UnsupportedModel) as caught:
         model.add_adapter("x", preset)
     message = str(caught.value)
     assert "\n" not in message
     assert f"is a {method} adapter" in message
-    assert f"bottleneck adapters into {FAMILY[model_type]} models" in message
+    assert f"{takes} adapters into {FAMILY[model_type]} models" in message
     assert "x" not in model.adapters and not model._sites and not model._linear_sites
 
 
@@ -643,3 +649,29 @@ def test_gradient_checkpointing_gives_the_same_gradients(model_type) -> None:
         grads.append([p.grad for p in model.adapters["a"].parameters()])
     for plain, recomputed in zip(*grads):
         torch.testing.assert_close(recomputed, plain, atol=1e-6, rtol=1e-5)
+
+
+# ====================================================================== the LoRA family on Llama and Mistral
+
+
+@pytest.mark.parametrize("model_type", ("llama", "mistral"))
+def test_lora_family_on_grouped_query_layers(model_type) -> None:
+    """LoRA, (IA)³ and DoRA change q/k/v (k and v narrower under grouped-query attention) and AdapterHub's
+    "intermediate" (down_proj) and "output" (up_proj); tests/e2e/test_lora_fixtures.py checks the numbers against
+    AdapterHub. What its order of operations cannot compute on narrower layers is refused in one line: a stack of
+    LoRAs (one's output feeds the next) and VeRA over layers of different shapes (one shared projection pair)."""
+    from adapter_cli.errors import CompositionError, ConfigError
+
+    model = tiny_decoder(model_type)
+    model.add_adapter("a", "lora", {"attn_matrices": ["q", "k", "v"], "intermediate_lora": True, "output_lora": True})
+    assert model.linear_shapes == {"q": (32, 32), "k": (32, 16), "v": (32, 16), "intermediate": (64, 32),
+                                   "output": (32, 64)}
+    assert tuple(model.adapters["a"].v["0"].lora_B.shape) == (16, 8)
+    model.add_adapter("b", "lora")
+    ids, mask = decoder_inputs()
+    with pytest.raises(CompositionError, match="stack\\(a,b\\).* v of layer 0 maps 32 to 16 features"):
+        model(input_ids=ids, attention_mask=mask, active="stack(a,b)")
+    with pytest.raises(ConfigError, match="VeRA shares one random projection pair"):
+        model.add_adapter("c", "vera")
+    model.add_adapter("c", "vera", {"attn_matrices": ["q"]})  # layers of one shape
+    assert "c" in model.adapters

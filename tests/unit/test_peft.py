@@ -300,3 +300,25 @@ def test_an_unknown_model_type_loads_by_its_layout(tmp_path: Path) -> None:
     batch, model = cases("roberta"), base("roberta")
     model.load_adapter(path, name="lora")
     assert (hidden(model, batch, "lora") - batch["lora.last_hidden_state"]).abs().max() <= ATOL
+
+
+# ===================================================================== decoders (Llama, Mistral)
+
+
+@pytest.mark.parametrize("model_type", ("llama", "mistral"))
+def test_peft_adapters_on_decoders(model_type: str) -> None:
+    """PEFT's LoRA and DoRA on q_proj/v_proj compute as PEFT, also merged. (IA)³ there scales k and v, which are
+    narrower than the hidden states under grouped-query attention, and down_proj's input: no weight is as wide
+    as the hidden states, which PEFT does not record, so it is refused in one line; gate_proj (in lora_all) is
+    a layer adapt does not change."""
+    batch = cases(model_type)
+    for name in ("lora", "dora"):
+        model = base(model_type)
+        model.load_adapter(root(model_type) / "adapters" / name)
+        assert (hidden(model, batch, name) - batch[f"{name}.last_hidden_state"]).abs().max() <= ATOL
+        model.merge_adapter(name)
+        assert (hidden(model, batch, None) - batch[f"merged_{name}.last_hidden_state"]).abs().max() <= ATOL
+    with pytest.raises(ArtifactError, match="cannot tell the hidden size from the weights"):
+        read_adapter(root(model_type) / "adapters" / "ia3")
+    with pytest.raises(ArtifactError, match="changes layers.0.mlp.gate_proj, which adapt cannot express"):
+        read_adapter(root(model_type) / "adapters" / "lora_all")
