@@ -10,7 +10,11 @@ from typing import Any
 from .errors import ConfigError, check_keys, suggest
 from .methods.activations import ACTIVATION_NAMES
 
-HEAD_TYPES = ("classification", "regression", "multiple_choice", "masked_lm", "causal_lm")
+HEAD_TYPES = ("classification", "multilabel_classification", "tagging", "regression", "multiple_choice", "masked_lm",
+              "causal_lm")
+# Heads whose outputs are named labels (``label2id``): one label per text, a set of labels per text (sigmoid
+# per label), or one label per word (tagging reads every token, not the first).
+LABELLED_HEADS = ("classification", "multilabel_classification", "tagging")
 # Language-model heads: a transform, then a decoder over the vocabulary (tied to the input word embeddings
 # where the model ties them), applied to every token.
 LM_HEADS = ("masked_lm", "causal_lm")
@@ -59,8 +63,11 @@ class HeadConfig:
                               f"known: {', '.join(HEAD_TYPES)}")
         if not 1 <= self.layers <= MAX_HEAD_LAYERS:
             raise ConfigError(f"a head has 1 to {MAX_HEAD_LAYERS} layers, got {self.layers}")
-        if self.head_type == "classification" and self.num_labels < 2:
-            raise ConfigError("a classification head needs at least 2 labels; use head_type regression for 1")
+        if self.head_type in ("classification", "tagging") and self.num_labels < 2:
+            hint = "; use head_type regression for 1" if self.head_type == "classification" else ""
+            raise ConfigError(f"a {self.head_type} head needs at least 2 labels{hint}")
+        if self.head_type == "multilabel_classification" and self.num_labels < 1:
+            raise ConfigError("a multilabel_classification head needs at least 1 label")
         if self.num_labels > MAX_OUTPUTS:
             raise ConfigError(f"a head has at most {MAX_OUTPUTS} labels, got {self.num_labels}")
         if self.head_type == "multiple_choice" and not self.num_choices:
@@ -94,13 +101,20 @@ class HeadConfig:
     def outputs(self) -> int:
         if self.is_lm:
             return int(self.vocab_size or 0)
-        return {"classification": self.num_labels, "regression": 1, "multiple_choice": 1}[self.head_type]
+        if self.head_type in LABELLED_HEADS:
+            return self.num_labels
+        return {"regression": 1, "multiple_choice": 1}[self.head_type]
 
     @property
     def id2label(self) -> dict[int, str]:
         if self.label2id:
             return {int(i): label for label, i in self.label2id.items()}
-        return {i: f"LABEL_{i}" for i in range(self.outputs)} if self.head_type == "classification" else {}
+        return {i: f"LABEL_{i}" for i in range(self.outputs)} if self.head_type in LABELLED_HEADS else {}
+
+    @property
+    def per_token(self) -> bool:
+        """Whether the head answers for every token (tagging, language modelling), not once per text."""
+        return self.head_type == "tagging" or self.is_lm
 
     def weight_shapes(self, hidden_size: int, decoder_stored: bool = False) -> dict[str, tuple[int, ...]]:
         """Every weight's name and shape, from the configuration alone: what ``heads.PredictionHead`` holds

@@ -1,10 +1,11 @@
-"""Prediction heads saved and loaded with adapters: classification, regression, multiple choice, and the
+"""Prediction heads saved and loaded with adapters: classification (single- and multi-label), tagging,
+regression, multiple choice, and the
 language-model heads (``LanguageModelHead``): the masked-LM head of language adapters and a decoder's causal-LM
 head.
 
 The layout is AdapterHub's flexible head so its head files load key for key: for ``layers=L`` the
 module is ``[Dropout, Linear(H,H), act] * (L-1) + [Dropout, Linear(H, out)]`` applied to the first
-token's final hidden state (or the pooler output with ``use_pooler``).
+token's final hidden state (or the pooler output with ``use_pooler``), or to every token's (tagging).
 """
 
 from __future__ import annotations
@@ -49,9 +50,14 @@ class PredictionHead(nn.Sequential):
         return out
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """AdapterHub's losses: MSE (regression), binary cross-entropy per label on a multi-hot [B, L]
+        (multi-label), cross-entropy otherwise, over the tokens whose label is not -100 for tagging (the
+        padding, special tokens and the non-first pieces of each word)."""
         if self.config.head_type == "regression":
             return nn.functional.mse_loss(logits.view(-1), labels.view(-1).to(logits.dtype))
-        return nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1))
+        if self.config.head_type == "multilabel_classification":
+            return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
 
 class Activation(nn.Module):

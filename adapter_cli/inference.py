@@ -28,8 +28,12 @@ def rows_from_task(task: Any, data_dir: str | None) -> list[Row]:
 
     if task.kind == "multiple_choice":
         raise UsageError("adapt infer does not read multiple-choice tasks yet; evaluate them with adapt train")
-    return [Row(e.texts[0], e.texts[1] if len(e.texts) > 1 else None, label=e.label)
-            for e in load_split(task, "eval", data_dir)]
+    examples = load_split(task, "eval", data_dir)
+    if task.kind == "tagging":  # the words as a text, and a label name per word
+        return [Row(" ".join(e.words), label=[task.labels[i] for i in e.label]) for e in examples]
+    if task.kind == "multilabel":
+        return [Row(e.texts[0], label=[name for name, on in zip(task.labels, e.label) if on]) for e in examples]
+    return [Row(e.texts[0], e.texts[1] if len(e.texts) > 1 else None, label=e.label) for e in examples]
 
 
 def score(task: Any, model: Any, rows: list[Row], predictions: list[dict[str, Any]]) -> dict[str, float]:
@@ -44,6 +48,8 @@ def score(task: Any, model: Any, rows: list[Row], predictions: list[dict[str, An
         raise UsageError(f"metrics need one head for every row, but rows were answered by {', '.join(heads)}; "
                          "score each task on its own")
     head = model.heads[heads[0]].config
+    if head.head_type in ("multilabel_classification", "tagging"):
+        return _score_labels(task, head, rows, predictions)
     if head.head_type == "regression":
         gold = [float(r.label) for r in rows]
         return compute(task.metrics if task else ("pearson", "spearman"), [p["score"] for p in predictions], gold)
@@ -58,6 +64,45 @@ def score(task: Any, model: Any, rows: list[Row], predictions: list[dict[str, An
     gold_ids = [index(r.label) for r in rows]
     pred_ids = [names.index(p["label"]) for p in predictions]
     return compute(task.metrics if task else ("accuracy",), pred_ids, gold_ids)
+
+
+def _score_labels(task: Any, head: Any, rows: list[Row], predictions: list[dict[str, Any]]) -> dict[str, float]:
+    """Metrics of a multi-label head (gold: a list of label names or ids per row, or one string of them
+    separated by commas) or a tagging head (gold: a label per word)."""
+    from .tasks.metrics import compute
+
+    names = [head.id2label[i] for i in range(len(head.id2label))]
+    kind = "tagging" if head.head_type == "tagging" else "multilabel"
+    golds = [_label_ids(r.label.split() if kind == "tagging" and isinstance(r.label, str) else r.label, names, n)
+             for n, r in enumerate(rows, 1)]
+    if kind == "tagging":
+        from .tagging import outside_label
+
+        fill = outside_label(names)  # a word truncation cut counts as outside any entity
+        preds = [[names.index(t) if t is not None else fill for t in p["tags"]] for p in predictions]
+        for n, (gold, pred) in enumerate(zip(golds, preds), 1):
+            if len(gold) != len(pred):
+                raise UsageError(f"row {n} has {len(pred)} words but {len(gold)} gold labels; give one label per "
+                                 "word (words are split on whitespace)")
+        metrics = task.metrics if task else ("entity_f1", "accuracy")
+        return compute(metrics, preds, golds, kind, names)
+    hot = [[int(i in gold) for i in range(len(names))] for gold in golds]
+    preds = [[int(name in p["labels"]) for name in names] for p in predictions]
+    return compute(task.metrics if task else ("micro_f1", "macro_f1", "accuracy"), preds, hot, kind)
+
+
+def _label_ids(value: Any, names: list[str], row: int) -> list[int]:
+    items = value if isinstance(value, (list, tuple)) else [p for p in str(value).split(",") if p.strip()]
+    out = []
+    for item in items:
+        text = str(item).strip()
+        if text in names:
+            out.append(names.index(text))
+        elif text.isdigit() and int(text) < len(names):
+            out.append(int(text))
+        else:
+            raise UsageError(f"row {row}: label {item!r} is not one of {', '.join(names)}")
+    return out
 
 
 def read_rows(texts: list[str], input_path: str | None, text_column: str, pair_column: str | None,
@@ -193,12 +238,11 @@ def _predict(model: Any, tokenizer: Any, rows: list[Row], active: Any, options: 
     device = next(model.parameters()).device
     head_kw = {} if options.head is None else {"head": options.head}
     shown = _display(active)
+    heads = [options.head] if options.head is not None else model.heads_for(active)
+    tagging = any(h is not None and model.heads[h].config.head_type == "tagging" for h in heads)
     for start in range(0, len(rows), options.batch_size):
         chunk = rows[start:start + options.batch_size]
-        texts = [r.text for r in chunk]
-        pairs = [r.pair for r in chunk] if chunk[0].pair is not None else None
-        enc = tokenizer(texts, pairs, padding=True, truncation=True, max_length=options.max_length,
-                        return_tensors="pt")
+        enc, words = _tokenize(tokenizer, chunk, options.max_length, tagging)
         _check_not_empty(enc["attention_mask"], start)
         enc = {k: v.to(device) for k, v in enc.items()}
         with torch.inference_mode(), torch.autocast(device.type, dtype=options.autocast,
@@ -206,12 +250,30 @@ def _predict(model: Any, tokenizer: Any, rows: list[Row], active: Any, options: 
             out = model(**enc, active=active, **head_kw)
         if isinstance(active, Parallel):
             members = [_display(c) for c in active.children]
-            answers = [_answers(model, [branch]) for branch in out.branches]
+            answers = [_answers(model, [branch], words) for branch in out.branches]
             for j, row in enumerate(chunk):
                 yield {**_row_fields(row, shown), "members": {m: a[j] for m, a in zip(members, answers)}}
             continue
-        for row, answer in zip(chunk, _answers(model, list(out.branches or [out]))):
+        for row, answer in zip(chunk, _answers(model, list(out.branches or [out]), words)):
             yield {**_row_fields(row, shown), **answer}
+
+
+def _tokenize(tokenizer: Any, chunk: list[Row], max_length: int, tagging: bool) -> tuple[dict[str, Any], Any]:
+    """Padded tensors for a batch of rows; for a tagging head the rows are split into words on whitespace and
+    each word's first token is found (returned as ``(words, first tokens)`` per row, else None)."""
+    if not tagging:
+        texts = [r.text for r in chunk]
+        pairs = [r.pair for r in chunk] if chunk[0].pair is not None else None
+        return tokenizer(texts, pairs, padding=True, truncation=True, max_length=max_length,
+                         return_tensors="pt"), None
+    from .tagging import align
+
+    if any(r.pair is not None for r in chunk):
+        raise UsageError("a tagging head labels the words of one text; give single texts, not pairs")
+    sentences = [r.text.split() for r in chunk]
+    aligned = align(tokenizer, sentences, max_length)
+    enc = tokenizer.pad(aligned.encoding, return_tensors="pt")
+    return dict(enc), list(zip(sentences, aligned.first_tokens))
 
 
 def _check_not_empty(mask: Any, offset: int) -> None:
@@ -223,20 +285,49 @@ def _check_not_empty(mask: Any, offset: int) -> None:
                          "it out")
 
 
-def _answers(model: Any, parts: list[Any]) -> list[dict[str, Any]]:
-    """One answer per row, from the outputs of consecutive parts of a batch (each with its own head)."""
-    answers = []
+def _answers(model: Any, parts: list[Any], words: list[Any] | None = None) -> list[dict[str, Any]]:
+    """One answer per row, from the outputs of consecutive parts of a batch (each with its own head).
+    ``words`` (tagging): each row's words and the first token of each."""
+    answers: list[dict[str, Any]] = []
     for part in parts:
         config = model.heads[part.head].config
         for vec in part.logits.float().cpu():
             if config.head_type == "regression":
                 answers.append({"head": part.head, "score": float(vec[0])})
-                continue
-            probs = vec.softmax(-1)
-            index = int(probs.argmax())
-            answers.append({"head": part.head, "label": config.id2label.get(index, str(index)),
-                            "score": float(probs[index])})
+            elif config.head_type == "multilabel_classification":
+                probs = vec.sigmoid()
+                names = [config.id2label.get(i, str(i)) for i in range(len(probs))]
+                answers.append({"head": part.head, "labels": [n for n, p in zip(names, probs) if p > 0.5],
+                                "scores": {n: round(float(p), 6) for n, p in zip(names, probs)}})
+            elif config.head_type == "tagging":
+                answers.append({"head": part.head, **_tags(config, vec, *(words or [])[len(answers)])})
+            else:
+                probs = vec.softmax(-1)
+                index = int(probs.argmax())
+                answers.append({"head": part.head, "label": config.id2label.get(index, str(index)),
+                                "score": float(probs[index])})
     return answers
+
+
+def _tags(config: Any, logits: Any, words: list[str], first: list[int]) -> dict[str, Any]:
+    """A row's tags: a label and its probability per word (None for the words truncation cut, counted in
+    ``cut``), and the entity spans they mark (word indices, end exclusive)."""
+    from .tasks.metrics import entity_spans
+
+    probs = logits[first].softmax(-1) if first else logits[:0]
+    best = probs.argmax(-1).tolist() if first else []
+    tags: list[str | None] = [config.id2label.get(i, str(i)) for i in best]
+    scores: list[float | None] = [round(float(probs[j, i]), 6) for j, i in enumerate(best)]
+    cut = len(words) - len(tags)
+    tags += [None] * cut
+    scores += [None] * cut
+    spans = sorted(entity_spans([t or "O" for t in tags]), key=lambda s: s[1])
+    out: dict[str, Any] = {"words": words, "tags": tags, "scores": scores,
+                           "entities": [{"type": t, "start": a, "end": b, "text": " ".join(words[a:b])}
+                                        for t, a, b in spans]}
+    if cut:
+        out["cut"] = cut
+    return out
 
 
 def _row_fields(row: Row, active: str | None) -> dict[str, Any]:

@@ -751,6 +751,9 @@ class AdapterModel(nn.Module):
         ``batch_split`` have one head per member: see ``heads_for``."""
         block = self.resolve_composition(composition) if not isinstance(composition, Block) else composition
         if block is None:
+            if required and self.active_head is None:
+                raise UsageError("no prediction head is loaded: load an adapter saved with its head, or choose a "
+                                 "head explicitly (`head`)")
             return self.active_head
         node: Any = block
         while isinstance(node, Stack):
@@ -808,6 +811,9 @@ class AdapterModel(nn.Module):
             input_ids, attention_mask, token_type_ids = (
                 t.reshape(-1, t.shape[-1]) if t is not None else None
                 for t in (input_ids, attention_mask, token_type_ids))
+        if labels is not None and head_module is not None and head_module.config.head_type == "tagging" \
+                and attention_mask is not None and attention_mask.shape == labels.shape:
+            labels = labels.masked_fill(attention_mask == 0, -100)  # padding has no loss, whatever its label says
         if token_type_ids is not None and (not self.arch.segments or self.config.model_type == "distilbert"):
             token_type_ids = None  # no segment embeddings (DistilBERT, decoders)
         if token_type_ids is not None:
@@ -858,6 +864,11 @@ class AdapterModel(nn.Module):
             if labels is not None:  # the decoder over [B, T, vocab] would take GBs for nothing the loss reads
                 states, labels = states[labels != -100], labels[labels != -100]
             out.logits, out.head = module.logits(states, inverse), name
+            if labels is not None:
+                out.loss = module.loss(out.logits, labels)
+            return out
+        if module.config.head_type == "tagging":  # every input token: [B, T, labels], prompt positions left out
+            out.logits, out.head = module(self._prompt_sites.strip(hidden.last_hidden_state, setup)), name
             if labels is not None:
                 out.loss = module.loss(out.logits, labels)
             return out

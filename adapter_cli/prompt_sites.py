@@ -77,6 +77,13 @@ def insert_prompt(rows: torch.Tensor, prompt_length: int, combine: str, value: f
     return torch.cat([rows[:, :1], fill, rows[:, 1:]], dim=1)
 
 
+def remove_prompt(rows: torch.Tensor, prompt_length: int, combine: str) -> torch.Tensor:
+    """``rows`` [B, P+T, ...] without the ``prompt_length`` positions :func:`insert_prompt` put in."""
+    if combine == "prefix":
+        return rows[:, prompt_length:]
+    return torch.cat([rows[:, :1], rows[:, 1 + prompt_length:]], dim=1)
+
+
 def extend_mask(mask: torch.Tensor, prompt_length: int, combine: str) -> torch.Tensor:
     """The 2-D mask [B, P+T] for the longer sequence, from the one [B, T] given to the base model: the prompt's
     positions attend and are attended, padding stays padding (see the module docstring)."""
@@ -129,6 +136,12 @@ class PromptSites:
 
     def check(self, block: Block, prefixes: Collection[str] = ()) -> None:
         check_composition(block, frozenset(self.prompts), prefixes)
+
+    def strip(self, states: torch.Tensor, setup: Block | None) -> torch.Tensor:
+        """Hidden states [B, P+T, H] back to one row per input token [B, T, H] when a prompt ran, so that a
+        tagging head answers for the tokens it was given."""
+        prompt = self.active(setup)
+        return states if prompt is None else remove_prompt(states, prompt.prompt_length, prompt.config.combine)
 
     def active(self, setup: Block | None) -> nn.Module | None:
         """The prompt adapter that runs under ``setup`` (the first adapter, if it is one), or None."""

@@ -44,7 +44,7 @@ def add(
     name: str = typer.Option(None, "--name", "-n", help="Adapter name (default: the preset name)."),
     save: Path = typer.Option(None, "--save", help="Save the initialised adapter to this directory (needs --model)."),
     head: str = typer.Option(None, "--head", help="Also add a head saved with the adapter: classification:N, "
-                             "regression or multiple_choice:N (N labels / choices)."),
+                             "multilabel:N, tagging:N, regression or multiple_choice:N (N labels / choices)."),
     fmt: str = typer.Option("adapt", "--format", help="Format for --save: adapt, adapterhub or peft (LoRA, (IA)³ and DoRA)."),
     dtype: str = typer.Option("float32", "--dtype", help="Weight precision for --save: float32, float16, bfloat16."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --save directory."),
@@ -216,8 +216,10 @@ def _head_spec(text: str) -> dict[str, Any]:
     from ..head_config import MAX_OUTPUTS
 
     kind, colon, count = text.partition(":")
-    if kind not in ("classification", "regression", "multiple_choice"):
-        raise UsageError(f"unknown head type {kind!r}; use classification:N, regression or multiple_choice:N")
+    kind = {"multilabel": "multilabel_classification"}.get(kind, kind)
+    if kind not in ("classification", "multilabel_classification", "tagging", "regression", "multiple_choice"):
+        raise UsageError(f"unknown head type {kind!r}; use classification:N, multilabel:N, tagging:N, regression or "
+                         "multiple_choice:N")
     if kind == "regression":
         if colon:
             raise UsageError(f"--head {text!r}: a regression head has one output and takes no count; use "
@@ -229,11 +231,14 @@ def _head_spec(text: str) -> dict[str, Any]:
         n = int(count) if colon else 2
     except ValueError:
         raise UsageError(f"--head {text!r}: the count after ':' must be a whole number, e.g. {kind}:3") from None
-    what = "labels" if kind == "classification" else "choices"
-    if not 2 <= n <= MAX_OUTPUTS:
+    what = "choices" if kind == "multiple_choice" else "labels"
+    least = 1 if kind == "multilabel_classification" else 2
+    if not least <= n <= MAX_OUTPUTS:
         hint = "; use --head regression for one score" if kind == "classification" and n == 1 else ""
-        raise UsageError(f"--head {text!r}: the number of {what} must be from 2 to {MAX_OUTPUTS}, got {n}{hint}")
-    if kind == "classification":
+        raise UsageError(f"--head {text!r}: the number of {what} must be from {least} to {MAX_OUTPUTS}, got {n}{hint}")
+    if kind == "tagging":
+        return {"head_type": kind, "num_labels": n, "layers": 1}  # AdapterHub's tagging head: one linear layer
+    if kind != "multiple_choice":
         return {"head_type": kind, "num_labels": n}
     return {"head_type": kind, "num_choices": n, "num_labels": 1}
 

@@ -214,6 +214,9 @@ def _load(model: str, adapters: list[str], fusions: list[str], head: Path | None
     names = [m.load_adapter(_locate(a, m, "adapter")) for a in adapters]
     for f in fusions:
         m.load_fusion(_locate(f, m, "fusion"))
+    if head is None and not adapters and not fusions and (Path(path) / "head_config.json").is_file():
+        head = Path(path)  # a full fine-tuning run's best/: the model and its head in one directory
+        info(f"answering with the head saved in {model}")
     head_name = m.load_head(head, overwrite=True) if head is not None else None
     return m, tokenizer, m.resolve_composition(active if active is not None else _default(m, names)), head_name
 
@@ -330,7 +333,10 @@ def _write(path: Path, predictions: list[dict]) -> None:
 
 def _flatten(prediction: dict) -> dict:
     """parallel(...) answers as columns MEMBER.label, MEMBER.score, ... in a CSV."""
+    import json
+
     flat = {k: v for k, v in prediction.items() if k != "members"}
     for member, answer in (prediction.get("members") or {}).items():
         flat.update({f"{member}.{k}": v for k, v in answer.items()})
-    return flat
+    # label sets, per-word tags and entity spans are one JSON cell each
+    return {k: json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v for k, v in flat.items()}

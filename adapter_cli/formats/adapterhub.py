@@ -424,10 +424,11 @@ def read_head(path: Path, shapes_only: bool = False) -> HeadArtifact:
     if not isinstance(data.get("config"), dict):
         raise ArtifactError(f"corrupt {path / HEAD_CONFIG}: 'config' must be an object")
     raw = dict(data["config"])
-    if raw.pop("multilabel", False):
-        raise ArtifactError(f"{path}: multi-label heads (sigmoid outputs) are not supported by adapt yet")
+    multilabel = raw.pop("multilabel", False)  # older files mark a multi-label head on a classification one
     head_type = raw.pop("head_type", None)
-    if head_type == "classification":
+    if head_type == "classification" and multilabel:
+        head_type = "multilabel_classification"
+    elif head_type == "classification":
         if raw.get("num_labels") == 1:
             head_type = "regression"
     elif head_type == "masked_lm":
@@ -437,21 +438,27 @@ def read_head(path: Path, shapes_only: bool = False) -> HeadArtifact:
         if not raw.pop("shift_labels", True):
             raise ArtifactError(f"{path}: a causal_lm head without shift_labels predicts each token from itself; "
                                 "not supported")
-    elif head_type != "multiple_choice":
-        raise ArtifactError(f"{path}: AdapterHub head type {head_type!r} is not supported "
-                            "(classification, regression, multiple_choice, masked_lm and causal_lm are)")
+    elif head_type not in ("multiple_choice", "multilabel_classification", "tagging"):
+        raise ArtifactError(f"{path}: AdapterHub head type {head_type!r} is not supported (classification, "
+                            "multilabel_classification, tagging, regression, multiple_choice, masked_lm and causal_lm "
+                            "are)")
     try:
         config = HeadConfig.from_dict({"head_type": head_type, **raw}, source=str(path / HEAD_CONFIG))
     except (TypeError, ValueError) as exc:
         raise ArtifactError(f"corrupt {path / HEAD_CONFIG}: {exc}") from None
     name = data.get("name") or path.name
-    weights = {}
+    groups: dict[str, dict[str, Any]] = {}
     pattern = re.compile(r"^heads\.([^.]+)\.(\d+\.(?:weight|bias))$")
     for key, tensor in _weights(path, "head", shapes_only).items():
         m = pattern.match(key)
         if not m:
             raise ArtifactError(f"{path}: unexpected head weight {key!r} (only flexible AdapterHub heads are supported)")
-        weights[m.group(2)] = tensor
+        groups.setdefault(m.group(1), {})[m.group(2)] = tensor
+    # adapters 1.3.0 saves head "ml" with the weights of every head whose name starts with "ml" (ml1, ml_x): only
+    # the head's own are read
+    if name not in groups and len(groups) > 1:
+        raise ArtifactError(f"{path}: its weights belong to heads {', '.join(sorted(groups))}, none named {name!r}")
+    weights = groups.get(name) or next(iter(groups.values()), {})
     if config.head_type == "masked_lm":  # the decoder's weight is the model's input embeddings (tied)
         weights.pop(f"{config.decoder_index}.weight", None)
     # A causal-LM head's decoder weight stays: it is the head's own where the model does not tie its word
@@ -476,6 +483,12 @@ def write_head(directory: Path, artifact: HeadArtifact, safetensors: bool = Fals
             config["dropout_prob"] = c.dropout_prob
     elif c.head_type == "multiple_choice":
         config.update(head_type="multiple_choice", num_choices=c.num_choices)
+    elif c.head_type == "tagging":  # TaggingHead's config: no pooler, always a bias
+        config = {"head_type": "tagging", "num_labels": c.num_labels, "layers": c.layers,
+                  "activation_function": c.activation_function, "label2id": c.label2id,
+                  "dropout_prob": c.dropout_prob}
+    elif c.head_type == "multilabel_classification":
+        config.update(head_type=c.head_type, num_labels=c.num_labels, bias=c.bias)
     else:
         config.update(head_type="classification", num_labels=c.outputs, bias=c.bias)
     write_json(directory / HEAD_CONFIG, {"config": config, **_header(artifact.base, arch, artifact.name)})

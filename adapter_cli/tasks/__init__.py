@@ -5,9 +5,12 @@ Schema (see docs/tasks.md)::
 
     name, aliases, description
     catalog: category/dataset     # where its adapters sit in the hub hierarchy (AdapterHub style, e.g. sentiment/sst-2)
-    kind: single | pair | regression | multiple_choice | mlm | lm   # mlm, lm: plain text, sentences a line
+    kind: single | pair | regression | multiple_choice | multilabel | tagging | mlm | lm
+                                  # mlm, lm: plain text, sentences a line; multilabel: a set of labels per
+                                  # text; tagging: a label per word (CoNLL-style column files)
     labels: [...]                 # label names in id order (not for regression / multiple choice)
-    metrics: [accuracy, f1, macro_f1, mcc, pearson, spearman]   # the first is the one early stopping uses
+    metrics: [accuracy, f1, macro_f1, micro_f1, mcc, pearson, spearman, entity_f1]
+                                  # the first is the one early stopping uses
                                   # (mlm: [perplexity, masked_accuracy]; lm: [perplexity,
                                   # next_token_accuracy]; perplexity: lower is better)
     hub: {path, name, train, eval} | null
@@ -27,16 +30,23 @@ from typing import Any
 
 from ..errors import UsageError, check_keys, suggest
 
-KINDS = ("single", "pair", "regression", "multiple_choice", "mlm", "lm")
+KINDS = ("single", "pair", "regression", "multiple_choice", "multilabel", "tagging", "mlm", "lm")
 TEXT_KINDS = ("mlm", "lm")  # language modelling on plain text: masked (encoders) or causal (decoders)
-METRICS = ("accuracy", "f1", "macro_f1", "mcc", "pearson", "spearman", "perplexity", "masked_accuracy",
-           "next_token_accuracy")
+LABELLED_KINDS = ("single", "pair", "multilabel", "tagging")  # tasks whose `labels` name the head's outputs
+METRICS = ("accuracy", "f1", "macro_f1", "micro_f1", "mcc", "pearson", "spearman", "entity_f1", "perplexity",
+           "masked_accuracy", "next_token_accuracy")
 MLM_METRICS = ("perplexity", "masked_accuracy")  # the only metrics of an mlm task, and only of one
 LM_METRICS = ("perplexity", "next_token_accuracy")  # the same for an lm task
+# multilabel: accuracy is exact match of the whole label set; F1 over every (text, label) decision (micro) or
+# averaged over labels (macro). tagging: entity_f1 over the spans a BIO/IOB/BIOES scheme marks (as conlleval
+# counts them), accuracy over words.
+MULTILABEL_METRICS = ("micro_f1", "macro_f1", "accuracy")
+TAGGING_METRICS = ("entity_f1", "accuracy", "macro_f1")
+KIND_METRICS = {"mlm": MLM_METRICS, "lm": LM_METRICS, "multilabel": MULTILABEL_METRICS, "tagging": TAGGING_METRICS}
 LOWER_IS_BETTER = frozenset({"perplexity"})  # early stopping and the best checkpoint: smaller wins
 LOCAL_KEYS = ("train", "eval", "file", "header", "columns", "format", "delimiter", "split_column", "splits",
               "label_map")
-FORMATS = ("csv", "tsv", "jsonl", "parquet")
+FORMATS = ("csv", "tsv", "jsonl", "parquet", "conll")  # conll: a tagging task's column files
 SPLITS = ("train", "eval", "test")  # test rows are named so they are known to be left out, never read
 
 
@@ -66,7 +76,12 @@ class TaskSpec:
 
     @property
     def num_labels(self) -> int:
-        return len(self.labels) if self.kind in ("single", "pair") else 1
+        return len(self.labels) if self.kind in LABELLED_KINDS else 1
+
+    @property
+    def float_labels(self) -> bool:
+        """Whether labels are numbers to fit (regression) or multi-hot vectors (multilabel), not class ids."""
+        return self.kind in ("regression", "multilabel")
 
     @property
     def plain_text(self) -> bool:
@@ -81,7 +96,8 @@ class TaskSpec:
     @property
     def head_type(self) -> str:
         return {"single": "classification", "pair": "classification", "regression": "regression",
-                "multiple_choice": "multiple_choice", "mlm": "masked_lm", "lm": "causal_lm"}[self.kind]
+                "multiple_choice": "multiple_choice", "multilabel": "multilabel_classification",
+                "tagging": "tagging", "mlm": "masked_lm", "lm": "causal_lm"}[self.kind]
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "source"}
@@ -105,23 +121,18 @@ def task_from_dict(data: dict[str, Any], source: str) -> TaskSpec:
     for m in metrics:
         if m not in METRICS:
             raise UsageError(f"task {source}: unknown metric {m!r}{suggest(str(m), METRICS)}; known: {', '.join(METRICS)}")
-    allowed = {"mlm": MLM_METRICS, "lm": LM_METRICS}.get(kind)
-    if allowed is not None and not all(m in allowed for m in metrics):
-        raise UsageError(f"task {source}: an {kind} task's metrics are {' and '.join(allowed)}; got "
-                         f"{', '.join(metrics)}")
-    text_only = next((m for m in metrics if m in MLM_METRICS + LM_METRICS), None)
-    if allowed is None and text_only is not None:
-        raise UsageError(f"task {source}: {text_only} is a metric of language modelling (kind mlm or lm), not of a "
-                         f"{kind} task")
+    _check_metrics(kind, metrics, source)
     labels = tuple(str(x) for x in data.get("labels") or ())
-    if kind in ("single", "pair") and len(labels) < 2:
-        raise UsageError(f"task {source}: a {kind} classification task needs 'labels' (at least two)")
+    if kind in LABELLED_KINDS and len(labels) < 2:
+        raise UsageError(f"task {source}: a {kind} task needs 'labels' (at least two)")
+    if len(set(labels)) < len(labels):
+        raise UsageError(f"task {source}: 'labels' names a label twice")
     catalog = data.get("catalog")
     if catalog is not None and not re.fullmatch(r"[a-z0-9][a-z0-9_.\-]*/[a-z0-9][a-z0-9_.\-]*", str(catalog)):
         raise UsageError(f"task {source}: catalog must look like category/dataset (lower case), got {catalog!r}")
     if kind == "multiple_choice" and not data.get("choices"):
         raise UsageError(f"task {source}: a multiple_choice task needs 'choices'")
-    if kind not in ("multiple_choice", *TEXT_KINDS) and "text" not in (data.get("columns") or {}) and \
+    if kind not in ("multiple_choice", "tagging", *TEXT_KINDS) and "text" not in (data.get("columns") or {}) and \
             "text" not in ((data.get("local") or {}).get("columns") or {}):
         raise UsageError(f"task {source}: 'columns' must name the text column")
     if data.get("local") is not None:
@@ -130,6 +141,23 @@ def task_from_dict(data: dict[str, Any], source: str) -> TaskSpec:
                     aliases=tuple(data.get("aliases") or ()), labels=labels, hub=data.get("hub"),
                     columns=dict(data.get("columns") or {}), choices=data.get("choices"),
                     local=data.get("local"), catalog=str(data.get("catalog") or ""), source=source)
+
+
+def _check_metrics(kind: str, metrics: tuple[str, ...], source: str) -> None:
+    """Each kind of task has the metrics that mean something for it (KIND_METRICS); the others take none
+    of those that only make sense elsewhere."""
+    allowed = KIND_METRICS.get(kind)
+    if allowed is not None and not all(m in allowed for m in metrics):
+        raise UsageError(f"task {source}: a {kind} task's metrics are {', '.join(allowed)}; got {', '.join(metrics)}")
+    special: dict[str, list[str]] = {}
+    for owner, names in KIND_METRICS.items():
+        for name in names:
+            if name not in ("accuracy", "macro_f1"):
+                special.setdefault(name, []).append(owner)
+    foreign = next((m for m in metrics if m in special), None)
+    if allowed is None and foreign is not None:
+        raise UsageError(f"task {source}: {foreign} is a metric of {' or '.join(special[foreign])} tasks, not of a "
+                         f"{kind} task")
 
 
 def _check_local(local: Any, source: str, labels: tuple[str, ...], kind: str = "single") -> None:
@@ -143,6 +171,15 @@ def _check_local(local: Any, source: str, labels: tuple[str, ...], kind: str = "
     fmt, delimiter = local.get("format"), local.get("delimiter")
     if fmt is not None and fmt not in FORMATS:
         raise UsageError(f"task {source}: local format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "conll" and kind != "tagging":
+        raise UsageError(f"task {source}: local format conll is for tagging tasks (a word a line); a {kind} task "
+                         "reads csv, tsv, jsonl or parquet")
+    if kind == "tagging" and fmt in ("csv", "tsv"):
+        raise UsageError(f"task {source}: a tagging task reads conll (a word a line), jsonl or parquet files, not "
+                         f"{fmt}")
+    if kind == "tagging" and ("split_column" in local or delimiter is not None):
+        raise UsageError(f"task {source}: a tagging task's files are one per split (train, eval), their fields "
+                         "split on whitespace; leave out split_column and delimiter")
     if delimiter is not None:
         if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\"\r\n":
             raise UsageError(f"task {source}: local delimiter must be one character, e.g. \"\\t\" (in double "

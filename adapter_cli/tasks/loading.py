@@ -15,11 +15,14 @@ from . import TaskSpec
 
 @dataclass(frozen=True)
 class Example:
-    """``texts`` is (text,) or (text, pair); for multiple choice, ``choices`` holds one (first, second) per option."""
+    """``texts`` is (text,) or (text, pair); for multiple choice, ``choices`` holds one (first, second) per
+    option; for tagging, ``words`` holds the words and ``label`` a label id per word. A multi-label
+    example's ``label`` is a multi-hot tuple (1 for each label it has)."""
 
     texts: tuple[str, ...] = ()
-    label: int | float = 0
+    label: Any = 0
     choices: tuple[tuple[str, str | None], ...] = ()
+    words: tuple[str, ...] = ()
 
 
 def load_split(task: TaskSpec, split: str, data_dir: str | Path | None = None,
@@ -56,14 +59,14 @@ def _is_user_task(task: TaskSpec) -> bool:
 class TableFormat:
     """How a file is read, and why: named in the error when its columns do not come out as expected."""
 
-    kind: str  # csv | tsv | jsonl | parquet
+    kind: str  # csv | tsv | jsonl | parquet | conll
     delimiter: str = ","
     why: str = ""  # "from its .txt extension", "set by `delimiter:` in the task YAML"
     certain: bool = True  # False when guessed from an extension that does not say (.txt, .dat, none)
 
     def describe(self) -> str:
-        if self.kind in ("jsonl", "parquet"):
-            return {"jsonl": "JSON lines", "parquet": "Parquet"}[self.kind]
+        if self.kind in ("jsonl", "parquet", "conll"):
+            return {"jsonl": "JSON lines", "parquet": "Parquet", "conll": "CoNLL columns"}[self.kind]
         return DELIMITER_NAMES.get(self.delimiter, f"{self.delimiter!r}-separated")
 
 
@@ -123,7 +126,12 @@ def _read_local(task: TaskSpec, split: str,
     fmt = table_format(path, local.get("format"), local.get("delimiter"))
     if not _is_user_task(task) and "task YAML" in fmt.why:  # the user did not write this YAML: do not say so
         fmt = replace(fmt, why=f"as task {task.name}'s original files are")
-    rows = read_table(path, header=bool(local.get("header", True)), fmt=fmt)
+    if task.kind == "tagging" and local.get("format") is None and fmt.kind in ("csv", "tsv"):
+        fmt = TableFormat("conll", " ", "a tagging task's words, one a line")
+    if fmt.kind == "conll":  # field numbers of the local files, not the Hub's column names
+        columns = dict(local.get("columns") or {})
+    rows = read_conll(path) if fmt.kind == "conll" else read_table(path, header=bool(local.get("header", True)),
+                                                                     fmt=fmt)
     if fmt.kind in ("csv", "tsv"):
         _check_columns(task, rows, _needed_columns(task, columns), path, fmt)
     numbers = list(range(1, len(rows) + 1))  # data rows, as in every error that names a row
@@ -229,6 +237,31 @@ def read_table(path: Path, header: bool = True, fmt: TableFormat | None = None) 
     return [dict(zip(names, r)) for r in body if len(r) >= len(names)]
 
 
+def read_conll(path: Path) -> list[list[tuple[int, list[str]]]]:
+    """Sentences of a CoNLL-style column file: a word a line, its fields split on whitespace, sentences
+    separated by blank lines; ``-DOCSTART-`` lines and ``#`` comments (CoNLL-U) are skipped. Each sentence is
+    a list of (line number, fields)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path} as CoNLL columns: {exc}") from None
+    sentences: list[list[tuple[int, list[str]]]] = []
+    current: list[tuple[int, list[str]]] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields or fields[0] == "-DOCSTART-" or line.startswith("#"):
+            if current and (not fields or fields[0] == "-DOCSTART-"):
+                sentences.append(current)
+                current = []
+            continue
+        current.append((n, fields))
+    if current:
+        sentences.append(current)
+    if not sentences:
+        raise UsageError(f"{path} holds no sentences (CoNLL columns: a word a line, a blank line between sentences)")
+    return sentences
+
+
 def _json_lines(path: Path, text: str) -> list[Any]:
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
@@ -310,8 +343,45 @@ def _label(task: TaskSpec, raw: Any, where: str, n: int, label_map: dict | None 
     return value
 
 
+def _label_set(task: TaskSpec, raw: Any, where: str, n: int, label_map: dict | None) -> tuple[int, ...]:
+    """A multi-label example's labels as a multi-hot tuple: a list of label names (or ids), or one string of
+    them separated by commas ('' for none)."""
+    items = raw if isinstance(raw, (list, tuple)) else [p for p in str(raw).split(",") if p.strip()]
+    hot = [0] * len(task.labels)
+    for item in items:
+        hot[int(_label(task, item, where, n, label_map))] = 1
+    return tuple(hot)
+
+
+def _tagged(task: TaskSpec, row: Any, columns: dict, where: str, n: int, label_map: dict | None) -> Example:
+    """A tagging example: a CoNLL sentence ((line, fields) pairs; ``columns`` text and label are field
+    indices, by default the first and the last), or a record whose text and label columns (by default
+    ``tokens`` and ``tags``) hold lists."""
+    if isinstance(row, list) and row and isinstance(row[0], tuple):
+        text_at, label_at = int(columns.get("text", 0)), int(columns.get("label", -1))
+        words, tags = [], []
+        for line, fields in row:
+            for at in (text_at, label_at):
+                if not -len(fields) <= at < len(fields):
+                    raise UsageError(f"{where}:{line} has {len(fields)} fields; column {at} is missing")
+            words.append(fields[text_at])
+            tags.append(_label(task, fields[label_at], f"{where}:{line}", n, label_map))
+        return Example(words=tuple(words), label=tuple(tags))
+    text_key, label_key = columns.get("text", "tokens"), columns.get("label", "tags")
+    words, tags = _field(row, text_key, where, n), _field(row, label_key, where, n)
+    if not isinstance(words, (list, tuple)) or not isinstance(tags, (list, tuple)):
+        raise UsageError(f"{where} row {n}: a tagging example's {text_key!r} and {label_key!r} must be lists (one "
+                         "word, one tag each)")
+    if len(words) != len(tags):
+        raise UsageError(f"{where} row {n}: {len(words)} words but {len(tags)} tags")
+    return Example(words=tuple(map(str, words)),
+                   label=tuple(_label(task, t, where, n, label_map) for t in tags))
+
+
 def _example(task: TaskSpec, row: Any, columns: dict, where: str, n: int,
              label_map: dict | None = None) -> Example:
+    if task.kind == "tagging":
+        return _tagged(task, row, columns, where, n, label_map)
     if task.kind == "multiple_choice":
         spec = task.choices or {}
         if "options_field" in spec:
@@ -332,4 +402,7 @@ def _example(task: TaskSpec, row: Any, columns: dict, where: str, n: int,
     texts = (str(text),)
     if task.kind == "pair" or (task.kind == "regression" and "pair" in columns):
         texts += (str(_field(row, columns["pair"], where, n)),)
-    return Example(texts=texts, label=_label(task, _field(row, columns["label"], where, n), where, n, label_map))
+    raw = _field(row, columns["label"], where, n)
+    if task.kind == "multilabel":
+        return Example(texts=texts, label=_label_set(task, raw, where, n, label_map))
+    return Example(texts=texts, label=_label(task, raw, where, n, label_map))

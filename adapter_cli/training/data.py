@@ -44,7 +44,7 @@ def load_examples(task: TaskSpec, data_dir: str | None, seed: int, max_train: in
         else:
             # classification (and multiple choice: the answer position) keeps each label's share
             subset = draw(split, [e.label for e in examples], size, seed,
-                          stratify=task.kind != "regression" and not task.plain_text)
+                          stratify=task.kind in ("single", "pair", "multiple_choice"))
         out.append([examples[i] for i in subset.indices])
         record[split] = subset.to_dict()
     return out[0], out[1], record
@@ -82,8 +82,10 @@ def write_subsets(run_dir: Path, record: dict[str, Any]) -> None:
 @dataclass
 class Encoded:
     features: list[dict[str, Any]]  # per example: input_ids / attention_mask / token_type_ids (lists)
-    labels: list[int | float]
+    labels: list[Any]  # per example: a class id, a score, a multi-hot row, or (tagging) a label id per word
     multiple_choice: bool = False
+    # tagging: each example's features hold ``labels`` per token, and this the first token of each word
+    first_tokens: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -102,6 +104,16 @@ def encode(task: TaskSpec, examples: list[Example], tokenizer: Any, max_length: 
             features.append({k: enc[k][start:start + n] for k in keys if k in enc})
             start += n
         return Encoded(features, [e.label for e in examples], multiple_choice=True)
+    if task.kind == "tagging":
+        from ..tagging import align, token_labels
+
+        aligned = align(tokenizer, [e.words for e in examples], max_length)
+        features = []
+        for i, e in enumerate(examples):
+            feature = {k: v[i] for k, v in aligned.encoding.items()}
+            feature["labels"] = token_labels(e.label, aligned.first_tokens[i], len(feature["input_ids"]))
+            features.append(feature)
+        return Encoded(features, [list(e.label) for e in examples], first_tokens=aligned.first_tokens)
     firsts = [e.texts[0] for e in examples]
     seconds = [e.texts[1] for e in examples] if len(examples[0].texts) > 1 else None
     enc = tokenizer(firsts, seconds, truncation=True, max_length=max_length)
@@ -109,7 +121,9 @@ def encode(task: TaskSpec, examples: list[Example], tokenizer: Any, max_length: 
     return Encoded(features, [e.label for e in examples])
 
 
-def collate(data: Encoded, indices: list[int], pad_id: int, regression: bool) -> dict[str, torch.Tensor]:
+def collate(data: Encoded, indices: list[int], pad_id: int, float_labels: bool) -> dict[str, torch.Tensor]:
+    """Padded tensors of the examples at ``indices``; labels as floats for regression and multi-label
+    (``float_labels``), per token (padded with -100) for tagging."""
     items = [data.features[i] for i in indices]
     if data.multiple_choice:
         width = max(len(ids) for it in items for ids in it["input_ids"])
@@ -126,13 +140,14 @@ def collate(data: Encoded, indices: list[int], pad_id: int, regression: bool) ->
         width = max(len(it["input_ids"]) for it in items)
         batch = {}
         for key in items[0]:
-            fill = pad_id if key == "input_ids" else 0
+            fill = pad_id if key == "input_ids" else -100 if key == "labels" else 0
             tensor = torch.full((len(items), width), fill, dtype=torch.long)
             for b, it in enumerate(items):
                 tensor[b, :len(it[key])] = torch.tensor(it[key])
             batch[key] = tensor
-    labels = [data.labels[i] for i in indices]
-    batch["labels"] = torch.tensor(labels, dtype=torch.float32 if regression else torch.long)
+    if data.first_tokens is None:
+        labels = [data.labels[i] for i in indices]
+        batch["labels"] = torch.tensor(labels, dtype=torch.float32 if float_labels else torch.long)
     return batch
 
 

@@ -25,7 +25,7 @@ DEVICE_BYTES = 2 * 1024 ** 3  # larger feature sets stay in host memory; each ba
 @dataclass
 class Features:
     """One split as the head sees it: ``values`` [N, hidden] ([N, choices, hidden] for multiple choice)
-    and ``labels`` [N] (float for regression), both on the same device."""
+    and ``labels`` [N] (float for regression; [N, labels] multi-hot for multi-label), both on the same device."""
 
     values: torch.Tensor
     labels: torch.Tensor
@@ -49,12 +49,15 @@ def head_reads(head: Any, model: Any = None) -> str:
 
 def cacheable(data: Encoded) -> bool:
     """Whether a split can be stored as one tensor: multiple choice needs the same number of options in
-    every example (otherwise the loop keeps running the encoder on each padded batch, as for adapters)."""
+    every example, and a tagging head reads every token, not one vector per example (otherwise the loop
+    keeps running the encoder on each padded batch, as for adapters)."""
+    if data.first_tokens is not None:
+        return False
     return not data.multiple_choice or len({len(f["input_ids"]) for f in data.features}) <= 1
 
 
 def encode_features(model: Any, head_name: str, data: Encoded, batch_size: int, device: torch.device,
-                    autocast: torch.dtype | None, pad_id: int, regression: bool) -> Features:
+                    autocast: torch.dtype | None, pad_id: int, float_labels: bool) -> Features:
     """Every example of ``data`` through the frozen base model once (eval mode, no gradients), as the head
     ``head_name`` reads it. The model is left in eval mode."""
     import time
@@ -67,12 +70,12 @@ def encode_features(model: Any, head_name: str, data: Encoded, batch_size: int, 
     parts = []
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
-            batch = collate(data, order[start:start + batch_size], pad_id, regression)
+            batch = collate(data, order[start:start + batch_size], pad_id, float_labels)
             parts.append(_encode_batch(model, head, batch, device, autocast).to(store))
     encoded = torch.cat(parts) if parts else torch.empty(0, model.hidden_size, device=store)
     values = torch.empty_like(encoded)
     values[torch.tensor(order, device=store)] = encoded  # back in the order of the examples
-    labels = torch.tensor(data.labels, dtype=torch.float32 if regression else torch.long, device=store)
+    labels = torch.tensor(data.labels, dtype=torch.float32 if float_labels else torch.long, device=store)
     return Features(values, labels, time.perf_counter() - started)
 
 
@@ -107,9 +110,14 @@ def head_logits(forward: Any, features: torch.Tensor) -> torch.Tensor:
     return forward(features)
 
 
-def predictions(logits: torch.Tensor, regression: bool) -> list[float]:
-    """What the metrics compare with the labels: the score (regression) or the arg-max label."""
-    return logits[:, 0].tolist() if regression else logits.argmax(-1).tolist()
+def predictions(logits: torch.Tensor, kind: str) -> list[Any]:
+    """What the metrics compare with the labels: the score (regression), the labels whose logit is above 0
+    (sigmoid above 0.5: multi-label, as a multi-hot row) or the arg-max label."""
+    if kind == "regression":
+        return logits[:, 0].tolist()
+    if kind == "multilabel":
+        return (logits > 0).long().tolist()
+    return logits.argmax(-1).tolist()
 
 
 def evaluate_features(head: Any, features: Features, labels: list[int | float], task: Any, batch_size: int,
@@ -123,5 +131,5 @@ def evaluate_features(head: Any, features: Features, labels: list[int | float], 
             values = features.values[start:start + batch_size].to(device)
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                 logits = head_logits(head, values).float()
-            out.extend(predictions(logits, task.kind == "regression"))
-    return compute(task.metrics, out, labels), out
+            out.extend(predictions(logits, task.kind))
+    return compute(task.metrics, out, labels, task.kind), out

@@ -55,18 +55,27 @@ CHECKPOINT = "checkpoint.pt"
 
 
 def evaluate(model: Any, data: Encoded, task: Any, batch_size: int, active: Any, device: torch.device,
-             autocast: torch.dtype | None, pad_id: int) -> tuple[dict[str, float], list[float]]:
-    regression = task.kind == "regression"
+             autocast: torch.dtype | None, pad_id: int) -> tuple[dict[str, float], list[Any]]:
+    """The task's metrics on ``data`` and the predictions they were computed from (a tagging task's: a
+    label per word, the outside label for words that truncation cut)."""
+    from ..tagging import outside_label, word_predictions
+
     model.eval()
-    out: list[float] = []
+    out: list[Any] = []
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
-            batch = collate(data, list(range(start, min(start + batch_size, len(data)))), pad_id, regression)
+            rows = list(range(start, min(start + batch_size, len(data))))
+            batch = collate(data, rows, pad_id, task.float_labels)
             batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                 logits = model(**batch, active=active).logits.float()
-            out.extend(predictions(logits, regression))
-    return compute(task.metrics, out, data.labels), out
+            if data.first_tokens is None:
+                out.extend(predictions(logits, task.kind))
+                continue
+            fill = outside_label(task.labels)
+            out.extend(word_predictions(logits[j], data.first_tokens[i], len(data.labels[i]), fill)
+                       for j, i in enumerate(rows))
+    return compute(task.metrics, out, data.labels, task.kind, task.labels), out
 
 
 @dataclass
@@ -309,7 +318,7 @@ class Trainer:
             return
         self.reporter.note(f"{self.task.name} head: encoding {len(self.train_data)} training and "
                            f"{len(self.eval_data) if self.main else 0} dev examples once (frozen encoder)")
-        args = (self.recipe.eval_batch_size, self.device, self.autocast, self.pad_id, self.task.kind == "regression")
+        args = (self.recipe.eval_batch_size, self.device, self.autocast, self.pad_id, self.task.float_labels)
         self.train_features = encode_features(self.model, self.name, self.train_data, *args)
         if self.main:
             self.eval_features = encode_features(self.model, self.name, self.eval_data, *args)
@@ -345,7 +354,7 @@ class Trainer:
         elif self.task.kind == "lm":
             batch = lm_batch(self.train_data, indices, self.pad_id)
         else:
-            batch = collate(self.train_data, indices, self.pad_id, self.task.kind == "regression")
+            batch = collate(self.train_data, indices, self.pad_id, self.task.float_labels)
         loss = self.forward(**{k: v.to(self.device) for k, v in batch.items()}, active=self.active).loss
         if self.recipe.method == "fusion" and self.recipe.fusion_reg_weight:
             loss = loss + self.recipe.fusion_reg_weight * self.model.fusion_regularization()

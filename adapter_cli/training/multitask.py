@@ -137,7 +137,7 @@ class MultiTaskTrainer(Trainer):
     def _loss(self, item: Any) -> torch.Tensor:
         """The drawn task's batch through the base, its adapter and its head."""
         i, indices = item
-        batch = collate(self.train_sets[i], indices, self.pad_id, self.tasks[i].kind == "regression")
+        batch = collate(self.train_sets[i], indices, self.pad_id, self.tasks[i].float_labels)
         return self.forward(**{k: v.to(self.device) for k, v in batch.items()}, active=self.names[i]).loss
 
     def evaluate_tasks(self) -> dict[str, float]:

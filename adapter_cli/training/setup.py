@@ -126,8 +126,10 @@ def _head_kwargs(task: Any, model: Any) -> dict[str, Any]:
         return {"vocab_size": model.vocab_size, "embedding_size": model.embedding_size, "layers": 2,
                 "activation_function": "gelu", "layer_norm": True, "bias": True}
     head_kw: dict[str, Any] = {"num_labels": task.num_labels}
-    if task.kind in ("single", "pair"):
+    if task.kind in ("single", "pair", "multilabel", "tagging"):
         head_kw["label2id"] = {label: i for i, label in enumerate(task.labels)}
+    if task.kind == "tagging":
+        head_kw["layers"] = 1  # AdapterHub's tagging head: one linear layer over each token
     if task.kind != "multiple_choice":
         head_kw["text_pair"] = task.text_pair
     if task.kind == "multiple_choice":

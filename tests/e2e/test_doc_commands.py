@@ -95,6 +95,8 @@ INLINE_FRAGMENTS = {
     "adapt infer --input rows.csv --route-column adapter": "names the routing options in a sentence "
     "(docs/fusion.md); -m and -a are left out",
     "adapt infer --generate": "names the --generate option (README, docs/decoders.md)",
+    "adapt add --head": "names the --head option of adapt add in a table (docs/labels.md)",
+    "adapt infer --task": "names the --task option of adapt infer in a sentence (docs/labels.md)",
 }
 
 # Examples in code blocks or epilogs that are not plain commands: what is checked instead, and why.
@@ -146,6 +148,18 @@ NOT_RUN = {
     "adapt infer -m ./smollm2 -a reviews -a fresh --active 'parallel(reviews,fresh)' --generate 'the acting' "
     "--temperature 0.8 --top-p 0.9":
         "needs SmolLM2 and two adapters on it (docs/decoder-experiment.sh runs parallel(reviews,fresh))",
+    # Multi-label and tagging (docs/labels.md): the templated toy-ner/ and toy-topics/ sets are written by
+    # docs/labels-example.sh, which runs these steps; tests/cli/test_label_heads_cli.py runs them on a tiny model
+    "adapt train --task toy-ner/task.yaml --config pfeiffer epochs=10 learning_rate=2e-3 batch_size=16":
+        "needs toy-ner/ made by docs/labels-example.sh (which trains exactly this)",
+    "adapt train --task toy-topics/task.yaml --config pfeiffer epochs=4 learning_rate=1e-3 batch_size=16":
+        "needs toy-topics/ made by docs/labels-example.sh (which trains exactly this)",
+    "adapt infer -m minilm -a toy_ner --task toy-ner/task.yaml --metrics ner-metrics.json":
+        "needs the toy_ner adapter and data of docs/labels-example.sh; test_label_heads_cli.py scores so",
+    'adapt infer -m minilm -a toy_ner --json "Greta Lind works for Quantum Dynamics in Vienna ."':
+        "needs the toy_ner adapter of docs/labels-example.sh; test_label_heads_cli.py tags texts so",
+    'adapt infer -m minilm -a toy_topics --json "the pitch was muddy after the rain" "we ate soup before the match"':
+        "needs the toy_topics adapter of docs/labels-example.sh; test_label_heads_cli.py answers label sets so",
     # MAD-X (docs/training.md, `adapt train --help`): text corpora and language adapters the world does not hold;
     # the same steps run in tests/cli/test_mlm_cli.py and, on real weights, docs/madx-experiment.sh
     "adapt train --task mlm --data-dir corpus-en/ --config pfeiffer+inv --language en --name lang_en":
