@@ -68,8 +68,8 @@ class Architecture:
     # decoders: a causal model's first token has seen nothing else), and it can generate with a causal-LM head.
     causal: bool = False
     # The head types (head_config.HEAD_TYPES) a model of this family carries, as AdapterHub's flexible model.
-    heads: tuple[str, ...] = ("classification", "multilabel_classification", "tagging", "regression",
-                              "multiple_choice", "masked_lm")
+    heads: tuple[str, ...] = ("classification", "multilabel_classification", "tagging", "question_answering",
+                              "regression", "multiple_choice", "masked_lm")
 
     def linear(self, matrix: str) -> str:
         return dict(self.linears)[matrix]
@@ -125,7 +125,8 @@ def _pre_norm(name: str, layers: str, attention: str, mlp: str, norms: tuple[str
     sites = (SiteSpec("mh_adapter", attention, norms[0], 0, norm_arg, "", "attention_adapters"),
              SiteSpec("output_adapter", mlp, norms[1], 0, norm_arg, "", "output_adapters"))
     fields.setdefault("methods", ("bottleneck",))
-    heads = ("classification", "multilabel_classification", "tagging", "regression", "causal_lm")
+    heads = ("classification", "multilabel_classification", "tagging", "question_answering", "regression",
+             "causal_lm")
     return Architecture(name, layers, sites, prefix, model_class, self_attention=attention,
                         segments=False, causal=True, heads=heads, **fields)  # type: ignore[arg-type]
 

@@ -10,8 +10,8 @@ from typing import Any
 from .errors import ConfigError, check_keys, suggest
 from .methods.activations import ACTIVATION_NAMES
 
-HEAD_TYPES = ("classification", "multilabel_classification", "tagging", "regression", "multiple_choice", "masked_lm",
-              "causal_lm")
+HEAD_TYPES = ("classification", "multilabel_classification", "tagging", "question_answering", "regression",
+              "multiple_choice", "masked_lm", "causal_lm")
 # Heads whose outputs are named labels (``label2id``): one label per text, a set of labels per text (sigmoid
 # per label), or one label per word (tagging reads every token, not the first).
 LABELLED_HEADS = ("classification", "multilabel_classification", "tagging")
@@ -68,6 +68,8 @@ class HeadConfig:
             raise ConfigError(f"a {self.head_type} head needs at least 2 labels{hint}")
         if self.head_type == "multilabel_classification" and self.num_labels < 1:
             raise ConfigError("a multilabel_classification head needs at least 1 label")
+        if self.head_type == "question_answering" and self.num_labels != 2:
+            raise ConfigError(f"a question_answering head has 2 outputs (start, end), got num_labels {self.num_labels}")
         if self.num_labels > MAX_OUTPUTS:
             raise ConfigError(f"a head has at most {MAX_OUTPUTS} labels, got {self.num_labels}")
         if self.head_type == "multiple_choice" and not self.num_choices:
@@ -101,7 +103,7 @@ class HeadConfig:
     def outputs(self) -> int:
         if self.is_lm:
             return int(self.vocab_size or 0)
-        if self.head_type in LABELLED_HEADS:
+        if self.head_type in LABELLED_HEADS or self.head_type == "question_answering":
             return self.num_labels
         return {"regression": 1, "multiple_choice": 1}[self.head_type]
 
@@ -114,7 +116,7 @@ class HeadConfig:
     @property
     def per_token(self) -> bool:
         """Whether the head answers for every token (tagging, language modelling), not once per text."""
-        return self.head_type == "tagging" or self.is_lm
+        return self.head_type in ("tagging", "question_answering") or self.is_lm
 
     def weight_shapes(self, hidden_size: int, decoder_stored: bool = False) -> dict[str, tuple[int, ...]]:
         """Every weight's name and shape, from the configuration alone: what ``heads.PredictionHead`` holds

@@ -1,11 +1,13 @@
-"""Prediction heads saved and loaded with adapters: classification (single- and multi-label), tagging,
+"""Prediction heads saved and loaded with adapters: classification (single- and multi-label), tagging, extractive
+question answering,
 regression, multiple choice, and the
 language-model heads (``LanguageModelHead``): the masked-LM head of language adapters and a decoder's causal-LM
 head.
 
 The layout is AdapterHub's flexible head so its head files load key for key: for ``layers=L`` the
 module is ``[Dropout, Linear(H,H), act] * (L-1) + [Dropout, Linear(H, out)]`` applied to the first
-token's final hidden state (or the pooler output with ``use_pooler``), or to every token's (tagging).
+token's final hidden state (or the pooler output with ``use_pooler``), or to every token's (tagging; question
+answering, whose two outputs are each token's start and end scores).
 """
 
 from __future__ import annotations
@@ -51,12 +53,19 @@ class PredictionHead(nn.Sequential):
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """AdapterHub's losses: MSE (regression), binary cross-entropy per label on a multi-hot [B, L]
-        (multi-label), cross-entropy otherwise, over the tokens whose label is not -100 for tagging (the
-        padding, special tokens and the non-first pieces of each word)."""
+        (multi-label), the mean of the start and end tokens' cross-entropies (question answering), cross-entropy
+        otherwise, over the tokens whose label is not -100 for tagging (the padding, special tokens and the
+        non-first pieces of each word)."""
         if self.config.head_type == "regression":
             return nn.functional.mse_loss(logits.view(-1), labels.view(-1).to(logits.dtype))
         if self.config.head_type == "multilabel_classification":
             return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        if self.config.head_type == "question_answering":  # labels [B, 2]: each window's answer start and end
+            start, end = logits.float().unbind(-1)
+            outside = start.shape[1]  # AdapterHub's rule: a position beyond the window has no loss
+            positions = labels.long().clamp(0, outside)
+            return (nn.functional.cross_entropy(start, positions[:, 0], ignore_index=outside) +
+                    nn.functional.cross_entropy(end, positions[:, 1], ignore_index=outside)) / 2
         return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
 

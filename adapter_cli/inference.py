@@ -20,6 +20,7 @@ class Row:
     extra: dict[str, Any] | None = None
     label: Any = None
     route: str | None = None  # the composition for this row (per-example routing)
+    words: tuple[str, ...] | None = None  # a tagging task's own words (else the text split on whitespace)
 
 
 def rows_from_task(task: Any, data_dir: str | None) -> list[Row]:
@@ -29,8 +30,10 @@ def rows_from_task(task: Any, data_dir: str | None) -> list[Row]:
     if task.kind == "multiple_choice":
         raise UsageError("adapt infer does not read multiple-choice tasks yet; evaluate them with adapt train")
     examples = load_split(task, "eval", data_dir)
+    if task.kind == "qa":  # the question and its context, and the gold answer texts (none: unanswerable)
+        return [Row(e.texts[0], e.texts[1], label=[text for _, text in e.label]) for e in examples]
     if task.kind == "tagging":  # the words as a text, and a label name per word
-        return [Row(" ".join(e.words), label=[task.labels[i] for i in e.label]) for e in examples]
+        return [Row(" ".join(e.words), label=[task.labels[i] for i in e.label], words=e.words) for e in examples]
     if task.kind == "multilabel":
         return [Row(e.texts[0], label=[name for name, on in zip(task.labels, e.label) if on]) for e in examples]
     return [Row(e.texts[0], e.texts[1] if len(e.texts) > 1 else None, label=e.label) for e in examples]
@@ -48,6 +51,10 @@ def score(task: Any, model: Any, rows: list[Row], predictions: list[dict[str, An
         raise UsageError(f"metrics need one head for every row, but rows were answered by {', '.join(heads)}; "
                          "score each task on its own")
     head = model.heads[heads[0]].config
+    if head.head_type == "question_answering":
+        golds = [r.label if isinstance(r.label, list) else [str(r.label)] if str(r.label) else [] for r in rows]
+        return compute(task.metrics if task else ("token_f1", "exact_match"),
+                       [p["answer"] or "" for p in predictions], golds, "qa")
     if head.head_type in ("multilabel_classification", "tagging"):
         return _score_labels(task, head, rows, predictions)
     if head.head_type == "regression":
@@ -98,7 +105,7 @@ def _label_ids(value: Any, names: list[str], row: int) -> list[int]:
         text = str(item).strip()
         if text in names:
             out.append(names.index(text))
-        elif text.isdigit() and int(text) < len(names):
+        elif text.isascii() and text.isdigit() and int(text) < len(names):
             out.append(int(text))
         else:
             raise UsageError(f"row {row}: label {item!r} is not one of {', '.join(names)}")
@@ -160,7 +167,8 @@ def predict(model: Any, tokenizer: Any, rows: list[Row], active: Any = None, bat
     if not routes:
         yield from _predict(model, tokenizer, rows, model.resolve_composition(active), options)
         return
-    if all(r.route in model.adapters and _splittable(model.adapters[r.route]) for r in rows):
+    questions = any(h.config.head_type == "question_answering" for h in model.heads.values())
+    if not questions and all(r.route in model.adapters and _splittable(model.adapters[r.route]) for r in rows):
         yield from _predict_routed(model, tokenizer, rows, options)
         return
     results: list[dict[str, Any] | None] = [None] * len(rows)
@@ -201,6 +209,18 @@ def _check_inputs(model: Any, rows: list[Row], composition: Any, head: str | Non
             raise UsageError(f"head {name!r} is a masked-LM head (a language adapter's): adapt infer answers with task "
                              f"heads; stack a task adapter on the language adapter, e.g. `adapter` {name} `adapter` "
                              f"TASK `active` 'stack({name},TASK)'")
+        if config.head_type == "question_answering":
+            if singles:
+                raise UsageError(f"head {name!r} answers a question from a context: give each row as a pair, the "
+                                 "question first (`pair`, or `pair_column` with `input`)")
+            from .composition import BatchSplit, Stack
+
+            node = composition
+            while isinstance(node, Stack):
+                node = node.children[-1]
+            if isinstance(node, BatchSplit):
+                raise UsageError(f"head {name!r} answers from windows of the context, which a batch split (or "
+                                 "routing) cannot divide by rows; run one composition at a time")
         if config.text_pair and singles and not allow_single:
             raise UsageError(f"head {name!r} was trained on text pairs, but {singles} row(s) hold a single text; "
                              "give pairs (`pair`, or `pair_column` with `input`), or pass `allow_single` to "
@@ -239,15 +259,22 @@ def _predict(model: Any, tokenizer: Any, rows: list[Row], active: Any, options: 
     head_kw = {} if options.head is None else {"head": options.head}
     shown = _display(active)
     heads = [options.head] if options.head is not None else model.heads_for(active)
-    tagging = any(h is not None and model.heads[h].config.head_type == "tagging" for h in heads)
+    kinds = {model.heads[h].config.head_type for h in heads if h is not None}
+    tagging = "tagging" in kinds
     for start in range(0, len(rows), options.batch_size):
         chunk = rows[start:start + options.batch_size]
-        enc, words = _tokenize(tokenizer, chunk, options.max_length, tagging)
-        _check_not_empty(enc["attention_mask"], start)
-        enc = {k: v.to(device) for k, v in enc.items()}
-        with torch.inference_mode(), torch.autocast(device.type, dtype=options.autocast,
-                                                    enabled=options.autocast is not None):
-            out = model(**enc, active=active, **head_kw)
+        if "question_answering" in kinds:
+            enc, words = _windows(tokenizer, chunk, options.max_length)
+        else:
+            enc, words = _tokenize(tokenizer, chunk, options.max_length, tagging)
+        if "question_answering" in kinds and not words[0].example:  # every question fills a window: no answers
+            out = _unanswered(heads, isinstance(active, Parallel))
+        else:
+            _check_not_empty(enc["attention_mask"], start)
+            enc = {k: v.to(device) for k, v in enc.items()}
+            with torch.inference_mode(), torch.autocast(device.type, dtype=options.autocast,
+                                                        enabled=options.autocast is not None):
+                out = model(**enc, active=active, **head_kw)
         if isinstance(active, Parallel):
             members = [_display(c) for c in active.children]
             answers = [_answers(model, [branch], words) for branch in out.branches]
@@ -256,6 +283,27 @@ def _predict(model: Any, tokenizer: Any, rows: list[Row], active: Any, options: 
             continue
         for row, answer in zip(chunk, _answers(model, list(out.branches or [out]), words)):
             yield {**_row_fields(row, shown), **answer}
+
+
+def _unanswered(heads: list[Any], parallel: bool) -> Any:
+    """What the model would have returned for a batch of no windows: no logits, for each head."""
+    import types
+
+    import torch
+
+    parts = [types.SimpleNamespace(head=h, logits=torch.zeros(0, 1, 2)) for h in heads]
+    return types.SimpleNamespace(branches=parts if parallel else None, head=parts[0].head, logits=parts[0].logits)
+
+
+def _windows(tokenizer: Any, chunk: list[Row], max_length: int) -> tuple[dict[str, Any], Any]:
+    """A question-answering batch: every (question, context) row cut into windows of the context (qa.windows);
+    returned with the windows and the contexts, which the answers are read back from."""
+    from .qa import windows
+
+    found = windows(tokenizer, [r.text for r in chunk], [str(r.pair) for r in chunk], max_length)
+    # right padding whatever the tokenizer says: each window's offsets count from its first token
+    enc = tokenizer.pad(found.encoding, return_tensors="pt", padding_side="right") if found.example else {}
+    return dict(enc), (found, [str(r.pair) for r in chunk])
 
 
 def _tokenize(tokenizer: Any, chunk: list[Row], max_length: int, tagging: bool) -> tuple[dict[str, Any], Any]:
@@ -270,9 +318,9 @@ def _tokenize(tokenizer: Any, chunk: list[Row], max_length: int, tagging: bool) 
 
     if any(r.pair is not None for r in chunk):
         raise UsageError("a tagging head labels the words of one text; give single texts, not pairs")
-    sentences = [r.text.split() for r in chunk]
+    sentences = [list(r.words) if r.words is not None else r.text.split() for r in chunk]
     aligned = align(tokenizer, sentences, max_length)
-    enc = tokenizer.pad(aligned.encoding, return_tensors="pt")
+    enc = tokenizer.pad(aligned.encoding, return_tensors="pt", padding_side="right")  # first tokens count from 0
     return dict(enc), list(zip(sentences, aligned.first_tokens))
 
 
@@ -291,6 +339,9 @@ def _answers(model: Any, parts: list[Any], words: list[Any] | None = None) -> li
     answers: list[dict[str, Any]] = []
     for part in parts:
         config = model.heads[part.head].config
+        if config.head_type == "question_answering":  # a part covers every window of the batch's rows
+            answers += [{"head": part.head, **a} for a in _read_answers(part.logits, *words)]  # type: ignore[misc]
+            continue
         for vec in part.logits.float().cpu():
             if config.head_type == "regression":
                 answers.append({"head": part.head, "score": float(vec[0])})
@@ -309,18 +360,34 @@ def _answers(model: Any, parts: list[Any], words: list[Any] | None = None) -> li
     return answers
 
 
-def _tags(config: Any, logits: Any, words: list[str], first: list[int]) -> dict[str, Any]:
-    """A row's tags: a label and its probability per word (None for the words truncation cut, counted in
-    ``cut``), and the entity spans they mark (word indices, end exclusive)."""
+def _read_answers(logits: Any, found: Any, contexts: list[str]) -> list[dict[str, Any]]:
+    """Each row's best answer over its windows, with the score an empty answer would have (``no_answer``:
+    the logits of position 0, which a model trained on unanswerable questions uses to say so); ``answer``
+    null for a question too long to leave room for its context."""
+    from .qa import best_answers
+
+    values = logits.float().cpu()
+    starts = [values[w, :, 0] for w in range(values.shape[0])]
+    ends = [values[w, :, 1] for w in range(values.shape[0])]
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(value, 6)
+
+    return [{"answer": a["answer"], "start": a["start"], "end": a["end"], "score": rounded(a["score"]),
+             "probability": rounded(a["probability"]), "no_answer": rounded(a["no_answer"])}
+            for a in best_answers(starts, ends, found, contexts)]
+
+
+def _tags(config: Any, logits: Any, words: list[str], first: list[int | None]) -> dict[str, Any]:
+    """A row's tags: a label and its probability per word (None for a word with no token, cut by the length
+    or made only of characters the tokenizer removes: counted in ``cut``), and the entity spans they mark
+    (word indices, end exclusive)."""
     from .tasks.metrics import entity_spans
 
-    probs = logits[first].softmax(-1) if first else logits[:0]
-    best = probs.argmax(-1).tolist() if first else []
-    tags: list[str | None] = [config.id2label.get(i, str(i)) for i in best]
-    scores: list[float | None] = [round(float(probs[j, i]), 6) for j, i in enumerate(best)]
-    cut = len(words) - len(tags)
-    tags += [None] * cut
-    scores += [None] * cut
+    probs = logits.softmax(-1)
+    best = probs.argmax(-1).tolist()
+    tags: list[str | None] = [None if t is None else config.id2label.get(best[t], str(best[t])) for t in first]
+    scores: list[float | None] = [None if t is None else round(float(probs[t, best[t]]), 6) for t in first]
+    cut = sum(t is None for t in first)
     spans = sorted(entity_spans([t or "O" for t in tags]), key=lambda s: s[1])
     out: dict[str, Any] = {"words": words, "tags": tags, "scores": scores,
                            "entities": [{"type": t, "start": a, "end": b, "text": " ".join(words[a:b])}

@@ -867,7 +867,7 @@ class AdapterModel(nn.Module):
             if labels is not None:
                 out.loss = module.loss(out.logits, labels)
             return out
-        if module.config.head_type == "tagging":  # every input token: [B, T, labels], prompt positions left out
+        if module.config.head_type in ("tagging", "question_answering"):  # every input token, no prompt positions
             out.logits, out.head = module(self._prompt_sites.strip(hidden.last_hidden_state, setup)), name
             if labels is not None:
                 out.loss = module.loss(out.logits, labels)

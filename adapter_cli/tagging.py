@@ -22,11 +22,11 @@ IGNORE_INDEX = -100
 @dataclass
 class Aligned:
     """A batch of sentences tokenised: ``encoding`` as the tokenizer returns it (lists), and for each sentence
-    the position of each word's first token (``first_tokens``; shorter than the words where truncation cut
-    the sentence)."""
+    the position of each word's first token (``first_tokens``, one per word: None for a word with no token,
+    cut by truncation or made only of characters the tokenizer removes)."""
 
     encoding: dict[str, list[list[int]]]
-    first_tokens: list[list[int]]
+    first_tokens: list[list[int | None]]
 
 
 def align(tokenizer: Any, sentences: Sequence[Sequence[str]], max_length: int) -> Aligned:
@@ -44,10 +44,11 @@ def align(tokenizer: Any, sentences: Sequence[Sequence[str]], max_length: int) -
     return Aligned({k: enc[k] for k in keys if k in enc}, firsts)
 
 
-def first_tokens(words: Sequence[str], offsets: Sequence[Sequence[int]], special: Sequence[int]) -> list[int]:
-    """The position of each word's first token, for the words the tokens reach, in order. A word the
-    tokenizer dropped entirely (only characters it removes) has no token and ends the list there: the
-    words after it would otherwise be misplaced."""
+def first_tokens(words: Sequence[str], offsets: Sequence[Sequence[int]],
+                 special: Sequence[int]) -> list[int | None]:
+    """The position of each word's first token, None for a word with no token: beyond the truncation, or
+    made only of characters the tokenizer removes (a zero-width space, a control character); the character
+    offsets still place every other word."""
     starts, ends, at = [], [], 0
     for word in words:
         starts.append(at)
@@ -64,19 +65,16 @@ def first_tokens(words: Sequence[str], offsets: Sequence[Sequence[int]], special
             word += 1  # a space and the next word's start (byte-level BPE without trimmed offsets)
         if 0 <= word < len(words):
             found.setdefault(word, position)
-    out = []
-    for word in range(len(words)):
-        if word not in found:
-            break
-        out.append(found[word])
-    return out
+    return [found.get(word) for word in range(len(words))]
 
 
-def token_labels(labels: Sequence[int], first: Sequence[int], length: int) -> list[int]:
-    """A label per token: the word's label on its first token, IGNORE_INDEX elsewhere."""
+def token_labels(labels: Sequence[int], first: Sequence[int | None], length: int) -> list[int]:
+    """A label per token: the word's label on its first token, IGNORE_INDEX elsewhere (and no label for a
+    word with no token)."""
     out = [IGNORE_INDEX] * length
     for label, position in zip(labels, first):
-        out[position] = int(label)
+        if position is not None:
+            out[position] = int(label)
     return out
 
 
@@ -86,8 +84,8 @@ def outside_label(names: Sequence[str]) -> int:
     return list(names).index("O") if "O" in names else 0
 
 
-def word_predictions(logits: Any, first: Sequence[int], words: int, fill: int) -> list[int]:
-    """The arg-max label of each word from one sentence's token logits [T, labels]; ``fill`` for the words
-    beyond the last first token (cut by truncation)."""
-    ids = logits[list(first)].argmax(-1).tolist() if first else []
-    return ids + [fill] * (words - len(ids))
+def word_predictions(logits: Any, first: Sequence[int | None], fill: int) -> list[int]:
+    """The arg-max label of each word from one sentence's token logits [T, labels]; ``fill`` for a word
+    with no token."""
+    best = logits.argmax(-1).tolist()
+    return [fill if position is None else best[position] for position in first]

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Tagging and multi-label adapters on the embedded MiniLM, end to end and offline (docs/labels.md).
+# Tagging, multi-label and question-answering adapters on the embedded MiniLM, end to end and offline (docs/labels.md).
 #
-# No named-entity or multi-label dataset ships offline, so this script writes two small templated ones: toy-ner/
-# (CoNLL columns: people, places and organisations in 40 sentence templates, BIO tags) and toy-topics/ (sentences
-# about any of sport, food and weather, JSONL label lists). Names in the dev sets are never in training, so the
+# No named-entity, multi-label or question-answering dataset ships offline, so this script writes three small
+# templated ones: toy-ner/ (CoNLL columns: people, places and organisations in 20 sentence templates, BIO tags),
+# toy-topics/ (sentences about any of sport, food and weather, JSONL label lists) and toy-qa/ (SQuAD JSON: four
+# facts about people, places and organisations, and a question about one of them). Names in the dev sets are never in training, so the
 # tagger must read context and word shape, not remember names. It then trains a Pfeiffer adapter for each with
 # `adapt train`, scores them with `adapt infer --task`, and answers new sentences with `adapt infer --json`.
-# With internet access the same commands take `--task conll2003` and `--task go_emotions`.
+# With internet access the same commands take `--task conll2003`, `--task go_emotions` and `--task squad`.
 #
-#   bash docs/labels-example.sh [WORK_DIR]      # default: ./labels-example (about 5 minutes on 2 CPU cores)
+#   bash docs/labels-example.sh [WORK_DIR]      # default: ./labels-example (about 10 minutes on 2 CPU cores)
 set -euo pipefail
 ADAPT=${ADAPT:-adapt}
 PY=${PYTHON:-python3}
@@ -97,12 +98,49 @@ for name, n, half in (("train.jsonl", 400, 0), ("dev.jsonl", 100, 1)):
 (topics / "task.yaml").write_text("name: toy_topics\nkind: multilabel\nlabels: [sport, food, weather]\n"
                                   "metrics: [micro_f1, macro_f1, accuracy]\ncolumns: {text: text, label: topics}\n"
                                   "local: {train: train.jsonl, eval: dev.jsonl}\n")
+
+FACTS = [  # (sentence, question, which slot answers it)
+    ("{P} lives in {L} .", "Where does {P} live ?", "L"), ("{P} lives in {L} .", "Who lives in {L} ?", "P"),
+    ("{P} works for {O} .", "Who does {P} work for ?", "O"), ("{O} hired {P} last year .", "Who did {O} hire ?", "P"),
+    ("{O} opened an office in {L} .", "Where did {O} open an office ?", "L"),
+    ("{P} founded {O} .", "Who founded {O} ?", "P"), ("{P} founded {O} .", "What did {P} found ?", "O"),
+]
+
+
+def fact(pools):
+    sentence, question, slot = rng.choice(FACTS)
+    names = {k: rng.choice(pools[k]) for k in "PLO"}
+    fill = lambda text: text.replace("{P}", names["P"]).replace("{L}", names["L"]).replace("{O}", names["O"])
+    return fill(sentence), fill(question), names[slot]
+
+
+qa = Path("toy-qa")
+qa.mkdir(exist_ok=True)
+for name, pools, n in (("train.json", train_pools, 400), ("dev.json", dev_pools, 100)):
+    paragraphs = []
+    for i in range(n):
+        sentences = [fact(pools) for _ in range(4)]  # the question asks about one of four facts
+        target = rng.randrange(4)
+        context = " ".join(s for s, _, _ in sentences)
+        before = " ".join(s for s, _, _ in sentences[:target]) + (" " if target else "")
+        sentence, question, answer = sentences[target]
+        start = len(before) + sentence.index(answer)
+        paragraphs.append({"context": context, "qas": [{"id": f"{name}-{i}", "question": question,
+                                                         "answers": [{"text": answer, "answer_start": start}]}]})
+    (qa / name).write_text(json.dumps({"version": "1.1", "data": [{"title": "toy", "paragraphs": paragraphs}]}))
+(qa / "task.yaml").write_text("name: toy_qa\nkind: qa\nmetrics: [token_f1, exact_match]\n"
+                              "local: {train: train.json, eval: dev.json}\n")
 EOF
 
 "$ADAPT" train --task toy-ner/task.yaml --config pfeiffer epochs=10 learning_rate=2e-3 batch_size=16 --overwrite
 "$ADAPT" train --task toy-topics/task.yaml --config pfeiffer epochs=4 learning_rate=1e-3 batch_size=16 --overwrite
+"$ADAPT" train --task toy-qa/task.yaml --config pfeiffer epochs=15 learning_rate=3e-3 batch_size=16 --overwrite
 "$ADAPT" infer -m minilm -a toy_ner --task toy-ner/task.yaml --metrics ner-metrics.json > /dev/null
 "$ADAPT" infer -m minilm -a toy_topics --task toy-topics/task.yaml --metrics topics-metrics.json > /dev/null
 "$ADAPT" infer -m minilm -a toy_ner --json "Greta Lind works for Quantum Dynamics in Vienna ." \
   "Yesterday Karl Moser met Ada Park in Oslo ."
 "$ADAPT" infer -m minilm -a toy_topics --json "the pitch was muddy after the rain" "we ate soup before the match"
+"$ADAPT" infer -m minilm -a toy_qa --task toy-qa/task.yaml --metrics qa-metrics.json > /dev/null
+CONTEXT="Rita Vance lives in Genoa . Omar Said founded Lumen Tech . Lumen Tech hired Rita Vance last year ."
+"$ADAPT" infer -m minilm -a toy_qa --json --pair "Where does Rita Vance live ?" "$CONTEXT" \
+  "Who founded Lumen Tech ?" "$CONTEXT"

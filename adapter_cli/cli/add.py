@@ -44,7 +44,8 @@ def add(
     name: str = typer.Option(None, "--name", "-n", help="Adapter name (default: the preset name)."),
     save: Path = typer.Option(None, "--save", help="Save the initialised adapter to this directory (needs --model)."),
     head: str = typer.Option(None, "--head", help="Also add a head saved with the adapter: classification:N, "
-                             "multilabel:N, tagging:N, regression or multiple_choice:N (N labels / choices)."),
+                             "multilabel:N, tagging:N, qa (extractive question answering), regression or "
+                             "multiple_choice:N (N labels / choices)."),
     fmt: str = typer.Option("adapt", "--format", help="Format for --save: adapt, adapterhub or peft (LoRA, (IA)³ and DoRA)."),
     dtype: str = typer.Option("float32", "--dtype", help="Weight precision for --save: float32, float16, bfloat16."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --save directory."),
@@ -216,14 +217,17 @@ def _head_spec(text: str) -> dict[str, Any]:
     from ..head_config import MAX_OUTPUTS
 
     kind, colon, count = text.partition(":")
-    kind = {"multilabel": "multilabel_classification"}.get(kind, kind)
-    if kind not in ("classification", "multilabel_classification", "tagging", "regression", "multiple_choice"):
-        raise UsageError(f"unknown head type {kind!r}; use classification:N, multilabel:N, tagging:N, regression or "
-                         "multiple_choice:N")
-    if kind == "regression":
+    kind = {"multilabel": "multilabel_classification", "qa": "question_answering"}.get(kind, kind)
+    if kind not in ("classification", "multilabel_classification", "tagging", "question_answering", "regression",
+                    "multiple_choice"):
+        raise UsageError(f"unknown head type {kind!r}; use classification:N, multilabel:N, tagging:N, qa, regression "
+                         "or multiple_choice:N")
+    if kind in ("regression", "question_answering"):
         if colon:
-            raise UsageError(f"--head {text!r}: a regression head has one output and takes no count; use "
-                             "--head regression")
+            raise UsageError(f"--head {text!r}: a {kind} head has fixed outputs and takes no count; use "
+                             f"--head {text.partition(':')[0]}")
+        if kind == "question_answering":  # start and end per token; AdapterHub's qa head: one layer
+            return {"head_type": kind, "num_labels": 2, "layers": 1}
         return {"head_type": kind, "num_labels": 1}
     if kind == "multiple_choice" and not colon:
         raise UsageError("--head multiple_choice needs the number of choices, e.g. multiple_choice:4")

@@ -144,8 +144,20 @@ def infer(
             predictions.append(p)
             if len(predictions) % batch_size == 0:
                 advance(1)
+    _finish(predictions, rows, (spec, m), max_length, metrics_path, output)
+
+
+def _finish(predictions: list[dict], rows: list, scoring: tuple, max_length: int, metrics_path: Path | None,
+            output: Path | None) -> None:
+    """Warn about questions left unanswered, score labelled rows, print or write the predictions."""
+    unanswered = sum(1 for p in predictions if "answer" in p and p["answer"] is None)
+    if unanswered:
+        import sys
+
+        print(f"warning: {unanswered} question(s) leave no room for their context within --max-length {max_length}: "
+              "answered null (raise --max-length)", file=sys.stderr)
     if any(r.label is not None for r in rows):
-        _report_metrics(spec, m, rows, predictions, metrics_path)
+        _report_metrics(*scoring, rows, predictions, metrics_path)
     if output is None:
         import json
 

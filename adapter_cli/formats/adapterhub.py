@@ -438,10 +438,10 @@ def read_head(path: Path, shapes_only: bool = False) -> HeadArtifact:
         if not raw.pop("shift_labels", True):
             raise ArtifactError(f"{path}: a causal_lm head without shift_labels predicts each token from itself; "
                                 "not supported")
-    elif head_type not in ("multiple_choice", "multilabel_classification", "tagging"):
+    elif head_type not in ("multiple_choice", "multilabel_classification", "tagging", "question_answering"):
         raise ArtifactError(f"{path}: AdapterHub head type {head_type!r} is not supported (classification, "
-                            "multilabel_classification, tagging, regression, multiple_choice, masked_lm and causal_lm "
-                            "are)")
+                            "multilabel_classification, tagging, question_answering, regression, multiple_choice, "
+                            "masked_lm and causal_lm are)")
     try:
         config = HeadConfig.from_dict({"head_type": head_type, **raw}, source=str(path / HEAD_CONFIG))
     except (TypeError, ValueError) as exc:
@@ -483,8 +483,8 @@ def write_head(directory: Path, artifact: HeadArtifact, safetensors: bool = Fals
             config["dropout_prob"] = c.dropout_prob
     elif c.head_type == "multiple_choice":
         config.update(head_type="multiple_choice", num_choices=c.num_choices)
-    elif c.head_type == "tagging":  # TaggingHead's config: no pooler, always a bias
-        config = {"head_type": "tagging", "num_labels": c.num_labels, "layers": c.layers,
+    elif c.head_type in ("tagging", "question_answering"):  # TaggingHead's, QuestionAnsweringHead's: no pooler
+        config = {"head_type": c.head_type, "num_labels": c.num_labels, "layers": c.layers,
                   "activation_function": c.activation_function, "label2id": c.label2id,
                   "dropout_prob": c.dropout_prob}
     elif c.head_type == "multilabel_classification":

@@ -5,11 +5,12 @@ Schema (see docs/tasks.md)::
 
     name, aliases, description
     catalog: category/dataset     # where its adapters sit in the hub hierarchy (AdapterHub style, e.g. sentiment/sst-2)
-    kind: single | pair | regression | multiple_choice | multilabel | tagging | mlm | lm
+    kind: single | pair | regression | multiple_choice | multilabel | tagging | qa | mlm | lm
                                   # mlm, lm: plain text, sentences a line; multilabel: a set of labels per
-                                  # text; tagging: a label per word (CoNLL-style column files)
+                                  # text; tagging: a label per word (CoNLL-style column files); qa: extractive
+                                  # question answering (SQuAD JSON)
     labels: [...]                 # label names in id order (not for regression / multiple choice)
-    metrics: [accuracy, f1, macro_f1, micro_f1, mcc, pearson, spearman, entity_f1]
+    metrics: [accuracy, f1, macro_f1, micro_f1, mcc, pearson, spearman, entity_f1, exact_match, token_f1]
                                   # the first is the one early stopping uses
                                   # (mlm: [perplexity, masked_accuracy]; lm: [perplexity,
                                   # next_token_accuracy]; perplexity: lower is better)
@@ -30,11 +31,11 @@ from typing import Any
 
 from ..errors import UsageError, check_keys, suggest
 
-KINDS = ("single", "pair", "regression", "multiple_choice", "multilabel", "tagging", "mlm", "lm")
+KINDS = ("single", "pair", "regression", "multiple_choice", "multilabel", "tagging", "qa", "mlm", "lm")
 TEXT_KINDS = ("mlm", "lm")  # language modelling on plain text: masked (encoders) or causal (decoders)
 LABELLED_KINDS = ("single", "pair", "multilabel", "tagging")  # tasks whose `labels` name the head's outputs
-METRICS = ("accuracy", "f1", "macro_f1", "micro_f1", "mcc", "pearson", "spearman", "entity_f1", "perplexity",
-           "masked_accuracy", "next_token_accuracy")
+METRICS = ("accuracy", "f1", "macro_f1", "micro_f1", "mcc", "pearson", "spearman", "entity_f1", "exact_match",
+           "token_f1", "perplexity", "masked_accuracy", "next_token_accuracy")
 MLM_METRICS = ("perplexity", "masked_accuracy")  # the only metrics of an mlm task, and only of one
 LM_METRICS = ("perplexity", "next_token_accuracy")  # the same for an lm task
 # multilabel: accuracy is exact match of the whole label set; F1 over every (text, label) decision (micro) or
@@ -42,11 +43,14 @@ LM_METRICS = ("perplexity", "next_token_accuracy")  # the same for an lm task
 # counts them), accuracy over words.
 MULTILABEL_METRICS = ("micro_f1", "macro_f1", "accuracy")
 TAGGING_METRICS = ("entity_f1", "accuracy", "macro_f1")
-KIND_METRICS = {"mlm": MLM_METRICS, "lm": LM_METRICS, "multilabel": MULTILABEL_METRICS, "tagging": TAGGING_METRICS}
+# qa: SQuAD's exact match and word-overlap F1 of the answer text, the best over each question's gold answers
+QA_METRICS = ("token_f1", "exact_match")
+KIND_METRICS = {"mlm": MLM_METRICS, "lm": LM_METRICS, "multilabel": MULTILABEL_METRICS, "tagging": TAGGING_METRICS,
+                "qa": QA_METRICS}
 LOWER_IS_BETTER = frozenset({"perplexity"})  # early stopping and the best checkpoint: smaller wins
 LOCAL_KEYS = ("train", "eval", "file", "header", "columns", "format", "delimiter", "split_column", "splits",
               "label_map")
-FORMATS = ("csv", "tsv", "jsonl", "parquet", "conll")  # conll: a tagging task's column files
+FORMATS = ("csv", "tsv", "jsonl", "parquet", "conll", "squad")  # conll: a tagging task's files; squad: a qa task's
 SPLITS = ("train", "eval", "test")  # test rows are named so they are known to be left out, never read
 
 
@@ -97,7 +101,7 @@ class TaskSpec:
     def head_type(self) -> str:
         return {"single": "classification", "pair": "classification", "regression": "regression",
                 "multiple_choice": "multiple_choice", "multilabel": "multilabel_classification",
-                "tagging": "tagging", "mlm": "masked_lm", "lm": "causal_lm"}[self.kind]
+                "tagging": "tagging", "qa": "question_answering", "mlm": "masked_lm", "lm": "causal_lm"}[self.kind]
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "source"}
@@ -132,7 +136,7 @@ def task_from_dict(data: dict[str, Any], source: str) -> TaskSpec:
         raise UsageError(f"task {source}: catalog must look like category/dataset (lower case), got {catalog!r}")
     if kind == "multiple_choice" and not data.get("choices"):
         raise UsageError(f"task {source}: a multiple_choice task needs 'choices'")
-    if kind not in ("multiple_choice", "tagging", *TEXT_KINDS) and "text" not in (data.get("columns") or {}) and \
+    if kind not in ("multiple_choice", "tagging", "qa", *TEXT_KINDS) and "text" not in (data.get("columns") or {}) and \
             "text" not in ((data.get("local") or {}).get("columns") or {}):
         raise UsageError(f"task {source}: 'columns' must name the text column")
     if data.get("local") is not None:
@@ -174,6 +178,11 @@ def _check_local(local: Any, source: str, labels: tuple[str, ...], kind: str = "
     if fmt == "conll" and kind != "tagging":
         raise UsageError(f"task {source}: local format conll is for tagging tasks (a word a line); a {kind} task "
                          "reads csv, tsv, jsonl or parquet")
+    if fmt == "squad" and kind != "qa":
+        raise UsageError(f"task {source}: local format squad is for qa tasks (SQuAD JSON); a {kind} task reads csv, "
+                         "tsv, jsonl or parquet")
+    if kind == "qa" and fmt in ("csv", "tsv", "conll"):
+        raise UsageError(f"task {source}: a qa task reads squad (SQuAD's JSON), jsonl or parquet files, not {fmt}")
     if kind == "tagging" and fmt in ("csv", "tsv"):
         raise UsageError(f"task {source}: a tagging task reads conll (a word a line), jsonl or parquet files, not "
                          f"{fmt}")

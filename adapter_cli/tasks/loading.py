@@ -17,7 +17,9 @@ from . import TaskSpec
 class Example:
     """``texts`` is (text,) or (text, pair); for multiple choice, ``choices`` holds one (first, second) per
     option; for tagging, ``words`` holds the words and ``label`` a label id per word. A multi-label
-    example's ``label`` is a multi-hot tuple (1 for each label it has)."""
+    example's ``label`` is a multi-hot tuple (1 for each label it has). A question-answering example's
+    ``texts`` are (question, context) and its ``label`` the gold answers as (first character, text) pairs
+    (none: the context does not answer the question)."""
 
     texts: tuple[str, ...] = ()
     label: Any = 0
@@ -59,14 +61,15 @@ def _is_user_task(task: TaskSpec) -> bool:
 class TableFormat:
     """How a file is read, and why: named in the error when its columns do not come out as expected."""
 
-    kind: str  # csv | tsv | jsonl | parquet | conll
+    kind: str  # csv | tsv | jsonl | parquet | conll | squad
     delimiter: str = ","
     why: str = ""  # "from its .txt extension", "set by `delimiter:` in the task YAML"
     certain: bool = True  # False when guessed from an extension that does not say (.txt, .dat, none)
 
     def describe(self) -> str:
-        if self.kind in ("jsonl", "parquet", "conll"):
-            return {"jsonl": "JSON lines", "parquet": "Parquet", "conll": "CoNLL columns"}[self.kind]
+        if self.kind in ("jsonl", "parquet", "conll", "squad"):
+            return {"jsonl": "JSON lines", "parquet": "Parquet", "conll": "CoNLL columns", "squad": "SQuAD JSON"}[
+                self.kind]
         return DELIMITER_NAMES.get(self.delimiter, f"{self.delimiter!r}-separated")
 
 
@@ -128,10 +131,15 @@ def _read_local(task: TaskSpec, split: str,
         fmt = replace(fmt, why=f"as task {task.name}'s original files are")
     if task.kind == "tagging" and local.get("format") is None and fmt.kind in ("csv", "tsv"):
         fmt = TableFormat("conll", " ", "a tagging task's words, one a line")
-    if fmt.kind == "conll":  # field numbers of the local files, not the Hub's column names
-        columns = dict(local.get("columns") or {})
-    rows = read_conll(path) if fmt.kind == "conll" else read_table(path, header=bool(local.get("header", True)),
-                                                                     fmt=fmt)
+    if task.kind == "qa" and local.get("format") is None and path.suffix.lower() == ".json":
+        fmt = TableFormat("squad", "", "a qa task's .json file")
+    if fmt.kind == "conll":  # field numbers: `local` columns, else the task's when they are numbers (not Hub names)
+        numbers = all(isinstance(v, int) and not isinstance(v, bool) for v in task.columns.values())
+        columns = dict(local.get("columns") or (task.columns if numbers else {}))
+    if fmt.kind in ("conll", "squad"):
+        rows = read_conll(path) if fmt.kind == "conll" else read_squad(path)
+    else:
+        rows = read_table(path, header=bool(local.get("header", True)), fmt=fmt)
     if fmt.kind in ("csv", "tsv"):
         _check_columns(task, rows, _needed_columns(task, columns), path, fmt)
     numbers = list(range(1, len(rows) + 1))  # data rows, as in every error that names a row
@@ -239,8 +247,9 @@ def read_table(path: Path, header: bool = True, fmt: TableFormat | None = None) 
 
 def read_conll(path: Path) -> list[list[tuple[int, list[str]]]]:
     """Sentences of a CoNLL-style column file: a word a line, its fields split on whitespace, sentences
-    separated by blank lines; ``-DOCSTART-`` lines and ``#`` comments (CoNLL-U) are skipped. Each sentence is
-    a list of (line number, fields)."""
+    separated by blank lines; ``-DOCSTART-`` lines and, before a sentence, ``# ...`` comments (CoNLL-U's
+    ``# text = ...``; a '#' word inside a sentence, or one like ``#Berlin``, is a word) are skipped. Each
+    sentence is a list of (line number, fields)."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
@@ -249,8 +258,10 @@ def read_conll(path: Path) -> list[list[tuple[int, list[str]]]]:
     current: list[tuple[int, list[str]]] = []
     for n, line in enumerate(text.splitlines(), 1):
         fields = line.split()
-        if not fields or fields[0] == "-DOCSTART-" or line.startswith("#"):
-            if current and (not fields or fields[0] == "-DOCSTART-"):
+        if not current and line.startswith("# "):
+            continue
+        if not fields or fields[0] == "-DOCSTART-":
+            if current:
                 sentences.append(current)
                 current = []
             continue
@@ -260,6 +271,29 @@ def read_conll(path: Path) -> list[list[tuple[int, list[str]]]]:
     if not sentences:
         raise UsageError(f"{path} holds no sentences (CoNLL columns: a word a line, a blank line between sentences)")
     return sentences
+
+
+def read_squad(path: Path) -> list[dict[str, Any]]:
+    """The questions of a SQuAD JSON file (``{"data": [{"paragraphs": [{"context", "qas": [...]}]}]}``, versions
+    1.1 and 2.0) as rows ``{id, question, context, answers}``; an ``is_impossible`` question has no answers."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"cannot read {path} as SQuAD JSON: {str(exc).splitlines()[0][:160]}") from None
+    articles = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(articles, list):
+        raise UsageError(f"{path} is not SQuAD JSON: it needs a top-level \"data\" list of articles with paragraphs")
+    rows = []
+    for article in articles:
+        for paragraph in (article or {}).get("paragraphs") or []:
+            context = paragraph.get("context")
+            for qa in paragraph.get("qas") or []:
+                answers = [] if qa.get("is_impossible") else qa.get("answers") or []
+                rows.append({"id": qa.get("id"), "question": qa.get("question"), "context": context,
+                             "answers": answers})
+    if not rows:
+        raise UsageError(f"{path} holds no questions (SQuAD JSON: data[].paragraphs[].qas[])")
+    return rows
 
 
 def _json_lines(path: Path, text: str) -> list[Any]:
@@ -358,7 +392,10 @@ def _tagged(task: TaskSpec, row: Any, columns: dict, where: str, n: int, label_m
     indices, by default the first and the last), or a record whose text and label columns (by default
     ``tokens`` and ``tags``) hold lists."""
     if isinstance(row, list) and row and isinstance(row[0], tuple):
-        text_at, label_at = int(columns.get("text", 0)), int(columns.get("label", -1))
+        text_at, label_at = columns.get("text", 0), columns.get("label", -1)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (text_at, label_at)):
+            raise UsageError(f"{where}: CoNLL columns are field numbers (0 = the first, -1 = the last), got text "
+                             f"{text_at!r} and label {label_at!r} in `columns`")
         words, tags = [], []
         for line, fields in row:
             for at in (text_at, label_at):
@@ -378,10 +415,38 @@ def _tagged(task: TaskSpec, row: Any, columns: dict, where: str, n: int, label_m
                    label=tuple(_label(task, t, where, n, label_map) for t in tags))
 
 
+def _question(row: Any, columns: dict, where: str, n: int) -> Example:
+    """A question-answering example: question, context and answers (a list of {text, answer_start}, or the
+    Hub's {text: [...], answer_start: [...]}); each answer must be the context's text at its start (an answer
+    whose start is off but whose text occurs once in the context is placed there)."""
+    question = _field(row, columns.get("text", "question"), where, n)
+    context = _field(row, columns.get("pair", "context"), where, n)
+    raw = _field(row, columns.get("label", "answers"), where, n)
+    if not isinstance(question, str) or not isinstance(context, str) or not question.strip() or not context.strip():
+        raise UsageError(f"{where} row {n}: a question and a context (non-empty texts) are needed")
+    if isinstance(raw, dict):
+        raw = [{"text": t, "answer_start": s} for t, s in zip(raw.get("text") or [], raw.get("answer_start") or [])]
+    if not isinstance(raw, list):
+        raise UsageError(f"{where} row {n}: answers must be a list of {{text, answer_start}}")
+    answers = []
+    for answer in raw:
+        text, start = (answer or {}).get("text"), (answer or {}).get("answer_start")
+        if not isinstance(text, str) or not text or isinstance(start, bool) or not isinstance(start, int):
+            raise UsageError(f"{where} row {n}: an answer needs a text and an integer answer_start, got {answer!r}")
+        if context[start:start + len(text)] != text:
+            if context.count(text) != 1:
+                raise UsageError(f"{where} row {n}: answer {text[:40]!r} is not in the context at {start}")
+            start = context.index(text)
+        answers.append((start, text))
+    return Example(texts=(question, context), label=tuple(answers))
+
+
 def _example(task: TaskSpec, row: Any, columns: dict, where: str, n: int,
              label_map: dict | None = None) -> Example:
     if task.kind == "tagging":
         return _tagged(task, row, columns, where, n, label_map)
+    if task.kind == "qa":
+        return _question(row, columns, where, n)
     if task.kind == "multiple_choice":
         spec = task.choices or {}
         if "options_field" in spec:

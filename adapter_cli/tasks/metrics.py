@@ -3,6 +3,9 @@ spans as conlleval does)."""
 
 from __future__ import annotations
 
+import re
+import string
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +17,10 @@ def compute(metrics: Sequence[str], predictions: Sequence[Any], labels: Sequence
     ``label_names`` say where the entity spans are)."""
     if kind == "tagging":
         return _tagging(metrics, predictions, labels, label_names)
+    if kind == "qa":  # answer texts against each question's gold answers (none: unanswerable)
+        pairs = list(zip(predictions, labels))
+        score = {"exact_match": exact_match, "token_f1": token_f1}
+        return {name: sum(score[name](p, g) for p, g in pairs) / len(pairs) if pairs else 0.0 for name in metrics}
     import numpy as np
 
     preds, gold = np.asarray(predictions), np.asarray(labels)
@@ -27,6 +34,8 @@ def compute(metrics: Sequence[str], predictions: Sequence[Any], labels: Sequence
 
             if name == "mcc":
                 out[name] = float(matthews_corrcoef(gold, preds))
+            elif name == "macro_f1" and kind == "multilabel":
+                out[name] = _multilabel_macro_f1(preds, gold)
             else:
                 average = {"f1": "binary", "macro_f1": "macro", "micro_f1": "micro"}[name]
                 out[name] = float(f1_score(gold, preds, average=average, zero_division=0))
@@ -40,6 +49,18 @@ def compute(metrics: Sequence[str], predictions: Sequence[Any], labels: Sequence
         else:
             raise ValueError(f"unknown metric {name}")
     return out
+
+
+def _multilabel_macro_f1(preds: Any, gold: Any) -> float:
+    """The mean F1 over the labels that occur in the gold sets or the predictions, as single-label macro F1
+    averages over the labels it sees: a label absent from both (rare in a small dev set) is no evidence of
+    anything, and counting it as 0 would pull a perfect score down."""
+    from sklearn.metrics import f1_score
+
+    seen = [i for i in range(gold.shape[1]) if gold[:, i].any() or preds[:, i].any()] if gold.ndim == 2 else []
+    if not seen:
+        return 1.0  # every set is empty and predicted empty
+    return float(f1_score(gold, preds, labels=seen, average="macro", zero_division=0))
 
 
 def _tagging(metrics: Sequence[str], predictions: Sequence[Sequence[int]], labels: Sequence[Sequence[int]],
@@ -104,3 +125,33 @@ def _starts(prev: str, tag: str, prev_type: str, typ: str) -> bool:
     if prev in ("E", "S", "O") and tag in ("E", "I"):
         return True
     return tag != "O" and prev_type != typ
+
+
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def normalize(text: str) -> str:
+    """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, golds: Sequence[str]) -> float:
+    """1 when the prediction equals any gold answer after normalisation (an empty gold: an empty prediction)."""
+    return float(any(normalize(prediction) == normalize(g) for g in (golds or [""])))
+
+
+def token_f1(prediction: str, golds: Sequence[str]) -> float:
+    """The best word-overlap F1 of the prediction against the gold answers (SQuAD's F1)."""
+    return max(_f1(normalize(prediction).split(), normalize(g).split()) for g in (golds or [""]))
+
+
+def _f1(pred: list[str], gold: list[str]) -> float:
+    if not pred or not gold:
+        return float(pred == gold)
+    common = sum((Counter(pred) & Counter(gold)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(gold)
+    return 2 * precision * recall / (precision + recall)

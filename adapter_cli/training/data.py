@@ -80,12 +80,30 @@ def write_subsets(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 @dataclass
+class Answers:
+    """What reading answers back needs: the windows (qa.Windows), each example's context and gold answer
+    texts, and whether an empty answer may win (the split has unanswerable questions, as SQuAD 2.0)."""
+
+    windows: Any
+    contexts: list[str]
+    golds: list[list[str]]
+    allow_empty: bool
+
+    @property
+    def lost(self) -> int:
+        return int(self.windows.lost)
+
+
+@dataclass
 class Encoded:
     features: list[dict[str, Any]]  # per example: input_ids / attention_mask / token_type_ids (lists)
     labels: list[Any]  # per example: a class id, a score, a multi-hot row, or (tagging) a label id per word
     multiple_choice: bool = False
     # tagging: each example's features hold ``labels`` per token, and this the first token of each word
-    first_tokens: list[list[int]] | None = None
+    first_tokens: list[list[int | None]] | None = None
+    # qa: features and labels are per window (labels: the answer's first and last token, 0 0 when the window
+    # does not hold it); this holds the windows, each question's context and gold answer texts
+    answers: Answers | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -104,6 +122,19 @@ def encode(task: TaskSpec, examples: list[Example], tokenizer: Any, max_length: 
             features.append({k: enc[k][start:start + n] for k in keys if k in enc})
             start += n
         return Encoded(features, [e.label for e in examples], multiple_choice=True)
+    if task.kind == "qa":
+        from ..qa import windows
+
+        spans = [(e.label[0][0], e.label[0][0] + len(e.label[0][1])) if e.label else None for e in examples]
+        contexts = [e.texts[1] for e in examples]
+        found = windows(tokenizer, [e.texts[0] for e in examples], contexts, max_length, spans)
+        if not found.example:
+            raise UsageError(f"every question is too long for max_length {max_length}: a window must hold the "
+                             "question and some of its context; raise max_length")
+        features = [{k: v[w] for k, v in found.encoding.items()} for w in range(len(found.example))]
+        golds = [[text for _, text in e.label] for e in examples]
+        return Encoded(features, [list(p) for p in found.positions],
+                       answers=Answers(found, contexts, golds, any(not e.label for e in examples)))
     if task.kind == "tagging":
         from ..tagging import align, token_labels
 

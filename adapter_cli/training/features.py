@@ -49,9 +49,9 @@ def head_reads(head: Any, model: Any = None) -> str:
 
 def cacheable(data: Encoded) -> bool:
     """Whether a split can be stored as one tensor: multiple choice needs the same number of options in
-    every example, and a tagging head reads every token, not one vector per example (otherwise the loop
+    every example, and a tagging or QA head reads every token, not one vector per example (otherwise the loop
     keeps running the encoder on each padded batch, as for adapters)."""
-    if data.first_tokens is not None:
+    if data.first_tokens is not None or data.answers is not None:
         return False
     return not data.multiple_choice or len({len(f["input_ids"]) for f in data.features}) <= 1
 

@@ -57,9 +57,11 @@ CHECKPOINT = "checkpoint.pt"
 def evaluate(model: Any, data: Encoded, task: Any, batch_size: int, active: Any, device: torch.device,
              autocast: torch.dtype | None, pad_id: int) -> tuple[dict[str, float], list[Any]]:
     """The task's metrics on ``data`` and the predictions they were computed from (a tagging task's: a
-    label per word, the outside label for words that truncation cut)."""
+    label per word, the outside label for words that truncation cut; a qa task's: answer texts)."""
     from ..tagging import outside_label, word_predictions
 
+    if data.answers is not None:
+        return _evaluate_answers(model, data, task, batch_size, active, device, autocast, pad_id)
     model.eval()
     out: list[Any] = []
     with torch.no_grad():
@@ -73,9 +75,35 @@ def evaluate(model: Any, data: Encoded, task: Any, batch_size: int, active: Any,
                 out.extend(predictions(logits, task.kind))
                 continue
             fill = outside_label(task.labels)
-            out.extend(word_predictions(logits[j], data.first_tokens[i], len(data.labels[i]), fill)
+            out.extend(word_predictions(logits[j], data.first_tokens[i], fill)
                        for j, i in enumerate(rows))
     return compute(task.metrics, out, data.labels, task.kind, task.labels), out
+
+
+def _evaluate_answers(model: Any, data: Encoded, task: Any, batch_size: int, active: Any, device: torch.device,
+                      autocast: torch.dtype | None, pad_id: int) -> tuple[dict[str, float], list[Any]]:
+    """Every window of every question through the model, then each question's best answer over its windows
+    (qa.best_answers), scored against its gold answers."""
+    from ..qa import best_answers
+
+    model.eval()
+    starts: list[torch.Tensor] = []
+    ends: list[torch.Tensor] = []
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            rows = list(range(start, min(start + batch_size, len(data))))
+            batch = collate(data, rows, pad_id, False)
+            batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                logits = model(**batch, active=active).logits.float().cpu()
+            for j, i in enumerate(rows):
+                width = len(data.features[i]["input_ids"])
+                starts.append(logits[j, :width, 0])
+                ends.append(logits[j, :width, 1])
+    answers = data.answers
+    found = best_answers(starts, ends, answers.windows, answers.contexts, answers.allow_empty)
+    texts = [a["answer"] or "" for a in found]  # a question with no window: no answer
+    return compute(task.metrics, texts, answers.golds, "qa"), texts
 
 
 @dataclass
@@ -196,6 +224,11 @@ class Trainer:
         if not task.plain_text:
             self.train_data = encode(task, train_examples, self.tokenizer, max_length)
             self.eval_data = encode(task, eval_examples, self.tokenizer, max_length)
+            for split, data in (("training", self.train_data), ("dev", self.eval_data)):
+                if data.answers is not None and data.answers.lost:
+                    self.reporter.note(f"{task.name}: {data.answers.lost} of {len(data.answers.contexts)} {split} "
+                                       f"answers lie in no window of {max_length} tokens (the question fills it, or "
+                                       "the answer is longer); they count as missed")
             return
         from ..tasks.text import held_out_dev
 

@@ -128,8 +128,11 @@ def _head_kwargs(task: Any, model: Any) -> dict[str, Any]:
     head_kw: dict[str, Any] = {"num_labels": task.num_labels}
     if task.kind in ("single", "pair", "multilabel", "tagging"):
         head_kw["label2id"] = {label: i for i, label in enumerate(task.labels)}
-    if task.kind == "tagging":
-        head_kw["layers"] = 1  # AdapterHub's tagging head: one linear layer over each token
+    if task.kind in ("tagging", "qa"):
+        head_kw["layers"] = 1  # AdapterHub's tagging and QA heads: one linear layer over each token
+    if task.kind == "qa":
+        head_kw.update(num_labels=2, text_pair=None)  # start and end; always a question and its context
+        return head_kw
     if task.kind != "multiple_choice":
         head_kw["text_pair"] = task.text_pair
     if task.kind == "multiple_choice":

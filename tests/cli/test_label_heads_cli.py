@@ -186,3 +186,44 @@ def test_a_conll_file_with_an_unknown_tag_is_one_line_and_leaves_no_run(env, tmp
                                  str(run_dir), "--no-cache"])
     assert "train.txt:2 row 1: label 'B-MOVIE' is outside the label set" in one_line_error(result)
     assert not run_dir.exists()
+
+
+def test_a_word_the_tokenizer_removes_is_null_and_the_rest_are_tagged(env, tagger) -> None:
+    _, best = tagger
+    result = runner.invoke(app, ["infer", "--model", env["model"], "--adapter", str(best), "good \u200b film bad"])
+    assert result.exit_code == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["tags"] == ["B-POS", None, "O", "B-NEG"] and answer["cut"] == 1
+
+
+def test_infer_scores_a_task_whose_words_hold_spaces_as_training_did(env, tmp_path: Path) -> None:
+    """JSONL tokens may hold spaces ('good film'): infer --task keeps the task's own words, as training does."""
+    root = tmp_path / "tj"
+    root.mkdir()
+    rows = [{"tokens": ["the", "good film", "was", "bad"], "tags": ["O", "B-POS", "O", "B-NEG"]},
+            {"tokens": ["so", "dull"], "tags": ["O", "B-NEG"]}] * 8
+    (root / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "task.yaml").write_text("name: tj\nkind: tagging\nlabels: [O, B-POS, I-POS, B-NEG, I-NEG]\n"
+                                    "metrics: [entity_f1, accuracy]\nlocal: {train: t.jsonl, eval: t.jsonl}\n")
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--task", str(root / "task.yaml"), "--model", env["model"], "--run-dir",
+                                 str(run_dir), "--no-cache", "--json", "--quiet", "epochs=2", "learning_rate=1e-1"])
+    assert result.exit_code == 0, result.stderr
+    trained = json.loads(result.stdout)["best"]["metrics"]
+    metrics = tmp_path / "m.json"
+    result = runner.invoke(app, ["infer", "--model", env["model"], "--adapter", str(run_dir / "best"), "--task",
+                                 str(root / "task.yaml"), "--metrics", str(metrics)])
+    assert result.exit_code == 0, result.stderr
+    scored = json.loads(metrics.read_text())
+    assert {k: scored[k] for k in trained} == pytest.approx(trained, abs=1e-9)
+
+
+def test_a_gold_label_that_only_looks_like_a_number_is_one_line(env, tmp_path: Path) -> None:
+    ml_best = tmp_path / "ml"
+    result = runner.invoke(app, ["add", "pfeiffer", "--model", env["model"], "--head", "multilabel:2", "--save",
+                                 str(ml_best), "--name", "ml"])
+    assert result.exit_code == 0, result.stderr
+    (tmp_path / "in.csv").write_text("text,gold\ngood film,0\nbad movie,\u00b2\n")
+    result = runner.invoke(app, ["infer", "--model", env["model"], "--adapter", str(ml_best), "--input",
+                                 str(tmp_path / "in.csv"), "--label-column", "gold"])
+    assert "row 2: label '\u00b2' is not one of" in one_line_error(result)

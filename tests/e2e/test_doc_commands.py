@@ -160,6 +160,11 @@ NOT_RUN = {
         "needs the toy_ner adapter of docs/labels-example.sh; test_label_heads_cli.py tags texts so",
     'adapt infer -m minilm -a toy_topics --json "the pitch was muddy after the rain" "we ate soup before the match"':
         "needs the toy_topics adapter of docs/labels-example.sh; test_label_heads_cli.py answers label sets so",
+    "adapt train --task toy-qa/task.yaml --config pfeiffer epochs=15 learning_rate=3e-3 batch_size=16":
+        "needs toy-qa/ made by docs/labels-example.sh (which trains exactly this)",
+    'adapt infer -m minilm -a toy_qa --json --pair "Where does Rita Vance live ?" "Rita Vance lives in Genoa . '
+    'Omar Said founded Lumen Tech . Lumen Tech hired Rita Vance last year ."':
+        "needs the toy_qa adapter of docs/labels-example.sh; tests/cli/test_qa_cli.py answers questions so",
     # MAD-X (docs/training.md, `adapt train --help`): text corpora and language adapters the world does not hold;
     # the same steps run in tests/cli/test_mlm_cli.py and, on real weights, docs/madx-experiment.sh
     "adapt train --task mlm --data-dir corpus-en/ --config pfeiffer+inv --language en --name lang_en":

@@ -120,7 +120,7 @@ LAYERS = [
                 "methods.reft_layers", "reft_sites", "methods.phm_layers", "methods.prompt_layers", "prompt_sites",
                 "methods.prefix_layers", "prefix_sites", "methods.union_layers",
                 "fastpaths", "stitching", "linear_sites",
-                "merging", "fusion", "heads", "model", "lm_head", "generation", "tokenizer", "tagging", "inference",
+                "merging", "fusion", "heads", "model", "lm_head", "generation", "tokenizer", "tagging", "qa", "inference",
                 "compiled"]),
     ("storage", ["cache", "hub", "hub.card", "hub.archive", "hub.registry", "hub.http", "hub.hf", "hub.pack",
                  "hub.pull", "hub.registries", "hub.server", "hub.site", "resolve"]),

@@ -194,8 +194,8 @@ def test_encoder_heads_are_refused_on_decoders(model_type, head_type, kw) -> Non
     with pytest.raises(UnsupportedModel) as caught:
         model.add_head("h", head_type, **kw)
     assert str(caught.value) == (f"head 'h' is a {head_type} head, which {FAMILY[model_type]} models cannot carry; "
-                                 "they take classification, multilabel_classification, tagging, regression, causal_lm "
-                                 "heads")
+                                 "they take classification, multilabel_classification, tagging, question_answering, "
+                                 "regression, causal_lm heads")
     assert "h" not in model.heads
 
 

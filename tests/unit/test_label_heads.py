@@ -1,5 +1,5 @@
-"""Multi-label classification and tagging heads: equal to AdapterHub's (fixtures made with adapters 1.3.0),
-saved and read in both formats, and the metrics and word alignment they are scored with."""
+"""Multi-label classification, tagging and question-answering heads: equal to AdapterHub's (fixtures made with
+adapters 1.3.0), saved and read in both formats, and the metrics and word alignment they are scored with."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from adapter_cli.tasks.metrics import compute, entity_spans
 from tests.conftest import FIXTURES, char_tokenizer, save_tiny_model, tiny_inputs, tiny_model
 
 HEADS = {"ml": "multilabel_classification", "ml1": "multilabel_classification", "tag": "tagging",
-         "tag2": "tagging"}
+         "tag2": "tagging", "qa": "question_answering", "qa2": "question_answering"}
+LABELS = {"ml": "ml_labels", "ta": "tag_labels", "qa": "qa_labels"}
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt2"])
@@ -31,7 +32,7 @@ def test_heads_equal_adapterhub(family: str, head: str) -> None:
     model.load_adapter(root / "adapters" / "a", with_head=False)
     name = model.load_head(root / "heads" / head)
     assert model.heads[name].config.head_type == HEADS[head]
-    labels = cases["ml_labels"] if head.startswith("ml") else cases["tag_labels"]
+    labels = cases[LABELS[head[:2]]]
     with torch.no_grad():
         out = model(input_ids=cases["input_ids"], attention_mask=cases["attention_mask"], labels=labels,
                     active="a", head=name)
@@ -130,6 +131,9 @@ def test_multilabel_metrics() -> None:
     assert out["accuracy"] == pytest.approx(2 / 3)  # the whole set right
     assert out["micro_f1"] == pytest.approx(2 * 3 / (2 * 3 + 1))
     assert out["macro_f1"] == pytest.approx((2 / 3 + 1 + 1) / 3)
+    # a label nobody has nor predicts says nothing: perfect answers score 1, as single-label macro F1 does
+    perfect = compute(["macro_f1"], [[1, 0, 0], [0, 1, 0]], [[1, 0, 0], [0, 1, 0]], "multilabel")
+    assert perfect["macro_f1"] == 1.0
 
 
 def test_words_find_their_first_wordpiece(tmp_path: Path) -> None:
@@ -143,12 +147,25 @@ def test_words_find_their_first_wordpiece(tmp_path: Path) -> None:
     assert [tokens[i] for i in aligned.first_tokens[0]] == ["the", "film", "[UNK]", "was"]
     assert aligned.first_tokens[1] == [1]
     cut = align(tokenizer, [["the", "film", "was", "good", "fun"]], max_length=4)
-    assert cut.first_tokens[0] == [1, 2]  # [CLS] the film [SEP]: the other three words were cut
+    assert cut.first_tokens[0] == [1, 2, None, None, None]  # [CLS] the film [SEP]: three words were cut
     labels = token_labels([3, 1, 2, 0, 0], cut.first_tokens[0], 4)
     assert labels == [-100, 3, 1, -100]
     logits = torch.zeros(4, 5)
     logits[1, 4] = logits[2, 2] = 1.0
-    assert word_predictions(logits, cut.first_tokens[0], 5, fill=0) == [4, 2, 0, 0, 0]
+    assert word_predictions(logits, cut.first_tokens[0], fill=0) == [4, 2, 0, 0, 0]
+
+
+def test_a_word_the_tokenizer_removes_hides_only_itself(tmp_path: Path) -> None:
+    """A zero-width space or a replacement character makes no token; the words after it keep theirs."""
+    from adapter_cli.tagging import align
+    from adapter_cli.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(str(save_tiny_model(tmp_path / "m")), None, "tiny")
+    aligned = align(tokenizer, [["the", "\u200b", "film", "\ufffd", "was"]], max_length=64)
+    tokens = tokenizer.convert_ids_to_tokens(aligned.encoding["input_ids"][0])
+    first = aligned.first_tokens[0]
+    assert first[1] is None and first[3] is None
+    assert [tokens[first[i]] for i in (0, 2, 4)] == ["the", "film", "was"]
 
 
 def test_words_of_several_pieces_and_a_character_tokenizer() -> None:
@@ -177,3 +194,28 @@ def test_words_under_a_byte_level_bpe(trim: bool) -> None:
     aligned = align(fast, [["the", "wonderfully", "plot", "zq"]], 64)
     tokens = fast.convert_ids_to_tokens(aligned.encoding["input_ids"][0])
     assert [tokens[i] for i in aligned.first_tokens[0]] == ["the", "Ġwonderful", "Ġplot", "z"]
+
+
+@pytest.mark.parametrize("head_type", ["tagging", "question_answering"])
+def test_batched_answers_equal_single_ones_under_a_left_padding_tokenizer(head_type: str) -> None:
+    """Word and context positions count from each row's first token: a tokenizer that pads on the left (as
+    many Llama tokenizers do) must not shift them in a batch of different lengths."""
+    from adapter_cli.inference import Row, predict
+    from tests.conftest import randomise, tiny_decoder
+
+    model = tiny_decoder("gpt2")
+    kw = {"num_labels": 2, "layers": 1} if head_type == "question_answering" else {"num_labels": 3}
+    model.add_head("h", head_type, **kw)
+    randomise(model.heads["h"], scale=1.0)
+    tokenizer = char_tokenizer()
+    tokenizer.padding_side = "left"
+    if head_type == "tagging":
+        rows = [Row("ab c d"), Row("a bb cc dd a b")]
+    else:
+        rows = [Row("q", "ab cd"), Row("qq a", "ab cd ef ab cd ab c")]
+    together = list(predict(model, tokenizer, rows, head="h", max_length=48))
+    alone = [next(predict(model, tokenizer, [row], head="h", max_length=48)) for row in rows]
+    for a, b in zip(together, alone):  # the same answers; numbers from a wider padded batch may round otherwise
+        for key in ("probability", "scores", "score", "no_answer"):
+            assert a.pop(key, 0) == pytest.approx(b.pop(key, 0), abs=1e-5)
+        assert a == b

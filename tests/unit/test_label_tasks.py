@@ -66,6 +66,23 @@ def test_bad_conll_files_are_one_line(tmp_path: Path, text: str, message: str) -
         load_split(get_task(str(path)), "train")
 
 
+def test_hash_words_are_words_and_comments_come_before_a_sentence(tmp_path: Path) -> None:
+    text = "# text = I love # 1 #Berlin\nI O\nlove O\n# O\n1 O\n#Berlin B-LOC\n\n#Paris B-LOC\n"
+    path = _task(tmp_path, NER + "local: {train: t.txt, eval: t.txt}\n", {"t.txt": text})
+    examples = load_split(get_task(str(path)), "train")
+    assert [e.words for e in examples] == [("I", "love", "#", "1", "#Berlin"), ("#Paris",)]
+
+
+def test_conll_columns_are_field_numbers(tmp_path: Path) -> None:
+    yaml = NER + "columns: {text: 0, label: 1}\nlocal: {train: t.txt, eval: t.txt}\n"  # the task's own columns
+    path = _task(tmp_path, yaml, {"t.txt": "John B-PER x\n"})
+    assert load_split(get_task(str(path)), "train")[0].label == (1,)
+    yaml = NER + "local: {train: t.txt, eval: t.txt, columns: {text: word, label: tag}}\n"
+    path = _task(tmp_path / "names", yaml, {"t.txt": "John B-PER\n"})
+    with pytest.raises(UsageError, match="CoNLL columns are field numbers"):
+        load_split(get_task(str(path)), "train")
+
+
 def test_a_jsonl_tagging_row_with_more_words_than_tags(tmp_path: Path) -> None:
     yaml = NER + "local: {train: t.jsonl, eval: t.jsonl}\n"
     path = _task(tmp_path, yaml, {"t.jsonl": json.dumps({"tokens": ["a", "b"], "tags": ["O"]}) + "\n"})

@@ -1,0 +1,105 @@
+"""adapt train / infer / add with extractive question answering, on a tiny model that can learn the toy task:
+the answer to "which" is the positive word of the context."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from adapter_cli.cli import app
+from tests.conftest import FILLER, WORDS_NEG, WORDS_POS, one_line_error, save_tiny_model
+
+runner = CliRunner()
+LONG_QUESTION = " ".join(["which"] * 30)
+
+
+def _squad(n: int, seed: int, long_questions: int = 0) -> dict:
+    rng = random.Random(seed)
+    paragraphs = []
+    for i in range(n):
+        words = rng.sample(FILLER, 6) + [rng.choice(WORDS_POS), rng.choice(WORDS_NEG)]
+        rng.shuffle(words)
+        context = " ".join(words)
+        answer = next(w for w in words if w in WORDS_POS)
+        start = len(" ".join(words[:words.index(answer)])) + (1 if words.index(answer) else 0)
+        question = LONG_QUESTION if i < long_questions else "which"
+        paragraphs.append({"context": context, "qas": [{"id": f"{seed}-{i}", "question": question,
+                                                         "answers": [{"text": answer, "answer_start": start}]}]})
+    return {"version": "1.1", "data": [{"title": "toy", "paragraphs": paragraphs}]}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("qa")
+    task = root / "task"
+    task.mkdir()
+    (task / "train.json").write_text(json.dumps(_squad(160, 0)))
+    (task / "dev.json").write_text(json.dumps(_squad(40, 1, long_questions=5)))
+    (task / "task.yaml").write_text("name: toy_qa\nkind: qa\nmetrics: [token_f1, exact_match]\n"
+                                    "local: {train: train.json, eval: dev.json}\n")
+    model = str(save_tiny_model(root / "tiny"))
+    run_dir = root / "run"
+    result = runner.invoke(app, ["train", "--task", str(task / "task.yaml"), "--model", model, "--run-dir",
+                                 str(run_dir), "--no-cache", "--json", "epochs=6", "batch_size=16",
+                                 "learning_rate=5e-2", "max_length=32"])
+    assert result.exit_code == 0, result.stderr
+    return {"model": model, "task": str(task / "task.yaml"), "summary": json.loads(result.stdout),
+            "best": str(run_dir / "best"), "stderr": result.stderr}
+
+
+def test_a_qa_adapter_learns_and_reports_the_answers_it_cannot_reach(env) -> None:
+    summary = env["summary"]
+    assert summary["main_metric"] == "token_f1"
+    assert summary["best"]["metrics"]["exact_match"] == pytest.approx(35 / 40)  # the 5 long questions are missed
+    assert "5 of 40 dev answers lie in no window of 32 tokens" in env["stderr"]
+    head = json.loads((Path(env["best"]) / "head_config.json").read_text())["config"]
+    assert (head["head_type"], head["layers"], head["num_labels"]) == ("question_answering", 1, 2)
+
+
+def test_infer_answers_pairs_and_scores_the_dev_set_as_training_did(env, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["infer", "--model", env["model"], "--adapter", env["best"], "--max-length", "32",
+                                 "--pair", "which", "the film was great but the plot was awful",
+                                 LONG_QUESTION, "so good"])
+    assert result.exit_code == 0, result.stderr
+    answered, unanswered = (json.loads(line) for line in result.stdout.splitlines())
+    assert answered["answer"] == "great" and (answered["start"], answered["end"]) == (13, 18)
+    assert 0 < answered["probability"] <= 1 and answered["no_answer"] < answered["score"]
+    assert unanswered["answer"] is None and unanswered["start"] is None
+    assert "1 question(s) leave no room for their context within --max-length 32" in result.stderr
+    metrics = tmp_path / "m.json"
+    result = runner.invoke(app, ["infer", "--model", env["model"], "--adapter", env["best"], "--task", env["task"],
+                                 "--max-length", "32", "--metrics", str(metrics)])
+    assert result.exit_code == 0, result.stderr
+    scored = json.loads(metrics.read_text())
+    for name, value in env["summary"]["best"]["metrics"].items():
+        assert scored[name] == pytest.approx(value, abs=1e-9)
+
+
+def test_a_context_longer_than_the_window_is_read_in_windows(env) -> None:
+    context = " ".join(["film was the plot"] * 30 + ["good"])
+    result = runner.invoke(app, ["infer", "--model", env["model"], "--adapter", env["best"], "--max-length", "32",
+                                 "--pair", "which", context])
+    assert result.exit_code == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["answer"] == "good" and answer["start"] == len(context) - 4
+
+
+def test_a_qa_head_refuses_single_texts(env) -> None:
+    result = runner.invoke(app, ["infer", "--model", env["model"], "--adapter", env["best"], "which"])
+    assert "answers a question from a context" in one_line_error(result)
+
+
+def test_add_saves_a_qa_head_in_adapterhub_format(env, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["add", "pfeiffer", "--model", env["model"], "--head", "qa", "--save",
+                                 str(tmp_path / "a"), "--format", "adapterhub"])
+    assert result.exit_code == 0, result.stderr
+    config = json.loads((tmp_path / "a" / "head_config.json").read_text())["config"]
+    assert (config["head_type"], config["num_labels"], config["layers"]) == ("question_answering", 2, 1)
+    result = runner.invoke(app, ["add", "pfeiffer", "--model", env["model"], "--head", "qa:3", "--save",
+                                 str(tmp_path / "b")])
+    assert "takes no count" in one_line_error(result)
+    assert not (tmp_path / "b").exists()
