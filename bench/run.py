@@ -5,6 +5,7 @@ process, except CPU peak memory, which takes one child process per training arm)
     python bench/run.py --device cuda --preset bert-base   # BERT-base shape, seq 128, batch 32 and 128, bf16
     python bench/run.py --preset bert-base --batch 8 --memory-only   # CPU peak memory of the training arms
     python bench/run.py --device cpu --preset small --arms lora     # only the LoRA-family arms and their baselines
+    python bench/run.py --device cpu --preset small --arms decoder  # a Llama-shaped decoder: adapter vs full causal-LM step
     python bench/run.py --device cpu --preset small --arms mixed    # only the mixed batch at scale (32 adapters,
                                                                     # 32 stacks, 32 LoRA adapters)
     python bench/run.py --device cpu --clock cpu    # one thread, timed by its CPU time (a busy shared machine)
@@ -74,6 +75,11 @@ PRESETS = {
 # Training arms whose peak resident memory is measured in a child process on CPU.
 MEMORY_ARMS = ("full fine-tuning step", "frozen floor", "adapter training step",
                "adapter training step, checkpointed", "LoRA training step")
+# A Llama-shaped decoder of the preset's size (grouped-query attention, untied LM head) trained on causal
+# language modelling: every weight, or a Pfeiffer adapter under the frozen LM head (as `adapt train --task lm`
+# trains it), with and without gradient checkpointing.
+DECODER_ARMS = ("decoder: full fine-tuning step", "decoder: adapter training step",
+                "decoder: adapter training step, checkpointed")
 # LoRA-family training arms: arm -> (adapter preset, adapter name).
 LORA_ARMS = {"LoRA training step": ("lora", "l0"), "(IA)³ training step": ("ia3", "i0")}
 # The training arms of the LoRA set (the first two are measured again beside LoRA, as "<arm>, beside LoRA").
@@ -349,8 +355,42 @@ class Bench:
         self.store_frozen(model.base)
         return model.train()
 
+    def decoder_config(self) -> Any:
+        """A Llama of this bench's size: half as many key/value heads as query heads, LM head untied."""
+        from transformers import AutoConfig
+
+        c = self.config
+        return AutoConfig.for_model("llama", vocab_size=32000, hidden_size=c.hidden_size,
+                                    num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+                                    num_key_value_heads=max(1, c.num_attention_heads // 2),
+                                    intermediate_size=c.intermediate_size, max_position_embeddings=512,
+                                    tie_word_embeddings=False)
+
+    def decoder_arm(self, arm: str) -> tuple[Callable[[], None], Any]:
+        """A causal-LM training step on the batch's own tokens: the whole model, or an adapter under the
+        model's frozen LM head (a one-layer causal_lm head, untied, as lm_head.py attaches it)."""
+        config = self.decoder_config()
+        torch.manual_seed(0)
+        if arm == "decoder: full fine-tuning step":
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_config(config).to(self.device).train()
+            return self.train_step(model, labels=self.ids), model
+        from adapter_cli import AdapterModel
+
+        model = AdapterModel.from_config(config).to(self.device)
+        model.add_adapter("a0", "pfeiffer")
+        model.add_head("lm", "causal_lm", vocab_size=config.vocab_size, layers=1, activation_function=None)
+        model.train_adapters(["a0"], heads=[])  # the LM head stays frozen
+        self.store_frozen(model.base)
+        if arm.endswith("checkpointed"):
+            model.gradient_checkpointing_enable()
+        return self.train_step(model.train(), active="a0", head="lm", labels=self.ids), model
+
     def training_arm(self, arm: str) -> tuple[Callable[[], None], Any]:
         """The step function and model of one training arm that needs nothing else built first."""
+        if arm in DECODER_ARMS:
+            return self.decoder_arm(arm)
         if arm in ("full fine-tuning step", "frozen floor"):
             model = self.plain(trainable=arm == "full fine-tuning step")
             return self.train_step(model), model
@@ -411,11 +451,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5, help="clean timed calls wanted per arm")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     parser.add_argument("--batch", type=int, help="one batch size instead of the preset's")
-    parser.add_argument("--arms", choices=("all", "lora", "mixed", "compiled"), default="all",
+    parser.add_argument("--arms", choices=("all", "lora", "mixed", "compiled", "decoder"), default="all",
                         help="lora: only the LoRA set (LoRA and (IA)³ arms with the baselines measured beside "
                              "them: a full fine-tuning step, a bottleneck adapter step, the backbone alone); "
                              "mixed: only the mixed batch at scale; compiled: only one adapter eager against "
-                             "compiled (torch.compile), inference and training step")
+                             "compiled (torch.compile), inference and training step; decoder: a Llama-shaped "
+                             "causal LM, a full fine-tuning step against an adapter step (checkpointed too)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="cpu (CPU only): run torch on one thread and time each arm by that thread's CPU "
                              "time, which other processes on a shared machine hardly change")
@@ -435,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
                              "beside one) (0: skip it)")
     parser.add_argument("--memory-only", action="store_true",
                         help="CPU: only the peak resident memory of the training arms (quick at BERT-base shape)")
-    parser.add_argument("--peak-rss-arm", choices=MEMORY_ARMS, help=argparse.SUPPRESS)  # the child of peak_rss
+    parser.add_argument("--peak-rss-arm", choices=MEMORY_ARMS + DECODER_ARMS, help=argparse.SUPPRESS)  # peak_rss's child
     args = parser.parse_args(argv)
     if args.peak_rss_arm:
         print(peak_rss_child(args.preset, args.batch, args.peak_rss_arm, args.repeat))
@@ -671,7 +712,12 @@ def main(argv: list[str] | None = None) -> int:
             "adapter training step, eager": bench.train_step(eager, active="a0", labels=bench.labels),
             "adapter training step, compiled": bench.train_step(compiled, active="a0", labels=bench.labels)})
 
-    if args.arms not in ("mixed", "compiled"):
+    if args.arms == "decoder":  # not in "all": its own file, a causal LM's vocabulary-sized logits
+        for batch in batches:
+            bench = Bench(args.preset, device, batch)
+            training_group(batch, [training_builder(bench, arm) for arm in DECODER_ARMS],
+                           memory={arm: arm for arm in DECODER_ARMS})
+    if args.arms not in ("mixed", "compiled", "decoder"):
         for batch in batches:
             bench = Bench(args.preset, device, batch)
             if args.arms == "all":
@@ -772,6 +818,10 @@ def compute_ratios(rows: list[dict[str, Any]], shape: dict[str, Any], min_clean:
             "inference, one adapter, eager")
         add("compiled / eager: adapter training step", "adapter training step, compiled",
             "adapter training step, eager")
+        full_d, adapter_d, checkpointed_d = DECODER_ARMS
+        for key, what in (("seconds", ""), ("peak_bytes", ": peak memory"), ("saved_bytes", ": saved activation bytes")):
+            add(f"decoder: adapter step / full fine-tuning step{what}", adapter_d, full_d, key)
+            add(f"decoder: checkpointed adapter step / full fine-tuning step{what}", checkpointed_d, full_d, key)
     k = shape.get("mixed_adapters")
     if k:  # the mixed batch at scale: throughput relative to one adapter, same batch of k rows
         add = adder(k)

@@ -50,3 +50,24 @@ def test_bench_lora_arms_write_their_ratios(tmp_path):
     assert ratios["LoRA step / full fine-tuning step: saved activation bytes"] < 1.0, context
     if sys.platform == "linux":  # peak resident memory per training arm, each run alone in a child process
         assert ratios.get("LoRA step / full fine-tuning step: peak memory", 2.0) < 1.0, context
+
+
+def test_bench_decoder_arms_write_their_ratios(tmp_path):
+    """A Llama-shaped causal LM: a full fine-tuning step against an adapter step under the frozen LM head,
+    checkpointed too (counted, not timed)."""
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--device", "cpu", "--preset", "small",
+                          "--arms", "decoder", "--clock", "cpu", "--repeat", "1", "--warmup", "0",
+                          "--min-call-ms", "0", "--max-others", "inf", "--min-clean", "1",
+                          "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads((tmp_path / "results-cpu-small-decoder-cputime.json").read_text())
+    assert {r["arm"] for r in result["arms"]} == {"decoder: full fine-tuning step", "decoder: adapter training step",
+                                                 "decoder: adapter training step, checkpointed"}
+    ratios = {r["ratio"]: r["value"] for r in result["ratios"]}
+    context = f"{ratios}\n{run.stderr[-2000:]}"
+    saved = ratios["decoder: adapter step / full fine-tuning step: saved activation bytes"]
+    assert saved < 1.0, context
+    assert ratios["decoder: checkpointed adapter step / full fine-tuning step: saved activation bytes"] < saved, context
+    if sys.platform == "linux":
+        assert ratios.get("decoder: adapter step / full fine-tuning step: peak memory", 2.0) < 1.0, context
