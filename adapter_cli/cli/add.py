@@ -44,8 +44,8 @@ def add(
     name: str = typer.Option(None, "--name", "-n", help="Adapter name (default: the preset name)."),
     save: Path = typer.Option(None, "--save", help="Save the initialised adapter to this directory (needs --model)."),
     head: str = typer.Option(None, "--head", help="Also add a head saved with the adapter: classification:N, "
-                             "multilabel:N, tagging:N, qa (extractive question answering), regression or "
-                             "multiple_choice:N (N labels / choices)."),
+                             "multilabel:N, tagging:N, qa (extractive question answering), regression, "
+                             "multiple_choice:N (N labels / choices) or causal_lm (a decoder's own LM head)."),
     fmt: str = typer.Option("adapt", "--format", help="Format for --save: adapt, adapterhub or peft (LoRA, (IA)³ and DoRA)."),
     dtype: str = typer.Option("float32", "--dtype", help="Weight precision for --save: float32, float16, bfloat16."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --save directory."),
@@ -180,7 +180,11 @@ def _build(model: str, adapter_name: str, adapter_config: Any, head: str | None,
     base_params = sum(p.numel() for p in m.base.parameters())
     result.update(hidden_size=m.hidden_size, num_layers=m.num_layers, base_model=m.base_info.to_dict(),
                   base_parameters=base_params)
-    if head is not None:
+    if head == "causal_lm":  # the model's own LM head: tied to its embeddings, or its checkpoint's lm_head
+        from ..lm_head import attach_own_head
+
+        attach_own_head(m, adapter_name)
+    elif head is not None:
         m.add_head(adapter_name, **_head_spec(head))
     if save is not None:
         m.save_adapter(save, adapter_name, format=fmt, dtype=torch_dtype(dtype),
@@ -217,11 +221,13 @@ def _head_spec(text: str) -> dict[str, Any]:
     from ..head_config import MAX_OUTPUTS
 
     kind, colon, count = text.partition(":")
+    if kind == "causal_lm" and not colon:
+        return {"head_type": kind}  # built from the model itself (lm_head.attach_own_head)
     kind = {"multilabel": "multilabel_classification", "qa": "question_answering"}.get(kind, kind)
     if kind not in ("classification", "multilabel_classification", "tagging", "question_answering", "regression",
                     "multiple_choice"):
-        raise UsageError(f"unknown head type {kind!r}; use classification:N, multilabel:N, tagging:N, qa, regression "
-                         "or multiple_choice:N")
+        raise UsageError(f"unknown head type {kind!r}; use classification:N, multilabel:N, tagging:N, qa, regression, "
+                         "multiple_choice:N or causal_lm")
     if kind in ("regression", "question_answering"):
         if colon:
             raise UsageError(f"--head {text!r}: a {kind} head has fixed outputs and takes no count; use "

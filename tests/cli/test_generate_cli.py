@@ -92,6 +92,32 @@ def test_own_head_without_adapter(decoders) -> None:
     assert set(row) == KEYS - {"active"} and row["head"] == "lm" and row["new_tokens"] <= 3
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("fmt", ["adapt", "adapterhub"])
+def test_add_saves_the_models_own_lm_head_with_an_adapter(decoders, family, fmt, tmp_path) -> None:
+    """`adapt add --head causal_lm`: the model's own LM head (tied, or the checkpoint's lm_head) saved with a
+    fresh adapter, which changes nothing yet: it continues as the bare model does."""
+    d = decoders[family]
+    out = tmp_path / "withlm"
+    result = runner.invoke(app, ["add", "pfeiffer", "-m", str(d / "model"), "--head", "causal_lm", "--save",
+                                 str(out), "--format", fmt])
+    assert result.exit_code == 0, result.stderr
+    args = ["--generate", "hello", "--max-new-tokens", "4"]
+    with_head = runner.invoke(app, ["infer", "-m", str(d / "model"), "-a", str(out), *args])
+    bare = runner.invoke(app, ["infer", "-m", str(d / "model"), *args])
+    assert with_head.exit_code == 0 and bare.exit_code == 0, with_head.stderr + bare.stderr
+    assert json.loads(with_head.stdout)["generated"] == json.loads(bare.stdout)["generated"]
+    assert json.loads(with_head.stdout)["head"] == "pfeiffer"
+
+
+def test_add_refuses_a_causal_lm_head_on_an_encoder(tmp_path) -> None:
+    model = save_tiny_model(tmp_path / "enc")
+    result = runner.invoke(app, ["add", "pfeiffer", "-m", str(model), "--head", "causal_lm", "--save",
+                                 str(tmp_path / "x")])
+    assert "encoders and have no causal language-model head" in one_line_error(result)
+    assert not (tmp_path / "x").exists()
+
+
 # ====================================================================== bad input
 
 
