@@ -182,18 +182,40 @@ def collate(data: Encoded, indices: list[int], pad_id: int, float_labels: bool) 
     return batch
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+GROUP = 50  # length grouping sorts windows of this many steps' examples
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
+                  lengths: list[int] | None = None) -> list[list[int]]:
     """The batches of one epoch for one process: a permutation seeded by (seed, epoch), split across ranks.
 
     Depending only on (seed, epoch) is what lets a resumed run see exactly the batches it would have seen.
+    With ``lengths`` (recipe key ``group_by_length``) the permutation is cut into windows of ``GROUP`` steps,
+    each window sorted by length, and the steps of the epoch shuffled again: every batch holds examples of
+    similar length (little padding), and the order still depends only on (seed, epoch).
     """
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(n, generator=g).tolist()
     per_step = batch_size * world
-    batches = []
+    if lengths is not None:
+        window = per_step * GROUP
+        order = [i for start in range(0, n, window)
+                 for i in sorted(order[start:start + window], key=lambda i: -lengths[i])]
+    steps = []
     for start in range(0, n, per_step):
         chunk = order[start:start + per_step]
         if len(chunk) < world:  # every process must take the same number of steps
             break
-        batches.append(chunk[rank::world])
-    return batches
+        steps.append(chunk)
+    if lengths is not None:
+        steps = [steps[i] for i in torch.randperm(len(steps), generator=g).tolist()]
+    return [chunk[rank::world] for chunk in steps]
+
+
+def lengths_of(data: Encoded) -> list[int]:
+    """Each example's length in tokens (multiple choice: its longest option), what padding follows."""
+    out = []
+    for feature in data.features:
+        ids = feature["input_ids"]
+        out.append(max(len(s) for s in ids) if ids and isinstance(ids[0], list) else len(ids))
+    return out

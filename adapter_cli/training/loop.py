@@ -43,7 +43,7 @@ from ..errors import UsageError, disk_full
 from ..fsutil import dump_json, save_torch, write_text_atomic
 from ..tasks import get_task
 from ..tasks.metrics import compute
-from .data import Encoded, collate, encode, epoch_batches, load_examples, write_subsets
+from .data import Encoded, collate, encode, epoch_batches, lengths_of, load_examples, write_subsets
 from .clm import encode_lm, evaluate_lm, lm_batch
 from .mlm import Masker, encode_text, evaluate_mlm, generator, masked_batch
 from .features import Features, cacheable, encode_features, evaluate_features, head_logits, head_reads, predictions
@@ -357,8 +357,9 @@ class Trainer:
             self.eval_features = encode_features(self.model, self.name, self.eval_data, *args)
 
     def _batches(self, epoch: int) -> list[list[int]]:
+        lengths = lengths_of(self.train_data) if self.recipe.group_by_length and not self.on_features else None
         return epoch_batches(len(self.train_data), self.recipe.batch_size, self.recipe.seed, epoch, self.rank,
-                             self.world)
+                             self.world, lengths)
 
     def _train_epoch(self) -> None:
         recipe, state = self.recipe, self.state

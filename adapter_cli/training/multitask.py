@@ -131,8 +131,11 @@ class MultiTaskTrainer(Trainer):
 
     def _batches(self, epoch: int) -> list[Any]:
         sizes = [len(d) for d in self.train_sets]
+        from .data import lengths_of
+
+        lengths = [lengths_of(d) for d in self.train_sets] if self.recipe.group_by_length else None
         return epoch_plan(sizes, self.recipe.batch_size, self.recipe.seed, epoch, self.recipe.epochs, self.recipe,
-                          self.recipe.steps_per_epoch)
+                          self.recipe.steps_per_epoch, lengths)
 
     def _loss(self, item: Any) -> torch.Tensor:
         """The drawn task's batch through the base, its adapter and its head."""

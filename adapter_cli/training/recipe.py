@@ -9,7 +9,7 @@ A recipe file has top-level keys (task, model, method, name, description) and se
     optim:   {learning_rate, weight_decay, max_grad_norm, warmup_ratio}
     train:   {epochs, patience, batch_size, eval_batch_size, grad_accum, seed, precision, frozen_dtype,
               gradient_checkpointing, compile, device, save_every_steps, log_every_steps}
-    data:    {data_dir, max_length, max_train_samples, max_eval_samples, mlm_probability}
+    data:    {data_dir, max_length, max_train_samples, max_eval_samples, mlm_probability, group_by_length}
 
 Overrides name a key with its section (``optim.learning_rate=3e-4``, ``adapter.reduction_factor=32``) or,
 when that is unambiguous, alone (``learning_rate=3e-4``, ``reduction_factor=32``, ``r=16``). Flat files written
@@ -46,7 +46,8 @@ SECTIONS: dict[str, dict[str, str]] = {
                              "precision", "frozen_dtype", "gradient_checkpointing", "compile", "device",
                              "save_every_steps",
                              "log_every_steps")},
-    "data": {k: k for k in ("data_dir", "max_length", "max_train_samples", "max_eval_samples", "mlm_probability")},
+    "data": {k: k for k in ("data_dir", "max_length", "max_train_samples", "max_eval_samples", "mlm_probability",
+                            "group_by_length")},
     # MT-A (sampling.py): the tasks, their data, the shared base's learning rate and the annealed sampling
     "multitask": {k: k for k in ("tasks", "data_dirs", "base_learning_rate", "alpha_start", "alpha_end",
                                  "alpha_schedule", "steps_per_epoch")},
@@ -90,6 +91,7 @@ class Recipe:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     mlm_probability: float = 0.15  # mlm tasks: the share of tokens masked (BERT's 80/10/10 among them)
+    group_by_length: bool = False  # batches of examples of similar length, less padding (data.epoch_batches)
     save_every_steps: int = 200  # checkpoint for --resume
     log_every_steps: int = 10
     tasks: list[str] = field(default_factory=list)  # method multitask: the tasks (names or task files)
@@ -152,8 +154,9 @@ class Recipe:
         if self.frozen_dtype in ("bf16", "fp16") and self.precision not in ("auto", self.frozen_dtype):
             raise bad(f"frozen_dtype={self.frozen_dtype} needs precision={self.frozen_dtype} (frozen layers are "
                       f"stored in the dtype autocast computes in), got precision={self.precision}")
-        if not isinstance(self.gradient_checkpointing, bool):
-            raise bad("gradient_checkpointing must be true or false")
+        for key in ("gradient_checkpointing", "group_by_length"):
+            if not isinstance(getattr(self, key), bool):
+                raise bad(f"{key} must be true or false")
         from ..compiled import parse_setting
 
         self.compile = parse_setting(self.compile, source)

@@ -53,10 +53,11 @@ def default_steps(sizes: list[int], batch_size: int) -> int:
 
 
 def epoch_plan(sizes: list[int], batch_size: int, seed: int, epoch: int, epochs: int, recipe: Any,
-               steps: int | None = None) -> list[tuple[int, list[int]]]:
+               steps: int | None = None, lengths: list[list[int]] | None = None) -> list[tuple[int, list[int]]]:
     """(task index, example indices) for every step of 0-based ``epoch``. Each task's batches come from its
     own seeded permutations, a new one whenever the last is used up (a task drawn often cycles through its
-    data more than once per epoch, a rare one may not finish it)."""
+    data more than once per epoch, a rare one may not finish it); grouped by length with ``lengths`` (each
+    task's example lengths: recipe key ``group_by_length``)."""
     from .data import epoch_batches
 
     exponent = alpha(epoch + 1, epochs, recipe.alpha_start, recipe.alpha_end, recipe.alpha_schedule)
@@ -67,7 +68,8 @@ def epoch_plan(sizes: list[int], batch_size: int, seed: int, epoch: int, epochs:
     for step in range(steps or default_steps(sizes, batch_size)):
         i = draw_task(probs, seed, epoch, step)
         if not queues[i]:
-            queues[i] = epoch_batches(sizes[i], batch_size, seed + 7919 * (i + 1), epoch * 10_000 + rounds[i])
+            queues[i] = epoch_batches(sizes[i], batch_size, seed + 7919 * (i + 1), epoch * 10_000 + rounds[i],
+                                      lengths=lengths[i] if lengths else None)
             rounds[i] += 1
         plan.append((i, queues[i].pop(0)))
     return plan

@@ -128,12 +128,13 @@ def test_resume_after_a_kill_reaches_the_same_result(env) -> None:
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
-def test_resume_via_the_api_stop_hook(env, tmp_path) -> None:
+@pytest.mark.parametrize("grouped", [False, True])
+def test_resume_via_the_api_stop_hook(env, tmp_path, grouped) -> None:
     from adapter_cli.training.loop import train as run
     from adapter_cli.training.recipe import Recipe
 
     recipe = Recipe(task=env["task"], model=env["model"], epochs=2, batch_size=16, learning_rate=5e-3,
-                    save_every_steps=1, patience=None)
+                    save_every_steps=1, patience=None, group_by_length=grouped)
     run(recipe, tmp_path / "whole")
     assert run(recipe, tmp_path / "part", stop_after_steps=5)["status"] == "stopped"
     run(recipe, tmp_path / "part", resume=True)
