@@ -52,9 +52,9 @@ def score(task: Any, model: Any, rows: list[Row], predictions: list[dict[str, An
                          "score each task on its own")
     head = model.heads[heads[0]].config
     if head.head_type == "question_answering":
-        golds = [r.label if isinstance(r.label, list) else [str(r.label)] if str(r.label) else [] for r in rows]
-        return compute(task.metrics if task else ("token_f1", "exact_match"),
-                       [p["answer"] or "" for p in predictions], golds, "qa")
+        golds = [answer_texts(r.label, n) for n, r in enumerate(rows, 1)]
+        return compute(task.metrics if task else ("token_f1", "exact_match"), [p["answer"] for p in predictions],
+                       golds, "qa")
     if head.head_type in ("multilabel_classification", "tagging"):
         return _score_labels(task, head, rows, predictions)
     if head.head_type == "regression":
@@ -96,6 +96,21 @@ def _score_labels(task: Any, head: Any, rows: list[Row], predictions: list[dict[
     hot = [[int(i in gold) for i in range(len(names))] for gold in golds]
     preds = [[int(name in p["labels"]) for name in names] for p in predictions]
     return compute(task.metrics if task else ("micro_f1", "macro_f1", "accuracy"), preds, hot, kind)
+
+
+def answer_texts(value: Any, row: int) -> list[str]:
+    """A question's gold answer texts from a label cell: a text, a list of texts or of {text, answer_start}
+    objects, the Hub's {text: [...], answer_start: [...]}, or nothing (null, [], ""): no answer."""
+    if isinstance(value, dict):
+        value = value.get("text")
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else [value]
+    texts = [item.get("text") if isinstance(item, dict) else item for item in items]
+    if not all(isinstance(t, str) for t in texts):
+        raise UsageError(f"row {row}: a gold answer must be a text, a list of texts or of {{text, answer_start}}, got "
+                         f"{value!r}"[:300])
+    return [t for t in texts if t]
 
 
 def _label_ids(value: Any, names: list[str], row: int) -> list[int]:
@@ -149,12 +164,13 @@ def read_rows(texts: list[str], input_path: str | None, text_column: str, pair_c
 
 def predict(model: Any, tokenizer: Any, rows: list[Row], active: Any = None, batch_size: int = 32,
             max_length: int = DEFAULT_MAX_LENGTH, autocast: Any = None, head: str | None = None,
-            allow_single: bool = False) -> Iterator[dict[str, Any]]:
+            allow_single: bool = False, allow_empty: bool = False) -> Iterator[dict[str, Any]]:
     """Predictions in row order, on the model's device (under autocast to ``autocast`` when given). Rows
     with a ``route`` use that composition (validated up front), the others ``active``; rows are batched
     per composition. Each row is answered by the head that fits its composition (``AdapterModel.head_for``)
     unless ``head`` names one for all; a single text given to a head trained on pairs is refused unless
-    ``allow_single``."""
+    ``allow_single``. ``allow_empty``: a question-answering head answers "" where position 0 (no answer)
+    scores higher than the best span, as for SQuAD 2.0."""
     routes = {r.route for r in rows if r.route is not None}
     compositions = {route: model.resolve_composition(route) for route in sorted(routes)}
     groups: dict[Any, list[int]] = {}
@@ -163,7 +179,7 @@ def predict(model: Any, tokenizer: Any, rows: list[Row], active: Any = None, bat
     for route, indices in groups.items():
         chosen = compositions[route] if route is not None else model.resolve_composition(active)
         _check_inputs(model, [rows[i] for i in indices], chosen, head, allow_single)
-    options = _Options(batch_size, max_length, autocast, head)
+    options = _Options(batch_size, max_length, autocast, head, allow_empty)
     if not routes:
         yield from _predict(model, tokenizer, rows, model.resolve_composition(active), options)
         return
@@ -193,6 +209,7 @@ class _Options:
     max_length: int
     autocast: Any
     head: str | None
+    allow_empty: bool = False
 
 
 def _check_inputs(model: Any, rows: list[Row], composition: Any, head: str | None, allow_single: bool) -> None:
@@ -200,6 +217,11 @@ def _check_inputs(model: Any, rows: list[Row], composition: Any, head: str | Non
     grouped), single texts for a head trained on pairs."""
     names = [head] if head is not None else model.heads_for(composition, required=True)
     singles = sum(r.pair is None for r in rows)
+    questions = [n for n in names if model.heads[n].config.head_type == "question_answering"]
+    if questions and len(questions) < len(names):
+        raise UsageError(f"head {questions[0]!r} answers from windows of the context, one or more per row, which "
+                         "another kind of head cannot read row by row; run the question-answering adapters apart "
+                         "from the others")
     for name in dict.fromkeys(names):
         config = model.heads[name].config
         if config.head_type == "multiple_choice":
@@ -241,7 +263,8 @@ def _predict_routed(model: Any, tokenizer: Any, rows: list[Row], options: _Optio
         split: Any = Stack((runs[0][0],)) if len(runs) == 1 else \
             BatchSplit(tuple(name for name, _ in runs), sizes=tuple(n for _, n in runs))
         outs = list(_predict(model, tokenizer, [chunk[i] for i in order], split,
-                             _Options(len(chunk), options.max_length, options.autocast, options.head)))
+                             _Options(len(chunk), options.max_length, options.autocast, options.head,
+                                      options.allow_empty)))
         placed: list[dict[str, Any]] = [{}] * len(chunk)
         for i, out in zip(order, outs):
             out["active"] = chunk[i].route
@@ -264,7 +287,7 @@ def _predict(model: Any, tokenizer: Any, rows: list[Row], active: Any, options: 
     for start in range(0, len(rows), options.batch_size):
         chunk = rows[start:start + options.batch_size]
         if "question_answering" in kinds:
-            enc, words = _windows(tokenizer, chunk, options.max_length)
+            enc, words = _windows(tokenizer, chunk, options.max_length, options.allow_empty)
         else:
             enc, words = _tokenize(tokenizer, chunk, options.max_length, tagging)
         if "question_answering" in kinds and not words[0].example:  # every question fills a window: no answers
@@ -295,15 +318,15 @@ def _unanswered(heads: list[Any], parallel: bool) -> Any:
     return types.SimpleNamespace(branches=parts if parallel else None, head=parts[0].head, logits=parts[0].logits)
 
 
-def _windows(tokenizer: Any, chunk: list[Row], max_length: int) -> tuple[dict[str, Any], Any]:
+def _windows(tokenizer: Any, chunk: list[Row], max_length: int, allow_empty: bool) -> tuple[dict[str, Any], Any]:
     """A question-answering batch: every (question, context) row cut into windows of the context (qa.windows);
-    returned with the windows and the contexts, which the answers are read back from."""
+    returned with the windows, the contexts (which the answers are read back from) and ``allow_empty``."""
     from .qa import windows
 
     found = windows(tokenizer, [r.text for r in chunk], [str(r.pair) for r in chunk], max_length)
     # right padding whatever the tokenizer says: each window's offsets count from its first token
     enc = tokenizer.pad(found.encoding, return_tensors="pt", padding_side="right") if found.example else {}
-    return dict(enc), (found, [str(r.pair) for r in chunk])
+    return dict(enc), (found, [str(r.pair) for r in chunk], allow_empty)
 
 
 def _tokenize(tokenizer: Any, chunk: list[Row], max_length: int, tagging: bool) -> tuple[dict[str, Any], Any]:
@@ -360,7 +383,7 @@ def _answers(model: Any, parts: list[Any], words: list[Any] | None = None) -> li
     return answers
 
 
-def _read_answers(logits: Any, found: Any, contexts: list[str]) -> list[dict[str, Any]]:
+def _read_answers(logits: Any, found: Any, contexts: list[str], allow_empty: bool) -> list[dict[str, Any]]:
     """Each row's best answer over its windows, with the score an empty answer would have (``no_answer``:
     the logits of position 0, which a model trained on unanswerable questions uses to say so); ``answer``
     null for a question too long to leave room for its context."""
@@ -374,7 +397,7 @@ def _read_answers(logits: Any, found: Any, contexts: list[str]) -> list[dict[str
 
     return [{"answer": a["answer"], "start": a["start"], "end": a["end"], "score": rounded(a["score"]),
              "probability": rounded(a["probability"]), "no_answer": rounded(a["no_answer"])}
-            for a in best_answers(starts, ends, found, contexts)]
+            for a in best_answers(starts, ends, found, contexts, allow_empty)]
 
 
 def _tags(config: Any, logits: Any, words: list[str], first: list[int | None]) -> dict[str, Any]:

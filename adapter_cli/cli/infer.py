@@ -140,11 +140,25 @@ def infer(
     predictions: list[dict] = []
     with batch_progress(-(-len(rows) // batch_size), f"infer {task or ''}".strip()) as advance:
         for p in predict(m, tokenizer, rows, composition, batch_size, max_length, autocast, head_name,
-                         allow_single):
+                         allow_single, allow_empty=_unanswerable(rows, label_column is not None or task is not None)):
             predictions.append(p)
             if len(predictions) % batch_size == 0:
                 advance(1)
     _finish(predictions, rows, (spec, m), max_length, metrics_path, output)
+
+
+def _unanswerable(rows: list, labelled: bool) -> bool:
+    """Whether the gold answers include questions without one (SQuAD 2.0): then a question-answering head
+    may answer "", as training scored it."""
+    from ..errors import UsageError
+    from ..inference import answer_texts
+
+    if not labelled:
+        return False
+    try:
+        return any(not answer_texts(r.label, n) for n, r in enumerate(rows, 1))
+    except UsageError:  # not question answering's labels
+        return False
 
 
 def _finish(predictions: list[dict], rows: list, scoring: tuple, max_length: int, metrics_path: Path | None,

@@ -285,15 +285,25 @@ def read_squad(path: Path) -> list[dict[str, Any]]:
         raise UsageError(f"{path} is not SQuAD JSON: it needs a top-level \"data\" list of articles with paragraphs")
     rows = []
     for article in articles:
-        for paragraph in (article or {}).get("paragraphs") or []:
+        for paragraph in _objects(article, "paragraphs", path):
             context = paragraph.get("context")
-            for qa in paragraph.get("qas") or []:
+            for qa in _objects(paragraph, "qas", path):
                 answers = [] if qa.get("is_impossible") else qa.get("answers") or []
                 rows.append({"id": qa.get("id"), "question": qa.get("question"), "context": context,
                              "answers": answers})
     if not rows:
         raise UsageError(f"{path} holds no questions (SQuAD JSON: data[].paragraphs[].qas[])")
     return rows
+
+
+def _objects(parent: Any, key: str, path: Path) -> list[dict[str, Any]]:
+    """``parent[key]``, a list of objects (SQuAD's articles hold paragraphs, paragraphs hold qas)."""
+    if not isinstance(parent, dict):
+        raise UsageError(f"{path} is not SQuAD JSON: an entry holding {key} must be an object, got {parent!r}"[:300])
+    items = parent.get(key) or []
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise UsageError(f"{path} is not SQuAD JSON: {key} must be a list of objects"[:300])
+    return items
 
 
 def _json_lines(path: Path, text: str) -> list[Any]:
@@ -418,27 +428,33 @@ def _tagged(task: TaskSpec, row: Any, columns: dict, where: str, n: int, label_m
 def _question(row: Any, columns: dict, where: str, n: int) -> Example:
     """A question-answering example: question, context and answers (a list of {text, answer_start}, or the
     Hub's {text: [...], answer_start: [...]}); each answer must be the context's text at its start (an answer
-    whose start is off but whose text occurs once in the context is placed there)."""
+    whose start is off is placed at the occurrence of its text nearest that start)."""
     question = _field(row, columns.get("text", "question"), where, n)
     context = _field(row, columns.get("pair", "context"), where, n)
     raw = _field(row, columns.get("label", "answers"), where, n)
     if not isinstance(question, str) or not isinstance(context, str) or not question.strip() or not context.strip():
         raise UsageError(f"{where} row {n}: a question and a context (non-empty texts) are needed")
-    if isinstance(raw, dict):
-        raw = [{"text": t, "answer_start": s} for t, s in zip(raw.get("text") or [], raw.get("answer_start") or [])]
-    if not isinstance(raw, list):
-        raise UsageError(f"{where} row {n}: answers must be a list of {{text, answer_start}}")
-    answers = []
-    for answer in raw:
-        text, start = (answer or {}).get("text"), (answer or {}).get("answer_start")
-        if not isinstance(text, str) or not text or isinstance(start, bool) or not isinstance(start, int):
-            raise UsageError(f"{where} row {n}: an answer needs a text and an integer answer_start, got {answer!r}")
-        if context[start:start + len(text)] != text:
-            if context.count(text) != 1:
-                raise UsageError(f"{where} row {n}: answer {text[:40]!r} is not in the context at {start}")
-            start = context.index(text)
-        answers.append((start, text))
-    return Example(texts=(question, context), label=tuple(answers))
+    if isinstance(raw, dict):  # the Hub's columns: two lists of the same length
+        texts, starts = raw.get("text"), raw.get("answer_start")
+        if not isinstance(texts, list) or not isinstance(starts, list) or len(texts) != len(starts):
+            raise UsageError(f"{where} row {n}: answers as {{text: [...], answer_start: [...]}} need two lists of "
+                             f"the same length, got {raw!r}"[:300])
+        raw = [{"text": t, "answer_start": s} for t, s in zip(texts, starts)]
+    if not isinstance(raw, list) or not all(isinstance(a, dict) for a in raw):
+        raise UsageError(f"{where} row {n}: answers must be a list of {{text, answer_start}} objects, got {raw!r}"[:300])
+    return Example(texts=(question, context), label=tuple(_answer(a, context, where, n) for a in raw))
+
+
+def _answer(answer: dict, context: str, where: str, n: int) -> tuple[int, str]:
+    text, start = answer.get("text"), answer.get("answer_start")
+    if not isinstance(text, str) or not text or isinstance(start, bool) or not isinstance(start, int):
+        raise UsageError(f"{where} row {n}: an answer needs a text and an integer answer_start, got {answer!r}"[:300])
+    if context[start:start + len(text)] == text:
+        return start, text
+    found = [i for i in range(len(context)) if context.startswith(text, i)]
+    if not found:
+        raise UsageError(f"{where} row {n}: answer {text[:40]!r} is not in the context")
+    return min(found, key=lambda i: abs(i - start)), text
 
 
 def _example(task: TaskSpec, row: Any, columns: dict, where: str, n: int,

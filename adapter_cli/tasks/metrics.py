@@ -137,14 +137,25 @@ def normalize(text: str) -> str:
     return " ".join(text.split())
 
 
-def exact_match(prediction: str, golds: Sequence[str]) -> float:
-    """1 when the prediction equals any gold answer after normalisation (an empty gold: an empty prediction)."""
-    return float(any(normalize(prediction) == normalize(g) for g in (golds or [""])))
+def _golds(golds: Sequence[str]) -> list[str]:
+    """The gold answers that say something after normalisation; none: the question has no answer (as the
+    official SQuAD 2.0 script reads them)."""
+    return [g for g in golds if normalize(g)] or [""]
 
 
-def token_f1(prediction: str, golds: Sequence[str]) -> float:
+def exact_match(prediction: str | None, golds: Sequence[str]) -> float:
+    """1 when the prediction equals any gold answer after normalisation (an empty gold: an empty prediction);
+    no prediction at all (None: the question had no window) is a miss."""
+    if prediction is None:
+        return 0.0
+    return float(any(normalize(prediction) == normalize(g) for g in _golds(golds)))
+
+
+def token_f1(prediction: str | None, golds: Sequence[str]) -> float:
     """The best word-overlap F1 of the prediction against the gold answers (SQuAD's F1)."""
-    return max(_f1(normalize(prediction).split(), normalize(g).split()) for g in (golds or [""]))
+    if prediction is None:
+        return 0.0
+    return max(_f1(normalize(prediction).split(), normalize(g).split()) for g in _golds(golds))
 
 
 def _f1(pred: list[str], gold: list[str]) -> float:

@@ -102,7 +102,7 @@ def _evaluate_answers(model: Any, data: Encoded, task: Any, batch_size: int, act
                 ends.append(logits[j, :width, 1])
     answers = data.answers
     found = best_answers(starts, ends, answers.windows, answers.contexts, answers.allow_empty)
-    texts = [a["answer"] or "" for a in found]  # a question with no window: no answer
+    texts = [a["answer"] for a in found]  # None: a question with no window, scored as a miss
     return compute(task.metrics, texts, answers.golds, "qa"), texts
 
 

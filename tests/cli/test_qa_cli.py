@@ -17,19 +17,24 @@ runner = CliRunner()
 LONG_QUESTION = " ".join(["which"] * 30)
 
 
-def _squad(n: int, seed: int, long_questions: int = 0) -> dict:
+def _squad(n: int, seed: int, long_questions: int = 0, unanswerable: float = 0.0) -> dict:
+    """SQuAD JSON: "which" asks for the positive word; with ``unanswerable`` that share of the contexts has
+    none, and their question no answer (SQuAD 2.0's is_impossible)."""
     rng = random.Random(seed)
     paragraphs = []
     for i in range(n):
-        words = rng.sample(FILLER, 6) + [rng.choice(WORDS_POS), rng.choice(WORDS_NEG)]
+        impossible = rng.random() < unanswerable
+        words = rng.sample(FILLER, 6) + [rng.choice(WORDS_NEG)] + ([] if impossible else [rng.choice(WORDS_POS)])
         rng.shuffle(words)
         context = " ".join(words)
-        answer = next(w for w in words if w in WORDS_POS)
-        start = len(" ".join(words[:words.index(answer)])) + (1 if words.index(answer) else 0)
         question = LONG_QUESTION if i < long_questions else "which"
-        paragraphs.append({"context": context, "qas": [{"id": f"{seed}-{i}", "question": question,
-                                                         "answers": [{"text": answer, "answer_start": start}]}]})
-    return {"version": "1.1", "data": [{"title": "toy", "paragraphs": paragraphs}]}
+        qa = {"id": f"{seed}-{i}", "question": question, "answers": [], "is_impossible": impossible}
+        if not impossible:
+            answer = next(w for w in words if w in WORDS_POS)
+            start = len(" ".join(words[:words.index(answer)])) + (1 if words.index(answer) else 0)
+            qa["answers"] = [{"text": answer, "answer_start": start}]
+        paragraphs.append({"context": context, "qas": [qa]})
+    return {"version": "2.0" if unanswerable else "1.1", "data": [{"title": "toy", "paragraphs": paragraphs}]}
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +108,54 @@ def test_add_saves_a_qa_head_in_adapterhub_format(env, tmp_path: Path) -> None:
                                  str(tmp_path / "b")])
     assert "takes no count" in one_line_error(result)
     assert not (tmp_path / "b").exists()
+
+
+def test_unanswerable_questions_are_answered_empty_in_infer_as_in_training(env, tmp_path: Path) -> None:
+    """SQuAD 2.0: where the gold answers include none, position 0 may win in adapt infer --task as it did
+    when training scored the dev set."""
+    task = tmp_path / "v2"
+    task.mkdir()
+    (task / "train.json").write_text(json.dumps(_squad(200, 0, unanswerable=0.3)))
+    (task / "dev.json").write_text(json.dumps(_squad(40, 1, unanswerable=0.3)))
+    (task / "task.yaml").write_text("name: toy_v2\nkind: qa\nmetrics: [token_f1, exact_match]\n"
+                                    "local: {train: train.json, eval: dev.json}\n")
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--task", str(task / "task.yaml"), "--model", env["model"], "--run-dir",
+                                 str(run_dir), "--no-cache", "--json", "--quiet", "epochs=6", "batch_size=16",
+                                 "learning_rate=5e-2", "max_length=32"])
+    assert result.exit_code == 0, result.stderr
+    trained = json.loads(result.stdout)["best"]["metrics"]
+    metrics = tmp_path / "m.json"
+    result = runner.invoke(app, ["infer", "--model", env["model"], "--adapter", str(run_dir / "best"), "--task",
+                                 str(task / "task.yaml"), "--max-length", "32", "--metrics", str(metrics)])
+    assert result.exit_code == 0, result.stderr
+    answers = [json.loads(line) for line in result.stdout.splitlines()]
+    assert any(a["answer"] == "" for a in answers)
+    assert all(a["answer"] == "" or a["score"] >= a["no_answer"] for a in answers)
+    scored = json.loads(metrics.read_text())
+    assert {k: scored[k] for k in trained} == pytest.approx(trained, abs=1e-9)
+
+
+def test_a_label_column_of_squad_answers_is_scored(env, tmp_path: Path) -> None:
+    rows = [{"question": "which", "context": "the film was great but the plot was awful",
+             "answers": [{"text": "great", "answer_start": 13}]},
+            {"question": "which", "context": "so boring and very fun", "answers": {"text": ["fun"], "answer_start": [19]}}]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    metrics = tmp_path / "m.json"
+    result = runner.invoke(app, ["infer", "--model", env["model"], "--adapter", env["best"], "--input",
+                                 str(tmp_path / "rows.jsonl"), "--text-column", "question", "--pair-column", "context",
+                                 "--label-column", "answers", "--metrics", str(metrics)])
+    assert result.exit_code == 0, result.stderr
+    answers = [json.loads(line)["answer"] for line in result.stdout.splitlines()]
+    expected = sum(a == g for a, g in zip(answers, ["great", "fun"])) / 2
+    assert json.loads(metrics.read_text())["exact_match"] == pytest.approx(expected)
+
+
+def test_a_qa_adapter_in_parallel_with_a_classifier_is_refused(env, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["add", "pfeiffer", "--model", env["model"], "--head", "classification:2", "--save",
+                                 str(tmp_path / "cls"), "--name", "cls"])
+    assert result.exit_code == 0, result.stderr
+    result = runner.invoke(app, ["infer", "--model", env["model"], "--adapter", env["best"], "--adapter",
+                                 str(tmp_path / "cls"), "--active", "parallel(toy_qa,cls)", "--pair", "which",
+                                 "so good"])
+    assert "answers from windows of the context" in one_line_error(result)

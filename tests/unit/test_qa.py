@@ -146,3 +146,53 @@ def test_a_qa_head_has_two_outputs_and_its_loss_ignores_positions_beyond_the_win
     ce = torch.nn.functional.cross_entropy
     expected = (ce(start, torch.tensor([1, 0, 3])) + ce(end, torch.tensor([2, 0, 7]), ignore_index=7)) / 2
     assert out.logits.shape == (3, 7, 2) and torch.allclose(out.loss, expected)
+
+
+def test_squad_metric_edge_cases_follow_the_official_script() -> None:
+    assert exact_match("", ["The", "cat"]) == 0.0  # "The" normalises to nothing: dropped, as SQuAD 2.0's script does
+    assert exact_match("", ["the"]) == 1.0  # nothing left: the question has no answer
+    assert exact_match(None, []) == 0.0 and token_f1(None, ["Paris"]) == 0.0  # no window, no answer: a miss
+
+
+def test_an_offset_answer_goes_to_the_nearest_occurrence(tmp_path: Path) -> None:
+    row = {"question": "Which?", "context": "good and good", "answers": [{"text": "good", "answer_start": 8}]}
+    (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp_path / "t.yaml").write_text("name: q\nkind: qa\nmetrics: [exact_match]\nlocal: {train: rows.jsonl, "
+                                     "eval: rows.jsonl}\n")
+    assert load_split(get_task(str(tmp_path / "t.yaml")), "train")[0].label == ((9, "good"),)
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"data": ["x"]}, "an entry holding paragraphs must be an object"),
+    ({"data": [{"paragraphs": [{"context": "c", "qas": ["q"]}]}]}, "qas must be a list of objects"),
+])
+def test_malformed_squad_files_are_one_line(tmp_path: Path, content: dict, message: str) -> None:
+    (tmp_path / "train.json").write_text(json.dumps(content))
+    (tmp_path / "t.yaml").write_text("name: q\nkind: qa\nmetrics: [exact_match]\nlocal: {train: train.json, "
+                                     "eval: train.json}\n")
+    with pytest.raises(UsageError, match=message):
+        load_split(get_task(str(tmp_path / "t.yaml")), "train")
+
+
+@pytest.mark.parametrize("answers, message", [
+    ({"text": "good", "answer_start": [3]}, "need two lists of the same length"),
+    ({"text": "good", "answer_start": 3}, "need two lists of the same length"),
+    (["good"], "answers must be a list of"),
+])
+def test_malformed_answers_are_one_line(tmp_path: Path, answers: object, message: str) -> None:
+    row = {"question": "which", "context": "so good", "answers": answers}
+    (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp_path / "t.yaml").write_text("name: q\nkind: qa\nmetrics: [exact_match]\nlocal: {train: rows.jsonl, "
+                                     "eval: rows.jsonl}\n")
+    with pytest.raises(UsageError, match=message):
+        load_split(get_task(str(tmp_path / "t.yaml")), "train")
+
+
+@pytest.mark.parametrize("label, texts", [
+    ("Paris", ["Paris"]), (["Paris", "France"], ["Paris", "France"]), (None, []), ("", []), ([], []),
+    ([{"text": "Paris", "answer_start": 3}], ["Paris"]), ({"text": ["Paris"], "answer_start": [3]}, ["Paris"]),
+])
+def test_gold_answers_in_every_form_a_label_column_holds(label: object, texts: list) -> None:
+    from adapter_cli.inference import answer_texts
+
+    assert answer_texts(label, 1) == texts
