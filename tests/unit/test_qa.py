@@ -77,6 +77,14 @@ def test_squad_metrics() -> None:
     assert out == {"token_f1": 0.5, "exact_match": 0.5}
 
 
+def _rows_task(root: Path, row: dict) -> Path:
+    """A qa task of one JSONL row (train and eval alike)."""
+    (root / "rows.jsonl").write_text(json.dumps(row) + "\n")
+    (root / "t.yaml").write_text("name: q\nkind: qa\nmetrics: [exact_match]\nlocal: {train: rows.jsonl, "
+                                 "eval: rows.jsonl}\n")
+    return root / "t.yaml"
+
+
 def _squad(root: Path, version2: bool = False) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     qas = [{"id": "1", "question": "Where?", "answers": [{"text": "Paris", "answer_start": 10}]},
@@ -102,9 +110,7 @@ def test_the_builtin_squad_reads_the_original_file_and_the_hub_layout(tmp_path: 
     (tmp_path / "train.json").rename(tmp_path / "dev-v1.1.json")
     assert load_split(get_task("squad"), "eval", tmp_path)[0].label == ((9, "Paris"),)
     row = {"question": "Where?", "context": "It is in Paris.", "answers": {"text": ["Paris"], "answer_start": [9]}}
-    (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n")
-    (tmp_path / "t.yaml").write_text("name: q\nkind: qa\nmetrics: [exact_match]\nlocal: {train: rows.jsonl, "
-                                     "eval: rows.jsonl}\n")
+    _rows_task(tmp_path, row)
     assert load_split(get_task(str(tmp_path / "t.yaml")), "train")[0].label == ((9, "Paris"),)
 
 
@@ -114,9 +120,7 @@ def test_the_builtin_squad_reads_the_original_file_and_the_hub_layout(tmp_path: 
 ])
 def test_answers_that_are_not_in_their_context(tmp_path: Path, answers: list, message: str) -> None:
     row = {"question": "Where?", "context": "It is in Paris.", "answers": answers}
-    (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n")
-    (tmp_path / "t.yaml").write_text("name: q\nkind: qa\nmetrics: [exact_match]\nlocal: {train: rows.jsonl, "
-                                     "eval: rows.jsonl}\n")
+    _rows_task(tmp_path, row)
     with pytest.raises(UsageError, match=message):
         load_split(get_task(str(tmp_path / "t.yaml")), "train")
 
@@ -156,9 +160,7 @@ def test_squad_metric_edge_cases_follow_the_official_script() -> None:
 
 def test_an_offset_answer_goes_to_the_nearest_occurrence(tmp_path: Path) -> None:
     row = {"question": "Which?", "context": "good and good", "answers": [{"text": "good", "answer_start": 8}]}
-    (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n")
-    (tmp_path / "t.yaml").write_text("name: q\nkind: qa\nmetrics: [exact_match]\nlocal: {train: rows.jsonl, "
-                                     "eval: rows.jsonl}\n")
+    _rows_task(tmp_path, row)
     assert load_split(get_task(str(tmp_path / "t.yaml")), "train")[0].label == ((9, "good"),)
 
 
@@ -181,9 +183,7 @@ def test_malformed_squad_files_are_one_line(tmp_path: Path, content: dict, messa
 ])
 def test_malformed_answers_are_one_line(tmp_path: Path, answers: object, message: str) -> None:
     row = {"question": "which", "context": "so good", "answers": answers}
-    (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n")
-    (tmp_path / "t.yaml").write_text("name: q\nkind: qa\nmetrics: [exact_match]\nlocal: {train: rows.jsonl, "
-                                     "eval: rows.jsonl}\n")
+    _rows_task(tmp_path, row)
     with pytest.raises(UsageError, match=message):
         load_split(get_task(str(tmp_path / "t.yaml")), "train")
 
