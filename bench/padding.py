@@ -30,8 +30,8 @@ def main() -> None:
     from adapter_cli.training.data import encode, epoch_batches, lengths_of, load_examples
 
     tokenizer = load_tokenizer(resolve_model("minilm"), None, "minilm")
-    print(f"| task | examples | real tokens | computed, plain | computed, grouped | grouped / plain |\n"
-          f"|---|---|---|---|---|---|")
+    print("| task | examples | real tokens | computed, plain | computed, grouped | grouped / plain |\n"
+          "|---|---|---|---|---|---|")
     for name, folder in TASKS.items():
         if not (args.glue / folder).is_dir():
             continue
