@@ -97,6 +97,8 @@ INLINE_FRAGMENTS = {
     "adapt infer --generate": "names the --generate option (README, docs/decoders.md)",
     "adapt add --head": "names the --head option of adapt add in a table (docs/labels.md)",
     "adapt infer --task": "names the --task option of adapt infer in a sentence (docs/labels.md)",
+    "adapt train --task lm": "names how a decoder's adapter is trained, in a sentence (docs/performance.md); "
+    "docs/decoders.md gives the whole command",
 }
 
 # Examples in code blocks or epilogs that are not plain commands: what is checked instead, and why.
