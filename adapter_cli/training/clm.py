@@ -20,7 +20,7 @@ import torch
 
 from ..errors import UsageError
 from .data import Encoded
-from .mlm import encode_text, padded_blocks
+from .mlm import encode_text, padded_blocks, score_tokens
 
 
 def encode_lm(items: list[Any], tokenizer: Any, max_length: int) -> Encoded:
@@ -64,10 +64,8 @@ def evaluate_lm(model: Any, data: Encoded, batch_size: int, active: Any, device:
                             **kwargs)
             logits, labels = out.logits[:, :-1].float(), batch["labels"][:, 1:]
             keep = labels != -100
-            logits, labels = logits[keep], labels[keep]
-            total += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
-            correct += int((logits.argmax(-1) == labels).sum())
-            count += int(labels.numel())
+            loss, hits, n = score_tokens(logits[keep], labels[keep])
+            total, correct, count = total + loss, correct + hits, count + n
     if count == 0:
         raise UsageError("the dev text has no token to predict (every block is one token long, or every "
                          "completion was cut away)")

@@ -128,6 +128,12 @@ def masked_batch(data: Encoded, indices: list[int], pad_id: int, masker: Masker,
     return {"input_ids": masked, "attention_mask": attention, "labels": labels}
 
 
+def score_tokens(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int, int]:
+    """(summed cross-entropy, correct arg-maxes, tokens) of predicted tokens: logits [N, vocab], labels [N]."""
+    loss = float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+    return loss, int((logits.argmax(-1) == labels).sum()), int(labels.numel())
+
+
 def evaluate_mlm(model: Any, data: Encoded, masker: Masker, batch_size: int, active: Any, device: torch.device,
                  autocast: torch.dtype | None, pad_id: int, head: str | None = None) -> dict[str, float]:
     """Perplexity and masked-token accuracy over ``data``, masked the same way on every call."""
@@ -141,11 +147,8 @@ def evaluate_mlm(model: Any, data: Encoded, masker: Masker, batch_size: int, act
             batch = {k: v.to(device) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                 out = model(**batch, active=active, **kwargs)
-            labels = batch["labels"][batch["labels"] != -100]
-            logits = out.logits.float()
-            total += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
-            correct += int((logits.argmax(-1) == labels).sum())
-            count += int(labels.numel())
+            loss, hits, n = score_tokens(out.logits.float(), batch["labels"][batch["labels"] != -100])
+            total, correct, count = total + loss, correct + hits, count + n
     if count == 0:
         raise UsageError("the dev text has no token that can be masked")
     return {"perplexity": math.exp(min(total / count, 700.0)), "masked_accuracy": correct / count}
