@@ -58,14 +58,18 @@ def measure(model: Any, fusion: str, encoded: Any, batch_size: int, pad_id: int,
         with torch.no_grad():
             for start in range(0, len(encoded), batch_size):
                 batch = collate(encoded, list(range(start, min(start + batch_size, len(encoded)))), pad_id, False)
-                mask = batch["attention_mask"].bool()
                 for _, _, layer in layers:
                     layer.last_attention = None
                 model(**{k: v for k, v in batch.items() if k != "labels"}, active=active, head=None)
-                tokens += int(mask.sum())
-                for loc, i, layer in layers:
-                    if layer.last_attention is not None:  # a layer the members all leave out never runs
-                        sums[(loc, i)] += layer.last_attention[mask].double().sum(0).cpu()
+                ran = [(loc, i, layer.last_attention) for loc, i, layer in layers
+                       if layer.last_attention is not None]  # a layer the members all leave out never runs
+                if "attention_mask" in batch:
+                    mask = batch["attention_mask"].bool()
+                elif ran:  # an image has no padding: every patch (and [CLS]) counts
+                    mask = torch.ones(ran[0][2].shape[:2], dtype=torch.bool)
+                tokens += int(mask.sum()) if ran or "attention_mask" in batch else 0
+                for loc, i, attention in ran:
+                    sums[(loc, i)] += attention[mask.to(attention.device)].double().sum(0).cpu()
                 if progress is not None:
                     progress(1)
     finally:

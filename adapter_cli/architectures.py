@@ -70,9 +70,33 @@ class Architecture:
     # The head types (head_config.HEAD_TYPES) a model of this family carries, as AdapterHub's flexible model.
     heads: tuple[str, ...] = ("classification", "multilabel_classification", "tagging", "question_answering",
                               "regression", "multiple_choice", "masked_lm")
+    # What the model reads: "text" (input_ids) or "image" (pixel_values, a vision encoder).
+    modality: str = "text"
+    # Where AdapterHub's weight names differ from this transformers version's module paths (transformers 5
+    # renamed ViT's modules; AdapterHub 1.3.0 names its weights after those of transformers 4): its layer list
+    # and its path of each LoRA matrix. None: the same as ``layers`` and ``linears``.
+    adapterhub_layers: str | None = None
+    adapterhub_linears: tuple[tuple[str, str], ...] | None = None
 
     def linear(self, matrix: str) -> str:
         return dict(self.linears)[matrix]
+
+    @property
+    def hub_layers(self) -> str:
+        """The layer list's path in AdapterHub's weight names."""
+        return self.adapterhub_layers or self.layers
+
+    @property
+    def hub_linears(self) -> tuple[tuple[str, str], ...]:
+        """Each LoRA matrix's module path in AdapterHub's weight names."""
+        return self.adapterhub_linears or self.linears
+
+    def hub_linear(self, matrix: str) -> str:
+        return dict(self.hub_linears)[matrix]
+
+    @property
+    def vision(self) -> bool:
+        return self.modality == "image"
 
     def site(self, location: str) -> SiteSpec:
         return next(s for s in self.sites if s.location == location)
@@ -147,6 +171,25 @@ ARCHITECTURES.update({
     "mistral": _pre_norm("Mistral", "layers", "self_attn", "mlp", ("input_layernorm", "post_attention_layernorm"),
                          "hidden_states", "model", "MistralAdapterModel", **_LLAMA_LIKE),  # type: ignore[arg-type]
 })
+
+
+# ViT is pre-norm too, but an encoder: ``x + dropout(attention(layernorm_before(x)))``, then ``x +
+# dropout(mlp(layernorm_after(x)))``, where transformers 5 calls one Dropout module for both sub-layers. Both
+# sites hook that module: each acts only on the call that follows its own norm (stitching.Site). AdapterHub
+# applies the same dropout before its adapters, so training matches too.
+ARCHITECTURES["vit"] = Architecture(
+    "ViT", "layers",
+    (SiteSpec("mh_adapter", "dropout", "layernorm_before", 0, "input", "", "attention_adapters"),
+     SiteSpec("output_adapter", "dropout", "layernorm_after", 0, "input", "", "output.output_adapters")),
+    "vit", "ViTAdapterModel", self_attention="attention", segments=False,
+    heads=("classification", "multilabel_classification", "regression"), modality="image",
+    methods=("bottleneck", "lora"), tied_lm_head=False,
+    linears=(("q", "attention.q_proj"), ("k", "attention.k_proj"), ("v", "attention.v_proj"),
+             ("intermediate", "mlp.fc1"), ("output", "mlp.fc2")),
+    adapterhub_layers="encoder.layer",
+    adapterhub_linears=(("q", "attention.attention.query"), ("k", "attention.attention.key"),
+                        ("v", "attention.attention.value"), ("intermediate", "intermediate.dense"),
+                        ("output", "output.dense")))
 
 
 def architecture_for(model_type: str) -> Architecture:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ class Row:
     label: Any = None
     route: str | None = None  # the composition for this row (per-example routing)
     words: tuple[str, ...] | None = None  # a tagging task's own words (else the text split on whitespace)
+    image: Any = None  # a vision model's image, when it is not the file ``text`` names (a Hub dataset's)
 
 
 def rows_from_task(task: Any, data_dir: str | None) -> list[Row]:
@@ -36,6 +37,9 @@ def rows_from_task(task: Any, data_dir: str | None) -> list[Row]:
         return [Row(" ".join(e.words), label=[task.labels[i] for i in e.label], words=e.words) for e in examples]
     if task.kind == "multilabel":
         return [Row(e.texts[0], label=[name for name, on in zip(task.labels, e.label) if on]) for e in examples]
+    if task.kind == "image":  # the file (or where a Hub row came from) and the label's name
+        return [Row(e.texts[0], label=task.labels[e.label], image=None if isinstance(e.image, Path) else e.image)
+                for e in examples]
     return [Row(e.texts[0], e.texts[1] if len(e.texts) > 1 else None, label=e.label) for e in examples]
 
 
@@ -217,6 +221,8 @@ def _check_inputs(model: Any, rows: list[Row], composition: Any, head: str | Non
     grouped), single texts for a head trained on pairs."""
     names = [head] if head is not None else model.heads_for(composition, required=True)
     singles = sum(r.pair is None for r in rows)
+    if model.arch.vision and singles < len(rows):
+        raise UsageError(f"{model.arch.name} models classify one image at a time; give image files, not pairs")
     questions = [n for n in names if model.heads[n].config.head_type == "question_answering"]
     if questions and len(questions) < len(names):
         raise UsageError(f"head {questions[0]!r} answers from windows of the context, one or more per row, which "
@@ -286,14 +292,17 @@ def _predict(model: Any, tokenizer: Any, rows: list[Row], active: Any, options: 
     tagging = "tagging" in kinds
     for start in range(0, len(rows), options.batch_size):
         chunk = rows[start:start + options.batch_size]
-        if "question_answering" in kinds:
+        if model.arch.vision:
+            enc, words = _pixels(tokenizer, chunk), None
+        elif "question_answering" in kinds:
             enc, words = _windows(tokenizer, chunk, options.max_length, options.allow_empty)
         else:
             enc, words = _tokenize(tokenizer, chunk, options.max_length, tagging)
         if "question_answering" in kinds and not words[0].example:  # every question fills a window: no answers
             out = _unanswered(heads, isinstance(active, Parallel))
         else:
-            _check_not_empty(enc["attention_mask"], start)
+            if "attention_mask" in enc:
+                _check_not_empty(enc["attention_mask"], start)
             enc = {k: v.to(device) for k, v in enc.items()}
             with torch.inference_mode(), torch.autocast(device.type, dtype=options.autocast,
                                                         enabled=options.autocast is not None):
@@ -302,10 +311,11 @@ def _predict(model: Any, tokenizer: Any, rows: list[Row], active: Any, options: 
             members = [_display(c) for c in active.children]
             answers = [_answers(model, [branch], words) for branch in out.branches]
             for j, row in enumerate(chunk):
-                yield {**_row_fields(row, shown), "members": {m: a[j] for m, a in zip(members, answers)}}
+                yield {**_row_fields(row, shown, model.arch.vision),
+                       "members": {m: a[j] for m, a in zip(members, answers)}}
             continue
         for row, answer in zip(chunk, _answers(model, list(out.branches or [out]), words)):
-            yield {**_row_fields(row, shown), **answer}
+            yield {**_row_fields(row, shown, model.arch.vision), **answer}
 
 
 def _unanswered(heads: list[Any], parallel: bool) -> Any:
@@ -316,6 +326,28 @@ def _unanswered(heads: list[Any], parallel: bool) -> Any:
 
     parts = [types.SimpleNamespace(head=h, logits=torch.zeros(0, 1, 2)) for h in heads]
     return types.SimpleNamespace(branches=parts if parallel else None, head=parts[0].head, logits=parts[0].logits)
+
+
+def _pixels(processor: Any, chunk: list[Row]) -> dict[str, Any]:
+    """A vision model's batch: each row's image (the file its text names), decoded and preprocessed."""
+    from .images import open_image, pixel_values
+
+    images = [open_image(r.image if r.image is not None else r.text) for r in chunk]
+    return {"pixel_values": pixel_values(processor, images)}
+
+
+def image_rows(rows: list[Row]) -> list[Row]:
+    """A vision model's rows: each names an image file, or a folder whose every image (images.image_files)
+    becomes a row of its own."""
+    from .images import image_files
+
+    out: list[Row] = []
+    for row in rows:
+        if row.image is None and Path(row.text).is_dir():
+            out += [replace(row, text=str(path)) for path in image_files(row.text)]
+        else:
+            out.append(row)
+    return out
 
 
 def _windows(tokenizer: Any, chunk: list[Row], max_length: int, allow_empty: bool) -> tuple[dict[str, Any], Any]:
@@ -420,8 +452,8 @@ def _tags(config: Any, logits: Any, words: list[str], first: list[int | None]) -
     return out
 
 
-def _row_fields(row: Row, active: str | None) -> dict[str, Any]:
-    out: dict[str, Any] = {"text": row.text}
+def _row_fields(row: Row, active: str | None, image: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {"image" if image else "text": row.text}
     if row.pair is not None:
         out["pair"] = row.pair
     if active is not None:

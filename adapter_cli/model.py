@@ -237,6 +237,8 @@ class AdapterModel(nn.Module):
     def _dtype(self) -> torch.dtype:
         # The embeddings, not the linear layers: those may be stored in bf16 (cast_frozen_linears) while
         # new adapters must still be created in the model's working precision.
+        if self.arch.vision:  # the input embeddings are a patch projection (a Conv2d)
+            return self.base.get_input_embeddings().projection.weight.dtype
         return self.base.get_input_embeddings().weight.dtype
 
     def cast_frozen_linears(self, dtype: torch.dtype) -> int:
@@ -789,8 +791,12 @@ class AdapterModel(nn.Module):
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 active: Any = _UNSET, head: Any = _UNSET, **kwargs: Any) -> AdapterModelOutput:
         """Run the base model with a composition (default: the active one) and a head (default: the one
-        that fits the composition, see ``head_for``; ``head=None`` for hidden states only)."""
+        that fits the composition, see ``head_for``; ``head=None`` for hidden states only). A vision model
+        (ViT) takes ``pixel_values`` [B, channels, height, width] instead of ``input_ids``."""
         setup = self.active if active is _UNSET else self.resolve_composition(active)
+        if self.arch.vision != (input_ids is None and "pixel_values" in kwargs):
+            raise UsageError(f"{self.arch.name} models read " + ("images (pixel_values), not token ids"
+                             if self.arch.vision else "token ids (input_ids), not images"))
         if isinstance(setup, Parallel):
             return self._parallel(setup, input_ids, attention_mask, token_type_ids, labels, head, kwargs)
         split = _final_split(setup)
@@ -827,7 +833,10 @@ class AdapterModel(nn.Module):
                 kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         previous = self._context.set(setup)
         try:
-            out = self.base(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+            if self.arch.vision:
+                out = self.base(return_dict=True, **kwargs)
+            else:
+                out = self.base(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
         finally:
             self._context.restore(previous)
         result = AdapterModelOutput(last_hidden_state=out.last_hidden_state,
@@ -894,8 +903,13 @@ class AdapterModel(nn.Module):
         """parallel(a,b,...): the batch is replicated once per member and each copy goes through one member
         (a batch split), so all members run in one forward pass. Each branch answers with the head that fits
         its member (``head_for``), or with ``head`` when one is given."""
-        n, rows = len(block.children), input_ids.shape[0]
+        n = len(block.children)
         repeat = (lambda t: None if t is None else t.repeat(n, *([1] * (t.dim() - 1))))  # noqa: E731
+        if "pixel_values" in kwargs:
+            rows = kwargs["pixel_values"].shape[0]
+            kwargs = {**kwargs, "pixel_values": repeat(kwargs["pixel_values"])}
+        else:
+            rows = input_ids.shape[0]
         split = BatchSplit(block.children, sizes=(rows,) * n)
         names = self.heads_for(split) if head is _UNSET else [head] * n
         whole = self.forward(input_ids=repeat(input_ids), attention_mask=repeat(attention_mask),

@@ -127,7 +127,8 @@ class Site:
         output_module = _submodule(layer_module, spec.output_of)
         self.layer_norm = None if self.pre_norm else _submodule(layer_module, spec.layer_norm)
         marked = output_module if self.pre_norm else self.layer_norm
-        if "forward" in vars(marked) or getattr(marked, "_adapt_site", False):
+        # A module may carry several sites (ViT's one Dropout after both sub-layers), each location once.
+        if "forward" in vars(marked) or spec.location in getattr(marked, "_adapt_sites", ()):
             from .errors import UsageError
 
             raise UsageError("this transformers model already has adapters stitched in by another AdapterModel; "
@@ -141,7 +142,7 @@ class Site:
         ]
         if self.pre_norm:
             self._original_ln_forward = None
-            output_module._adapt_site = True
+            output_module._adapt_sites = getattr(output_module, "_adapt_sites", frozenset()) | {spec.location}
         else:
             self._original_ln_forward = type(self.layer_norm).forward.__get__(self.layer_norm)
             self.layer_norm.forward = self._layer_norm_forward

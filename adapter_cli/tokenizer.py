@@ -31,3 +31,13 @@ def load_tokenizer(path: str, vocab_size: int | None, label: str) -> Any:
         # mask hides, as transformers' own pipelines do.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_preprocessor(path: str, model: Any, label: str) -> Any:
+    """What turns the model's inputs into tensors: a vision model's image processor (images.py), else its
+    tokenizer."""
+    if model.arch.vision:
+        from .images import load_image_processor
+
+        return load_image_processor(path, model.config)
+    return load_tokenizer(path, model.vocab_size, label)

@@ -237,3 +237,63 @@ def save_tiny_decoder(path: Path, model_type: str = "gpt2", seed: int = 0, bare:
     cls = AutoModel if bare else AutoModelForCausalLM
     cls.from_config(tiny_decoder_config(model_type, **overrides)).save_pretrained(path)
     return path
+
+
+# ---------------------------------------------------------------------- tiny vision encoder (ViT) and images
+
+VIT_IMAGE = 32  # pixels a side; patches of 8: 16 patches and [CLS]
+
+
+def tiny_vit_config(**overrides):
+    from transformers import AutoConfig
+
+    kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+              image_size=VIT_IMAGE, patch_size=8, num_channels=3)
+    kw.update(overrides)
+    return AutoConfig.for_model("vit", **kw)
+
+
+def tiny_vit(seed: int = 0, **overrides):
+    from adapter_cli import AdapterModel
+
+    torch.manual_seed(seed)
+    return AdapterModel.from_config(tiny_vit_config(**overrides)).eval()
+
+
+def tiny_pixels(batch: int = 3, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, 3, VIT_IMAGE, VIT_IMAGE, generator=torch.Generator().manual_seed(seed))
+
+
+def save_tiny_vit(path: Path, seed: int = 0, processor: bool = True) -> Path:
+    """A tiny random ViT saved like a real checkpoint: the model and (``processor``) its image processor."""
+    from transformers import AutoModel, ViTImageProcessorPil
+
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    AutoModel.from_config(tiny_vit_config()).save_pretrained(path)
+    if processor:
+        ViTImageProcessorPil(size={"height": VIT_IMAGE, "width": VIT_IMAGE}).save_pretrained(path)
+    return path
+
+
+COLOURS = ("red", "green", "blue")
+
+
+def write_image_task(root: Path, n_train: int = 12, n_eval: int = 4, seed: int = 0) -> Path:
+    """A toy image task: noisy pictures whose strongest channel is the label (PNG and JPEG, of varying sizes),
+    a folder per label in train/ and val/, and its task YAML."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", n_train), ("val", n_eval)):
+        for channel, label in enumerate(COLOURS):
+            folder = root / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = rng.integers(0, 120, (24 + 4 * (i % 3), 40, 3)).astype("uint8")
+                pixels[..., channel] += 110
+                Image.fromarray(pixels).save(folder / f"{i}.{'png' if i % 2 else 'jpg'}")
+    (root / "task.yaml").write_text("name: colours\nkind: image\nlabels: [red, green, blue]\n"
+                                    "metrics: [accuracy, macro_f1]\nlocal: {train: train, eval: val}\n")
+    return root / "task.yaml"

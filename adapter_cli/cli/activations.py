@@ -48,7 +48,7 @@ def inspect_activations(
     from ._common import quiet_libraries
 
     dirs = _data_dirs(data_dirs or [])
-    from transformers import AutoTokenizer
+    from ..tokenizer import load_preprocessor
 
     quiet_libraries()
     if model is None:
@@ -59,7 +59,7 @@ def inspect_activations(
     if not quiet:
         info(f"loading {model} ...")
     m = AdapterModel.from_pretrained(path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_preprocessor(path, m, model)  # a vision model's image processor
     loaded: set[str] = set()
     settings = {"adapters": adapters or [], "task": task, "dirs": dirs, "max_examples": max_examples,
                 "batch_size": batch_size, "quiet": quiet}
@@ -111,8 +111,9 @@ def _measure_one(m: Any, tokenizer: Any, spec: str, index: int, loaded: set[str]
     encoded = encode(spec_task, examples, tokenizer, 128)
     if not settings["quiet"]:
         info(f"{spec}: {len(examples)} {spec_task.name} dev examples")
+    pad_id = getattr(tokenizer, "pad_token_id", 0) or 0  # an image processor has none
     with batch_progress(batches(len(examples), settings["batch_size"]), spec, settings["quiet"]) as advance:
-        result = measure(m, fusion_name, encoded, settings["batch_size"], tokenizer.pad_token_id or 0,
+        result = measure(m, fusion_name, encoded, settings["batch_size"], pad_id,
                          spec_task.name, progress=advance)
     result.fusion = spec
     return result

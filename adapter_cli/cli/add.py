@@ -45,7 +45,8 @@ def add(
     save: Path = typer.Option(None, "--save", help="Save the initialised adapter to this directory (needs --model)."),
     head: str = typer.Option(None, "--head", help="Also add a head saved with the adapter: classification:N, "
                              "multilabel:N, tagging:N, qa (extractive question answering), regression, "
-                             "multiple_choice:N (N labels / choices) or causal_lm (a decoder's own LM head)."),
+                             "multiple_choice:N (N labels / choices), causal_lm (a decoder's own LM head) or "
+                             "image_classification:N (ViT: AdapterHub's image head, one layer)."),
     fmt: str = typer.Option("adapt", "--format", help="Format for --save: adapt, adapterhub or peft (LoRA, (IA)³ and DoRA)."),
     dtype: str = typer.Option("float32", "--dtype", help="Weight precision for --save: float32, float16, bfloat16."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --save directory."),
@@ -223,11 +224,16 @@ def _head_spec(text: str) -> dict[str, Any]:
     kind, colon, count = text.partition(":")
     if kind == "causal_lm" and not colon:
         return {"head_type": kind}  # built from the model itself (lm_head.attach_own_head)
+    if kind == "image_classification":  # AdapterHub's image head: a classification head, one layer by default
+        try:
+            return {**_head_spec(f"classification{colon}{count}"), "layers": 1}
+        except UsageError as exc:
+            raise UsageError(str(exc).replace("classification", kind)) from None
     kind = {"multilabel": "multilabel_classification", "qa": "question_answering"}.get(kind, kind)
     if kind not in ("classification", "multilabel_classification", "tagging", "question_answering", "regression",
                     "multiple_choice"):
         raise UsageError(f"unknown head type {kind!r}; use classification:N, multilabel:N, tagging:N, qa, regression, "
-                         "multiple_choice:N or causal_lm")
+                         "multiple_choice:N, causal_lm or (for ViT) image_classification:N")
     if kind in ("regression", "question_answering"):
         if colon:
             raise UsageError(f"--head {text!r}: a {kind} head has fixed outputs and takes no count; use "

@@ -24,13 +24,15 @@ from .app import app
         "  cat texts.txt | adapt infer -m minilm -a sst2 --input - --compile   # compiled: for long inputs\n\n"
         "  adapt infer -m ./smollm2 -a reviews --generate 'this film is' --max-new-tokens 40   # a decoder\n\n"
         "  adapt infer -m ./smollm2 -a reviews -a fresh --active 'parallel(reviews,fresh)' --generate 'the acting' "
-        "--temperature 0.8 --top-p 0.9"
+        "--temperature 0.8 --top-p 0.9\n\n"
+        "  adapt infer -m vit-small -a stripes_pf stripes/val/vertical/0.jpg stripes/val/horizontal   # ViT: images"
     ),
 )
 @handle_errors
 def infer(
     texts: list[str] = typer.Argument(None, help="Texts to classify (or use --input); with --pair, taken two by "
-                                      "two as (first, second) pairs.", show_default=False),
+                                      "two as (first, second) pairs. For a vision model (ViT): image files, or "
+                                      "folders of them.", show_default=False),
     model: str = typer.Option(..., "--model", "-m", help="Base model directory or Hub id; 'minilm' is the "
                               "embedded all-MiniLM-L6-v2."),
     adapters: list[str] = typer.Option(None, "--adapter", "-a", help="Adapter directory (ours or AdapterHub's) or "
@@ -125,9 +127,11 @@ def infer(
         return
     rows, spec = _rows(texts or [], pair, input_path, text_column, pair_column, label_column, route_column, task,
                        data_dir)
-    from ..inference import predict
+    from ..inference import image_rows, predict
 
     m, tokenizer, composition, head_name = _load(model, adapters or [], fusions or [], head, active)
+    if m.arch.vision:  # the arguments name image files, or folders of them
+        rows = image_rows(rows)
     max_length = m.fit_max_length(max_length, "--max-length")
     if autocast is not None:  # before the move: the GPU never holds the fp32 copies
         m.cast_frozen_linears(autocast)
@@ -229,14 +233,14 @@ def _load(model: str, adapters: list[str], fusions: list[str], head: Path | None
     """The model with its adapters, fusions and head; the composition to run; the head chosen by --head."""
     from ..defaults import resolve_model
     from ..model import AdapterModel
-    from ..tokenizer import load_tokenizer
+    from ..tokenizer import load_preprocessor
     from ._common import quiet_libraries
 
     quiet_libraries()
     path = resolve_model(model)
     info(f"loading {model} ...")
     m = AdapterModel.from_pretrained(path)
-    tokenizer = load_tokenizer(path, m.vocab_size, model)
+    tokenizer = load_preprocessor(path, m, model)
     names = [m.load_adapter(_locate(a, m, "adapter")) for a in adapters]
     for f in fusions:
         m.load_fusion(_locate(f, m, "fusion"))

@@ -86,7 +86,7 @@ def _merge(adapter: str, directory: Path, model: str, out: Path) -> dict[str, An
     from ..formats import has_head
     from ..fsutil import atomic_directory
     from ..model import AdapterModel
-    from ..tokenizer import load_tokenizer
+    from ..tokenizer import load_preprocessor
     from ._common import quiet_libraries
 
     quiet_libraries()
@@ -96,7 +96,7 @@ def _merge(adapter: str, directory: Path, model: str, out: Path) -> dict[str, An
     name = m.load_adapter(directory, with_head=False)
     m.merge_adapter(name)
     try:
-        tokenizer = load_tokenizer(path, m.vocab_size, model)
+        tokenizer = load_preprocessor(path, m, model)  # a vision model's image processor
     except UsageError as exc:  # a base model without tokenizer files: the merged one has none either
         print(f"warning: {exc}; the merged model is written without a tokenizer", file=sys.stderr)
         tokenizer = None

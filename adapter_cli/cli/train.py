@@ -236,6 +236,8 @@ def _next_command(recipe: Any, summary: dict) -> str:
     example = "--pair 'a first text' 'a second text'" if get_task(recipe.task).text_pair else "'some text'"
     if get_task(recipe.task).kind == "lm":  # a decoder's adapter: continue text with it
         example = "--generate 'Once upon a time'"
+    if get_task(recipe.task).kind == "image":  # image files, or folders of them
+        example = "photo.jpg more-photos/"
     return f"adapt infer -m {recipe.model} {loads} {example}"
 
 

@@ -166,7 +166,7 @@ _ADAPTER_PARAMS = {  # AdapterHub's module names -> ours, given ln_before
 def _site_patterns(arch: Architecture, kind: str) -> list[tuple[str, re.Pattern[str]]]:
     block = "adapters" if kind == "adapter" else "adapter_fusion_layer"
     return [(spec.location, re.compile(
-        rf"^(?:{re.escape(arch.adapterhub_prefix)}\.)?{re.escape(arch.layers)}\.(\d+)\."
+        rf"^(?:{re.escape(arch.adapterhub_prefix)}\.)?{re.escape(arch.hub_layers)}\.(\d+)\."
         rf"{re.escape(spec.adapterhub_path)}\.{block}\.([^.]+)\.(.+)$")) for spec in arch.sites]
 
 
@@ -228,7 +228,7 @@ def adapter_weights_to_adapterhub(weights: dict[str, torch.Tensor], arch: Archit
             continue
         location, layer, param = key.split(".", 2)
         module, _, leaf = param.partition(".")
-        prefix = f"{arch.adapterhub_prefix}.{arch.layers}.{layer}.{arch.site(location).adapterhub_path}.adapters.{name}."
+        prefix = f"{arch.adapterhub_prefix}.{arch.hub_layers}.{layer}.{arch.site(location).adapterhub_path}.adapters.{name}."
         if module == "down":
             ah = [f"adapter_down.{1 if ln_before else 0}.{leaf}"]
         elif module == "norm_before":  # registered twice in AdapterHub's module tree
@@ -407,7 +407,7 @@ def write_fusion(directory: Path, artifact: FusionArtifact, safetensors: bool = 
     weights = {}
     for key, tensor in artifact.weights.items():
         location, layer, param = key.split(".", 2)
-        weights[f"{arch.adapterhub_prefix}.{arch.layers}.{layer}.{arch.site(location).adapterhub_path}"
+        weights[f"{arch.adapterhub_prefix}.{arch.hub_layers}.{layer}.{arch.site(location).adapterhub_path}"
                 f".adapter_fusion_layer.{artifact.name}.{param}"] = tensor
     _save(weights, directory, "fusion", safetensors, dtype)
 
@@ -426,6 +426,8 @@ def read_head(path: Path, shapes_only: bool = False) -> HeadArtifact:
     raw = dict(data["config"])
     multilabel = raw.pop("multilabel", False)  # older files mark a multi-label head on a classification one
     head_type = raw.pop("head_type", None)
+    if head_type == "image_classification":  # a vision model's classification head: the same module and losses
+        head_type = "classification"
     if head_type == "classification" and multilabel:
         head_type = "multilabel_classification"
     elif head_type == "classification":
@@ -441,7 +443,7 @@ def read_head(path: Path, shapes_only: bool = False) -> HeadArtifact:
     elif head_type not in ("multiple_choice", "multilabel_classification", "tagging", "question_answering"):
         raise ArtifactError(f"{path}: AdapterHub head type {head_type!r} is not supported (classification, "
                             "multilabel_classification, tagging, question_answering, regression, multiple_choice, "
-                            "masked_lm and causal_lm are)")
+                            "masked_lm, causal_lm and image_classification are)")
     try:
         config = HeadConfig.from_dict({"head_type": head_type, **raw}, source=str(path / HEAD_CONFIG))
     except (TypeError, ValueError) as exc:
@@ -487,6 +489,9 @@ def write_head(directory: Path, artifact: HeadArtifact, safetensors: bool = Fals
         config = {"head_type": c.head_type, "num_labels": c.num_labels, "layers": c.layers,
                   "activation_function": c.activation_function, "label2id": c.label2id,
                   "dropout_prob": c.dropout_prob}
+    elif arch.vision:  # ImageClassificationHead: one head type, multi-label by a key, regression by one output
+        config.update(head_type="image_classification", num_labels=c.outputs, bias=c.bias,
+                      multilabel=c.head_type == "multilabel_classification")
     elif c.head_type == "multilabel_classification":
         config.update(head_type=c.head_type, num_labels=c.num_labels, bias=c.bias)
     else:

@@ -47,9 +47,9 @@ def lora_config_to_adapterhub(config: Any) -> dict[str, Any]:
 
 
 def _patterns(arch: Architecture) -> list[tuple[str, re.Pattern[str]]]:
-    prefix = rf"^(?:{re.escape(arch.adapterhub_prefix)}\.)?{re.escape(arch.layers)}\.(\d+)\."
+    prefix = rf"^(?:{re.escape(arch.adapterhub_prefix)}\.)?{re.escape(arch.hub_layers)}\.(\d+)\."
     return [(matrix, re.compile(prefix + rf"{re.escape(path)}\.loras\.([^.]+)\.(.+)$"))
-            for matrix, path in arch.linears]
+            for matrix, path in arch.hub_linears]
 
 
 def lora_weights_from_adapterhub(raw: dict[str, Any], arch: Architecture, source: Path) -> tuple[str | None, dict]:
@@ -83,5 +83,5 @@ def lora_weights_to_adapterhub(weights: dict[str, Any], arch: Architecture, name
             out[f"{arch.adapterhub_prefix}.shared_parameters.{name}.{rest}"] = tensor
             continue
         layer, _, param = rest.partition(".")
-        out[f"{arch.adapterhub_prefix}.{arch.layers}.{layer}.{arch.linear(first)}.loras.{name}.{param}"] = tensor
+        out[f"{arch.adapterhub_prefix}.{arch.hub_layers}.{layer}.{arch.hub_linear(first)}.loras.{name}.{param}"] = tensor
     return out

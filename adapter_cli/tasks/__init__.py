@@ -5,10 +5,11 @@ Schema (see docs/tasks.md)::
 
     name, aliases, description
     catalog: category/dataset     # where its adapters sit in the hub hierarchy (AdapterHub style, e.g. sentiment/sst-2)
-    kind: single | pair | regression | multiple_choice | multilabel | tagging | qa | mlm | lm
+    kind: single | pair | regression | multiple_choice | multilabel | tagging | qa | mlm | lm | image
                                   # mlm, lm: plain text, sentences a line; multilabel: a set of labels per
                                   # text; tagging: a label per word (CoNLL-style column files); qa: extractive
-                                  # question answering (SQuAD JSON)
+                                  # question answering (SQuAD JSON); image: a label per image (a folder of
+                                  # images per label, for vision encoders)
     labels: [...]                 # label names in id order (not for regression / multiple choice)
     metrics: [accuracy, f1, macro_f1, micro_f1, mcc, pearson, spearman, entity_f1, exact_match, token_f1]
                                   # the first is the one early stopping uses
@@ -31,9 +32,9 @@ from typing import Any
 
 from ..errors import UsageError, check_keys, suggest
 
-KINDS = ("single", "pair", "regression", "multiple_choice", "multilabel", "tagging", "qa", "mlm", "lm")
+KINDS = ("single", "pair", "regression", "multiple_choice", "multilabel", "tagging", "qa", "mlm", "lm", "image")
 TEXT_KINDS = ("mlm", "lm")  # language modelling on plain text: masked (encoders) or causal (decoders)
-LABELLED_KINDS = ("single", "pair", "multilabel", "tagging")  # tasks whose `labels` name the head's outputs
+LABELLED_KINDS = ("single", "pair", "multilabel", "tagging", "image")  # tasks whose `labels` name the head's outputs
 METRICS = ("accuracy", "f1", "macro_f1", "micro_f1", "mcc", "pearson", "spearman", "entity_f1", "exact_match",
            "token_f1", "perplexity", "masked_accuracy", "next_token_accuracy")
 MLM_METRICS = ("perplexity", "masked_accuracy")  # the only metrics of an mlm task, and only of one
@@ -50,7 +51,8 @@ KIND_METRICS = {"mlm": MLM_METRICS, "lm": LM_METRICS, "multilabel": MULTILABEL_M
 LOWER_IS_BETTER = frozenset({"perplexity"})  # early stopping and the best checkpoint: smaller wins
 LOCAL_KEYS = ("train", "eval", "file", "header", "columns", "format", "delimiter", "split_column", "splits",
               "label_map")
-FORMATS = ("csv", "tsv", "jsonl", "parquet", "conll", "squad")  # conll: a tagging task's files; squad: a qa task's
+# conll: a tagging task's files; squad: a qa task's; folders: an image task's (a sub-folder of images per label)
+FORMATS = ("csv", "tsv", "jsonl", "parquet", "conll", "squad", "folders")
 SPLITS = ("train", "eval", "test")  # test rows are named so they are known to be left out, never read
 
 
@@ -101,7 +103,8 @@ class TaskSpec:
     def head_type(self) -> str:
         return {"single": "classification", "pair": "classification", "regression": "regression",
                 "multiple_choice": "multiple_choice", "multilabel": "multilabel_classification",
-                "tagging": "tagging", "qa": "question_answering", "mlm": "masked_lm", "lm": "causal_lm"}[self.kind]
+                "tagging": "tagging", "qa": "question_answering", "mlm": "masked_lm", "lm": "causal_lm",
+                "image": "classification"}[self.kind]
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "source"}
@@ -136,7 +139,8 @@ def task_from_dict(data: dict[str, Any], source: str) -> TaskSpec:
         raise UsageError(f"task {source}: catalog must look like category/dataset (lower case), got {catalog!r}")
     if kind == "multiple_choice" and not data.get("choices"):
         raise UsageError(f"task {source}: a multiple_choice task needs 'choices'")
-    if kind not in ("multiple_choice", "tagging", "qa", *TEXT_KINDS) and "text" not in (data.get("columns") or {}) and \
+    if kind not in ("multiple_choice", "tagging", "qa", "image", *TEXT_KINDS) and \
+            "text" not in (data.get("columns") or {}) and \
             "text" not in ((data.get("local") or {}).get("columns") or {}):
         raise UsageError(f"task {source}: 'columns' must name the text column")
     if data.get("local") is not None:
@@ -186,6 +190,15 @@ def _check_local(local: Any, source: str, labels: tuple[str, ...], kind: str = "
     if kind == "tagging" and fmt in ("csv", "tsv"):
         raise UsageError(f"task {source}: a tagging task reads conll (a word a line), jsonl or parquet files, not "
                          f"{fmt}")
+    if kind == "image" and fmt not in (None, "folders"):
+        raise UsageError(f"task {source}: an image task's splits are folders with a sub-folder of images per label "
+                         f"(format folders), not {fmt} files")
+    if fmt == "folders" and kind != "image":
+        raise UsageError(f"task {source}: local format folders is for image tasks; a {kind} task reads files")
+    if kind == "image" and ("split_column" in local or "file" in local or delimiter is not None or
+                            "columns" in local or "header" in local):
+        raise UsageError(f"task {source}: an image task's train and eval are folders of label folders; leave out "
+                         "file, split_column, columns, header and delimiter")
     if kind == "tagging" and ("split_column" in local or delimiter is not None):
         raise UsageError(f"task {source}: a tagging task's files are one per split (train, eval), their fields "
                          "split on whitespace; leave out split_column and delimiter")

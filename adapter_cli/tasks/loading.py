@@ -19,12 +19,14 @@ class Example:
     option; for tagging, ``words`` holds the words and ``label`` a label id per word. A multi-label
     example's ``label`` is a multi-hot tuple (1 for each label it has). A question-answering example's
     ``texts`` are (question, context) and its ``label`` the gold answers as (first character, text) pairs
-    (none: the context does not answer the question)."""
+    (none: the context does not answer the question). An image example's ``image`` is its file (or, from the
+    Hub, the image itself) and ``texts`` is (where it came from,)."""
 
     texts: tuple[str, ...] = ()
     label: Any = 0
     choices: tuple[tuple[str, str | None], ...] = ()
     words: tuple[str, ...] = ()
+    image: Any = None
 
 
 def load_split(task: TaskSpec, split: str, data_dir: str | Path | None = None,
@@ -108,7 +110,10 @@ def _local_path(task: TaskSpec, split: str, data_dir: str | Path | None) -> Path
         # names are checked when the task is read; this is a link out of the task's folder
         raise UsageError(f"task {task.name}: local {split} file {name} leads outside {base} (a link); copy the "
                          "file into the task's folder, or give the folder that holds it as `data_dir`")
-    if not path.is_file():
+    if task.kind == "image" and not path.is_dir():
+        raise UsageError(f"{base} has no {split} folder {name} (task {task.name} expects folders "
+                         f"{local_files(task)}, each with a sub-folder of images per label)")
+    if task.kind != "image" and not path.is_file():
         raise UsageError(f"{base} has no {split} file {name} (task {task.name} expects {local_files(task)})")
     return path
 
@@ -125,6 +130,11 @@ def _read_local(task: TaskSpec, split: str,
     """(rows, columns, where, row numbers): the split's rows of its file, numbered as in the file."""
     local = task.local or {}
     path = _local_path(task, split, data_dir)
+    if task.kind == "image":  # (image file, label folder) pairs
+        from ..images import read_image_folder
+
+        rows = read_image_folder(path)
+        return rows, {"image": 0, "label": 1}, str(path), list(range(1, len(rows) + 1))
     columns = dict(local.get("columns") or task.columns)
     fmt = table_format(path, local.get("format"), local.get("delimiter"))
     if not _is_user_task(task) and "task YAML" in fmt.why:  # the user did not write this YAML: do not say so
@@ -457,12 +467,28 @@ def _answer(answer: dict, context: str, where: str, n: int) -> tuple[int, str]:
     return min(found, key=lambda i: abs(i - start)), text
 
 
+def _image(task: TaskSpec, row: Any, columns: dict, where: str, n: int, label_map: dict | None) -> Example:
+    """A local row is (file, label folder); a Hub row has the decoded image in its ``image`` column."""
+    image = _field(row, columns.get("image", "image"), where, n)
+    raw = _field(row, columns.get("label", "label"), where, n)
+    if isinstance(image, Path):
+        if label_map is None and str(raw) not in task.labels and not str(raw).isdigit():
+            raise UsageError(f"{where}: folder {raw!r} is not a label of task {task.name} ({', '.join(task.labels)});"
+                             " rename it, or map it with local label_map")
+        return Example(texts=(str(image),), label=_label(task, raw, f"{where}/{raw}", n, label_map), image=image)
+    if isinstance(image, dict) and image.get("path"):  # datasets' undecoded Image feature
+        image = image["path"]
+    return Example(texts=(f"{where} row {n}",), label=_label(task, raw, where, n, label_map), image=image)
+
+
 def _example(task: TaskSpec, row: Any, columns: dict, where: str, n: int,
              label_map: dict | None = None) -> Example:
     if task.kind == "tagging":
         return _tagged(task, row, columns, where, n, label_map)
     if task.kind == "qa":
         return _question(row, columns, where, n)
+    if task.kind == "image":
+        return _image(task, row, columns, where, n, label_map)
     if task.kind == "multiple_choice":
         spec = task.choices or {}
         if "options_field" in spec:

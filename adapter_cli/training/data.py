@@ -104,13 +104,22 @@ class Encoded:
     # qa: features and labels are per window (labels: the answer's first and last token, 0 0 when the window
     # does not hold it); this holds the windows, each question's context and gold answer texts
     answers: Answers | None = None
+    # image: the split's images (images.Images), read as pixel values batch by batch; features are empty
+    images: Any = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
 
 def encode(task: TaskSpec, examples: list[Example], tokenizer: Any, max_length: int) -> Encoded:
+    """A split as the model reads it; ``tokenizer`` is an image task's image processor."""
     keys = ("input_ids", "attention_mask", "token_type_ids")
+    if task.kind == "image":  # every image decoded once now, so that a broken file is named before training
+        from ..images import Images
+
+        images = Images(tokenizer, [e.image for e in examples])
+        images.check([e.texts[0] for e in examples])
+        return Encoded([{} for _ in examples], [e.label for e in examples], images=images)
     if task.kind == "multiple_choice":
         firsts = [c[0] for e in examples for c in e.choices]
         seconds = [c[1] for e in examples for c in e.choices]
@@ -156,6 +165,10 @@ def collate(data: Encoded, indices: list[int], pad_id: int, float_labels: bool) 
     """Padded tensors of the examples at ``indices``; labels as floats for regression and multi-label
     (``float_labels``), per token (padded with -100) for tagging."""
     items = [data.features[i] for i in indices]
+    if data.images is not None:
+        return {"pixel_values": data.images.pixels(indices),
+                "labels": torch.tensor([data.labels[i] for i in indices], dtype=torch.float32 if float_labels
+                                       else torch.long)}
     if data.multiple_choice:
         width = max(len(ids) for it in items for ids in it["input_ids"])
         choices = max(len(it["input_ids"]) for it in items)
@@ -216,6 +229,6 @@ def lengths_of(data: Encoded) -> list[int]:
     """Each example's length in tokens (multiple choice: its longest option), what padding follows."""
     out = []
     for feature in data.features:
-        ids = feature["input_ids"]
+        ids = feature.get("input_ids", ())  # an image has no tokens: all the same length
         out.append(max(len(s) for s in ids) if ids and isinstance(ids[0], list) else len(ids))
     return out

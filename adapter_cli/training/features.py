@@ -80,7 +80,7 @@ def encode_features(model: Any, head_name: str, data: Encoded, batch_size: int, 
 
 
 def _length(feature: dict[str, Any]) -> int:
-    ids = feature["input_ids"]
+    ids = feature.get("input_ids", ())  # an image has no tokens
     return max(len(s) for s in ids) if ids and isinstance(ids[0], list) else len(ids)
 
 
@@ -92,8 +92,8 @@ def _store_device(data: Encoded, hidden: int, device: torch.device) -> torch.dev
 def _encode_batch(model: Any, head: Any, batch: dict[str, torch.Tensor], device: torch.device,
                   autocast: torch.dtype | None) -> torch.Tensor:
     inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-    rows, choices = inputs["input_ids"].shape[0], None
-    if inputs["input_ids"].dim() == 3:  # multiple choice: one sequence per option
+    rows, choices = next(iter(inputs.values())).shape[0], None
+    if "input_ids" in inputs and inputs["input_ids"].dim() == 3:  # multiple choice: one sequence per option
         choices = inputs["input_ids"].shape[1]
         inputs = {k: v.reshape(-1, v.shape[-1]) for k, v in inputs.items()}
     with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):

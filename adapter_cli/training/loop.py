@@ -201,7 +201,7 @@ class Trainer:
         if frozen is not None:  # before the move: the GPU never holds the fp32 copies
             self.model.cast_frozen_linears(frozen)
         self.model.to(self.device)
-        self.pad_id = self.tokenizer.pad_token_id or 0
+        self.pad_id = getattr(self.tokenizer, "pad_token_id", None) or 0  # an image processor has none
         self._encode(train_examples, eval_examples, max_length)
         self.head = self.model.heads[self.name]
         self.on_features = recipe.method == "head" and self._features_once and cacheable(self.train_data) \

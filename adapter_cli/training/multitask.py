@@ -93,7 +93,7 @@ class MultiTaskTrainer(Trainer):
         self.device = resolve_device(recipe.device)
         self.autocast = autocast_dtype(recipe.precision, self.device)
         self.model.to(self.device)
-        self.pad_id = self.tokenizer.pad_token_id or 0
+        self.pad_id = getattr(self.tokenizer, "pad_token_id", None) or 0  # an image processor has none
         self._load_tasks(max_length)
         self.masker, self.on_features, self.compiled = None, False, False
         self.train_features = self.eval_features = None

@@ -11,6 +11,7 @@ import torch
 
 from ..devices import half_dtype
 from ..errors import UsageError
+from ..tasks import LABELLED_KINDS
 from .recipe import Recipe
 
 
@@ -55,7 +56,7 @@ def build_model(recipe: Recipe, task: Any) -> tuple[Any, Any, str, Any]:
     """The model, its tokenizer, the adapter/head name and the composition to train, set up for the method."""
     from ..defaults import resolve_model
     from ..model import AdapterModel
-    from ..tokenizer import load_tokenizer
+    from ..tokenizer import load_preprocessor
 
     if task.kind == "mlm" and recipe.method != "adapter":
         raise UsageError(f"task {task.name} trains a language adapter by masked language modelling; `method` "
@@ -66,7 +67,7 @@ def build_model(recipe: Recipe, task: Any) -> tuple[Any, Any, str, Any]:
     path = resolve_model(recipe.model)
     model = AdapterModel.from_pretrained(path)
     _check_family(task, model, recipe.model)
-    tokenizer = load_tokenizer(path, model.vocab_size, recipe.model)
+    tokenizer = load_preprocessor(path, model, recipe.model)
     name = recipe.name or task.name.replace(".", "_")
     head_kw = _head_kwargs(task, model)
     active: Any = None
@@ -114,6 +115,11 @@ def _check_family(task: Any, model: Any, label: str) -> None:
     if task.kind == "lm" and not model.arch.causal:
         raise UsageError(f"task {task.name} is causal language modelling, for decoders (GPT-2, Llama, Mistral); "
                          f"{label} is a {model.arch.name} encoder: train its language adapter with task mlm")
+    if (task.kind == "image") != model.arch.vision:
+        raise UsageError(f"task {task.name} classifies images, for vision encoders (ViT); {label} is a "
+                         f"{model.arch.name} model, which reads text" if task.kind == "image" else
+                         f"task {task.name} is a {task.kind} text task; {label} is a {model.arch.name} model, "
+                         "which reads images: train it on an image task (kind image)")
     if task.kind == "mlm" and model.arch.causal:
         raise UsageError(f"task {task.name} is masked language modelling, for encoders; {label} is a "
                          f"{model.arch.name} decoder: train its adapter with task lm")
@@ -126,10 +132,12 @@ def _head_kwargs(task: Any, model: Any) -> dict[str, Any]:
         return {"vocab_size": model.vocab_size, "embedding_size": model.embedding_size, "layers": 2,
                 "activation_function": "gelu", "layer_norm": True, "bias": True}
     head_kw: dict[str, Any] = {"num_labels": task.num_labels}
-    if task.kind in ("single", "pair", "multilabel", "tagging"):
+    if task.kind in LABELLED_KINDS:
         head_kw["label2id"] = {label: i for i, label in enumerate(task.labels)}
-    if task.kind in ("tagging", "qa"):
-        head_kw["layers"] = 1  # AdapterHub's tagging and QA heads: one linear layer over each token
+    if task.kind in ("tagging", "qa", "image"):
+        # AdapterHub's tagging and QA heads: one linear layer over each token; its image-classification head's
+        # default: one linear layer over the [CLS] state
+        head_kw["layers"] = 1
     if task.kind == "qa":
         head_kw.update(num_labels=2, text_pair=None)  # start and end; always a question and its context
         return head_kw
@@ -181,11 +189,13 @@ def build_multitask_model(recipe: Recipe, tasks: list[Any]) -> tuple[Any, Any, l
     set by the optimizer). Returns the model, its tokenizer and the adapter/head name of each task."""
     from ..defaults import resolve_model
     from ..model import AdapterModel
-    from ..tokenizer import load_tokenizer
+    from ..tokenizer import load_preprocessor
 
     path = resolve_model(recipe.model)
     model = AdapterModel.from_pretrained(path)
-    tokenizer = load_tokenizer(path, model.vocab_size, recipe.model)
+    for task in tasks:
+        _check_family(task, model, recipe.model)
+    tokenizer = load_preprocessor(path, model, recipe.model)
     names = [task.name.replace(".", "_") for task in tasks]
     for task, name in zip(tasks, names):
         model.add_adapter(name, recipe.adapter, recipe.adapter_overrides)

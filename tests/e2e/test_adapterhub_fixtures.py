@@ -74,8 +74,8 @@ def _evaluations(root: Path, cases: dict) -> dict[str, list[dict[str, torch.Tens
                         fields = {}
                         for head in heads:
                             with torch.no_grad():
-                                out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                                            active=active, **({} if head is None else {"head": head}))
+                                out = model(**_model_inputs(inputs), active=active,
+                                            **({} if head is None else {"head": head}))
                             fields["last_hidden_state"] = out.last_hidden_state.float()
                             fields["logits" if head is None else f"{head}.logits"] = \
                                 out.logits.float() if out.logits is not None else None
@@ -83,6 +83,11 @@ def _evaluations(root: Path, cases: dict) -> dict[str, list[dict[str, torch.Tens
     finally:
         FusionLayer.restructured = default
     return runs
+
+
+def _model_inputs(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What the fixture feeds the model: token ids and their mask, or images (a vision encoder's)."""
+    return {k: tensors[k] for k in ("input_ids", "attention_mask", "pixel_values") if k in tensors}
 
 
 @pytest.mark.parametrize("root", fixture_dirs(), ids=lambda p: p.name if p.parent.name != "fixtures" else

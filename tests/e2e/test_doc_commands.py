@@ -96,6 +96,7 @@ INLINE_FRAGMENTS = {
     "(docs/fusion.md); -m and -a are left out",
     "adapt infer --generate": "names the --generate option (README, docs/decoders.md)",
     "adapt add --head": "names the --head option of adapt add in a table (docs/labels.md)",
+    "adapt add --head image_classification:N": "names a --head form in a sentence (docs/vision.md)",
     "adapt infer --task": "names the --task option of adapt infer in a sentence (docs/labels.md)",
     "adapt train --task lm": "names how a decoder's adapter is trained, in a sentence (docs/performance.md); "
     "docs/decoders.md gives the whole command",
@@ -167,6 +168,19 @@ NOT_RUN = {
     'adapt infer -m minilm -a toy_qa --json --pair "Where does Rita Vance live ?" "Rita Vance lives in Genoa . '
     'Omar Said founded Lumen Tech . Lumen Tech hired Rita Vance last year ."':
         "needs the toy_qa adapter of docs/labels-example.sh; tests/cli/test_qa_cli.py answers questions so",
+    # ViT (docs/vision.md, `adapt infer --help`): the random ViT and the striped pictures are written by
+    # docs/vision-example.sh, which runs these steps; tests/cli/test_vision_cli.py runs them on a tiny ViT
+    "adapt train --task stripes/task.yaml --model vit-small --config pfeiffer --name stripes_pf --run-dir "
+    "runs/stripes-pf epochs=8 learning_rate=5e-3 batch_size=16":
+        "needs vit-small/ and stripes/ made by docs/vision-example.sh (which trains exactly this)",
+    "adapt infer -m vit-small -a stripes_pf --task stripes/task.yaml --metrics pf-metrics.json":
+        "needs the stripes_pf adapter of docs/vision-example.sh; test_vision_cli.py scores an image task so",
+    "adapt infer -m vit-small -a stripes_pf --json stripes/val/vertical/0.jpg stripes/val/diagonal/1.png":
+        "needs the stripes_pf adapter of docs/vision-example.sh; test_vision_cli.py classifies files so",
+    "adapt infer -m vit-small -a stripes_pf stripes/val/horizontal --output horizontal.csv":
+        "needs the stripes_pf adapter of docs/vision-example.sh; test_vision_cli.py classifies folders so",
+    "adapt infer -m vit-small -a stripes_pf stripes/val/vertical/0.jpg stripes/val/horizontal":
+        "needs the stripes_pf adapter of docs/vision-example.sh; test_vision_cli.py classifies files and folders",
     # MAD-X (docs/training.md, `adapt train --help`): text corpora and language adapters the world does not hold;
     # the same steps run in tests/cli/test_mlm_cli.py and, on real weights, docs/madx-experiment.sh
     "adapt train --task mlm --data-dir corpus-en/ --config pfeiffer+inv --language en --name lang_en":

@@ -111,7 +111,7 @@ def test_the_builtin_sick_task_reads_the_original_sick_txt(tmp_path) -> None:
 @pytest.mark.parametrize("local, message", [
     ("{file: a.txt, delimeter: ';'}", r"unknown key 'delimeter' in task .*'local' section .*did you mean 'delimiter'"),
     ("{file: a.txt, delimiter: '\\t'}", r"local delimiter must be one character, e\.g\. \"\\t\" \(in double quotes\)"),
-    ("{file: a.txt, format: xlsx}", r"local format must be one of csv, tsv, jsonl, parquet, conll, squad, got 'xlsx'"),
+    ("{file: a.txt, format: xlsx}", r"local format must be one of csv, tsv, jsonl, parquet, conll, squad, folders, got 'xlsx'"),
     ("{file: a.txt, format: jsonl, delimiter: ';'}", r"a local delimiter ';' does not go with format jsonl"),
     ("{file: a.txt, split_column: set}", r"local 'split_column' and 'splits' go together"),
     ("{file: a.txt, split_column: s, splits: {train: A}}", r"local 'splits' must map train and eval"),

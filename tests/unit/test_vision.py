@@ -1,0 +1,255 @@
+"""The vision transformer (ViT): bit-identity without adapters, both sites on its one shared Dropout, the methods
+and heads it takes, AdapterHub's image-classification head and LoRA names (transformers 5 renamed ViT's
+modules), images from files and folders, and the image task kind. The numbers against AdapterHub itself are in
+tests/e2e/test_adapterhub_fixtures.py (tests/fixtures/adapterhub_vit)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adapter_cli.errors import UnsupportedModel, UsageError
+from conftest import FIXTURES, randomise, tiny_model, tiny_pixels, tiny_vit, tiny_vit_config, write_image_task
+
+VIT_FIXTURE = FIXTURES / "adapterhub_vit"
+
+
+def plain_vit(seed: int = 0):
+    from transformers import AutoModel
+
+    torch.manual_seed(seed)
+    return AutoModel.from_config(tiny_vit_config()).eval()
+
+
+def test_no_active_adapter_is_bit_identical_to_transformers() -> None:
+    plain, model = plain_vit(), tiny_vit()
+    pixels = tiny_pixels()
+    with torch.no_grad():
+        want = plain(pixel_values=pixels).last_hidden_state
+        fresh = model(pixel_values=pixels).last_hidden_state
+        model.add_adapter("a", "houlsby")
+        randomise(model.adapters["a"])
+        inactive = model(pixel_values=pixels).last_hidden_state
+        active = model(pixel_values=pixels, active="a").last_hidden_state
+    assert torch.equal(fresh, want) and torch.equal(inactive, want)
+    assert (active - want).abs().max() > 1e-2
+
+
+def _bottleneck(w: dict[str, torch.Tensor], a: torch.Tensor) -> torch.Tensor:
+    return F.linear(F.relu(F.linear(a, w["down.weight"], w["down.bias"])), w["up.weight"], w["up.bias"])
+
+
+@pytest.mark.parametrize("mh", [True, False], ids=["both-sites", "output-site"])
+def test_each_site_acts_on_its_own_call_of_the_shared_dropout(mh) -> None:
+    """transformers 5's ViTLayer calls one Dropout after attention and again after the MLP. A hand reference
+    with hooks of this test's own (on each sub-layer's output, the residual from its norm's input) must equal
+    the stitched model: a site that acted on the other call would be off by O(1)."""
+    model = tiny_vit()
+    model.add_adapter("a", "pfeiffer", {"mh_adapter": mh, "leave_out": [0]})
+    randomise(model.adapters["a"])
+    state = model.adapters["a"].state_dict()
+    plain = plain_vit()
+    layer = plain.layers[1]
+    residual: dict[str, torch.Tensor] = {}
+    sites = {"output_adapter": ("mlp", "layernorm_after")}
+    if mh:
+        sites["mh_adapter"] = ("attention", "layernorm_before")
+    for location, (sub, norm) in sites.items():
+        w = {k[len(f"{location}.1."):]: v for k, v in state.items() if k.startswith(f"{location}.1.")}
+
+        def keep(_m, args, location=location):
+            residual[location] = args[0]
+
+        def replace(_m, _args, output, location=location, w=w):
+            h = output[0] if isinstance(output, tuple) else output
+            new = _bottleneck(w, h + residual.pop(location)) + h  # AdapterHub's up(h + x) + h, then the layer adds x
+            return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
+
+        layer.get_submodule(norm).register_forward_pre_hook(keep)
+        layer.get_submodule(sub).register_forward_hook(replace)
+    pixels = tiny_pixels()
+    with torch.no_grad():
+        want = plain(pixel_values=pixels).last_hidden_state
+        got = model(pixel_values=pixels, active="a").last_hidden_state
+    assert torch.equal(got, want), (got - want).abs().max()
+
+
+@pytest.mark.parametrize("preset", ["prefix_tuning", "prompt_tuning", "loreft", "mam", "pfeiffer+inv"])
+def test_methods_not_stitched_into_vit_are_one_line(preset) -> None:
+    model = tiny_vit()
+    with pytest.raises(UnsupportedModel) as err:
+        model.add_adapter("a", preset)
+    assert "bottleneck and lora adapters into ViT models" in str(err.value) and "\n" not in str(err.value)
+    assert not model.adapters and not model._sites and not model._linear_sites
+
+
+@pytest.mark.parametrize("preset", ["compacter", "lora", "ia3", "dora"])
+def test_bottleneck_variants_and_the_lora_family_run_on_vit(preset) -> None:
+    """Compacter is a bottleneck adapter with PHM layers, which AdapterHub places wherever it places one."""
+    model = tiny_vit()
+    model.add_adapter("a", preset, {"phm_dim": 2, "reduction_factor": 8} if preset == "compacter" else {})
+    randomise(model.adapters["a"])
+    pixels = tiny_pixels()
+    with torch.no_grad():
+        base = model(pixel_values=pixels).last_hidden_state
+        got = model(pixel_values=pixels, active="a").last_hidden_state
+    assert (got - base).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("head_type, kw", [("tagging", {"num_labels": 3}), ("question_answering", {"num_labels": 2}),
+                                            ("multiple_choice", {"num_choices": 2, "num_labels": 1})])
+def test_text_heads_are_refused_on_vit(head_type, kw) -> None:
+    with pytest.raises(UsageError, match="ViT models cannot carry"):
+        tiny_vit().add_head("h", head_type, **kw)
+
+
+def test_wrong_inputs_for_the_family_are_one_line() -> None:
+    with pytest.raises(UsageError, match="read images"):
+        tiny_vit()(input_ids=torch.ones(1, 4, dtype=torch.long))
+    with pytest.raises(UsageError, match="read token ids"):
+        tiny_model()(pixel_values=tiny_pixels())
+
+
+def test_parallel_answers_as_each_member_alone() -> None:
+    model = tiny_vit()
+    for name, seed in (("a", 3), ("b", 4)):
+        model.add_adapter(name, "pfeiffer")
+        model.add_head(name, "classification", num_labels=3, layers=1)
+        randomise(model.adapters[name], seed=seed)
+        randomise(model.heads[name], seed=seed + 10)
+    pixels = tiny_pixels()
+    with torch.no_grad():
+        both = model(pixel_values=pixels, active="parallel(a,b)")
+        alone = [model(pixel_values=pixels, active=n).logits for n in ("a", "b")]
+    for branch, want in zip(both.branches, alone):
+        assert torch.allclose(branch.logits, want, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- AdapterHub's format
+
+
+@pytest.mark.parametrize("head", ["cls", "tags", "score"])
+def test_image_classification_heads_round_trip_in_adapterhub_format(tmp_path, head) -> None:
+    """Read as classification / multi-label / regression heads, written back as AdapterHub's
+    image_classification head with the same config and weight names."""
+    from adapter_cli import AdapterModel
+
+    model = AdapterModel.from_pretrained(VIT_FIXTURE / "base")
+    name = model.load_head(VIT_FIXTURE / "heads" / head)
+    kind = {"cls": "classification", "tags": "multilabel_classification", "score": "regression"}[head]
+    assert model.heads[name].config.head_type == kind
+    model.save_head(tmp_path / head, name, format="adapterhub", safetensors=True)
+    ours = json.loads((tmp_path / head / "head_config.json").read_text())["config"]
+    theirs = json.loads((VIT_FIXTURE / "heads" / head / "head_config.json").read_text())["config"]
+    assert ours == theirs
+    from safetensors.torch import load_file
+
+    saved = next((tmp_path / head).glob("*.safetensors"))
+    assert set(load_file(str(saved))) == set(load_file(str(VIT_FIXTURE / "heads" / head / "model_head.safetensors")))
+
+
+@pytest.mark.parametrize("adapter", ["lora", "pf", "hb"])
+def test_adapters_round_trip_under_adapterhub_names(tmp_path, adapter) -> None:
+    """AdapterHub 1.3.0 names ViT's weights after transformers 4's modules (encoder.layer.N.attention.attention.
+    query); adapt's modules are transformers 5's (layers.N.attention.q_proj). Written back, the names are
+    AdapterHub's again."""
+    from safetensors.torch import load_file
+
+    from adapter_cli import AdapterModel
+
+    model = AdapterModel.from_pretrained(VIT_FIXTURE / "base")
+    name = model.load_adapter(VIT_FIXTURE / "adapters" / adapter, with_head=False)
+    model.save_adapter(tmp_path / adapter, name, format="adapterhub", with_head=False, safetensors=True)
+    ours = load_file(str(next((tmp_path / adapter).glob("*.safetensors"))))
+    theirs = load_file(str(VIT_FIXTURE / "adapters" / adapter / "adapter.safetensors"))
+    assert set(ours) == set(theirs)
+    for key in theirs:
+        assert torch.equal(ours[key], theirs[key])
+
+
+# ---------------------------------------------------------------------- images and the image task
+
+
+def test_images_decode_resize_and_name_what_is_broken(tmp_path) -> None:
+    from adapter_cli.images import Images, image_files, load_image_processor, open_image, pixel_values
+
+    task = write_image_task(tmp_path / "toy", n_train=2, n_eval=1)
+    files = image_files(task.parent / "train")
+    assert files == sorted(files) and len(files) == 6 and {f.suffix for f in files} == {".png", ".jpg"}
+    processor = load_image_processor(str(tmp_path), tiny_vit_config())  # no preprocessor_config.json: defaults
+    images = Images(processor, files)
+    images.check()
+    direct = pixel_values(processor, [open_image(f) for f in files[:2]])
+    assert direct.shape == (2, 3, 32, 32)
+    assert torch.equal(images.pixels([0, 1]), direct)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(UsageError, match="cannot decode .*bad.png"):
+        Images(processor, [files[0], tmp_path / "bad.png"]).check(["a", "train/red/bad.png"])
+    with pytest.raises(UsageError, match="no image file"):
+        open_image(tmp_path / "missing.png")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="holds no image files"):
+        image_files(tmp_path / "empty")
+
+
+def test_image_task_reads_label_folders(tmp_path) -> None:
+    from adapter_cli.tasks import get_task
+    from adapter_cli.tasks.loading import load_split
+
+    spec = get_task(str(write_image_task(tmp_path / "toy", n_train=2, n_eval=1)))
+    assert spec.kind == "image" and spec.head_type == "classification" and spec.num_labels == 3
+    examples = load_split(spec, "train")
+    assert [e.label for e in examples] == [2, 2, 1, 1, 0, 0]  # folders sorted by name: blue, green, red
+    assert all(e.image.parent.name == spec.labels[e.label] for e in examples)
+    (tmp_path / "toy" / "train" / "purple").mkdir()
+    (tmp_path / "toy" / "train" / "purple" / "x.png").write_bytes(b"")
+    with pytest.raises(UsageError, match="folder 'purple' is not a label of task colours"):
+        load_split(spec, "train")
+
+
+@pytest.mark.parametrize("local, message", [
+    ("{train: train.csv, eval: dev.csv, format: csv}", "not csv files"),
+    ("{file: all, split_column: s, splits: {train: a, eval: b}}", "leave out file"),
+    ("{train: train}", "no eval"),
+])
+def test_image_task_yaml_mistakes_are_one_line(tmp_path, local, message) -> None:
+    from adapter_cli.tasks import get_task
+
+    path = tmp_path / "t.yaml"
+    path.write_text(f"name: t\nkind: image\nlabels: [a, b]\nmetrics: [accuracy]\nlocal: {local}\n")
+    with pytest.raises(UsageError, match=message):
+        get_task(str(path))
+
+
+def test_folders_format_is_only_for_image_tasks(tmp_path) -> None:
+    from adapter_cli.tasks import get_task
+
+    path = tmp_path / "t.yaml"
+    path.write_text("name: t\nkind: single\nlabels: [a, b]\nmetrics: [accuracy]\ncolumns: {text: t, label: l}\n"
+                    "local: {train: tr, eval: ev, format: folders}\n")
+    with pytest.raises(UsageError, match="folders is for image tasks"):
+        get_task(str(path))
+
+
+def test_hub_rows_carry_decoded_images(tmp_path) -> None:
+    """A Hub dataset's image column holds decoded images (datasets' Image feature): they go through unchanged,
+    in training (Images) and in scoring (inference.Row.image)."""
+    import numpy as np
+    from PIL import Image
+
+    from adapter_cli.images import Images, load_image_processor
+    from adapter_cli.tasks import task_from_dict
+    from adapter_cli.tasks.loading import _example
+
+    spec = task_from_dict({"name": "hubby", "kind": "image", "labels": ["a", "b"], "metrics": ["accuracy"],
+                           "hub": {"path": "x/y", "train": "train", "eval": "test"},
+                           "columns": {"image": "img", "label": "label"}}, "t.yaml")
+    picture = Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8))
+    example = _example(spec, {"img": picture, "label": 1}, dict(spec.columns), "x/y split test", 3)
+    assert example.label == 1 and example.image is picture and example.texts == ("x/y split test row 3",)
+    images = Images(load_image_processor(str(tmp_path), tiny_vit_config()), [example.image])
+    images.check()
+    assert images.pixels([0]).shape == (1, 3, 32, 32)
