@@ -144,6 +144,9 @@ def read_rows(texts: list[str], input_path: str | None, text_column: str, pair_c
         lines = [line.rstrip("\n") for line in sys.stdin]
         return [Row(line) for line in lines if line.strip()]
     path = Path(input_path)
+    if path.is_dir():
+        raise UsageError(f"input {path} is a folder; give a file of rows (images and their folders are given as "
+                         "arguments)")
     if not path.is_file():
         raise UsageError(f"input file {path} does not exist")
     if path.suffix.lower() in (".jsonl", ".json", ".csv", ".tsv", ".parquet"):
@@ -332,7 +335,7 @@ def _pixels(processor: Any, chunk: list[Row]) -> dict[str, Any]:
     """A vision model's batch: each row's image (the file its text names), decoded and preprocessed."""
     from .images import open_image, pixel_values
 
-    images = [open_image(r.image if r.image is not None else r.text) for r in chunk]
+    images = [open_image(r.text) if r.image is None else open_image(r.image, r.text) for r in chunk]
     return {"pixel_values": pixel_values(processor, images)}
 
 

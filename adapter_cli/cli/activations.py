@@ -33,7 +33,8 @@ def inspect_activations(
                              "target task)."),
     data_dirs: list[str] = typer.Option(None, "--data-dir", "-d", help="The task's original files; with several "
                                         "fusions, task=DIR per task."),
-    max_examples: int = typer.Option(None, "--max-examples", min=1, help="Use at most this many dev examples."),
+    max_examples: int = typer.Option(None, "--max-examples", min=1, help="Use at most this many dev examples (a "
+                                     "seeded subset; each label keeps its share)."),
     out: Path = typer.Option(None, "--out", "-o", help="Write activations.png, .csv and .json to this directory."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     json_out: bool = typer.Option(False, "--json", help="Print the mean weights as JSON on stdout."),
@@ -105,7 +106,13 @@ def _measure_one(m: Any, tokenizer: Any, spec: str, index: int, loaded: set[str]
     spec_task = get_task(target)
     fusion_name = m.load_fusion(location, name=f"fusion{index}", with_head=False)
     dirs = settings["dirs"]
-    examples = load_split(spec_task, "eval", dirs.get(spec_task.name, dirs.get("")), settings["max_examples"])
+    examples = load_split(spec_task, "eval", dirs.get(spec_task.name, dirs.get("")))
+    if settings["max_examples"]:  # a seeded subset, each label keeping its share: files are often sorted by label
+        from ..tasks.subsets import draw
+
+        chosen = draw("eval", [e.label for e in examples], settings["max_examples"], 0,
+                      stratify=spec_task.kind in ("single", "pair", "image"))
+        examples = [examples[i] for i in chosen.indices]
     if spec_task.kind == "multiple_choice":
         raise UsageError("multiple-choice targets are not supported by inspect-activations yet")
     encoded = encode(spec_task, examples, tokenizer, 128)

@@ -198,7 +198,7 @@ def _report(resolved: Any, summary: dict[str, Any], run_dir: Path, json_out: boo
         emit_json(summary)
         return
     if summary["method"] == "multitask":
-        _report_multitask(summary, run_dir)
+        _report_multitask(summary, run_dir, resolved.tasks[0])
         return
     best = summary["best"]
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in (best["metrics"] or {}).items())
@@ -206,10 +206,10 @@ def _report(resolved: Any, summary: dict[str, Any], run_dir: Path, json_out: boo
           f"({summary['epochs_run']} epochs, {summary['steps']} steps, {summary['wall_time_s']:.0f}s)")
     print(f"run: {run_dir}")
     if "cache" in summary:
-        print(f"cached as {summary['cache']['id']}; next: {_next_command(resolved, summary)}")
+        print(f"cached as {summary['cache']['id']}; next: {_next_command(resolved, summary, run_dir)}")
 
 
-def _report_multitask(summary: dict[str, Any], run_dir: Path) -> None:
+def _report_multitask(summary: dict[str, Any], run_dir: Path, first_task: str) -> None:
     best = summary["best"]
     tasks = "; ".join(f"{t} {', '.join(f'{k} {v:.4f}' for k, v in m.items())}" for t, m in summary["per_task"].items())
     print(f"MT-A {'+'.join(summary['tasks'])}: best mean {best['metric']:.4f} at epoch {best['epoch']} ({tasks}; "
@@ -218,11 +218,24 @@ def _report_multitask(summary: dict[str, Any], run_dir: Path) -> None:
     print(f"new base model: {summary['base_model']} (fine-tuned from {summary['derived_from']})")
     if "cache" in summary:
         ids = ", ".join(a["id"] for a in summary["cache"]["adapters"])
+        first = summary["cache"]["adapters"][0]
         print(f"cached under {summary['base_model']}: {ids}; next: adapt infer -m {summary['base_model']} "
-              f"-a {summary['cache']['adapters'][0]['id']} 'some text'")
+              f"-a {first['id']} {_input_example(first_task)}")
 
 
-def _next_command(recipe: Any, summary: dict) -> str:
+def _input_example(task_name: str) -> str:
+    """What `adapt infer` reads for a task's head: a text, a pair, a prompt to continue, or images."""
+    from ..tasks import get_task
+
+    task = get_task(task_name)
+    if task.kind == "lm":  # a decoder's adapter: continue text with it
+        return "--generate 'Once upon a time'"
+    if task.kind == "image":  # image files, or folders of them
+        return "photo.jpg more-photos/"
+    return "--pair 'a first text' 'a second text'" if task.text_pair else "'some text'"
+
+
+def _next_command(recipe: Any, summary: dict, run_dir: Path) -> str:
     """The `adapt infer` command that uses what was just cached, in the input form its head expects."""
     from ..tasks import get_task
 
@@ -230,15 +243,12 @@ def _next_command(recipe: Any, summary: dict) -> str:
         return f"adapt train --task TASK --stack-under {summary['cache']['id']} --model {recipe.model}"
     loads = " ".join(f"-a {a}" for a in recipe.fusion_adapters) + f" -f {summary['cache']['id']}" \
         if recipe.method == "fusion" else f"-a {summary['cache']['id']}"
+    if recipe.method == "head":  # a head alone is no adapter: it is given as a head directory
+        loads = f"--head {run_dir / 'best'}"
     if recipe.stack_under:
         lang = summary.get("trained_under", {}).get("name", "LANG")
         loads = f"-a {recipe.stack_under} {loads} --active 'stack({lang},{recipe.name or get_task(recipe.task).name})'"
-    example = "--pair 'a first text' 'a second text'" if get_task(recipe.task).text_pair else "'some text'"
-    if get_task(recipe.task).kind == "lm":  # a decoder's adapter: continue text with it
-        example = "--generate 'Once upon a time'"
-    if get_task(recipe.task).kind == "image":  # image files, or folders of them
-        example = "photo.jpg more-photos/"
-    return f"adapt infer -m {recipe.model} {loads} {example}"
+    return f"adapt infer -m {recipe.model} {loads} {_input_example(recipe.task)}"
 
 
 def _fresh_run_dir(run_dir: Path, overwrite: bool) -> Path:

@@ -132,6 +132,9 @@ def task_from_dict(data: dict[str, Any], source: str) -> TaskSpec:
     labels = tuple(str(x) for x in data.get("labels") or ())
     if kind in LABELLED_KINDS and len(labels) < 2:
         raise UsageError(f"task {source}: a {kind} task needs 'labels' (at least two)")
+    if "f1" in metrics and kind in ("single", "pair", "image") and len(labels) != 2:
+        raise UsageError(f"task {source}: f1 is the F1 of the second label against the first, for two labels; "
+                         f"with {len(labels)} use macro_f1")
     if len(set(labels)) < len(labels):
         raise UsageError(f"task {source}: 'labels' names a label twice")
     catalog = data.get("catalog")
@@ -155,6 +158,11 @@ def _check_metrics(kind: str, metrics: tuple[str, ...], source: str) -> None:
     """Each kind of task has the metrics that mean something for it (KIND_METRICS); the others take none
     of those that only make sense elsewhere."""
     allowed = KIND_METRICS.get(kind)
+    if kind in ("single", "pair", "image", "multiple_choice"):
+        wrong = next((m for m in metrics if m in ("pearson", "spearman")), None)
+        if wrong is not None:
+            raise UsageError(f"task {source}: {wrong} correlates scores, for regression tasks; a {kind} task "
+                             "predicts labels (accuracy, f1, macro_f1, mcc)")
     if allowed is not None and not all(m in allowed for m in metrics):
         raise UsageError(f"task {source}: a {kind} task's metrics are {', '.join(allowed)}; got {', '.join(metrics)}")
     special: dict[str, list[str]] = {}

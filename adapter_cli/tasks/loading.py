@@ -133,7 +133,7 @@ def _read_local(task: TaskSpec, split: str,
     if task.kind == "image":  # (image file, label folder) pairs
         from ..images import read_image_folder
 
-        rows = read_image_folder(path)
+        rows = read_image_folder(path, inside=Path(task.source).parent if data_dir is None else None)
         return rows, {"image": 0, "label": 1}, str(path), list(range(1, len(rows) + 1))
     columns = dict(local.get("columns") or task.columns)
     fmt = table_format(path, local.get("format"), local.get("delimiter"))
@@ -476,8 +476,10 @@ def _image(task: TaskSpec, row: Any, columns: dict, where: str, n: int, label_ma
             raise UsageError(f"{where}: folder {raw!r} is not a label of task {task.name} ({', '.join(task.labels)});"
                              " rename it, or map it with local label_map")
         return Example(texts=(str(image),), label=_label(task, raw, f"{where}/{raw}", n, label_map), image=image)
-    if isinstance(image, dict) and image.get("path"):  # datasets' undecoded Image feature
-        image = image["path"]
+    if isinstance(image, dict):  # datasets' undecoded Image feature: the file's bytes, or a path to it
+        image = image.get("bytes") or image.get("path")
+    if not image:
+        raise UsageError(f"{where} row {n} has no image")
     return Example(texts=(f"{where} row {n}",), label=_label(task, raw, where, n, label_map), image=image)
 
 

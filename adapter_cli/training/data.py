@@ -44,7 +44,7 @@ def load_examples(task: TaskSpec, data_dir: str | None, seed: int, max_train: in
         else:
             # classification (and multiple choice: the answer position) keeps each label's share
             subset = draw(split, [e.label for e in examples], size, seed,
-                          stratify=task.kind in ("single", "pair", "multiple_choice"))
+                          stratify=task.kind in ("single", "pair", "multiple_choice", "image"))
         out.append([examples[i] for i in subset.indices])
         record[split] = subset.to_dict()
     return out[0], out[1], record

@@ -179,3 +179,33 @@ def test_route_each_image_to_its_adapter(env, trained, tmp_path) -> None:
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["image"] for line in lines] == [str(val / "red" / "0.jpg"), str(val / "blue" / "1.png")]
     assert all(line["active"] == "colours" for line in lines)
+
+
+def test_builtin_beans_task_from_its_original_folders(env, tmp_path) -> None:
+    """The built-in image task reads its original train/ and validation/ folders with --data-dir (without
+    them it needs the Hub: tests/reliability/test_bad_input.py checks that path's one line offline)."""
+    import shutil
+
+    data = tmp_path / "beans"
+    for split, source in (("train", "train"), ("validation", "val")):
+        for label, colour in zip(("angular_leaf_spot", "bean_rust", "healthy"), COLOURS):
+            shutil.copytree(env["root"] / "toy" / source / colour, data / split / label)
+    result = runner.invoke(app, ["train", "--task", "beans", "--data-dir", str(data), "--model", env["vit"],
+                                 "--run-dir", str(tmp_path / "run"), "--no-cache", "epochs=1", "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["eval_examples"] == 12
+
+
+def test_input_folder_and_foreign_files_are_one_line(env, trained, tmp_path) -> None:
+    run_dir, _ = trained
+    assert "is a folder; give a file of rows" in one_line_error(runner.invoke(
+        app, ["infer", "-m", env["vit"], "-a", str(run_dir / "best"), "--input", str(env["root"] / "toy")]))
+    import shutil
+
+    task = tmp_path / "toy"
+    shutil.copytree(env["root"] / "toy", task)
+    (task / "val" / "red" / "notes.txt").write_text("not a picture")
+    line = one_line_error(runner.invoke(app, ["train", "--task", str(task / "task.yaml"), "--model", env["vit"],
+                                              "--run-dir", str(tmp_path / "run"), "--no-cache", "epochs=1"]))
+    assert "cannot decode" in line and "notes.txt" in line
+    assert not (tmp_path / "run").exists()

@@ -6,6 +6,7 @@ tests/e2e/test_adapterhub_fixtures.py (tests/fixtures/adapterhub_vit)."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -179,6 +180,10 @@ def test_images_decode_resize_and_name_what_is_broken(tmp_path) -> None:
     task = write_image_task(tmp_path / "toy", n_train=2, n_eval=1)
     files = image_files(task.parent / "train")
     assert files == sorted(files) and len(files) == 6 and {f.suffix for f in files} == {".png", ".jpg"}
+    (task.parent / "train" / "red" / ".DS_Store").write_bytes(b"\0")
+    (task.parent / "train" / "red" / ".thumbs").mkdir()
+    (task.parent / "train" / "red" / ".thumbs" / "0.jpg").write_bytes(b"\0")
+    assert image_files(task.parent / "train") == files  # hidden files and folders are not pictures
     processor = load_image_processor(str(tmp_path), tiny_vit_config())  # no preprocessor_config.json: defaults
     images = Images(processor, files)
     images.check()
@@ -191,8 +196,110 @@ def test_images_decode_resize_and_name_what_is_broken(tmp_path) -> None:
     with pytest.raises(UsageError, match="no image file"):
         open_image(tmp_path / "missing.png")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UsageError, match="holds no image files"):
+    with pytest.raises(UsageError, match="holds no files"):
         image_files(tmp_path / "empty")
+
+
+def _png16(path, value: int) -> None:
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.full((6, 5), value, dtype=np.uint16)).save(path)
+
+
+def test_pixels_are_read_as_a_viewer_shows_them(tmp_path) -> None:
+    """16-bit and float pixels are scaled to 8 bits, not clipped or truncated; EXIF orientation is applied."""
+    import numpy as np
+    from PIL import Image
+
+    from adapter_cli.images import open_image
+
+    _png16(tmp_path / "dim.png", 2000)
+    _png16(tmp_path / "bright.png", 65000)
+    assert Image.open(tmp_path / "dim.png").mode.startswith("I")
+    assert open_image(tmp_path / "dim.png").getpixel((0, 0)) == (8, 8, 8)  # 2000 / 65535 * 255
+    assert open_image(tmp_path / "bright.png").getpixel((0, 0)) == (253, 253, 253)
+    Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32), mode="F").save(tmp_path / "half.tiff")
+    assert open_image(tmp_path / "half.tiff").getpixel((0, 0)) == (128, 128, 128)
+    Image.fromarray(np.full((4, 4), 7.0, dtype=np.float32), mode="F").save(tmp_path / "hot.tiff")
+    with pytest.raises(UsageError, match="hot.tiff holds F pixels outside 0..1"):
+        open_image(tmp_path / "hot.tiff")
+    tall = Image.new("RGB", (40, 20))
+    exif = tall.getexif()
+    exif[0x0112] = 6  # rotated: shown 90 degrees clockwise
+    tall.save(tmp_path / "rotated.jpg", exif=exif)
+    assert open_image(tmp_path / "rotated.jpg").size == (20, 40)
+
+
+def test_image_processor_must_load_and_fit_the_model(tmp_path) -> None:
+    from transformers import ViTImageProcessorPil
+
+    from adapter_cli.images import load_image_processor
+
+    config = tiny_vit_config()
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    assert load_image_processor(str(tmp_path), config).size == {"height": 32, "width": 32}
+    ViTImageProcessorPil(size={"height": 48, "width": 48}).save_pretrained(tmp_path)
+    with pytest.raises(UsageError, match="makes 3-channel 48x48 images but the model takes 3-channel 32x32"):
+        load_image_processor(str(tmp_path), config)
+    (tmp_path / "preprocessor_config.json").write_text('{"image_processor_type": "ViTImage')
+    with pytest.raises(UsageError, match="cannot load the image processor of .*preprocessor_config.json"):
+        load_image_processor(str(tmp_path), config)
+
+
+def test_label_folders_hold_images_only(tmp_path) -> None:
+    from adapter_cli.images import read_image_folder
+
+    task = write_image_task(tmp_path / "toy", n_train=2, n_eval=1)
+    train = task.parent / "train"
+    (train / "__MACOSX").mkdir()
+    (train / "__MACOSX" / "x.png").write_bytes(b"")
+    (train / "red" / "._0.jpg").write_bytes(b"AppleDouble")
+    assert len(read_image_folder(train)) == 6
+    (train / "red" / "notes.heic").write_bytes(b"\0\0")
+    rows = read_image_folder(train)  # every other file is taken for a picture: decoding it names it
+    from adapter_cli.images import Images, load_image_processor
+
+    with pytest.raises(UsageError, match="cannot decode .*notes.heic as an image"):
+        Images(load_image_processor(str(tmp_path), tiny_vit_config()), [p for p, _ in rows]).check()
+    (train / "purple").mkdir()
+    with pytest.raises(UsageError, match="label folder .*purple holds no images"):
+        read_image_folder(train)
+
+
+def test_an_image_linked_from_outside_the_task_folder_is_refused(tmp_path) -> None:
+    from adapter_cli.tasks import get_task
+    from adapter_cli.tasks.loading import load_split
+
+    task = write_image_task(tmp_path / "toy", n_train=2, n_eval=1)
+    outside = tmp_path / "secret.png"
+    outside.write_bytes((task.parent / "train" / "red" / "1.png").read_bytes())
+    (task.parent / "train" / "red" / "link.png").symlink_to(outside)
+    with pytest.raises(UsageError, match="link.png leads outside"):
+        load_split(get_task(str(task)), "train")
+
+
+@pytest.mark.parametrize("metrics, message", [
+    ("[f1]", "f1 is the F1 of the second label against the first, for two labels; with 3 use macro_f1"),
+    ("[accuracy, pearson]", "pearson correlates scores, for regression tasks"),
+])
+def test_metrics_that_do_not_fit_a_classification_task(tmp_path, metrics, message) -> None:
+    from adapter_cli.tasks import get_task
+
+    path = tmp_path / "t.yaml"
+    path.write_text(f"name: t\nkind: image\nlabels: [a, b, c]\nmetrics: {metrics}\nlocal: {{train: tr, eval: ev}}\n")
+    with pytest.raises(UsageError, match=re.escape(message)):
+        get_task(str(path))
+
+
+def test_image_subsets_keep_each_label_share(tmp_path) -> None:
+    from adapter_cli.tasks import get_task
+    from adapter_cli.training.data import load_examples
+
+    spec = get_task(str(write_image_task(tmp_path / "toy", n_train=10, n_eval=2)))
+    train, _, record = load_examples(spec, None, 1, 9, None)
+    assert record["train"]["strategy"] == "stratified"
+    assert sorted(e.label for e in train) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
 
 
 def test_image_task_reads_label_folders(tmp_path) -> None:
@@ -250,6 +357,15 @@ def test_hub_rows_carry_decoded_images(tmp_path) -> None:
     picture = Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8))
     example = _example(spec, {"img": picture, "label": 1}, dict(spec.columns), "x/y split test", 3)
     assert example.label == 1 and example.image is picture and example.texts == ("x/y split test row 3",)
-    images = Images(load_image_processor(str(tmp_path), tiny_vit_config()), [example.image])
+    import io
+
+    encoded = io.BytesIO()
+    picture.save(encoded, format="PNG")
+    undecoded = _example(spec, {"img": {"bytes": encoded.getvalue(), "path": None}, "label": 0},
+                         dict(spec.columns), "x/y split test", 4)
+    images = Images(load_image_processor(str(tmp_path), tiny_vit_config()), [example.image, undecoded.image])
     images.check()
-    assert images.pixels([0]).shape == (1, 3, 32, 32)
+    assert images.pixels([0, 1]).shape == (2, 3, 32, 32)
+    assert torch.equal(images.pixels([0]), images.pixels([1]))
+    with pytest.raises(UsageError, match="cannot decode an image's bytes"):
+        Images(images.processor, [b"junk"]).check()
