@@ -77,6 +77,7 @@ class Architecture:
     # and its path of each LoRA matrix. None: the same as ``layers`` and ``linears``.
     adapterhub_layers: str | None = None
     adapterhub_linears: tuple[tuple[str, str], ...] | None = None
+    adapterhub_self_attention: str | None = None  # and of the self-attention holding prefixes
 
     def linear(self, matrix: str) -> str:
         return dict(self.linears)[matrix]
@@ -95,6 +96,11 @@ class Architecture:
         return dict(self.hub_linears)[matrix]
 
     @property
+    def hub_self_attention(self) -> str:
+        """The self-attention module's path in AdapterHub's weight names (where prefix tunings sit)."""
+        return self.adapterhub_self_attention or self.self_attention
+
+    @property
     def vision(self) -> bool:
         return self.modality == "image"
 
@@ -104,9 +110,14 @@ class Architecture:
     def check_method(self, method: str, what: str = "adapter") -> None:
         """Refuse, in one line, a method adapt does not (yet) stitch into this family."""
         if self.methods is not None and method not in self.methods:
+            names = [m.replace("_", " ") for m in self.methods]
             raise UnsupportedModel(f"{what} is a {method.replace('_', ' ')} adapter, and adapt stitches only "
-                                   f"{' and '.join(self.methods)} adapters into {self.name} models so far; "
-                                   f"use a {' or '.join(self.methods)} config")
+                                   f"{_listed(names, 'and')} adapters into {self.name} models so far; "
+                                   f"use a {_listed(names, 'or')} config")
+
+
+def _listed(names: list[str], last: str) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {last} {names[-1]}"
 
 
 _BERT_SITES = (
@@ -183,10 +194,10 @@ ARCHITECTURES["vit"] = Architecture(
      SiteSpec("output_adapter", "dropout", "layernorm_after", 0, "input", "", "output.output_adapters")),
     "vit", "ViTAdapterModel", self_attention="attention", segments=False,
     heads=("classification", "multilabel_classification", "regression"), modality="image",
-    methods=("bottleneck", "lora"), tied_lm_head=False,
+    methods=("bottleneck", "lora", "prefix_tuning"), tied_lm_head=False,
     linears=(("q", "attention.q_proj"), ("k", "attention.k_proj"), ("v", "attention.v_proj"),
              ("intermediate", "mlp.fc1"), ("output", "mlp.fc2")),
-    adapterhub_layers="encoder.layer",
+    adapterhub_layers="encoder.layer", adapterhub_self_attention="attention.attention",
     adapterhub_linears=(("q", "attention.attention.query"), ("k", "attention.attention.key"),
                         ("v", "attention.attention.value"), ("intermediate", "intermediate.dense"),
                         ("output", "output.dense")))

@@ -254,8 +254,8 @@ class PrefixSites:
         if active:
             self._wrap()
             inputs = kwargs.get("input_ids", args[0] if args else None)
-            if inputs is None:
-                inputs = kwargs.get("inputs_embeds")
+            for other in ("inputs_embeds", "pixel_values"):  # only the batch size is read
+                inputs = kwargs.get(other) if inputs is None else inputs
             adapters = {n: a for site in self.sites.values() for n, a in site.prefixes.items()}
             made = {n: adapters[n].states(int(inputs.shape[0])) for n in active}
         self._made.set("states", made)

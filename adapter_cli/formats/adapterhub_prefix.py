@@ -47,8 +47,8 @@ def prefix_config_to_adapterhub(config: Any) -> dict[str, Any]:
 def prefix_weights_from_adapterhub(raw: dict[str, Any], arch: Architecture, source: Path) -> tuple[str | None, dict]:
     import torch
 
-    top, layers = re.escape(arch.adapterhub_prefix), re.escape(arch.layers)
-    attention = re.escape(arch.self_attention)
+    top, layers = re.escape(arch.adapterhub_prefix), re.escape(arch.hub_layers)
+    attention = re.escape(arch.hub_self_attention)
     pool = re.compile(rf"^(?:{top}\.)?(?:{layers}\.\d+\.{attention}\.prefix_tuning\.pool|prefix_tuning)\."
                       rf"prefix_tunings\.([^.]+)\.{re.escape(_location(arch))}\.(.+)$")
     gate = re.compile(rf"^(?:{top}\.)?{layers}\.(\d+)\.{attention}\.prefix_tuning\.prefix_gates\.([^.]+)\.(.+)$")
@@ -79,9 +79,10 @@ def prefix_weights_to_adapterhub(weights: dict[str, Any], arch: Architecture, na
         if kind == "prefix":
             out[f"{top}.prefix_tuning.prefix_tunings.{name}.{location}.{rest}"] = tensor
             for i in range(num_layers):
-                out[f"{top}.{arch.layers}.{i}.{arch.self_attention}.prefix_tuning.pool.prefix_tunings.{name}."
-                    f"{location}.{rest}"] = tensor
+                out[f"{top}.{arch.hub_layers}.{i}.{arch.hub_self_attention}.prefix_tuning.pool.prefix_tunings."
+                    f"{name}.{location}.{rest}"] = tensor
         else:
             layer, param = rest.split(".", 1)
-            out[f"{top}.{arch.layers}.{layer}.{arch.self_attention}.prefix_tuning.prefix_gates.{name}.{param}"] = tensor
+            out[f"{top}.{arch.hub_layers}.{layer}.{arch.hub_self_attention}.prefix_tuning.prefix_gates.{name}."
+                f"{param}"] = tensor
     return out

@@ -209,3 +209,15 @@ def test_input_folder_and_foreign_files_are_one_line(env, trained, tmp_path) -> 
                                               "--run-dir", str(tmp_path / "run"), "--no-cache", "epochs=1"]))
     assert "cannot decode" in line and "notes.txt" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_prefix_tuning_trains_on_images(env, tmp_path) -> None:
+    run_dir = tmp_path / "prefix"
+    result = runner.invoke(app, ["train", "--task", env["task"], "--model", env["vit"], "--config", "prefix_tuning",
+                                 "--run-dir", str(run_dir), "--no-cache", "epochs=3", "learning_rate=1e-3",
+                                 "batch_size=6", "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["best"]["metrics"]["accuracy"] > 1 / 3
+    image = str(env["root"] / "toy" / "val" / "green" / "0.jpg")
+    found = runner.invoke(app, ["infer", "-m", env["vit"], "-a", str(run_dir / "best"), image])
+    assert found.exit_code == 0 and json.loads(found.stdout)["label"] in COLOURS, found.stderr
