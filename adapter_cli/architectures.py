@@ -11,6 +11,7 @@ Supporting a new family means adding one entry here (and a test).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import UnsupportedModel
 
@@ -78,6 +79,10 @@ class Architecture:
     adapterhub_layers: str | None = None
     adapterhub_linears: tuple[tuple[str, str], ...] | None = None
     adapterhub_self_attention: str | None = None  # and of the self-attention holding prefixes
+    # LoRA variants refused on this family (the reference cannot build them on its layers).
+    refused_lora: tuple[str, ...] = ()
+    # Whether PEFT's files for this family's LoRA-family adapters are read and written (not for Conv1D layers).
+    peft: bool = True
 
     def linear(self, matrix: str) -> str:
         return dict(self.linears)[matrix]
@@ -94,6 +99,22 @@ class Architecture:
 
     def hub_linear(self, matrix: str) -> str:
         return dict(self.hub_linears)[matrix]
+
+    def fused(self, matrix: str) -> tuple[int, int] | None:
+        """(part, parts) where ``matrix`` is one of several side by side in one module's outputs (GPT-2's q, k
+        and v in ``c_attn``); None where it has a module of its own."""
+        path = self.linear(matrix)
+        sharing = [m for m, p in self.linears if p == path]
+        return (sharing.index(matrix), len(sharing)) if len(sharing) > 1 else None
+
+    def check_lora_variant(self, config: Any, what: str = "adapter") -> None:
+        """Refuse, in one line, a LoRA variant this family's layers do not take in the reference."""
+        variant = "dora" if getattr(config, "use_dora", False) else "vera" if getattr(config, "is_vera", False) \
+            else None
+        if variant in self.refused_lora:
+            raise UnsupportedModel(f"{what} is a {'DoRA' if variant == 'dora' else 'VeRA'} adapter, which "
+                                   f"{self.name}'s fused Conv1D layers do not take (adapters 1.3.0 fails on them "
+                                   "too); use lora or ia3")
 
     @property
     def hub_self_attention(self) -> str:
@@ -174,9 +195,12 @@ _LLAMA_LIKE = dict(attention_dropout_attr="attention_dropout", hidden_dropout_at
                             ("intermediate", "mlp.down_proj"), ("output", "mlp.up_proj")))
 
 ARCHITECTURES.update({
+    # GPT-2's projections are Conv1D modules, q, k and v side by side in one (c_attn): linear_views.py.
     "gpt2": _pre_norm("GPT-2", "h", "attn", "mlp", ("ln_1", "ln_2"), "input", "transformer", "GPT2AdapterModel",
                       attention_dropout_attr="attn_pdrop", hidden_dropout_attr="resid_pdrop", embeddings="wte",
-                      linears=(("intermediate", "mlp.c_fc"), ("output", "mlp.c_proj"))),
+                      methods=("bottleneck", "lora"), refused_lora=("dora", "vera"), peft=False,
+                      linears=(("q", "attn.c_attn"), ("k", "attn.c_attn"), ("v", "attn.c_attn"),
+                               ("intermediate", "mlp.c_fc"), ("output", "mlp.c_proj"))),
     "llama": _pre_norm("Llama", "layers", "self_attn", "mlp", ("input_layernorm", "post_attention_layernorm"),
                        "hidden_states", "model", "LlamaAdapterModel", **_LLAMA_LIKE),  # type: ignore[arg-type]
     "mistral": _pre_norm("Mistral", "layers", "self_attn", "mlp", ("input_layernorm", "post_attention_layernorm"),

@@ -146,10 +146,12 @@ def routed_adapters(adapters: Sequence[BottleneckAdapter], rows: torch.Tensor, a
 
 def _delta_shape(delta: LinearDelta) -> tuple[Any, ...] | None:
     """What decides the computation of a LoRA-family term, or None for the variants ``routed_deltas`` does not
-    cover: DoRA (its close rescales by a per-adapter norm of ``W + B A``), gated LoRA (a gate per adapter)
-    and VeRA (its Λ is out×out per adapter: gathered per row it would cost B·out² memory). The caller loops
-    over those."""
+    cover: DoRA (its close rescales by a per-adapter norm of ``W + B A``), gated LoRA (a gate per adapter),
+    VeRA (its Λ is out×out per adapter: gathered per row it would cost B·out² memory) and a LoRA on a part of
+    a fused projection (computed in the reference's order for all parts). The caller loops over those."""
     if delta.m is not None or delta.gate is not None or delta.vera_D is not None:
+        return None
+    if delta._fused and not delta.scale_mode:  # a part of GPT-2's c_attn: its own order (LinearDelta._fused_term)
         return None
     weights = (delta.lora_B,) if delta.scale_mode else (delta.lora_A, delta.lora_B)
     return (delta.scale_mode, delta.scales_input, delta.config.dropout,

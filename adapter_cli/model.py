@@ -220,7 +220,7 @@ class AdapterModel(nn.Module):
         out = {}
         for matrix, _ in self.arch.linears:
             linear = self._linear(matrix, 0)
-            if isinstance(linear, nn.Linear):
+            if hasattr(linear, "in_features"):
                 out[matrix] = (int(linear.in_features), int(linear.out_features))
         return out
 
@@ -264,8 +264,16 @@ class AdapterModel(nn.Module):
             self._sites[key] = Site(layer_module, layer, self.arch.site(location), self._context)
         return self._sites[key]
 
-    def _linear(self, matrix: str, layer: int) -> nn.Linear:
-        return self.base.get_submodule(self.arch.layers)[layer].get_submodule(self.arch.linear(matrix))
+    def _linear(self, matrix: str, layer: int) -> Any:
+        """The linear layer ``matrix`` of ``layer``: an ``nn.Linear``, or a ``LinearView`` of a Conv1D or of one
+        part of a fused projection (GPT-2)."""
+        from .linear_views import LinearView, is_conv1d
+
+        module = self.base.get_submodule(self.arch.layers)[layer].get_submodule(self.arch.linear(matrix))
+        fused = self.arch.fused(matrix)
+        if fused is None and not is_conv1d(module):
+            return module
+        return LinearView(module, *(fused or (0, 1)))
 
     def _linear_site(self, matrix: str, layer: int) -> LinearSite:
         key = (matrix, layer)
@@ -282,6 +290,7 @@ class AdapterModel(nn.Module):
         if config.architecture == "lora":
             from .methods.lora_layers import LoRAAdapterSet
 
+            self.arch.check_lora_variant(config, what)
             config.check_rank(self.hidden_size)
             return LoRAAdapterSet(config, self.num_layers, self._linear)
         if config.architecture == "reft":

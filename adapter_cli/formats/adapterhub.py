@@ -264,8 +264,9 @@ def _read_method(raw_config: dict[str, Any], raw: dict[str, Any], arch: Architec
     if method == "union":
         return _read_union(raw_config, raw, arch, path, data)
     if method == "lora":
-        key_name, weights = lora_weights_from_adapterhub(raw, arch, path)
-        return lora_config_from_adapterhub(raw_config, source, data.get("version")), key_name, weights
+        config = lora_config_from_adapterhub(raw_config, source, data.get("version"))
+        key_name, weights = lora_weights_from_adapterhub(raw, arch, path, tuple(config.matrices))
+        return config, key_name, weights
     if method == "reft":
         key_name, weights = reft_weights_from_adapterhub(raw, arch, path)
         return reft_config_from_adapterhub(raw_config, source), key_name, weights

@@ -52,7 +52,9 @@ def _patterns(arch: Architecture) -> list[tuple[str, re.Pattern[str]]]:
             for matrix, path in arch.hub_linears]
 
 
-def lora_weights_from_adapterhub(raw: dict[str, Any], arch: Architecture, source: Path) -> tuple[str | None, dict]:
+def lora_weights_from_adapterhub(raw: dict[str, Any], arch: Architecture, source: Path,
+                                 matrices: tuple[str, ...] = ()) -> tuple[str | None, dict]:
+    """Our weights from AdapterHub's; ``matrices`` (the config's) say how a fused layer's tensors split."""
     shared = re.compile(rf"^(?:{re.escape(arch.adapterhub_prefix)}\.)?shared_parameters\.([^.]+)\.(lora_[AB])$")
     out: dict[str, Any] = {}
     names: set[str] = set()
@@ -68,20 +70,57 @@ def lora_weights_from_adapterhub(raw: dict[str, Any], arch: Architecture, source
             if m:
                 layer, name, param = m.groups()
                 names.add(name)
-                out[f"{matrix}.{layer}.{param}"] = tensor
+                if arch.fused(matrix) is not None:
+                    out.update(_split(tensor, _fused_parts(arch, matrix, matrices), layer, param, source, key))
+                else:
+                    out[f"{matrix}.{layer}.{param}"] = tensor
                 break
         else:
             raise ArtifactError(f"{source}: unexpected weight {key!r} in a LoRA-family adapter")
     return one_adapter(names, out, source)
 
 
+def _fused_parts(arch: Architecture, matrix: str, matrices: tuple[str, ...]) -> list[str]:
+    """The enabled matrices of the fused layer ``matrix`` is in, in their order there (GPT-2's q, k, v)."""
+    if arch.fused(matrix) is None:
+        return [matrix]
+    path = arch.hub_linear(matrix)
+    return [m for m, p in arch.hub_linears if p == path and m in matrices]
+
+
+def _split(tensor: Any, parts: list[str], layer: str, param: str, source: Path, key: str) -> dict[str, Any]:
+    """AdapterHub's ``LoRAMergedLinear`` stacks the enabled matrices' A, B, gates and (IA)³ vectors along
+    the first dimension: one block each, in order."""
+    if not parts:
+        raise ArtifactError(f"{source}: {key!r} changes a fused layer, but the config enables none of its matrices")
+    rows = tensor.shape[0]
+    if rows % len(parts):
+        raise ArtifactError(f"{source}: {key!r} has {rows} rows, which do not split among {', '.join(parts)}")
+    size = rows // len(parts)
+    if not hasattr(tensor, "narrow"):  # shapes only
+        from .artifacts import TensorInfo
+
+        return {f"{m}.{layer}.{param}": TensorInfo((size, *tensor.shape[1:]), tensor.dtype) for m in parts}
+    return {f"{m}.{layer}.{param}": tensor.narrow(0, i * size, size).clone() for i, m in enumerate(parts)}
+
+
 def lora_weights_to_adapterhub(weights: dict[str, Any], arch: Architecture, name: str) -> dict[str, Any]:
-    out = {}
+    import torch
+
+    out: dict[str, Any] = {}
+    fused: dict[str, list[tuple[int, Any]]] = {}
     for key, tensor in weights.items():
         first, _, rest = key.partition(".")
         if first == "shared":
             out[f"{arch.adapterhub_prefix}.shared_parameters.{name}.{rest}"] = tensor
             continue
         layer, _, param = rest.partition(".")
-        out[f"{arch.adapterhub_prefix}.{arch.hub_layers}.{layer}.{arch.hub_linear(first)}.loras.{name}.{param}"] = tensor
+        hub = f"{arch.adapterhub_prefix}.{arch.hub_layers}.{layer}.{arch.hub_linear(first)}.loras.{name}.{param}"
+        position = arch.fused(first)
+        if position is None:
+            out[hub] = tensor
+        else:  # one block per enabled matrix, in the fused layer's order
+            fused.setdefault(hub, []).append((position[0], tensor))
+    for hub, blocks in fused.items():
+        out[hub] = torch.cat([t for _, t in sorted(blocks, key=lambda b: b[0])], dim=0)
     return out

@@ -138,7 +138,12 @@ def _locate(module: str) -> list[tuple[str, Architecture, int, str]]:
         m = re.fullmatch(rf"(?:([^.]+)\.)?{re.escape(arch.layers)}\.(\d+)\.(.+)", module)
         paths = {path: matrix for matrix, path in arch.linears}
         if m and m.group(1) in (None, arch.adapterhub_prefix) and m.group(3) in paths:
-            found.append((model_type, arch, int(m.group(2)), paths[m.group(3)]))
+            matrix = paths[m.group(3)]
+            if not arch.peft:  # Conv1D layers, q, k and v in one module: PEFT's layout is not ours
+                raise ArtifactError(f"the PEFT adapter changes {module}, one of {arch.name}'s Conv1D layers "
+                                    "(q, k and v are one of them), which adapt does not read from PEFT's files; "
+                                    "use AdapterHub's or adapt's format")
+            found.append((model_type, arch, int(m.group(2)), matrix))
     return found
 
 
@@ -309,6 +314,10 @@ def write_adapter(directory: Path, artifact: AdapterArtifact, dtype: torch.dtype
     config, base = artifact.config, artifact.base
     _check_writable(config, artifact.name)
     arch = architecture_for(base.model_type)
+    if not arch.peft:
+        raise UsageError(f"cannot save adapter {artifact.name!r} in PEFT's format: PEFT changes {arch.name}'s "
+                         "Conv1D layers with weights of its own layout, and its q, k and v (one module) as one "
+                         "matrix; save it in the adapt or adapterhub format")
     write_json(Path(directory) / ADAPTER_CONFIG, _peft_config(config, base, arch))
     save_safetensors(_peft_weights(artifact.weights, config, arch), Path(directory) / WEIGHTS[0], dtype)
 

@@ -9,7 +9,7 @@ layer's output ``y = W x + b``.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -91,6 +91,9 @@ class LinearDelta(nn.Module):
             with torch.no_grad():
                 self.gate.weight.normal_(0.0, 0.02, generator=generator)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        # Set by LoRAAdapterSet on a part of a fused projection (GPT-2's c_attn): the parts' deltas and this
+        # one's index, in a tuple so that they stay out of this module's state dict.
+        self._fused: tuple[tuple[LinearDelta, ...], int] | tuple[()] = ()
 
     def delta_w(self) -> torch.Tensor:
         """The change to the weight matrix (out×in) before scaling; (IA)³: the scaling vector (out×1)."""
@@ -103,9 +106,18 @@ class LinearDelta(nn.Module):
 
     def forward(self, hidden: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
         """The adapter's term; ``hidden`` is the previous stack member's term (None for the first)."""
+        own = self.lora_B if self.lora_B is not None else self.vera_D
+        if own.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
+            from ..errors import UsageError
+
+            raise UsageError(f"this LoRA-family adapter computes in {str(own.dtype).removeprefix('torch.')} (its "
+                             f"dtype) but the model runs in {str(x.dtype).removeprefix('torch.')}; run the model in "
+                             "that precision (or under autocast to it), or give the adapter no dtype")
         if self.scale_mode:
             vector = self.lora_B.view(1, 1, -1).repeat(x.shape[0], 1, 1)
             out = vector if hidden is None else hidden * vector
+        elif self._fused and hidden is None and self.vera_D is None:
+            out = self._fused_term(self.dropout(x))
         else:
             source = self.dropout(x if hidden is None else hidden)
             if self.vera_D is not None:
@@ -115,6 +127,18 @@ class LinearDelta(nn.Module):
         if self.gate is not None:  # the gate replaces the alpha / r scaling
             return out * torch.mean(torch.sigmoid(self.gate(x)), dim=1).unsqueeze(-1)
         return out * self.scaling
+
+    def _fused_term(self, source: torch.Tensor) -> torch.Tensor:
+        """This part's term computed as AdapterHub's ``LoRAMergedLinear`` computes all parts at once (one
+        product with every part's A, then a grouped 1x1 convolution with their B), and its share taken: the
+        same numbers bit for bit, where a product per part rounds differently. The other parts' work is
+        repeated; at a LoRA's rank it costs little."""
+        group, index = self._fused
+        after_a = nn.functional.linear(source, torch.cat([d.lora_A for d in group]))
+        kernels = torch.cat([d.lora_B for d in group]).unsqueeze(-1)
+        after_b = nn.functional.conv1d(after_a.transpose(-2, -1), kernels, groups=len(group)).transpose(-2, -1)
+        width = self.lora_B.shape[0]
+        return after_b[..., index * width:(index + 1) * width]
 
     def close(self, output: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
               x: torch.Tensor) -> torch.Tensor:
@@ -164,6 +188,20 @@ class LoRAAdapterSet(nn.Module):
                                               target.weight if config.use_dora else None, self.shared, generator,
                                               scales_input=matrix in config.scaled_inputs)
             self.add_module(matrix, nn.ModuleDict(modules))
+        self._link_fused(linear, layers)
+
+    def _link_fused(self, linear: Callable[[str, int], Any], layers: list[int]) -> None:
+        """Tell the parts of one fused projection (views of one module) about each other, in its order."""
+        for i in layers:
+            groups: dict[int, list[tuple[int, LinearDelta]]] = {}
+            for matrix in self.config.matrices:
+                target = linear(matrix, i)
+                if getattr(target, "parts", 1) > 1:
+                    groups.setdefault(id(target.module), []).append((target.part, getattr(self, matrix)[str(i)]))
+            for members in groups.values():
+                deltas = tuple(d for _, d in sorted(members, key=lambda m: m[0]))
+                for index, delta in enumerate(deltas):
+                    delta._fused = (deltas, index)
 
     def sites(self) -> list[tuple[str, int, LinearDelta]]:
         return [(matrix, int(i), m) for matrix in self.config.matrices for i, m in getattr(self, matrix).items()]

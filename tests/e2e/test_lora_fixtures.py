@@ -74,11 +74,18 @@ def test_every_single_adapter_and_composition_matches(world):
         _close(out.last_hidden_state, tensors[f"{case}.last_hidden_state"], f"{root.name} {case}")
         _close(out.logits, tensors[f"{case}.logits"], f"{root.name} {case} logits")
         checked += 1
-    assert checked >= 17
+    # GPT-2: the reference runs no composition with a LoRA on its fused layers, so singles only
+    assert checked >= (10 if root.name == "lora_gpt2" else 17)
+
+
+def _reference_has(meta: dict, case: str) -> None:
+    if case not in meta["cases"]:
+        pytest.skip(f"the reference refuses {case} here: {meta['refused'].get(case, 'not made')}")
 
 
 def test_parallel_runs_each_member_on_the_whole_batch(world):
-    root, model, tensors, _ = world
+    root, model, tensors, meta = world
+    _reference_has(meta, "parallel")
     out = _run(model, tensors, "parallel(lora,lora_b)")
     _close(out.last_hidden_state, tensors["parallel.last_hidden_state"], f"{root.name} parallel")
     for i, branch in enumerate(out.branches):
@@ -89,7 +96,8 @@ def test_average_differs_from_the_reference_only_by_its_extra_division(world):
     """AdapterHub: mean_i(w_i · term_i) = (1/N) Σ w_i term_i. Ours: Σ w_i term_i. Weights (0.15, 0.35),
     which we normalise to (0.3, 0.7), give ours the reference's terms when those are halved: so ours with
     lora_B halved in both adapters must equal the reference."""
-    root, model, tensors, _ = world
+    root, model, tensors, meta = world
+    _reference_has(meta, "average")
     with torch.no_grad():
         for name in ("lora", "lora_b"):
             for _, _, delta in model.adapters[name].sites():
@@ -108,13 +116,16 @@ def test_merged_adapters_give_the_unmerged_outputs(world):
     reference (AdapterHub's own merge misses it by ~0.2, recorded in cases.json)."""
     root, model, tensors, meta = world
     for name, expected in (("lora", "merged_lora"), ("ia3", "merged_ia3"), ("dora_r4", "single_dora_r4")):
+        if expected not in meta["cases"]:  # GPT-2: the reference builds no DoRA on a Conv1D
+            continue
         model.merge_adapter(name)
         try:
             out = _run(model, tensors, None)
         finally:
             model.unmerge_adapter()
         _close(out.last_hidden_state, tensors[f"{expected}.last_hidden_state"], f"{root.name} merged {name}")
-    assert meta["merge_error"]["dora_r4"]["merged_vs_unmerged"] > 0.01  # the reference's flaw, not ours
+    if "dora_r4" in meta["merge_error"]:
+        assert meta["merge_error"]["dora_r4"]["merged_vs_unmerged"] > 0.01  # the reference's flaw, not ours
     _close(_run(model, tensors, None).last_hidden_state, tensors["base.last_hidden_state"], "unmerged again")
 
 

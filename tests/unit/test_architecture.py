@@ -119,7 +119,7 @@ LAYERS = [
     ("engine", ["methods.bottleneck_layers", "methods.lora_layers", "methods.invertible_layers", "embedding_sites",
                 "methods.reft_layers", "reft_sites", "methods.phm_layers", "methods.prompt_layers", "prompt_sites",
                 "methods.prefix_layers", "prefix_sites", "methods.union_layers",
-                "fastpaths", "stitching", "linear_sites",
+                "fastpaths", "stitching", "linear_sites", "linear_views",
                 "merging", "fusion", "heads", "model", "lm_head", "generation", "tokenizer", "tagging", "qa", "inference",
                 "compiled"]),
     ("storage", ["cache", "hub", "hub.card", "hub.archive", "hub.registry", "hub.http", "hub.hf", "hub.pack",
