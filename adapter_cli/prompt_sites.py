@@ -100,6 +100,9 @@ def string_words(path: str | None, embeddings: nn.Embedding) -> Callable[[str, i
     def words(text: str, length: int) -> torch.Tensor:
         from .tokenizer import load_tokenizer
 
+        if not isinstance(embeddings, nn.Embedding):  # a vision model's patch embeddings: no words
+            raise UsageError("prompt_init: from_string starts the prompt from a text's word embeddings, which a "
+                             "vision model has none of; use prompt_init: random_uniform")
         if not path:
             raise UsageError("prompt_init: from_string needs the base model's tokenizer, and this model was not "
                              "loaded from a model directory or Hub id; load it with from_pretrained or use "

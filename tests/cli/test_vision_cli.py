@@ -211,10 +211,11 @@ def test_input_folder_and_foreign_files_are_one_line(env, trained, tmp_path) -> 
     assert not (tmp_path / "run").exists()
 
 
-def test_prefix_tuning_trains_on_images(env, tmp_path) -> None:
-    run_dir = tmp_path / "prefix"
-    result = runner.invoke(app, ["train", "--task", env["task"], "--model", env["vit"], "--config", "prefix_tuning",
-                                 "--run-dir", str(run_dir), "--no-cache", "epochs=3", "learning_rate=1e-3",
+@pytest.mark.parametrize("config", ["prefix_tuning", "prompt_tuning"])
+def test_prefix_and_prompt_tuning_train_on_images(env, tmp_path, config) -> None:
+    run_dir = tmp_path / config
+    result = runner.invoke(app, ["train", "--task", env["task"], "--model", env["vit"], "--config", config,
+                                 "--run-dir", str(run_dir), "--no-cache", "epochs=8", "learning_rate=1e-3",
                                  "batch_size=6", "--json"])
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["best"]["metrics"]["accuracy"] > 1 / 3

@@ -78,18 +78,24 @@ def test_each_site_acts_on_its_own_call_of_the_shared_dropout(mh) -> None:
     assert torch.equal(got, want), (got - want).abs().max()
 
 
-@pytest.mark.parametrize("preset", ["prompt_tuning", "loreft", "pfeiffer+inv", "seq_bn_inv"])
+@pytest.mark.parametrize("preset", ["loreft", "noreft", "pfeiffer+inv", "seq_bn_inv"])
 def test_methods_not_stitched_into_vit_are_one_line(preset) -> None:
     model = tiny_vit()
     with pytest.raises(UnsupportedModel) as err:
         model.add_adapter("a", preset)
     message = str(err.value)
-    assert "bottleneck, lora and prefix tuning adapters into ViT models" in message and "\n" not in message
+    assert "bottleneck, lora, prefix tuning and prompt tuning adapters into ViT models" in message
+    assert "\n" not in message
     assert not model.adapters and not model._sites and not model._linear_sites
 
 
+def test_a_prompt_from_words_is_refused_on_images() -> None:
+    with pytest.raises(UsageError, match="which a vision model has none of; use prompt_init: random_uniform"):
+        tiny_vit().add_adapter("p", "prompt_tuning", {"prompt_init": "from_string", "prompt_init_text": "hi"})
+
+
 @pytest.mark.parametrize("preset", ["compacter", "lora", "ia3", "dora", "prefix_tuning", "prefix_tuning_flat", "mam",
-                                    "unipelt"])
+                                    "unipelt", "prompt_tuning"])
 def test_bottleneck_variants_and_the_lora_family_run_on_vit(preset) -> None:
     """Compacter is a bottleneck adapter with PHM layers, which AdapterHub places wherever it places one."""
     model = tiny_vit()
@@ -99,6 +105,9 @@ def test_bottleneck_variants_and_the_lora_family_run_on_vit(preset) -> None:
     with torch.no_grad():
         base = model(pixel_values=pixels).last_hidden_state
         got = model(pixel_values=pixels, active="a").last_hidden_state
+    if preset == "prompt_tuning":  # the prompt's positions come first, as in AdapterHub
+        assert got.shape[1] == base.shape[1] + model.adapters["a"].prompt_length
+        got = got[:, -base.shape[1]:]
     assert (got - base).abs().max() > 1e-3
 
 
@@ -161,7 +170,7 @@ def _saved_weights(directory) -> dict:
     return load_file(str(found)) if found else torch.load(next(directory.glob("*.bin")), weights_only=True)
 
 
-@pytest.mark.parametrize("adapter", ["lora", "pf", "hb", "prefix", "prefix_flat", "unipelt"])
+@pytest.mark.parametrize("adapter", ["lora", "pf", "hb", "prefix", "prefix_flat", "unipelt", "prompt"])
 def test_adapters_round_trip_under_adapterhub_names(tmp_path, adapter) -> None:
     """AdapterHub 1.3.0 names ViT's weights after transformers 4's modules (encoder.layer.N.attention.attention.
     query); adapt's modules are transformers 5's (layers.N.attention.q_proj). Written back, the names are
