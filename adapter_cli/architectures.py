@@ -205,6 +205,10 @@ ARCHITECTURES.update({
                        "hidden_states", "model", "LlamaAdapterModel", **_LLAMA_LIKE),  # type: ignore[arg-type]
     "mistral": _pre_norm("Mistral", "layers", "self_attn", "mlp", ("input_layernorm", "post_attention_layernorm"),
                          "hidden_states", "model", "MistralAdapterModel", **_LLAMA_LIKE),  # type: ignore[arg-type]
+    # Qwen2's layers are Llama's with biases on q, k and v. adapters 1.3.0 has no Qwen2 model: its files are
+    # written with Llama's layout, which is Qwen2's module for module.
+    "qwen2": _pre_norm("Qwen2", "layers", "self_attn", "mlp", ("input_layernorm", "post_attention_layernorm"),
+                       "hidden_states", "model", "Qwen2AdapterModel", **_LLAMA_LIKE),  # type: ignore[arg-type]
 })
 
 

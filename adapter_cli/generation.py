@@ -59,7 +59,7 @@ def choose_lm_head(model: Any, head: str | None, composition: Any, purpose: str 
     adapter saved with a causal-LM head of its own), else the model's own LM head (lm_head.py), never another
     adapter's head; or one line saying why there is none."""
     if not model.arch.causal:
-        raise UsageError(f"{purpose} needs a decoder (GPT-2, Llama, Mistral); {model.config.model_type} models "
+        raise UsageError(f"{purpose} needs a decoder (GPT-2, Llama, Mistral, Qwen2); {model.config.model_type} models "
                          "are encoders")
     name = head
     if name is None:

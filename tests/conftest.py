@@ -179,7 +179,7 @@ def fixture_inputs(tensors: dict, batch: str) -> dict:
 
 # ---------------------------------------------------------------------- tiny decoders (GPT-2, Llama, Mistral)
 
-DECODER_TYPES = ("gpt2", "llama", "mistral")
+DECODER_TYPES = ("gpt2", "llama", "mistral", "qwen2")
 # A character-level vocabulary of exactly 70 entries: the specials, then one token per character.
 DECODER_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 DECODER_CHARS = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,!")
@@ -198,7 +198,7 @@ def tiny_decoder_config(model_type: str = "gpt2", **overrides):
     else:
         kw = dict(vocab_size=len(DECODER_VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64, **ids)
-        if model_type == "mistral":
+        if model_type in ("mistral", "qwen2"):
             kw["sliding_window"] = None
     kw.update(overrides)
     return AutoConfig.for_model(model_type, **kw)

@@ -80,7 +80,7 @@ def infer(
     compile_auto: bool = typer.Option(False, "--compile-auto", help="As --compile where inductor can build; "
                                       "elsewhere one warning and eager."),
     generate: bool = typer.Option(False, "--generate", help="Continue each text instead of classifying it: a "
-                                  "decoder (GPT-2, Llama, Mistral) with a causal-LM head (the adapter's own, "
+                                  "decoder (GPT-2, Llama, Mistral, Qwen2) with a causal-LM head (the adapter's own, "
                                   "--head, else the model's pretrained one), adapters active. One JSON line per "
                                   "text: generated, finish (eos, stop, length), new_tokens."),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", min=1, help="With --generate: at most this many "

@@ -113,7 +113,7 @@ def build_model(recipe: Recipe, task: Any) -> tuple[Any, Any, str, Any]:
 def _check_family(task: Any, model: Any, label: str) -> None:
     """Language modelling that fits the model: causal (lm) for a decoder, masked (mlm) for an encoder."""
     if task.kind == "lm" and not model.arch.causal:
-        raise UsageError(f"task {task.name} is causal language modelling, for decoders (GPT-2, Llama, Mistral); "
+        raise UsageError(f"task {task.name} is causal language modelling, for decoders (GPT-2, Llama, Mistral, Qwen2); "
                          f"{label} is a {model.arch.name} encoder: train its language adapter with task mlm")
     if (task.kind == "image") != model.arch.vision:
         raise UsageError(f"task {task.name} classifies images, for vision encoders (ViT); {label} is a "

@@ -16,14 +16,14 @@ from conftest import (
 )
 
 VOCAB = 70
-FAMILY = {"gpt2": "GPT-2", "llama": "Llama", "mistral": "Mistral"}
+FAMILY = {"gpt2": "GPT-2", "llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}
 # Per family: the layer list, and per site the sub-layer whose output the adapter sees and the norm whose
 # input is the residual (read from transformers' modeling code, not from adapter_cli's table).
 LAYOUT = {
     "gpt2": ("h", {"mh": ("attn", "ln_1"), "out": ("mlp", "ln_2")}),
     "llama": ("layers", {"mh": ("self_attn", "input_layernorm"), "out": ("mlp", "post_attention_layernorm")}),
 }
-LAYOUT["mistral"] = LAYOUT["llama"]
+LAYOUT["mistral"] = LAYOUT["qwen2"] = LAYOUT["llama"]
 
 
 def decoder_inputs(batch: int = 3, length: int = 7, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,7 +139,8 @@ def test_pre_norm_site_equals_adapterhub_formula(model_type, preset, overrides, 
 # ====================================================================== 3. methods
 
 
-TAKES = {"gpt2": "bottleneck and lora", "llama": "bottleneck and lora", "mistral": "bottleneck and lora"}
+TAKES = {"gpt2": "bottleneck and lora", "llama": "bottleneck and lora", "mistral": "bottleneck and lora",
+         "qwen2": "bottleneck and lora"}
 REFUSED = [(model_type, preset, method) for model_type in DECODER_TYPES for preset, method in [
     ("lora", "lora"), ("ia3", "lora"), ("prefix_tuning", "prefix tuning"), ("prompt_tuning", "prompt tuning"),
     ("loreft", "reft"), ("mam", "prefix tuning"), ("seq_bn_inv", "invertible"), ("pfeiffer+inv", "invertible"),
@@ -676,3 +677,42 @@ def test_lora_family_on_grouped_query_layers(model_type) -> None:
         model.add_adapter("c", "vera")
     model.add_adapter("c", "vera", {"attn_matrices": ["q"]})  # layers of one shape
     assert "c" in model.adapters
+
+
+# ====================================================================== Qwen2 through Llama's table
+
+
+def test_qwen2_computes_as_llama_with_the_same_weights() -> None:
+    """adapters 1.3.0 has no Qwen2 model, so its numbers are checked through Llama's, which the reference
+    fixtures check: a Qwen2 and a Llama holding the same weights (Llama with attention biases, o_proj's zero)
+    give the same outputs bit for bit, with no adapter, a Pfeiffer adapter, a LoRA on every matrix, a stack
+    and a fusion."""
+    from adapter_cli import AdapterModel
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    qwen = AutoModel.from_config(tiny_decoder_config("qwen2")).eval()
+    for layer in qwen.layers:  # Qwen2's q, k, v biases start at zero: make them count
+        for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+            torch.nn.init.normal_(proj.bias, std=0.5)
+    llama = AutoModel.from_config(tiny_decoder_config("llama", attention_bias=True)).eval()
+    missing, unexpected = llama.load_state_dict(qwen.state_dict(), strict=False)
+    assert not unexpected and all(k.endswith("o_proj.bias") for k in missing)
+    for layer in llama.layers:
+        torch.nn.init.zeros_(layer.self_attn.o_proj.bias)
+    models = {"qwen2": AdapterModel(qwen), "llama": AdapterModel(llama)}
+    for model in models.values():
+        model.add_adapter("pf", "pfeiffer")
+        model.add_adapter("pf2", "pfeiffer", {"non_linearity": "swish"})
+        model.add_adapter("lo", "lora", {"attn_matrices": ["q", "k", "v"], "intermediate_lora": True,
+                                         "output_lora": True})
+        model.add_fusion(["pf", "pf2"])
+        model.add_head("cls", "classification", num_labels=3)
+        for seed, module in enumerate([*model.adapters.values(), *model.fusions.values(), model.heads["cls"]]):
+            randomise(module, seed=seed + 5)
+    ids, mask = decoder_inputs()
+    for active in (None, "pf", "lo", "stack(lo,pf)", "fuse(pf,pf2)"):
+        with torch.no_grad():
+            got, want = (m(input_ids=ids, attention_mask=mask, active=active, head="cls") for m in models.values())
+        assert torch.equal(got.last_hidden_state, want.last_hidden_state), active
+        assert torch.equal(got.logits, want.logits), active
