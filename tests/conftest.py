@@ -177,7 +177,7 @@ def fixture_inputs(tensors: dict, batch: str) -> dict:
     return {"input_ids": tensors[f"{batch}.input_ids"], "attention_mask": tensors[f"{batch}.attention_mask"]}
 
 
-# ---------------------------------------------------------------------- tiny decoders (GPT-2, Llama, Mistral)
+# ---------------------------------------------------------------------- tiny decoders (GPT-2, Llama, Mistral, Qwen2)
 
 DECODER_TYPES = ("gpt2", "llama", "mistral", "qwen2")
 # A character-level vocabulary of exactly 70 entries: the specials, then one token per character.

@@ -1,4 +1,4 @@
-"""Pre-norm decoders (GPT-2, Llama, Mistral): bit-identity without adapters, the stitching against a reference
+"""Pre-norm decoders (GPT-2, Llama, Mistral, Qwen2): bit-identity without adapters, the stitching against a reference
 computed by hand, the methods and heads a decoder takes, last-token pooling, the causal-LM head (tied and
 untied), the model's own LM head, generation and training."""
 
