@@ -2,7 +2,9 @@
 
 The prompt runs once through the model and fills the key/value cache; each new token then runs alone
 against that cache, so a step costs one token's forward pass. Adapters act on each position by itself, so
-the cached steps give what a full recomputation would (tested against AdapterHub's ``generate``). Prompts of
+the cached steps give what a full recomputation would (tested against AdapterHub's ``generate``); the one
+exception, a gated prefix (UniPELT), whose gate averages over the whole sequence, recomputes the whole
+sequence at every step instead. Prompts of
 different lengths are padded on the left and their positions count from their first real token, as
 transformers' own ``generate`` does.
 
@@ -134,8 +136,9 @@ def generate(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     generators = _generators(sampling, [(first_prompt + row % prompts, row // prompts) for row in range(rows)])
     mask = attention_mask.to(input_ids.device).long()
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cached = model.caches_exactly(block)
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, active=block, head=None,
-                use_cache=True)
+                use_cache=cached)
     result = Generated(tokens=[[] for _ in range(rows)], finish=["length"] * rows)
     done = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
     for step in range(sampling.max_new_tokens):
@@ -149,9 +152,14 @@ def generate(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         if bool(done.all()) or step == sampling.max_new_tokens - 1:
             break
         mask = torch.cat([mask, (~done).long()[:, None]], dim=-1)
-        positions = positions[:, -1:] + 1
-        out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=positions, active=block,
-                    head=None, use_cache=True, cache=out.cache)
+        if cached:
+            positions = positions[:, -1:] + 1
+            out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=positions, active=block,
+                        head=None, use_cache=True, cache=out.cache)
+        else:
+            input_ids = torch.cat([input_ids, chosen[:, None]], dim=-1)
+            positions = torch.cat([positions, positions[:, -1:] + 1], dim=-1)
+            out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, active=block, head=None)
     return result
 
 

@@ -175,6 +175,16 @@ class AdapterModel(nn.Module):
         return int(getattr(self.config, self.arch.heads_attr))
 
     @property
+    def num_kv_heads(self) -> int:
+        """Key/value heads: fewer than ``num_heads`` under grouped-query attention."""
+        return int(getattr(self.config, self.arch.kv_heads_attr, None) or self.num_heads)
+
+    @property
+    def kv_size(self) -> int:
+        """The width of a layer's keys (and values): the hidden size, or less under grouped-query attention."""
+        return self.num_kv_heads * (self.hidden_size // self.num_heads)
+
+    @property
     def num_layers(self) -> int:
         return int(getattr(self.config, self.arch.num_layers_attr))
 
@@ -300,7 +310,7 @@ class AdapterModel(nn.Module):
         if config.architecture == "prefix_tuning":
             from .methods.prefix_layers import PrefixAdapterSet
 
-            return PrefixAdapterSet(config, self.hidden_size, self.num_layers, self.num_heads)
+            return PrefixAdapterSet(config, self.hidden_size, self.num_layers, self.num_heads, self.num_kv_heads)
         if config.architecture == "union":  # each part as its own method, under the union's name
             from .methods.union_layers import UnionAdapterSet
 
@@ -677,6 +687,11 @@ class AdapterModel(nn.Module):
         """Set the composition used when ``forward`` gets no ``active=``; validated against what is loaded."""
         self.active = self.resolve_composition(composition)
         return self.active
+
+    def caches_exactly(self, block: Block | None) -> bool:
+        """Whether decoding against the key/value cache answers as recomputing the whole sequence would under
+        ``block``: every method acts on each position by itself, but a gated prefix's gate reads them all."""
+        return block is None or not self._prefix_sites.gated(block.leaves())
 
     def resolve_composition(self, composition: Any) -> Block | None:
         block = _parse(composition) if isinstance(composition, str) else parse_composition(composition)

@@ -1,7 +1,9 @@
 """Stitching prefix-tuning adapters into a transformers model through its public attention interface.
 
-The encoders supported here compute self-attention with ``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]``
-(transformers 5). When the first prefix adapter is added, the model's implementation name is switched from
+The models supported here compute self-attention with ``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]``
+(transformers 5); in a decoder the keys it receives are after the rotary embedding and the key/value cache, so a
+prefix joins the cached keys at every step and is never stored in the cache (as in AdapterHub), and where
+transformers leaves a decoder's causal mask out for SDPA's ``is_causal`` an explicit one is given instead. When the first prefix adapter is added, the model's implementation name is switched from
 ``sdpa`` (or ``eager``) to ``adapt_prefix_sdpa`` (``adapt_prefix_eager``), registered in transformers'
 ``AttentionInterface`` and ``AttentionMaskInterface`` with the original mask function. That function looks up
 the attention module's ``PrefixSite``; when no prefix adapter is active it calls the original implementation
@@ -77,6 +79,13 @@ def _pad_mask(mask: torch.Tensor | None, extra: int) -> torch.Tensor | None:
     shape = (*mask.shape[:-1], extra)
     value = True if mask.dtype == torch.bool else (1 if mask.dim() == 2 else 0)
     return torch.cat([torch.full(shape, value, dtype=mask.dtype, device=mask.device), mask], dim=-1)
+
+
+def _causal_mask(queries: int, keys: int, device: torch.device) -> torch.Tensor:
+    """A decoder's causal mask [1, 1, queries, keys] (True: attend), the queries the last ``queries`` positions.
+    transformers leaves it out (None) when SDPA's own ``is_causal`` can stand for it, but that aligns the
+    diagonal to the first key, which would be a prefix's."""
+    return torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)[None, None]
 
 
 def groups(block: Any, start: int, stop: int, prefixes: Collection[str]) -> Groups:
@@ -179,6 +188,8 @@ class PrefixSite:
                 k, v = self._prefix(name, rows)
                 keys.append(k.to(key.dtype))
                 values.append(v.to(value.dtype))
+            if mask is None and getattr(module, "is_causal", False) and query.shape[2] > 1:
+                mask = _causal_mask(query.shape[2], key.shape[2], query.device)
             mask = _pad_mask(mask, sum(k.shape[2] for k in keys))
             key, value = torch.cat([*keys, key], dim=2), torch.cat([*values, value], dim=2)
         return self.inner(module, query, key, value, mask, **kwargs)
@@ -215,6 +226,11 @@ class PrefixSites:
         if self._handle is None:
             self._install()
         self.sites[layer].prefixes[name] = adapter
+
+    def gated(self, names: Collection[str]) -> bool:
+        """Whether one of ``names`` is a gated prefix (UniPELT's), whose gate averages over the whole sequence:
+        a step decoded against the key/value cache sees only its own token, so it would answer otherwise."""
+        return any(len(site.prefixes[n].gates) for site in self.sites.values() for n in names if n in site.prefixes)
 
     def remove(self, name: str) -> None:
         for site in self.sites.values():

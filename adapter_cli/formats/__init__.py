@@ -105,7 +105,7 @@ def check_weight_shapes(artifact: AdapterArtifact | FusionArtifact | HeadArtifac
     elif isinstance(artifact, AdapterArtifact) and artifact.config.architecture == "reft":
         expected = artifact.config.weight_shapes(base.hidden_size, layers(artifact.config.named_layers))
     elif isinstance(artifact, AdapterArtifact) and artifact.config.architecture == "prefix_tuning":
-        expected = artifact.config.weight_shapes(base.hidden_size, _prefix_layers(artifact.config, weights, base))
+        expected = _prefix_shapes(artifact.config, weights, base)
     elif isinstance(artifact, AdapterArtifact) and artifact.config.architecture == "prompt_tuning":
         width = weights.get("prompt_embedding.weight")  # no format records ELECTRA's narrower embeddings
         expected = artifact.config.weight_shapes(base.hidden_size, 0, tuple(width.shape)[1] if width is not None else None)
@@ -120,6 +120,34 @@ def check_weight_shapes(artifact: AdapterArtifact | FusionArtifact | HeadArtifac
         locations = [loc for loc in LOCATIONS if any(k.startswith(f"{loc}.") for k in weights)]
         expected = artifact.config.weight_shapes(base.hidden_size, locations, layers())
     check_shapes(weights, expected, artifact.path or "the artifact")
+
+
+_PREFIX_OUTPUTS = ("prefix.control_trans.2.weight", "prefix.control_trans.2.bias", "prefix.control_trans")
+
+
+def _prefix_shapes(config: Any, weights: dict[str, Any], base: Any) -> dict[str, tuple[int, ...]]:
+    """What a prefix's tensors must look like. A decoder's keys may be narrower than its hidden size (grouped-
+    query attention) and no format records their width: it is read off the generator's output (prefixed layers
+    x 2 x key width per prefix token) where the layer count is recorded, and that output's width is taken as it
+    is where it is not (AdapterHub's files); loading checks it against the model's own keys."""
+    from ..architectures import ARCHITECTURES
+
+    layers = _prefix_layers(config, weights, base)
+    arch = ARCHITECTURES.get(base.model_type or "")
+    if arch is None or not arch.causal:
+        return config.weight_shapes(base.hidden_size, layers)
+    if base.num_layers is None:  # the count read off a width that need not be the hidden size's: at least one
+        gated = [int(k.split(".")[1]) for k in weights if k.startswith("gates.") and k.split(".")[1].isdigit()]
+        layers = max(layers, max(gated, default=-1) + 1, len(config.leave_out) + 1)
+    out = weights.get("prefix.control_trans.2.bias", weights.get("prefix.control_trans"))
+    per_token = math.prod(tuple(out.shape)) // (1 if "prefix.control_trans.2.bias" in weights else
+                                                config.prefix_length) if out is not None else 0
+    prefixed = 2 * len(config.layers(layers))
+    kv_size = per_token // prefixed if prefixed and per_token % prefixed == 0 else None
+    expected = config.weight_shapes(base.hidden_size, layers, kv_size)
+    if base.num_layers is None:
+        expected.update({k: tuple(weights[k].shape) for k in _PREFIX_OUTPUTS if k in weights and k in expected})
+    return expected
 
 
 def _prefix_layers(config: Any, weights: dict[str, Any], base: Any) -> int:

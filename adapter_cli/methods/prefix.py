@@ -96,11 +96,12 @@ class PrefixTuningConfig(MethodConfig):
                               "would change nothing; leave at least one layer in")
         return layers
 
-    def weight_shapes(self, hidden_size: int, num_layers: int) -> dict[str, tuple[int, ...]]:
+    def weight_shapes(self, hidden_size: int, num_layers: int, kv_size: int | None = None) -> dict[str, tuple[int, ...]]:
         """Every stored tensor's name and shape (our names: ``prefix.*`` as AdapterHub's prefix module,
-        ``gates.<layer>.*`` for the gates)."""
+        ``gates.<layer>.*`` for the gates). ``kv_size``: the width of a layer's keys (and values), narrower than
+        ``hidden_size`` under grouped-query attention."""
         layers = self.layers(num_layers)
-        values = len(layers) * 2 * hidden_size  # keys and values of every prefixed layer, per prefix token
+        values = len(layers) * 2 * (kv_size or hidden_size)  # keys and values of every prefixed layer, per token
         if self.flat:
             shapes: dict[str, tuple[int, ...]] = {"prefix.control_trans": (self.prefix_length * values,)}
         else:
@@ -114,12 +115,12 @@ class PrefixTuningConfig(MethodConfig):
             shapes[f"gates.{i}.bias"] = (self.gates,)
         return shapes
 
-    def parameter_count(self, hidden_size: int, num_layers: int) -> dict[str, Any]:
+    def parameter_count(self, hidden_size: int, num_layers: int, kv_size: int | None = None) -> dict[str, Any]:
         """Trained parameters, as AdapterHub counts them (the MLP included while it is not ejected)."""
         import math
 
         layers = self.layers(num_layers)
-        total = sum(math.prod(s) for s in self.weight_shapes(hidden_size, num_layers).values())
+        total = sum(math.prod(s) for s in self.weight_shapes(hidden_size, num_layers, kv_size).values())
         placement = {"location": "attention", "layers": layers, "widths": [self.prefix_length] * len(layers),
                      "parameters": total}
         return {"placements": [placement], "parameters": total, "trainable_parameters": total,

@@ -41,10 +41,11 @@ class _Generator(nn.Module):
 
 
 class ReparametrisedPrefix(_Generator):
-    """``wte`` (prefix_length × hidden) through hidden → bottleneck → act → layers × 2 × hidden."""
+    """``wte`` (prefix_length × hidden) through hidden → bottleneck → act → layers × 2 × key/value width (the
+    hidden size, or less under grouped-query attention)."""
 
-    def __init__(self, config: PrefixTuningConfig, hidden_size: int, layers: int, heads: int) -> None:
-        super().__init__(config.prefix_length, layers, heads, hidden_size // heads)
+    def __init__(self, config: PrefixTuningConfig, hidden_size: int, layers: int, heads: int, head_dim: int) -> None:
+        super().__init__(config.prefix_length, layers, heads, head_dim)
         with _seeded(config.init_weights_seed):
             self.wte = nn.Embedding(config.prefix_length, hidden_size)
             self.control_trans = nn.Sequential(
@@ -73,16 +74,17 @@ class FlatPrefix(_Generator):
 class PrefixAdapterSet(nn.Module):
     """One prefix-tuning adapter: ``prefix`` (the generator) and ``gates`` (one per prefixed layer when gated)."""
 
-    def __init__(self, config: PrefixTuningConfig, hidden_size: int, num_layers: int, heads: int) -> None:
+    def __init__(self, config: PrefixTuningConfig, hidden_size: int, num_layers: int, heads: int,
+                 kv_heads: int | None = None) -> None:
         super().__init__()
         if hidden_size % heads:
             raise ValueError(f"hidden size {hidden_size} is not a multiple of the {heads} attention heads")
         self.config = config
         self.layer_ids = config.layers(num_layers)
-        layers = len(self.layer_ids)
-        self.prefix = FlatPrefix(config.prefix_length, layers, heads, hidden_size // heads,
-                                 seed=config.init_weights_seed) if config.flat \
-            else ReparametrisedPrefix(config, hidden_size, layers, heads)
+        layers, head_dim = len(self.layer_ids), hidden_size // heads
+        kv_heads = kv_heads or heads  # a prefix has as many heads as the keys it joins
+        self.prefix = FlatPrefix(config.prefix_length, layers, kv_heads, head_dim, seed=config.init_weights_seed) \
+            if config.flat else ReparametrisedPrefix(config, hidden_size, layers, kv_heads, head_dim)
         self.dropout = nn.Dropout(config.dropout)
         self.gates = nn.ModuleDict()
         for i in self.layer_ids if config.gates else ():

@@ -151,6 +151,12 @@ NOT_RUN = {
     "adapt infer -m ./smollm2 -a reviews -a fresh --active 'parallel(reviews,fresh)' --generate 'the acting' "
     "--temperature 0.8 --top-p 0.9":
         "needs SmolLM2 and two adapters on it (docs/decoder-experiment.sh runs parallel(reviews,fresh))",
+    "adapt train --task lm --data-dir reviews/ -m ./smollm2 --config 'prefix_tuning[prefix_length=10]'":
+        "needs SmolLM2 and the reviews text (docs/decoder-experiment.sh); tests/cli/test_decoder_prefix_cli.py "
+        "trains a prefix on a tiny GPT-2 and Llama",
+    "adapt add unipelt -m ./smollm2 --save ./unipelt":
+        "needs SmolLM2 (docs/decoder-experiment.sh); tests/cli/test_decoder_prefix_cli.py adds UniPELT to a tiny "
+        "Llama and GPT-2",
     # Multi-label and tagging (docs/labels.md): the templated toy-ner/ and toy-topics/ sets are written by
     # docs/labels-example.sh, which runs these steps; tests/cli/test_label_heads_cli.py runs them on a tiny model
     "adapt train --task toy-ner/task.yaml --config pfeiffer epochs=10 learning_rate=2e-3 batch_size=16":

@@ -139,18 +139,17 @@ def test_pre_norm_site_equals_adapterhub_formula(model_type, preset, overrides, 
 # ====================================================================== 3. methods
 
 
-TAKES = {"gpt2": "bottleneck and lora", "llama": "bottleneck and lora", "mistral": "bottleneck and lora",
-         "qwen2": "bottleneck and lora"}
+TAKES = dict.fromkeys(("gpt2", "llama", "mistral", "qwen2"), "bottleneck, lora and prefix tuning")
 REFUSED = [(model_type, preset, method) for model_type in DECODER_TYPES for preset, method in [
     ("lora", "lora"), ("ia3", "lora"), ("prefix_tuning", "prefix tuning"), ("prompt_tuning", "prompt tuning"),
     ("loreft", "reft"), ("mam", "prefix tuning"), ("seq_bn_inv", "invertible"), ("pfeiffer+inv", "invertible"),
-] if method not in TAKES[model_type].split(" and ")]
+] if method not in TAKES[model_type].replace(" and ", ", ").split(", ")]
 
 
 @pytest.mark.parametrize("model_type, preset, method", REFUSED)
 def test_methods_other_than_bottleneck_are_refused(model_type, preset, method) -> None:
-    """GPT-2 takes bottleneck adapters only; Llama and Mistral the LoRA family too (tests/e2e/test_lora_fixtures.py
-    checks those against AdapterHub)."""
+    """The decoders take bottleneck adapters, the LoRA family and prefix tuning (tests/e2e/test_lora_fixtures.py
+    and test_decoder_prefix_fixtures.py check those against AdapterHub)."""
     takes = TAKES[model_type]
     model = tiny_decoder(model_type)
     with pytest.raises(UnsupportedModel) as caught:
@@ -174,8 +173,8 @@ def test_saved_reft_adapter_is_refused_on_a_decoder(tmp_path) -> None:
     data["base_model"]["name_or_path"] = None
     configs[0].write_text(json.dumps(data))
     model = tiny_decoder("gpt2")
-    with pytest.raises(UnsupportedModel, match=r"is a reft adapter, and adapt stitches only bottleneck and lora "
-                                               r"adapters into GPT-2 models"):
+    with pytest.raises(UnsupportedModel, match=r"is a reft adapter, and adapt stitches only bottleneck, lora and "
+                                               r"prefix tuning adapters into GPT-2 models"):
         model.load_adapter(tmp_path / "lo")
     assert not model.adapters
     # and unrelabelled it is refused as made for another model type
