@@ -193,15 +193,18 @@ def _pre_norm(name: str, layers: str, attention: str, mlp: str, norms: tuple[str
 # AdapterHub's Llama and Mistral put the LoRA it calls "intermediate" on mlp.down_proj and "output" on
 # mlp.up_proj (the reverse of the names' sense in BERT); adapt follows it so that their files load key for key.
 _LLAMA_LIKE = dict(attention_dropout_attr="attention_dropout", hidden_dropout_attr="hidden_dropout",
-                   embeddings="embed_tokens", methods=("bottleneck", "lora", "prefix_tuning"),
+                   embeddings="embed_tokens", methods=("bottleneck", "lora", "prefix_tuning", "invertible"),
                    linears=(("q", "self_attn.q_proj"), ("k", "self_attn.k_proj"), ("v", "self_attn.v_proj"),
                             ("intermediate", "mlp.down_proj"), ("output", "mlp.up_proj")))
 
 ARCHITECTURES.update({
     # GPT-2's projections are Conv1D modules, q, k and v side by side in one (c_attn): linear_views.py.
+    # GPT-2's invertible adapters run on the embeddings' dropout output (word + position embeddings), as
+    # AdapterHub hooks ``drop``.
     "gpt2": _pre_norm("GPT-2", "h", "attn", "mlp", ("ln_1", "ln_2"), "input", "transformer", "GPT2AdapterModel",
-                      attention_dropout_attr="attn_pdrop", hidden_dropout_attr="resid_pdrop", embeddings="wte",
-                      methods=("bottleneck", "lora", "prefix_tuning"), refused_lora=("dora", "vera"), peft=False,
+                      attention_dropout_attr="attn_pdrop", hidden_dropout_attr="resid_pdrop", embeddings="drop",
+                      methods=("bottleneck", "lora", "prefix_tuning", "invertible"), refused_lora=("dora", "vera"),
+                      peft=False,
                       linears=(("q", "attn.c_attn"), ("k", "attn.c_attn"), ("v", "attn.c_attn"),
                                ("intermediate", "mlp.c_fc"), ("output", "mlp.c_proj"))),
     "llama": _pre_norm("Llama", "layers", "self_attn", "mlp", ("input_layernorm", "post_attention_layernorm"),

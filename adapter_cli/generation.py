@@ -137,13 +137,14 @@ def generate(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     mask = attention_mask.to(input_ids.device).long()
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cached = model.caches_exactly(block)
+    inverse = model.head_inverse(block)  # an invertible adapter's reverse pass before the LM heads' output
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, active=block, head=None,
                 use_cache=cached)
     result = Generated(tokens=[[] for _ in range(rows)], finish=["length"] * rows)
     done = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
     for step in range(sampling.max_new_tokens):
         last = out.last_hidden_state[:, -1:]
-        logits = torch.cat([module.logits(last[start:start + size])[:, -1] for module, start, size in parts])
+        logits = torch.cat([module.logits(last[start:start + size], inverse)[:, -1] for module, start, size in parts])
         if keep_scores:
             result.scores.append(logits.float().cpu())
         chosen = torch.where(done, torch.full_like(done, pad_token_id, dtype=torch.long),

@@ -744,6 +744,12 @@ class AdapterModel(nn.Module):
             unmerge(self._linear_sites, self._merged_originals)
             self.merged, self._merged_originals = None, {}
 
+    def head_inverse(self, setup: Block | None) -> Any:
+        """What an LM head runs before its output embeddings under ``setup``: the reverse pass of the invertible
+        adapter that runs there, or None."""
+        site = self._embedding_site
+        return None if site is None or site.active(setup) is None else (lambda h: site.inverse(h, setup))
+
     def invert_embeddings(self, hidden: torch.Tensor, active: Any = _UNSET) -> torch.Tensor:
         """The reverse pass (AdapterHub's ``rev=True``) of the invertible adapter that runs under a composition
         (default: the active one), as an LM head applies it before its output embeddings; ``hidden`` itself
@@ -884,14 +890,13 @@ class AdapterModel(nn.Module):
         if name is None:
             return out
         module = self.heads[name]
-        if module.config.head_type == "causal_lm":  # every position; a decoder has no invertible adapters yet
-            out.logits, out.head = module.logits(hidden.last_hidden_state), name
+        if module.config.head_type == "causal_lm":  # every position, through an invertible adapter's reverse pass
+            out.logits, out.head = module.logits(hidden.last_hidden_state, self.head_inverse(setup)), name
             if labels is not None:
                 out.loss = module.loss(out.logits, labels)
             return out
         if module.config.head_type == "masked_lm":  # with labels: [N, vocab] for the N labelled tokens only
-            site = self._embedding_site
-            inverse = None if site is None else (lambda h: site.inverse(h, setup))  # noqa: E731
+            inverse = self.head_inverse(setup)
             states = hidden.last_hidden_state
             labels = self._prompt_sites.pad_labels(labels, setup)  # a prompt's positions have no label
             if labels is not None:  # the decoder over [B, T, vocab] would take GBs for nothing the loss reads

@@ -1,4 +1,4 @@
-"""Prefix tuning on decoders through the CLI: `adapt add` counts a grouped-query prefix as it is built, `adapt
+"""Prefix tuning (and invertible adapters) on decoders through the CLI: `adapt add` counts a grouped-query prefix as it is built, `adapt
 train --task lm` trains a prefix (gradient checkpointing on) whose perplexity `adapt infer --task lm` scores
 again, and `adapt infer --generate` decodes with it (and with a gated UniPELT prefix, by recomputation)."""
 
@@ -97,3 +97,22 @@ def test_generate_with_a_gated_prefix(world, tmp_path) -> None:
                                  "--max-new-tokens", "4"])
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["new_tokens"] == 4
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_an_invertible_adapter_trains_and_generates_through_its_reverse_pass(world, family, tmp_path) -> None:
+    """seq_bn_inv on a decoder: on the embeddings (GPT-2: after word + position embeddings), and its reverse pass
+    before the LM head, in training, scoring and generation alike."""
+    run = tmp_path / "run"
+    trained = runner.invoke(app, ["train", "--task", "lm", "--data-dir", world["text"], "--model", world[family],
+                                  "--config", "seq_bn_inv", "--run-dir", str(run), "--json", "--no-cache", *FAST])
+    assert trained.exit_code == 0, trained.stderr
+    best = json.loads(trained.stdout)["best"]["metrics"]["perplexity"]
+    scored = runner.invoke(app, ["infer", "-m", world[family], "-a", str(run / "best"), "--task", "lm",
+                                 "--data-dir", world["text"], "--max-length", "32"])
+    assert scored.exit_code == 0, scored.stderr
+    assert json.loads(scored.stdout)["perplexity"] == pytest.approx(best, rel=1e-5)
+    made = runner.invoke(app, ["infer", "-m", world[family], "-a", str(run / "best"), "--generate", "the cat",
+                               "--max-new-tokens", "5"])
+    assert made.exit_code == 0, made.stderr
+    assert json.loads(made.stdout)["new_tokens"] == 5
