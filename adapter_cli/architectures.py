@@ -43,9 +43,10 @@ class Architecture:
     adapterhub_model_class: str
     hidden_size_attr: str = "hidden_size"
     heads_attr: str = "num_attention_heads"
-    # Grouped-query attention (Llama, Mistral, Qwen2): fewer key/value heads than query heads, and a prefix has
-    # as many heads as the keys (as in AdapterHub). Families without the attribute have one per query head.
-    kv_heads_attr: str = "num_key_value_heads"
+    # Grouped-query attention (Llama, Mistral, Qwen2): the config attribute with the number of key/value heads,
+    # fewer than the query heads, and a prefix has as many heads as the keys (as in AdapterHub). None: one key
+    # head per query head.
+    kv_heads_attr: str | None = None
     # The self-attention module (relative to a layer) that calls transformers' attention interface, where
     # prefix-tuning adapters add their keys and values.
     self_attention: str = "attention.self"
@@ -193,7 +194,8 @@ def _pre_norm(name: str, layers: str, attention: str, mlp: str, norms: tuple[str
 # AdapterHub's Llama and Mistral put the LoRA it calls "intermediate" on mlp.down_proj and "output" on
 # mlp.up_proj (the reverse of the names' sense in BERT); adapt follows it so that their files load key for key.
 _LLAMA_LIKE = dict(attention_dropout_attr="attention_dropout", hidden_dropout_attr="hidden_dropout",
-                   embeddings="embed_tokens", methods=("bottleneck", "lora", "prefix_tuning", "invertible"),
+                   embeddings="embed_tokens", methods=("bottleneck", "lora", "prefix_tuning", "invertible", "reft"),
+                   kv_heads_attr="num_key_value_heads",
                    linears=(("q", "self_attn.q_proj"), ("k", "self_attn.k_proj"), ("v", "self_attn.v_proj"),
                             ("intermediate", "mlp.down_proj"), ("output", "mlp.up_proj")))
 
@@ -203,7 +205,8 @@ ARCHITECTURES.update({
     # AdapterHub hooks ``drop``.
     "gpt2": _pre_norm("GPT-2", "h", "attn", "mlp", ("ln_1", "ln_2"), "input", "transformer", "GPT2AdapterModel",
                       attention_dropout_attr="attn_pdrop", hidden_dropout_attr="resid_pdrop", embeddings="drop",
-                      methods=("bottleneck", "lora", "prefix_tuning", "invertible"), refused_lora=("dora", "vera"),
+                      methods=("bottleneck", "lora", "prefix_tuning", "invertible", "reft"),
+                      refused_lora=("dora", "vera"),
                       peft=False,
                       linears=(("q", "attn.c_attn"), ("k", "attn.c_attn"), ("v", "attn.c_attn"),
                                ("intermediate", "mlp.c_fc"), ("output", "mlp.c_proj"))),

@@ -177,12 +177,19 @@ class AdapterModel(nn.Module):
     @property
     def num_kv_heads(self) -> int:
         """Key/value heads: fewer than ``num_heads`` under grouped-query attention."""
-        return int(getattr(self.config, self.arch.kv_heads_attr, None) or self.num_heads)
+        attr = self.arch.kv_heads_attr
+        return int((getattr(self.config, attr, None) if attr else None) or self.num_heads)
+
+    @property
+    def head_dim(self) -> int:
+        """The width of one attention head: the config's ``head_dim`` where it has one (it need not be hidden
+        size / heads, e.g. Mistral-Nemo's), else hidden size / heads."""
+        return int(getattr(self.config, "head_dim", None) or self.hidden_size // self.num_heads)
 
     @property
     def kv_size(self) -> int:
         """The width of a layer's keys (and values): the hidden size, or less under grouped-query attention."""
-        return self.num_kv_heads * (self.hidden_size // self.num_heads)
+        return self.num_kv_heads * self.head_dim
 
     @property
     def num_layers(self) -> int:
@@ -310,7 +317,8 @@ class AdapterModel(nn.Module):
         if config.architecture == "prefix_tuning":
             from .methods.prefix_layers import PrefixAdapterSet
 
-            return PrefixAdapterSet(config, self.hidden_size, self.num_layers, self.num_heads, self.num_kv_heads)
+            return PrefixAdapterSet(config, self.hidden_size, self.num_layers, self.num_heads, self.num_kv_heads,
+                                    self.head_dim)
         if config.architecture == "union":  # each part as its own method, under the union's name
             from .methods.union_layers import UnionAdapterSet
 
@@ -690,8 +698,13 @@ class AdapterModel(nn.Module):
 
     def caches_exactly(self, block: Block | None) -> bool:
         """Whether decoding against the key/value cache answers as recomputing the whole sequence would under
-        ``block``: every method acts on each position by itself, but a gated prefix's gate reads them all."""
-        return block is None or not self._prefix_sites.gated(block.leaves())
+        ``block``: most methods act on each position by itself, but a gated prefix's gate reads them all, and a
+        ReFT adapter edits positions counted from each row's ends, which move as the sequence grows."""
+        if block is None:
+            return True
+        leaves = block.leaves()
+        return not self._prefix_sites.gated(leaves) and not any(
+            self.adapters[n].config.architecture == "reft" for n in leaves if n in self.adapters)
 
     def resolve_composition(self, composition: Any) -> Block | None:
         block = _parse(composition) if isinstance(composition, str) else parse_composition(composition)

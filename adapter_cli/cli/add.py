@@ -36,7 +36,8 @@ def add(
                               "into (its parameters are counted and the adapter is built for real); 'minilm' is "
                               "the embedded all-MiniLM-L6-v2."),
     hidden_size: int = typer.Option(None, "--hidden-size", help="Count from the config alone for this hidden size "
-                                    "(no model needed)."),
+                                    "(no model needed; a prefix is counted with one key head per query head: "
+                                    "give --model for a grouped-query decoder)."),
     num_layers: int = typer.Option(None, "--num-layers", help="... and this number of layers."),
     intermediate_size: int = typer.Option(None, "--intermediate-size", help="... and this feed-forward width, "
                                           "for LoRA-family adapters on the feed-forward layers (default: 4 x "

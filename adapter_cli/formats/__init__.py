@@ -134,11 +134,11 @@ def _prefix_shapes(config: Any, weights: dict[str, Any], base: Any) -> dict[str,
 
     layers = _prefix_layers(config, weights, base)
     arch = ARCHITECTURES.get(base.model_type or "")
-    if arch is None or not arch.causal:
+    if arch is None or not arch.kv_heads_attr:
         return config.weight_shapes(base.hidden_size, layers)
     if base.num_layers is None:  # the count read off a width that need not be the hidden size's: at least one
         gated = [int(k.split(".")[1]) for k in weights if k.startswith("gates.") and k.split(".")[1].isdigit()]
-        layers = max(layers, max(gated, default=-1) + 1, len(config.leave_out) + 1)
+        layers = max(layers, max(gated, default=-1) + 1, max(config.leave_out, default=-1) + 2)
     out = weights.get("prefix.control_trans.2.bias", weights.get("prefix.control_trans"))
     per_token = math.prod(tuple(out.shape)) // (1 if "prefix.control_trans.2.bias" in weights else
                                                 config.prefix_length) if out is not None else 0

@@ -9,6 +9,7 @@ architecture table says where each site lives. Legacy (v1) names are renamed on 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -19,7 +20,7 @@ from ..errors import ArtifactError, ConfigError
 from .adapterhub_lora import lora_config_from_adapterhub, lora_config_to_adapterhub, lora_weights_from_adapterhub, \
     lora_weights_to_adapterhub
 from .adapterhub_prefix import prefix_config_from_adapterhub, prefix_config_to_adapterhub, \
-    prefix_weights_from_adapterhub, prefix_weights_to_adapterhub
+    prefix_layer_count, prefix_weights_from_adapterhub, prefix_weights_to_adapterhub
 from .adapterhub_prompt import prompt_config_from_adapterhub, prompt_config_to_adapterhub, \
     prompt_weights_from_adapterhub, prompt_weights_to_adapterhub
 from .adapterhub_reft import reft_config_from_adapterhub, reft_config_to_adapterhub, reft_weights_from_adapterhub, \
@@ -249,6 +250,9 @@ def read_adapter(path: Path, shapes_only: bool = False) -> AdapterArtifact:
     arch = architecture_for(base.model_type)
     raw = _weights(path, "adapter", shapes_only)
     config, key_name, weights = _read_method(data["config"], raw, arch, path, data)
+    if base.num_layers is None and any(c.architecture == "prefix_tuning" for c in getattr(config, "configs", None)
+                                       or (config,)):
+        base = dataclasses.replace(base, num_layers=prefix_layer_count(raw, arch))
     if data.get("type") == "text_lang" and getattr(config, "kind", "task") != "language":
         config = config.replace(kind="language")  # adapter-transformers' mark of a language adapter
     name = data.get("name") or key_name or path.name

@@ -70,6 +70,16 @@ def prefix_weights_from_adapterhub(raw: dict[str, Any], arch: Architecture, sour
     return one_adapter(names, out, source)
 
 
+def prefix_layer_count(raw: dict[str, Any], arch: Architecture) -> int | None:
+    """The layers of the model a prefix was saved from: AdapterHub writes the pool once per layer (its keys carry
+    the layer's index), so their count is known even where the key width is not the hidden size's (grouped-query
+    attention: 4 layers of 1 key head are as wide as 2 layers of 2). None where the file has no such copies."""
+    layers, attention = re.escape(arch.hub_layers), re.escape(arch.hub_self_attention)
+    alias = re.compile(rf"(?:^|\.){layers}\.(\d+)\.{attention}\.prefix_tuning\.pool\.")
+    found = [int(m.group(1)) for key in raw if (m := alias.search(key))]
+    return max(found) + 1 if found else None
+
+
 def prefix_weights_to_adapterhub(weights: dict[str, Any], arch: Architecture, name: str,
                                  num_layers: int) -> dict[str, Any]:
     top, location = arch.adapterhub_prefix, _location(arch)

@@ -75,13 +75,13 @@ class PrefixAdapterSet(nn.Module):
     """One prefix-tuning adapter: ``prefix`` (the generator) and ``gates`` (one per prefixed layer when gated)."""
 
     def __init__(self, config: PrefixTuningConfig, hidden_size: int, num_layers: int, heads: int,
-                 kv_heads: int | None = None) -> None:
+                 kv_heads: int | None = None, head_dim: int | None = None) -> None:
         super().__init__()
-        if hidden_size % heads:
+        if head_dim is None and hidden_size % heads:
             raise ValueError(f"hidden size {hidden_size} is not a multiple of the {heads} attention heads")
         self.config = config
         self.layer_ids = config.layers(num_layers)
-        layers, head_dim = len(self.layer_ids), hidden_size // heads
+        layers, head_dim = len(self.layer_ids), head_dim or hidden_size // heads
         kv_heads = kv_heads or heads  # a prefix has as many heads as the keys it joins
         self.prefix = FlatPrefix(config.prefix_length, layers, kv_heads, head_dim, seed=config.init_weights_seed) \
             if config.flat else ReparametrisedPrefix(config, hidden_size, layers, kv_heads, head_dim)

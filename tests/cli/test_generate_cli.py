@@ -182,8 +182,8 @@ def test_generate_on_the_embedded_minilm(tmp_path) -> None:
 
 def test_methods_a_decoder_does_not_take_are_refused(decoders, tmp_path) -> None:
     save = tmp_path / "refused"
-    takes = "bottleneck, lora, prefix tuning and invertible"
-    for family, presets in (("gpt2", ("prompt_tuning", "loreft")), ("llama", ("prompt_tuning", "loreft"))):
+    takes = "bottleneck, lora, prefix tuning, invertible and reft"
+    for family, presets in (("gpt2", ("prompt_tuning",)), ("llama", ("prompt_tuning",))):
         for preset in presets:
             line = _bad(["add", preset, "-m", str(decoders[family] / "model"), "--save", str(save)], save)
             assert f"adapt stitches only {takes} adapters into" in line, line

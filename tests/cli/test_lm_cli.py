@@ -124,8 +124,8 @@ def test_resume_after_a_kill_reaches_the_same_result(world, tmp_path) -> None:
     ("encoder", ["--task", "lm"], "task lm is causal language modelling, for decoders"),
     ("gpt2", ["--task", "mlm"], "task mlm is masked language modelling, for encoders"),
     ("gpt2", ["--task", "lm", "--method", "head"], "--method head is not supported for it yet"),
-    ("gpt2", ["--task", "lm", "--config", "loreft"], "adapt stitches only bottleneck, lora, prefix tuning and "
-     "invertible adapters into GPT-2 models"),
+    ("gpt2", ["--task", "lm", "--config", "prompt_tuning"], "adapt stitches only bottleneck, lora, prefix tuning, "
+     "invertible and reft adapters into GPT-2 models"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(world, tmp_path, model, args, message) -> None:
     path = str(save_tiny_model(tmp_path / "bert")) if model == "encoder" else world[model]

@@ -96,6 +96,8 @@ INLINE_FRAGMENTS = {
     "(docs/fusion.md); -m and -a are left out",
     "adapt infer --generate": "names the --generate option (README, docs/decoders.md)",
     "adapt add --head": "names the --head option of adapt add in a table (docs/labels.md)",
+    "adapt add --json": "names the --json option of adapt add in a sentence (docs/decoders.md)",
+    "adapt infer --generate --batch-size 1": "names two options of adapt infer in a sentence (docs/decoders.md)",
     "adapt add --head image_classification:N": "names a --head form in a sentence (docs/vision.md)",
     "adapt infer --task": "names the --task option of adapt infer in a sentence (docs/labels.md)",
     "adapt train --task lm": "names how a decoder's adapter is trained, in a sentence (docs/performance.md); "

@@ -24,8 +24,7 @@ import torch
 from conftest import FIXTURES, fixture_inputs
 
 ATOL = 1e-5
-DECODERS = ("prefix_gpt2", "prefix_llama", "prefix_mistral")  # tests/e2e/test_decoder_prefix_fixtures.py
-ROOTS = sorted(d for d in FIXTURES.glob("prefix_*") if (d / "cases.json").is_file() and d.name not in DECODERS)
+ROOTS = sorted(d for d in FIXTURES.glob("prefix_*") if (d / "cases.json").is_file())
 UNIONS = ("mam", "unipelt")
 UNEQUAL_SPLITS = {"batch_split_prefix_prefix_flat": (("prefix", 0, 2), ("prefix_flat", 2, 4))}
 

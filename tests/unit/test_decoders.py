@@ -139,7 +139,7 @@ def test_pre_norm_site_equals_adapterhub_formula(model_type, preset, overrides, 
 # ====================================================================== 3. methods
 
 
-TAKES = dict.fromkeys(("gpt2", "llama", "mistral", "qwen2"), "bottleneck, lora, prefix tuning and invertible")
+TAKES = dict.fromkeys(("gpt2", "llama", "mistral", "qwen2"), "bottleneck, lora, prefix tuning, invertible and reft")
 REFUSED = [(model_type, preset, method) for model_type in DECODER_TYPES for preset, method in [
     ("lora", "lora"), ("ia3", "lora"), ("prefix_tuning", "prefix tuning"), ("prompt_tuning", "prompt tuning"),
     ("loreft", "reft"), ("mam", "prefix tuning"), ("seq_bn_inv", "invertible"), ("pfeiffer+inv", "invertible"),
@@ -161,10 +161,10 @@ def test_methods_other_than_bottleneck_are_refused(model_type, preset, method) -
     assert "x" not in model.adapters and not model._sites and not model._linear_sites
 
 
-def test_saved_reft_adapter_is_refused_on_a_decoder(tmp_path) -> None:
-    # A ReFT adapter made on an encoder of the same shape, its recorded base relabelled as the decoder's.
+def test_saved_prompt_adapter_is_refused_on_a_decoder(tmp_path) -> None:
+    # A prompt-tuning adapter made on an encoder of the same shape, its recorded base relabelled as the decoder's.
     encoder = tiny_model("bert", hidden_size=32, num_hidden_layers=2)
-    encoder.add_adapter("lo", "loreft")
+    encoder.add_adapter("lo", "prompt_tuning")
     encoder.save_adapter(tmp_path / "lo", "lo")
     configs = [p for p in (tmp_path / "lo").iterdir() if p.suffix == ".json"]
     assert len(configs) == 1
@@ -173,8 +173,8 @@ def test_saved_reft_adapter_is_refused_on_a_decoder(tmp_path) -> None:
     data["base_model"]["name_or_path"] = None
     configs[0].write_text(json.dumps(data))
     model = tiny_decoder("gpt2")
-    with pytest.raises(UnsupportedModel, match=r"is a reft adapter, and adapt stitches only bottleneck, lora, prefix "
-                                               r"tuning and invertible adapters into GPT-2 models"):
+    with pytest.raises(UnsupportedModel, match=r"is a prompt tuning adapter, and adapt stitches only bottleneck, "
+                                               r"lora, prefix tuning, invertible and reft adapters into GPT-2 models"):
         model.load_adapter(tmp_path / "lo")
     assert not model.adapters
     # and unrelabelled it is refused as made for another model type
