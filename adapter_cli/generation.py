@@ -2,9 +2,9 @@
 
 The prompt runs once through the model and fills the key/value cache; each new token then runs alone
 against that cache, so a step costs one token's forward pass. Adapters act on each position by itself, so
-the cached steps give what a full recomputation would (tested against AdapterHub's ``generate``); the one
-exception, a gated prefix (UniPELT), whose gate averages over the whole sequence, recomputes the whole
-sequence at every step instead. Prompts of
+the cached steps give what a full recomputation would (tested against AdapterHub's ``generate``). The
+exceptions, a gated prefix (UniPELT), whose gate averages over the whole sequence, and a ReFT adapter, whose
+positions count from each row's end, recompute the whole sequence at every step instead. Prompts of
 different lengths are padded on the left and their positions count from their first real token, as
 transformers' own ``generate`` does.
 

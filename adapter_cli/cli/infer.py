@@ -122,6 +122,10 @@ def infer(
                            "--allow-single": allow_single, "--compile": compile_ or compile_auto})
         return
     if task is not None and not texts and input_path is None and _is_mlm(task):
+        if compile_ or compile_auto:  # found in review: it was silently ignored here
+            from ..errors import UsageError
+
+            raise UsageError(f"--task {task} scores perplexity eagerly; --compile applies to predictions, drop it")
         _perplexity(task, data_dir, (model, adapters or [], fusions or [], head, active), batch_size, max_length,
                     where, autocast, metrics_path)
         return
@@ -284,7 +288,7 @@ def _perplexity(task: str, data_dir: str | None, load: tuple, batch_size: int, m
     from ..fsutil import dump_json, write_text_atomic
     from ..tasks import get_task
     from ..tasks.text import load_text
-    from ..training.mlm import Masker, encode_text, evaluate_mlm
+    from ..training.mlm import Masker, check_blocks, encode_text, evaluate_mlm
 
     spec = get_task(task)
     lines, source = load_text(spec, "eval", data_dir)
@@ -304,6 +308,7 @@ def _perplexity(task: str, data_dir: str | None, load: tuple, batch_size: int, m
         data = encode_lm(lines, tokenizer, m.fit_max_length(max_length, "--max-length"))
     else:
         data = encode_text(lines, tokenizer, m.fit_max_length(max_length, "--max-length"))
+    check_blocks(data, m.reft_suffix(m.resolve_composition(composition)), "scored")
     m.to(where)
     if spec.kind == "lm":
         from ..training.clm import evaluate_lm

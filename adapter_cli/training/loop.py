@@ -45,7 +45,7 @@ from ..tasks import get_task
 from ..tasks.metrics import compute
 from .data import Encoded, collate, encode, epoch_batches, lengths_of, load_examples, write_subsets
 from .clm import encode_lm, evaluate_lm, lm_batch
-from .mlm import Masker, encode_text, evaluate_mlm, generator, masked_batch
+from .mlm import Masker, check_blocks, encode_text, evaluate_mlm, generator, masked_batch
 from .features import Features, cacheable, encode_features, evaluate_features, head_logits, head_reads, predictions
 from .recipe import Recipe
 from .reporter import Reporter
@@ -240,6 +240,9 @@ class Trainer:
         else:
             self.train_data = encode_text([e.texts[0] for e in train_examples], self.tokenizer, max_length)
             self.eval_data = encode_text([e.texts[0] for e in eval_examples], self.tokenizer, max_length)
+        reft = self.model.reft_suffix(self.model.resolve_composition(self.active))
+        check_blocks(self.train_data, reft, "training")
+        check_blocks(self.eval_data, reft, "dev")
         if recipe.language is None and task.kind == "mlm":
             self.reporter.note(f"{task.name}: no language given; the language adapter records language unknown")
         if held_out_dev(task, recipe.data_dir):

@@ -50,6 +50,22 @@ def encode_text(lines: list[str], tokenizer: Any, max_length: int) -> Encoded:
     return Encoded(features, [0] * len(features))
 
 
+def check_blocks(data: Encoded, reft: tuple[str, int] | None, split: str) -> None:
+    """Refuse, before any step, blocks shorter than a ReFT adapter's suffix (``AdapterModel.reft_suffix``): packed
+    text ends in a block of whatever tokens are left, which would fail at a random step or at evaluation."""
+    if reft is None:
+        return
+    name, suffix = reft
+    lengths = [sum(f["attention_mask"]) for f in data.features]
+    short = [n for n in lengths if n < suffix]
+    if short:
+        why = "packed text ends in a short block" if len(short) < len(lengths) else \
+            f"none holds more than {max(lengths)} tokens"
+        raise UsageError(f"ReFT adapter {name!r} edits the last {suffix} tokens of each row, but {len(short)} of the "
+                         f"{len(lengths)} {split} rows have fewer ({min(short)}: {why}); lower suffix_positions to "
+                         f"at most {min(lengths)}, or change the maximum length so that every row is longer")
+
+
 def _wrapping(tokenizer: Any) -> tuple[list[int], list[int]]:
     """The special tokens the tokenizer puts before and after one text ([CLS] and [SEP] for BERT)."""
     body = tokenizer("a", add_special_tokens=False)["input_ids"]

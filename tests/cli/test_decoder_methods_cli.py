@@ -118,3 +118,38 @@ def test_invertible_and_reft_adapters_train_score_and_generate(world, family, co
                                "--max-new-tokens", "5"])
     assert made.exit_code == 0, made.stderr
     assert json.loads(made.stdout)["new_tokens"] == 5
+
+
+def test_a_reft_suffix_longer_than_the_last_packed_block_is_refused_before_training(world, tmp_path) -> None:
+    """Packed text ends in a block of whatever tokens are left; a ReFT suffix longer than it is one line before
+    any step, in training and in scoring (found in review: it failed at a random step, or at evaluation)."""
+    from conftest import one_line_error
+
+    text = tmp_path / "text"
+    text.mkdir()
+    (text / "train.txt").write_text("the cat sat on the mat, and ran.\n" * 2 + "a\n")  # blocks of 32, 32 and 1
+    (text / "dev.txt").write_text("a dog ran to the park\n" * 4)
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--task", "lm", "--data-dir", str(text), "--model", world["gpt2"],
+                                 "--config", "loreft[prefix_positions=0,suffix_positions=5]", "--run-dir",
+                                 str(run_dir), *FAST])
+    line = one_line_error(result, 2)
+    assert "edits the last 5 tokens of each row, but 1 of the 3 training rows have fewer (1: packed text ends in " \
+           "a short block); lower suffix_positions to at most 1" in line, line
+    assert not run_dir.exists()
+    saved = tmp_path / "r"
+    made = runner.invoke(app, ["add", "loreft[prefix_positions=0,suffix_positions=40]", "-m", world["gpt2"],
+                               "--save", str(saved)])
+    assert made.exit_code == 0, made.stderr
+    scored = runner.invoke(app, ["infer", "-m", world["gpt2"], "-a", str(saved), "--task", "lm", "--data-dir",
+                                 str(text), "--max-length", "32"])
+    assert "scored rows have fewer" in one_line_error(scored, 2)  # dev: 88 characters, none over 32
+
+
+def test_compile_with_perplexity_scoring_is_refused(world) -> None:
+    """Found in review: --compile was silently ignored by --task lm scoring."""
+    from conftest import one_line_error
+
+    result = runner.invoke(app, ["infer", "-m", world["gpt2"], "--task", "lm", "--data-dir", world["text"],
+                                 "--compile"])
+    assert "scores perplexity eagerly; --compile applies to predictions" in one_line_error(result, 2)

@@ -154,10 +154,18 @@ NOT_RUN = {
     "--temperature 0.8 --top-p 0.9":
         "needs SmolLM2 and two adapters on it (docs/decoder-experiment.sh runs parallel(reviews,fresh))",
     "adapt train --task lm --data-dir reviews/ -m ./smollm2 --config 'prefix_tuning[prefix_length=10]'":
-        "needs SmolLM2 and the reviews text (docs/decoder-experiment.sh); tests/cli/test_decoder_prefix_cli.py "
+        "needs SmolLM2 and the reviews text (docs/decoder-experiment.sh); tests/cli/test_decoder_methods_cli.py "
         "trains a prefix on a tiny GPT-2 and Llama",
+    "adapt train --task lm --data-dir decoder-experiment/reviews --model decoder-experiment/smollm2-135m --config "
+    "'prefix_tuning[prefix_length=10]' --name reviews_prefix --run-dir decoder-experiment/runs/prefix epochs=2 "
+    "learning_rate=1e-3 batch_size=8 max_length=64":
+        "needs SmolLM2 and the reviews text made by docs/decoder-experiment.sh (27 minutes of training); "
+        "tests/cli/test_decoder_methods_cli.py trains a prefix on a tiny GPT-2 and Llama",
+    "adapt infer -m decoder-experiment/smollm2-135m -a decoder-experiment/runs/prefix/best --generate 'this film is' "
+    "'the acting' 'a movie that' --max-new-tokens 20":
+        "needs the SmolLM2 prefix trained above; tests/cli/test_decoder_methods_cli.py generates with a prefix",
     "adapt add unipelt -m ./smollm2 --save ./unipelt":
-        "needs SmolLM2 (docs/decoder-experiment.sh); tests/cli/test_decoder_prefix_cli.py adds UniPELT to a tiny "
+        "needs SmolLM2 (docs/decoder-experiment.sh); tests/cli/test_decoder_methods_cli.py adds UniPELT to a tiny "
         "Llama and GPT-2",
     # Multi-label and tagging (docs/labels.md): the templated toy-ner/ and toy-topics/ sets are written by
     # docs/labels-example.sh, which runs these steps; tests/cli/test_label_heads_cli.py runs them on a tiny model
