@@ -209,6 +209,7 @@ def generate_texts(model: Any, tokenizer: Any, prompts: list[str], composition: 
             cut = _prompt_cuts(tokenizer, chunk, start, max_length, sampling.max_new_tokens, limit)
             enc = tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
             _start_empty_rows(enc, tokenizer)
+            _check_reft_prompts(model, block, enc["attention_mask"], start)
             out = generate(model, enc["input_ids"].to(device), enc["attention_mask"].to(device), block, heads,
                            sampling, tokenizer.eos_token_id, tokenizer.pad_token_id or 0,
                            stopped if sampling.stop else None, first_prompt=start)
@@ -239,6 +240,22 @@ def _prompt_cuts(tokenizer: Any, chunk: list[str], start: int, max_length: int, 
                              f"that is more than the {limit} positions this model takes; lower max_new_tokens or "
                              f"max_length")
     return [max(0, n - max_length) for n in lengths]
+
+
+def _check_reft_prompts(model: Any, block: Any, mask: torch.Tensor, start: int) -> None:
+    """A ReFT adapter edits each prompt's first and last tokens: a prompt shorter than either is one line that
+    names it (counted from 1 across batches, as the other prompt errors), before any step."""
+    first = block.leaves()[0] if block is not None else None
+    if first is None or first not in model.adapters or model.adapters[first].config.architecture != "reft":
+        return
+    config = model.adapters[first].config
+    lengths = mask.sum(-1).tolist()
+    short = [i for i, n in enumerate(lengths) if n < max(config.prefix_positions, config.suffix_positions)]
+    if short:
+        i = short[0]
+        raise UsageError(f"prompt {start + i + 1} has {lengths[i]} tokens, but ReFT adapter {first!r} edits the "
+                         f"first {config.prefix_positions} and the last {config.suffix_positions} tokens of each "
+                         "prompt; give a longer prompt or lower prefix_positions/suffix_positions")
 
 
 def _start_empty_rows(enc: Any, tokenizer: Any) -> None:

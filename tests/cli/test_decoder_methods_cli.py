@@ -153,3 +153,16 @@ def test_compile_with_perplexity_scoring_is_refused(world) -> None:
     result = runner.invoke(app, ["infer", "-m", world["gpt2"], "--task", "lm", "--data-dir", world["text"],
                                  "--compile"])
     assert "scores perplexity eagerly; --compile applies to predictions" in one_line_error(result, 2)
+
+
+def test_a_prompt_shorter_than_a_reft_adapters_positions_is_named(world, tmp_path) -> None:
+    """Found in review: the error named a row of the batch, counted from 0; it now names the prompt."""
+    from conftest import one_line_error
+
+    saved = tmp_path / "r"
+    made = runner.invoke(app, ["add", "loreft[prefix_positions=3,suffix_positions=2]", "-m", world["gpt2"],
+                               "--save", str(saved)])
+    assert made.exit_code == 0, made.stderr
+    result = runner.invoke(app, ["infer", "-m", world["gpt2"], "-a", str(saved), "--generate", "the cat sat",
+                                 "a dog ran", "ab", "the park", "--batch-size", "2", "--max-new-tokens", "2"])
+    assert "prompt 3 has 2 tokens, but ReFT adapter" in one_line_error(result, 2)
