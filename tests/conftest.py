@@ -158,6 +158,27 @@ def write_sentiment_task(root: Path, n_train: int = 96, n_eval: int = 48, seed: 
     return root / "task.yaml"
 
 
+def assert_resume_after_sigkill_is_exact(runner, app, args: list[str], tmp_path: Path, step: int = 5) -> None:
+    """Train ``args`` (``adapt train`` options, no --run-dir) whole, and once more killed by SIGKILL at ``step``
+    then resumed: the best metrics and every trainable tensor must be equal."""
+    import json
+    import subprocess
+    import sys
+
+    killer = [sys.executable, str(ROOT / "tests" / "kill_at_step.py"), str(step), "train"]
+    killed = subprocess.Popen(killer + args + ["--run-dir", str(tmp_path / "killed")], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    whole = runner.invoke(app, ["train", *args, "--run-dir", str(tmp_path / "whole")])
+    assert whole.exit_code == 0, whole.stderr
+    assert killed.wait() == -9
+    resumed = runner.invoke(app, ["train", "--resume", "--run-dir", str(tmp_path / "killed"), "--quiet"])
+    assert resumed.exit_code == 0, resumed.stderr
+    runs = [(json.loads((tmp_path / n / "final_metrics.json").read_text())["best"],
+             torch.load(tmp_path / n / "checkpoint.pt", weights_only=True)["trainable"]) for n in ("whole", "killed")]
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
+
+
 def one_line_error(result, code: int = 2) -> str:
     """A CLI result that failed with exactly one 'error: ...' line on stderr and nothing on stdout."""
     assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)

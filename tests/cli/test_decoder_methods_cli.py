@@ -169,24 +169,8 @@ def test_a_prompt_shorter_than_a_reft_adapters_positions_is_named(world, tmp_pat
 
 
 def test_a_unipelt_run_resumed_after_sigkill_equals_the_whole_run(world, tmp_path) -> None:
-    import subprocess
-    import sys
-
-    import torch
-
-    from conftest import ROOT
+    from conftest import assert_resume_after_sigkill_is_exact
 
     args = ["--task", "lm", "--data-dir", world["text"], "--model", world["llama"], "--config", "unipelt",
             "--quiet", "--no-cache", *FAST, "save_every_steps=2"]
-    killer = [sys.executable, str(ROOT / "tests" / "kill_at_step.py"), "5", "train"]
-    killed = subprocess.Popen(killer + args + ["--run-dir", str(tmp_path / "killed")], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    whole = runner.invoke(app, ["train", *args, "--run-dir", str(tmp_path / "whole")])
-    assert whole.exit_code == 0, whole.stderr
-    assert killed.wait() == -9
-    resumed = runner.invoke(app, ["train", "--resume", "--run-dir", str(tmp_path / "killed"), "--quiet"])
-    assert resumed.exit_code == 0, resumed.stderr
-    runs = [(json.loads((tmp_path / n / "final_metrics.json").read_text())["best"],
-             torch.load(tmp_path / n / "checkpoint.pt", weights_only=True)["trainable"]) for n in ("whole", "killed")]
-    assert runs[0][0] == runs[1][0]
-    assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
+    assert_resume_after_sigkill_is_exact(runner, app, args, tmp_path)

@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from adapter_cli.cli import app
-from conftest import ROOT, one_line_error, save_tiny_decoder, save_tiny_model
+from conftest import assert_resume_after_sigkill_is_exact, one_line_error, save_tiny_decoder, save_tiny_model
 
 runner = CliRunner()
 FAST = ["epochs=2", "batch_size=4", "max_length=32", "learning_rate=1e-2", "save_every_steps=2",
@@ -103,21 +100,7 @@ def test_the_run_is_cached_under_the_decoder(world) -> None:
 
 def test_resume_after_a_kill_reaches_the_same_result(world, tmp_path) -> None:
     args = ["--task", "lm", "--data-dir", world["text"], "--model", world["gpt2"], "--quiet", "--no-cache", *FAST]
-    killer = [sys.executable, str(ROOT / "tests" / "kill_at_step.py"), "5", "train"]
-    killed = subprocess.Popen(killer + args + ["--run-dir", str(tmp_path / "killed")], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    whole = runner.invoke(app, ["train", *args, "--run-dir", str(tmp_path / "whole")])
-    assert whole.exit_code == 0, whole.stderr
-    assert killed.wait() == -9
-    resumed = runner.invoke(app, ["train", "--resume", "--run-dir", str(tmp_path / "killed"), "--quiet"])
-    assert resumed.exit_code == 0, resumed.stderr
-    runs = []
-    for name in ("whole", "killed"):
-        run = tmp_path / name
-        runs.append((json.loads((run / "final_metrics.json").read_text())["best"],
-                     torch.load(run / "checkpoint.pt", weights_only=True)["trainable"]))
-    assert runs[0][0] == runs[1][0]
-    assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
+    assert_resume_after_sigkill_is_exact(runner, app, args, tmp_path)
 
 
 @pytest.mark.parametrize("model, args, message", [
