@@ -97,6 +97,7 @@ INLINE_FRAGMENTS = {
     "adapt infer --generate": "names the --generate option (README, docs/decoders.md)",
     "adapt add --head": "names the --head option of adapt add in a table (docs/labels.md)",
     "adapt add --json": "names the --json option of adapt add in a sentence (docs/decoders.md)",
+    "adapt extract --flat": "names the --flat option of adapt extract in a sentence (docs/decoders.md)",
     "adapt infer --generate --batch-size 1": "names two options of adapt infer in a sentence (docs/decoders.md)",
     "adapt add --head image_classification:N": "names a --head form in a sentence (docs/vision.md)",
     "adapt infer --task": "names the --task option of adapt infer in a sentence (docs/labels.md)",
