@@ -245,10 +245,10 @@ def _prompt_cuts(tokenizer: Any, chunk: list[str], start: int, max_length: int, 
 def _check_reft_prompts(model: Any, block: Any, mask: torch.Tensor, start: int) -> None:
     """A ReFT adapter edits each prompt's first and last tokens: a prompt shorter than either is one line that
     names it (counted from 1 across batches, as the other prompt errors), before any step."""
-    first = block.leaves()[0] if block is not None else None
-    if first is None or first not in model.adapters or model.adapters[first].config.architecture != "reft":
+    running = model.running_reft(block)
+    if running is None:
         return
-    config = model.adapters[first].config
+    first, config = running
     lengths = mask.sum(-1).tolist()
     short = [i for i, n in enumerate(lengths) if n < max(config.prefix_positions, config.suffix_positions)]
     if short:

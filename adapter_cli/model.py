@@ -706,14 +706,19 @@ class AdapterModel(nn.Module):
         return not self._prefix_sites.gated(leaves) and not any(
             self.adapters[n].config.architecture == "reft" for n in leaves if n in self.adapters)
 
-    def reft_suffix(self, block: Block | None) -> tuple[str, int] | None:
-        """The ReFT adapter that runs under ``block`` (its first adapter, if a ReFT one) and how many of each
-        row's last tokens it edits; None where none runs or it edits no suffix."""
+    def running_reft(self, block: Block | None) -> tuple[str, Any] | None:
+        """The ReFT adapter that runs under ``block`` (its first adapter, if a ReFT one) and its config; None
+        where none runs. ReFT edits positions counted from each row's ends, so long inputs are checked against
+        it (``reft_suffix``, generation's prompt check)."""
         first = block.leaves()[0] if block is not None else None
         adapter = self.adapters[first] if first is not None and first in self.adapters else None
-        suffix = adapter.config.suffix_positions if adapter is not None and \
-            adapter.config.architecture == "reft" else 0
-        return (first, suffix) if suffix else None
+        return (first, adapter.config) if adapter is not None and adapter.config.architecture == "reft" else None
+
+    def reft_suffix(self, block: Block | None) -> tuple[str, int] | None:
+        """The running ReFT adapter and how many of each row's last tokens it edits; None where none runs or it
+        edits no suffix."""
+        running = self.running_reft(block)
+        return (running[0], running[1].suffix_positions) if running and running[1].suffix_positions else None
 
     def resolve_composition(self, composition: Any) -> Block | None:
         block = _parse(composition) if isinstance(composition, str) else parse_composition(composition)
