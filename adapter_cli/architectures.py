@@ -30,6 +30,9 @@ class SiteSpec:
     residual_kwarg: str  # ... or this keyword argument
     layer_norm: str  # the LayerNorm applied to h + x; "" in a pre-norm layer, which adds x itself
     adapterhub_path: str  # AdapterHub's module path for this site, for its weight names
+    # The layer attribute holding the probability of a dropout the layer applies to h as a function, with no
+    # module to hook (BART): the site takes it over (stitching.Site), so that adapters see h after it.
+    functional_dropout: str = ""
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,26 @@ class Architecture:
     refused_lora: tuple[str, ...] = ()
     # Whether PEFT's files for this family's LoRA-family adapters are read and written (not for Conv1D layers).
     peft: bool = True
+    # An encoder-decoder: the decoder's layer list (its layers are numbered after the encoder's, as AdapterHub
+    # numbers them, so ``leave_out`` and per-layer widths count on across both) and the config attribute with
+    # its depth; ``layers`` and ``num_layers_attr`` are the encoder's. Classification heads read each row's
+    # last end-of-sequence token in the decoder's states (AdapterHub's pooling for BART).
+    decoder_layers: str | None = None
+    decoder_layers_attr: str = "decoder_layers"
+
+    @property
+    def encoder_decoder(self) -> bool:
+        return self.decoder_layers is not None
+
+    def layer_path(self, layer: int, encoder_layers: int, hub: bool = False) -> str:
+        """The module path of (global) ``layer``: in an encoder-decoder the decoder's layers come after the
+        encoder's; ``hub``: as AdapterHub's weight names spell it."""
+        if self.decoder_layers is not None and layer >= encoder_layers:
+            return f"{self.decoder_layers}.{layer - encoder_layers}"
+        return f"{self.hub_layers if hub else self.layers}.{layer}"
+
+    def has_site(self, location: str) -> bool:
+        return any(s.location == location for s in self.sites)
 
     def linear(self, matrix: str) -> str:
         return dict(self.linears)[matrix]
@@ -238,6 +261,34 @@ ARCHITECTURES["vit"] = Architecture(
     adapterhub_linears=(("q", "attention.attention.query"), ("k", "attention.attention.key"),
                         ("v", "attention.attention.value"), ("intermediate", "intermediate.dense"),
                         ("output", "output.dense")))
+
+
+# BART's layers are post-norm like BERT's, with functional dropout; mBART's are pre-norm. Decoder layers add a
+# site after cross-attention, whose residual is the input of ``encoder_attn``. Only bottleneck adapters so far.
+def _bart_sites(pre_norm: bool) -> tuple[SiteSpec, ...]:
+    def site(location: str, attention: str, norm: str, path: str) -> SiteSpec:
+        if pre_norm:  # x + dropout(attention(norm(x))): x is the norm's input
+            return SiteSpec(location, attention, norm, 0, "input", "", path, "dropout")
+        return SiteSpec(location, attention, attention, 0, "hidden_states", norm, path, "dropout")
+
+    return (site("mh_adapter", "self_attn", "self_attn_layer_norm", "attention_adapters"),
+            site("cross_adapter", "encoder_attn", "encoder_attn_layer_norm", "cross_attention_adapters"),
+            SiteSpec("output_adapter", "fc2", "final_layer_norm" if pre_norm else "fc1", 0, "input",
+                     "" if pre_norm else "final_layer_norm", "output_adapters", "dropout"))
+
+
+def _bart_like(name: str, model_class: str, pre_norm: bool) -> Architecture:
+    return Architecture(name, "encoder.layers", _bart_sites(pre_norm), "model", model_class,
+                        num_layers_attr="encoder_layers", decoder_layers="decoder.layers",
+                        heads_attr="encoder_attention_heads", self_attention="self_attn",
+                        attention_dropout_attr="attention_dropout", hidden_dropout_attr="dropout",
+                        methods=("bottleneck",), segments=False,
+                        heads=("classification", "multilabel_classification", "seq2seq_lm"),
+                        embeddings="shared")
+
+
+ARCHITECTURES["bart"] = _bart_like("BART", "BartAdapterModel", pre_norm=False)
+ARCHITECTURES["mbart"] = _bart_like("mBART", "MBartAdapterModel", pre_norm=True)
 
 
 def architecture_for(model_type: str) -> Architecture:

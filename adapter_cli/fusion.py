@@ -173,14 +173,17 @@ class FusionSet(nn.Module):
     """
 
     def __init__(self, config: FusionConfig, adapters: list[str], locations: list[str], hidden_size: int,
-                 num_layers: int, attention_dropout: float, initializer_range: float = 0.02) -> None:
+                 num_layers: int, attention_dropout: float, initializer_range: float = 0.02,
+                 encoder_layers: int | None = None) -> None:
+        from .methods.bottleneck import location_layers
+
         super().__init__()
         self.config = config
         self.adapters = list(adapters)
         for loc in locations:
             self.add_module(loc, nn.ModuleDict({
                 str(i): FusionLayer(config, hidden_size, attention_dropout, initializer_range)
-                for i in range(num_layers)
+                for i in location_layers(loc, num_layers, encoder_layers)
             }))
         self.locations = list(locations)
 

@@ -41,12 +41,15 @@ class FusionConfig:
                 raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
         return cls(**values)
 
-    def weight_shapes(self, hidden_size: int, locations: list[str], num_layers: int) -> dict[str, tuple[int, ...]]:
+    def weight_shapes(self, hidden_size: int, locations: list[str], num_layers: int,
+                      encoder_layers: int | None = None) -> dict[str, tuple[int, ...]]:
         """Every weight's name and shape, from the configuration alone: what ``fusion.FusionSet`` holds (a
         layer in every layer of each placement; query and key with a bias, value without)."""
+        from .methods.bottleneck import location_layers
+
         h, out = hidden_size, {}
         for loc in locations:
-            for i in range(num_layers):
+            for i in location_layers(loc, num_layers, encoder_layers):
                 for part, bias in (("query", True), ("key", True), ("value", False)):
                     if getattr(self, part):
                         out[f"{loc}.{i}.{part}.weight"] = (h, h)

@@ -60,9 +60,10 @@ def choose_lm_head(model: Any, head: str | None, composition: Any, purpose: str 
     """The causal-LM head for ``purpose``: ``head`` if given, else the head named like the composition (an
     adapter saved with a causal-LM head of its own), else the model's own LM head (lm_head.py), never another
     adapter's head; or one line saying why there is none."""
-    if not model.arch.causal:
-        raise UsageError(f"{purpose} needs a decoder (GPT-2, Llama, Mistral, Qwen2); {model.config.model_type} models "
-                         "are encoders")
+    if not (model.arch.causal or model.arch.encoder_decoder):
+        raise UsageError(f"{purpose} needs a decoder (GPT-2, Llama, Mistral, Qwen2) or an encoder-decoder (BART, "
+                         f"mBART); {model.config.model_type} models are encoders")
+    wanted = "seq2seq_lm" if model.arch.encoder_decoder else "causal_lm"
     name = head
     if name is None:
         try:
@@ -74,9 +75,9 @@ def choose_lm_head(model: Any, head: str | None, composition: Any, purpose: str 
 
         return attach_own_head(model)
     kind = model.heads[name].config.head_type
-    if kind != "causal_lm":
+    if kind != wanted:
         hint = "score texts with it instead of generating" if purpose == "generation" else "score it on its task"
-        raise UsageError(f"head {name!r} is a {kind} head; {purpose} needs a causal_lm head: {hint}, or load an "
+        raise UsageError(f"head {name!r} is a {kind} head; {purpose} needs a {wanted} head: {hint}, or load an "
                          "adapter trained on an lm task")
     return name
 
@@ -134,12 +135,10 @@ def generate(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         raise UsageError(f"{len(heads)} heads for {rows} rows")
     parts = [(model.heads[name], i * (rows // len(heads)), rows // len(heads)) for i, name in enumerate(heads)]
     generators = _generators(sampling, [(first_prompt + row % prompts, row // prompts) for row in range(rows)])
-    mask = attention_mask.to(input_ids.device).long()
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cached = model.caches_exactly(block)
+    steps = (_EncoderDecoderSteps if model.arch.encoder_decoder else _DecoderSteps)(model, block, input_ids,
+                                                                                   attention_mask)
     inverse = model.head_inverse(block)  # an invertible adapter's reverse pass before the LM heads' output
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, active=block, head=None,
-                use_cache=cached)
+    out = steps.first()
     result = Generated(tokens=[[] for _ in range(rows)], finish=["length"] * rows)
     done = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
     for step in range(sampling.max_new_tokens):
@@ -152,16 +151,68 @@ def generate(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         _record(result, chosen.tolist(), done, eos_token_id, stopped)
         if bool(done.all()) or step == sampling.max_new_tokens - 1:
             break
-        mask = torch.cat([mask, (~done).long()[:, None]], dim=-1)
-        if cached:
-            positions = positions[:, -1:] + 1
-            out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=positions, active=block,
-                        head=None, use_cache=True, cache=out.cache)
-        else:
-            input_ids = torch.cat([input_ids, chosen[:, None]], dim=-1)
-            positions = torch.cat([positions, positions[:, -1:] + 1], dim=-1)
-            out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, active=block, head=None)
+        out = steps.next(chosen, done)
     return result
+
+
+class _DecoderSteps:
+    """A decoder's forward passes: the prompt, then each new token against the cache (or, where the cache
+    would not answer exactly, the whole sequence again), with positions counted from each row's first token."""
+
+    def __init__(self, model: Any, block: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        self.model, self.block, self.input_ids = model, block, input_ids
+        self.mask = attention_mask.to(input_ids.device).long()
+        self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        self.cached = model.caches_exactly(block)
+        self.cache: Any = None
+
+    def first(self) -> Any:
+        out = self.model(input_ids=self.input_ids, attention_mask=self.mask, position_ids=self.positions,
+                         active=self.block, head=None, use_cache=self.cached)
+        self.cache = out.cache
+        return out
+
+    def next(self, chosen: torch.Tensor, done: torch.Tensor) -> Any:
+        self.mask = torch.cat([self.mask, (~done).long()[:, None]], dim=-1)
+        if self.cached:
+            self.positions = self.positions[:, -1:] + 1
+            out = self.model(input_ids=chosen[:, None], attention_mask=self.mask, position_ids=self.positions,
+                             active=self.block, head=None, use_cache=True, cache=self.cache)
+            self.cache = out.cache
+            return out
+        self.input_ids = torch.cat([self.input_ids, chosen[:, None]], dim=-1)
+        self.positions = torch.cat([self.positions, self.positions[:, -1:] + 1], dim=-1)
+        return self.model(input_ids=self.input_ids, attention_mask=self.mask, position_ids=self.positions,
+                          active=self.block, head=None)
+
+
+class _EncoderDecoderSteps:
+    """An encoder-decoder's: the encoder reads the input once, with the decoder's start token; each new token
+    then runs through the decoder alone, against the encoder's output and the decoder's cache."""
+
+    def __init__(self, model: Any, block: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        self.model, self.block, self.input_ids = model, block, input_ids
+        self.mask = attention_mask.to(input_ids.device).long()
+        start = model.config.decoder_start_token_id
+        start = model.config.eos_token_id if start is None else start
+        self.start = torch.full((input_ids.shape[0], 1), int(start), dtype=torch.long, device=input_ids.device)
+        self.encoded: Any = None
+        self.cache: Any = None
+
+    def first(self) -> Any:
+        out = self.model(input_ids=self.input_ids, attention_mask=self.mask, decoder_input_ids=self.start,
+                         active=self.block, head=None, use_cache=True)
+        from transformers.modeling_outputs import BaseModelOutput
+
+        self.encoded, self.cache = BaseModelOutput(last_hidden_state=out.encoder_last_hidden_state), out.cache
+        return out
+
+    def next(self, chosen: torch.Tensor, _done: torch.Tensor) -> Any:
+        out = self.model(input_ids=None, attention_mask=self.mask, encoder_outputs=self.encoded,
+                         decoder_input_ids=chosen[:, None], active=self.block, head=None, use_cache=True,
+                         cache=self.cache)
+        self.cache = out.cache
+        return out
 
 
 def _record(result: Generated, chosen: list[int], done: torch.Tensor, eos_token_id: int | None,
@@ -193,11 +244,16 @@ def generate_texts(model: Any, tokenizer: Any, prompts: list[str], composition: 
         else choose_lm_head(model, head, block)
     limit = model.max_positions
     if limit is not None and sampling.max_new_tokens >= limit:
-        raise UsageError(f"max_new_tokens {sampling.max_new_tokens} leaves no room for a prompt in the "
-                         f"{limit} positions this model takes")
+        raise UsageError(f"max_new_tokens {sampling.max_new_tokens} leaves no room for a "
+                         f"{'start token' if model.arch.encoder_decoder else 'prompt'} in the {limit} positions "
+                         "this model takes")
     device = next(model.parameters()).device
     sides = tokenizer.padding_side, tokenizer.truncation_side
-    tokenizer.padding_side = tokenizer.truncation_side = "left"
+    # A decoder continues the end of its prompt; an encoder-decoder's encoder reads its input from the first
+    # position (absolute positions: padding on the left would move them) and its decoder starts afresh.
+    tokenizer.padding_side = tokenizer.truncation_side = "right" if model.arch.encoder_decoder else "left"
+    if model.arch.encoder_decoder:
+        limit = None  # the input and the new tokens each have the positions to themselves
 
     def stopped(_row: int, tokens: list[int]) -> bool:
         text = tokenizer.decode(tokens, skip_special_tokens=True)
@@ -230,8 +286,8 @@ def generate_texts(model: Any, tokenizer: Any, prompts: list[str], composition: 
 
 def _prompt_cuts(tokenizer: Any, chunk: list[str], start: int, max_length: int, max_new_tokens: int,
                  limit: int | None) -> list[int]:
-    """Per prompt, how many tokens cutting it to ``max_length`` leaves out (from its start); refused in one line
-    when what is kept and the new tokens do not fit the model's positions."""
+    """Per prompt, how many tokens cutting it to ``max_length`` leaves out (from its start; an encoder-decoder's
+    from its end); refused in one line when what is kept and the new tokens do not fit the model's positions."""
     lengths = [len(ids) for ids in tokenizer(chunk, truncation=False)["input_ids"]]
     for i, n in enumerate(lengths):
         kept = min(n, max_length)

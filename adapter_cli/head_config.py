@@ -11,13 +11,15 @@ from .errors import ConfigError, check_keys, suggest
 from .methods.activations import ACTIVATION_NAMES
 
 HEAD_TYPES = ("classification", "multilabel_classification", "tagging", "question_answering", "regression",
-              "multiple_choice", "masked_lm", "causal_lm")
+              "multiple_choice", "masked_lm", "causal_lm", "seq2seq_lm")
 # Heads whose outputs are named labels (``label2id``): one label per text, a set of labels per text (sigmoid
 # per label), or one label per word (tagging reads every token, not the first).
 LABELLED_HEADS = ("classification", "multilabel_classification", "tagging")
 # Language-model heads: a transform, then a decoder over the vocabulary (tied to the input word embeddings
 # where the model ties them), applied to every token.
-LM_HEADS = ("masked_lm", "causal_lm")
+# seq2seq_lm: an encoder-decoder's, over the decoder's states, each position scored against its own label (the
+# decoder's inputs are the labels shifted right).
+LM_HEADS = ("masked_lm", "causal_lm", "seq2seq_lm")
 # Keys only a language-model head has (AdapterHub's BertStyleMaskedLMHead and CausalLMHead): left out of
 # other heads' configs.
 MLM_KEYS = ("vocab_size", "embedding_size", "layer_norm")
@@ -86,7 +88,7 @@ class HeadConfig:
         if self.head_type not in LM_HEADS:
             if self.vocab_size is not None or self.embedding_size is not None or self.layer_norm:
                 raise ConfigError(f"vocab_size, embedding_size and layer_norm are keys of a language-model head "
-                                  f"(masked_lm, causal_lm), not of a {self.head_type} head")
+                                  f"(masked_lm, causal_lm, seq2seq_lm), not of a {self.head_type} head")
             return
         if self.vocab_size is None or not 1 <= self.vocab_size <= 10_000_000:
             raise ConfigError(f"a {self.head_type} head needs vocab_size (1 to 10000000), got {self.vocab_size!r}")

@@ -20,8 +20,8 @@ OWN_HEAD = "lm"  # the name the model's own head is added under
 _WEIGHT = "lm_head.weight"
 
 
-def own_head_config(vocab_size: int, hidden_size: int) -> HeadConfig:
-    return HeadConfig(head_type="causal_lm", num_labels=2, layers=1, activation_function=None, bias=False,
+def own_head_config(vocab_size: int, hidden_size: int, head_type: str = "causal_lm") -> HeadConfig:
+    return HeadConfig(head_type=head_type, num_labels=2, layers=1, activation_function=None, bias=False,
                       vocab_size=vocab_size, embedding_size=hidden_size)
 
 
@@ -67,10 +67,12 @@ def missing_head_message(label: str) -> str:
 
 
 def attach_own_head(model: Any, name: str = OWN_HEAD) -> str:
-    """Add the model's own LM head to ``model`` (an AdapterModel of a decoder) under ``name``."""
-    if not model.arch.causal:
+    """Add the model's own LM head to ``model`` (an AdapterModel of a decoder, or of an encoder-decoder: a
+    seq2seq_lm head tied to its word embeddings, as AdapterHub's) under ``name``."""
+    if not (model.arch.causal or model.arch.encoder_decoder):
         raise UsageError(f"{model.config.model_type} models are encoders and have no causal language-model head")
-    config = own_head_config(model.vocab_size, model.hidden_size)
+    config = own_head_config(model.vocab_size, model.hidden_size,
+                             "seq2seq_lm" if model.arch.encoder_decoder else "causal_lm")
     weight = None
     if not model.ties_lm_head(config):
         weight = own_decoder_weight(model.source, model.revision) if model.source else None

@@ -30,6 +30,7 @@ from .fusion_config import resolve_fusion_config
 from .head_config import HeadConfig
 from .heads import PredictionHead
 from .embedding_sites import EmbeddingSite
+from .methods.bottleneck import location_layers
 from .methods.bottleneck_layers import BottleneckAdapterSet
 from .linear_sites import LinearSite
 from .presets import resolve_adapter_config
@@ -57,6 +58,8 @@ class AdapterModelOutput(ModelOutput):
     # Per row, the position of its last attended token: what a decoder's classification head reads.
     last_token: torch.Tensor | None = None
     cache: Any = None  # a decoder's key/value cache, when called with use_cache=True (generation.py)
+    # An encoder-decoder's encoder output (``last_hidden_state`` is the decoder's), for generation to reuse.
+    encoder_last_hidden_state: torch.Tensor | None = None
 
 
 @lru_cache(maxsize=256)
@@ -193,7 +196,19 @@ class AdapterModel(nn.Module):
 
     @property
     def num_layers(self) -> int:
-        return int(getattr(self.config, self.arch.num_layers_attr))
+        """Layers with adapter sites: an encoder-decoder's encoder and decoder layers together."""
+        layers = int(getattr(self.config, self.arch.num_layers_attr))
+        if self.arch.encoder_decoder:
+            layers += int(getattr(self.config, self.arch.decoder_layers_attr))
+        return layers
+
+    @property
+    def encoder_layers(self) -> int | None:
+        """An encoder-decoder's encoder depth: its decoder's layers are numbered from here; None otherwise."""
+        return int(getattr(self.config, self.arch.num_layers_attr)) if self.arch.encoder_decoder else None
+
+    def _layer_module(self, layer: int) -> nn.Module:
+        return self.base.get_submodule(self.arch.layer_path(layer, self.encoder_layers or 0))
 
     @property
     def max_positions(self) -> int | None:
@@ -249,7 +264,8 @@ class AdapterModel(nn.Module):
     def base_info(self) -> BaseModelInfo:
         return BaseModelInfo(model_type=self.config.model_type, hidden_size=self.hidden_size,
                              name_or_path=self.name_or_path, revision=self.revision, num_layers=self.num_layers,
-                             fingerprint=getattr(self.config, "adapt_base_fingerprint", None))
+                             fingerprint=getattr(self.config, "adapt_base_fingerprint", None),
+                             encoder_layers=self.encoder_layers)
 
     def _dtype(self) -> torch.dtype:
         # The embeddings, not the linear layers: those may be stored in bf16 (cast_frozen_linears) while
@@ -277,8 +293,15 @@ class AdapterModel(nn.Module):
     def _site(self, location: str, layer: int) -> Site:
         key = (location, layer)
         if key not in self._sites:
-            layer_module = self.base.get_submodule(self.arch.layers)[layer]
-            self._sites[key] = Site(layer_module, layer, self.arch.site(location), self._context)
+            layer_module = self._layer_module(layer)
+            spec = self.arch.site(location)
+            # A layer's functional dropout (BART) is taken over by all its sites at once, or a sub-layer
+            # without a site would lose it.
+            specs = [s for s in self.arch.sites if layer in location_layers(s.location, self.num_layers,
+                                                                           self.encoder_layers)] \
+                if spec.functional_dropout else [spec]
+            for other in specs:
+                self._sites[(other.location, layer)] = Site(layer_module, layer, other, self._context)
         return self._sites[key]
 
     def _linear(self, matrix: str, layer: int) -> Any:
@@ -286,7 +309,7 @@ class AdapterModel(nn.Module):
         part of a fused projection (GPT-2)."""
         from .linear_views import LinearView, is_conv1d
 
-        module = self.base.get_submodule(self.arch.layers)[layer].get_submodule(self.arch.linear(matrix))
+        module = self._layer_module(layer).get_submodule(self.arch.linear(matrix))
         fused = self.arch.fused(matrix)
         if fused is None and not is_conv1d(module):
             return module
@@ -329,7 +352,11 @@ class AdapterModel(nn.Module):
 
             words = string_words(getattr(self.config, "_name_or_path", None), self.base.get_input_embeddings())
             return PromptAdapterSet(config, self.embedding_size, words if fresh else None)
-        return BottleneckAdapterSet(config, self.hidden_size, self.num_layers, self.embedding_size)
+        if getattr(config, "cross_adapter", False) and not self.arch.has_site("cross_adapter"):
+            raise UnsupportedModel(f"{what} has cross_adapter: true, but {self.arch.name} models have no "
+                                   "cross-attention (only encoder-decoders do); set cross_adapter to false")
+        return BottleneckAdapterSet(config, self.hidden_size, self.num_layers, self.embedding_size,
+                                    self.encoder_layers)
 
     # ------------------------------------------------------------------ adapters
     def add_adapter(self, name: str, config: Any = "pfeiffer", overrides: dict[str, Any] | None = None,
@@ -418,13 +445,16 @@ class AdapterModel(nn.Module):
                                     f"({base.name_or_path or 'unknown model'}), but this model has {mine.hidden_size}")
         if base.num_layers is not None and base.num_layers != mine.num_layers:
             raise BaseModelMismatch(f"{what} was made for {base.num_layers} layers, but this model has {mine.num_layers}")
+        if base.encoder_layers is not None and base.encoder_layers != mine.encoder_layers:
+            raise BaseModelMismatch(f"{what} was made for an encoder of {base.encoder_layers} layers, but this "
+                                    f"model's has {mine.encoder_layers}")
 
     def load_adapter(self, path: str | os.PathLike, name: str | None = None, with_head: bool = True,
                      overwrite: bool = False) -> str:
         """Load an adapter directory (ours or AdapterHub's); returns the name it is loaded under."""
         from .formats import has_head, read_adapter
 
-        artifact = read_adapter(_local_dir(path, "adapter"))
+        artifact = read_adapter(_local_dir(path, "adapter"), encoder_layers=self.encoder_layers)
         name = check_name(name or artifact.name)
         if name in self.adapters and not overwrite:
             raise UsageError(f"adapter {name!r} is already loaded; pass name= to load it under another name")
@@ -485,7 +515,7 @@ class AdapterModel(nn.Module):
         locations = common_locations({a: self.adapters[a].config for a in members})
         fusion = FusionSet(resolve_fusion_config(config), members, locations, self.hidden_size, self.num_layers,
                            float(getattr(self.config, self.arch.attention_dropout_attr, 0.0) or 0.0),
-                           float(getattr(self.config, "initializer_range", 0.02)))
+                           float(getattr(self.config, "initializer_range", 0.02)), self.encoder_layers)
         self._attach_fusion(name, fusion)
         return name
 
@@ -521,7 +551,7 @@ class AdapterModel(nn.Module):
         """Load a fusion directory; its member adapters must be loaded (under their saved names) first."""
         from .formats import read_fusion
 
-        artifact = read_fusion(_local_dir(path, "fusion"))
+        artifact = read_fusion(_local_dir(path, "fusion"), encoder_layers=self.encoder_layers)
         self.check_compatible(artifact.base, f"fusion {str(path)!r}")
         missing = [a for a in artifact.adapters if a not in self.adapters]
         if missing:
@@ -632,7 +662,7 @@ class AdapterModel(nn.Module):
         if self.ties_lm_head(config):
             embeddings = self.base.get_input_embeddings() if self.arch.tied_lm_head else None
             if not isinstance(embeddings, nn.Embedding) or tuple(embeddings.weight.shape) != (config.vocab_size, width):
-                kind = {"masked_lm": "masked-LM", "causal_lm": "causal-LM"}[config.head_type]
+                kind = {"masked_lm": "masked-LM", "causal_lm": "causal-LM", "seq2seq_lm": "seq2seq-LM"}[config.head_type]
                 raise UsageError(f"a {self.config.model_type} model cannot carry {kind} head {name!r}: its "
                                  f"decoder is tied to the input word embeddings, which this model does not expose "
                                  f"as a {config.vocab_size} x {width} matrix")
@@ -881,13 +911,10 @@ class AdapterModel(nn.Module):
             token_type_ids = None  # no segment embeddings (DistilBERT, decoders)
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
+        if self.arch.encoder_decoder:
+            kwargs = self._decoder_inputs(kwargs, labels, head_module)
         if self.arch.causal:
-            kwargs.setdefault("use_cache", False)  # a cache only where asked for (generation), not in training
-            if "position_ids" not in kwargs and attention_mask is not None and attention_mask.dim() == 2 \
-                    and bool((attention_mask[:, 0] == 0).any()):
-                # Left padding: positions count from each row's first token (GPT-2's absolute positions would
-                # otherwise move with the padding). Right padding keeps transformers' own, as AdapterHub does.
-                kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            _causal_inputs(kwargs, attention_mask)
         previous = self._context.set(setup)
         try:
             if self.arch.vision:
@@ -901,7 +928,11 @@ class AdapterModel(nn.Module):
                                     hidden_states=getattr(out, "hidden_states", None),
                                     attentions=getattr(out, "attentions", None),
                                     last_token=_last_tokens(out.last_hidden_state, attention_mask)
-                                    if self.arch.causal else None, cache=getattr(out, "cache", None))
+                                    if self.arch.causal else None,
+                                    cache=getattr(out, "cache", None),
+                                    encoder_last_hidden_state=getattr(out, "encoder_last_hidden_state", None))
+        if self.arch.encoder_decoder and input_ids is not None:
+            result.last_token = _last_eos(input_ids, self.config.eos_token_id)
         if head_name is None:
             return result
         branch = self._apply_head(head_name, result, labels, num_choices, setup)
@@ -917,7 +948,8 @@ class AdapterModel(nn.Module):
         if name is None:
             return out
         module = self.heads[name]
-        if module.config.head_type == "causal_lm":  # every position, through an invertible adapter's reverse pass
+        if module.config.head_type in ("causal_lm", "seq2seq_lm"):  # every position, through an invertible
+            # adapter's reverse pass
             out.logits, out.head = module.logits(hidden.last_hidden_state, self.head_inverse(setup)), name
             if labels is not None:
                 out.loss = module.loss(out.logits, labels)
@@ -946,13 +978,32 @@ class AdapterModel(nn.Module):
 
     def head_features(self, head: nn.Module, out: AdapterModelOutput) -> torch.Tensor:
         """What a classification-style head reads: the pooler output (``use_pooler``), else the first token's
-        final state, or in a decoder the last attended token's (AdapterHub's pooling for decoders)."""
+        final state, or in a decoder the last attended token's (AdapterHub's pooling for decoders), or in an
+        encoder-decoder the decoder's state at each row's last end-of-sequence token (AdapterHub's for BART)."""
         if head.config.use_pooler:
             return out.pooler_output
         states = out.last_hidden_state
+        if self.arch.encoder_decoder and (out.last_token is None or bool((out.last_token < 0).any())):
+            row = 1 + (int((out.last_token < 0).nonzero()[0]) if out.last_token is not None else 0)
+            raise UsageError(f"row {row} has no end-of-sequence token (id {self.config.eos_token_id}), where "
+                             f"{self.arch.name}'s classification heads read; encode texts with the model's "
+                             "tokenizer, which ends each with one")
         if out.last_token is None:
             return states[:, 0]
         return states[torch.arange(states.shape[0], device=states.device), out.last_token]
+
+    def _decoder_inputs(self, kwargs: dict[str, Any], labels: Any, head: nn.Module | None) -> dict[str, Any]:
+        """An encoder-decoder's decoder reads ``decoder_input_ids``: given, or for a seq2seq-LM head with labels
+        the labels shifted right after the decoder's start token (what it was trained to read); without either
+        transformers shifts ``input_ids`` the same way (what BART's classification heads read)."""
+        if labels is not None and head is not None and head.config.head_type == "seq2seq_lm" \
+                and kwargs.get("decoder_input_ids") is None:
+            start = self.config.decoder_start_token_id
+            shifted = labels.new_full(labels.shape, self.config.pad_token_id)
+            shifted[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, self.config.pad_token_id)
+            shifted[:, 0] = start if start is not None else self.config.eos_token_id
+            kwargs = {**kwargs, "decoder_input_ids": shifted}
+        return kwargs
 
     def _parallel(self, block: Any, input_ids: Any, attention_mask: Any, token_type_ids: Any, labels: Any,
                   head: Any, kwargs: dict[str, Any]) -> AdapterModelOutput:
@@ -963,16 +1014,17 @@ class AdapterModel(nn.Module):
         repeat = (lambda t: None if t is None else t.repeat(n, *([1] * (t.dim() - 1))))  # noqa: E731
         if "pixel_values" in kwargs:
             rows = kwargs["pixel_values"].shape[0]
-            kwargs = {**kwargs, "pixel_values": repeat(kwargs["pixel_values"])}
         else:
             rows = input_ids.shape[0]
+        kwargs = {k: repeat(v) if k in _PER_ROW else v for k, v in kwargs.items()}
         split = BatchSplit(block.children, sizes=(rows,) * n)
         names = self.heads_for(split) if head is _UNSET else [head] * n
         whole = self.forward(input_ids=repeat(input_ids), attention_mask=repeat(attention_mask),
                              token_type_ids=repeat(token_type_ids), active=split, head=None, **kwargs)
         branches = tuple(self._apply_head(name, _rows(whole, i * rows, (i + 1) * rows), labels, None, block)
                          for i, name in enumerate(names))
-        return AdapterModelOutput(last_hidden_state=whole.last_hidden_state, branches=branches)
+        return AdapterModelOutput(last_hidden_state=whole.last_hidden_state, branches=branches,
+                                  encoder_last_hidden_state=whole.encoder_last_hidden_state)
 
     # ------------------------------------------------------------------ summaries
     def summary(self) -> dict[str, Any]:
@@ -1012,6 +1064,28 @@ def _rows(out: AdapterModelOutput, start: int, stop: int) -> AdapterModelOutput:
     last = out.last_token[start:stop] if out.last_token is not None else None
     return AdapterModelOutput(last_hidden_state=out.last_hidden_state[start:stop], pooler_output=pooled,
                               last_token=last)
+
+
+def _causal_inputs(kwargs: dict[str, Any], attention_mask: torch.Tensor | None) -> None:
+    """A decoder's: a cache only where asked for (generation), not in training; under left padding, positions
+    counted from each row's first token (GPT-2's absolute positions would otherwise move with the padding).
+    Right padding keeps transformers' own, as AdapterHub does."""
+    kwargs.setdefault("use_cache", False)
+    if "position_ids" not in kwargs and attention_mask is not None and attention_mask.dim() == 2 \
+            and bool((attention_mask[:, 0] == 0).any()):
+        kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+# Inputs besides input_ids with one row per example, which parallel(...) replicates with the batch.
+_PER_ROW = ("pixel_values", "decoder_input_ids", "decoder_attention_mask")
+
+
+def _last_eos(input_ids: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
+    """Per row, the position of its last end-of-sequence token; -1 in a row without one."""
+    if eos_token_id is None:
+        return torch.full(input_ids.shape[:1], -1, dtype=torch.long, device=input_ids.device)
+    positions = torch.arange(input_ids.shape[-1], device=input_ids.device)
+    return torch.where(input_ids == eos_token_id, positions, -1).amax(-1)
 
 
 def _last_tokens(states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

@@ -110,6 +110,22 @@ class _State:
 _NOTHING_ADDED = 0.0
 
 
+def _replaced(output: Any, first: torch.Tensor) -> Any:
+    """A module's output with its first tensor replaced."""
+    return (first,) + tuple(output[1:]) if isinstance(output, tuple) else first
+
+
+def _take_over_dropout(layer: nn.Module, attribute: str) -> nn.Module | None:
+    """Set the layer's functional dropout to 0 and keep its probability in ``_adapt_dropout``, for its sites to
+    apply before their adapters (once per layer: every site of the layer then applies it); None without one."""
+    if not attribute:
+        return None
+    if not hasattr(layer, "_adapt_dropout"):
+        layer._adapt_dropout = float(getattr(layer, attribute) or 0.0)
+        setattr(layer, attribute, 0.0)
+    return layer
+
+
 def _submodule(root: nn.Module, path: str) -> nn.Module:
     return root.get_submodule(path) if path else root
 
@@ -134,6 +150,7 @@ class Site:
             raise UsageError("this transformers model already has adapters stitched in by another AdapterModel; "
                              "load a fresh copy of the base model")
         self._residual_arg, self._residual_kwarg = spec.residual_arg, spec.residual_kwarg
+        self._dropout_layer = _take_over_dropout(layer_module, spec.functional_dropout)
         # Bound methods, not closures: copy.deepcopy rebinds them to the copied site.
         self._handles = [
             _submodule(layer_module, spec.residual_module).register_forward_pre_hook(self._keep_residual,
@@ -153,10 +170,19 @@ class Site:
             x = kwargs[self._residual_kwarg] if self._residual_kwarg in kwargs else args[self._residual_arg]
             self.context.captures.setdefault(id(self), [None, None])[1] = x
 
-    def _keep_output(self, _module: nn.Module, _args: tuple, output: Any) -> None:
+    def _keep_output(self, _module: nn.Module, _args: tuple, output: Any) -> Any:
+        h = output[0] if isinstance(output, tuple) else output
+        dropped = self._dropout(h)
         if self.context.setup is not None:
-            h = output[0] if isinstance(output, tuple) else output
-            self.context.captures.setdefault(id(self), [None, None])[0] = h
+            self.context.captures.setdefault(id(self), [None, None])[0] = dropped
+        return None if dropped is h else _replaced(output, dropped)
+
+    def _dropout(self, h: torch.Tensor) -> torch.Tensor:
+        """The layer's functional dropout after the sub-layer, which this site applies in its place (BART)."""
+        layer = self._dropout_layer
+        if layer is None or not layer.training or not layer._adapt_dropout:
+            return h
+        return nn.functional.dropout(h, p=layer._adapt_dropout, training=True)
 
     # ------------------------------------------------------------------ forward
     def _layer_norm_forward(self, summed: torch.Tensor) -> torch.Tensor:
@@ -167,11 +193,12 @@ class Site:
     def _adapt_output(self, _module: nn.Module, _args: tuple, output: Any) -> Any:
         """Pre-norm: the sub-layer's output replaced by what the layer adds x to (None: unchanged)."""
         _, x = self.context.captures.pop(id(self), (None, None))
-        h = output[0] if isinstance(output, tuple) else output
+        raw = output[0] if isinstance(output, tuple) else output
+        h = self._dropout(raw)
         out = self._compute(h, x)
         if out is None:
-            return None
-        return (out,) + tuple(output[1:]) if isinstance(output, tuple) else out
+            return None if h is raw else _replaced(output, h)
+        return _replaced(output, out)
 
     def _compute(self, h: torch.Tensor | None, x: torch.Tensor | None) -> torch.Tensor | None:
         """The site's output under the active composition; None where the plain sub-layer's stands."""

@@ -24,6 +24,10 @@ def tiny_config(model_type: str = "bert", **overrides):
     common = dict(vocab_size=100, max_position_embeddings=64)
     if model_type == "distilbert":
         kw = dict(dim=32, n_layers=2, n_heads=4, hidden_dim=64, **common)
+    elif model_type in ("bart", "mbart"):  # 2 encoder + 2 decoder layers; ids as save_tiny_model's tokenizer's
+        kw = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                  decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, pad_token_id=0, bos_token_id=2,
+                  eos_token_id=3, decoder_start_token_id=3, forced_eos_token_id=None, **common)
     else:
         kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                   type_vocab_size=2, **common)

@@ -46,7 +46,8 @@ def add(
     save: Path = typer.Option(None, "--save", help="Save the initialised adapter to this directory (needs --model)."),
     head: str = typer.Option(None, "--head", help="Also add a head saved with the adapter: classification:N, "
                              "multilabel:N, tagging:N, qa (extractive question answering), regression, "
-                             "multiple_choice:N (N labels / choices), causal_lm (a decoder's own LM head) or "
+                             "multiple_choice:N (N labels / choices), causal_lm (a decoder's own LM head), "
+                             "seq2seq_lm (an encoder-decoder's: BART, mBART) or "
                              "image_classification:N (ViT: AdapterHub's image head, one layer)."),
     fmt: str = typer.Option("adapt", "--format", help="Format for --save: adapt, adapterhub or peft (LoRA, (IA)³ and DoRA)."),
     dtype: str = typer.Option("float32", "--dtype", help="Weight precision for --save: float32, float16, bfloat16."),
@@ -145,6 +146,9 @@ def _count(adapter_config: Any, shape: tuple[int | None, int | None, int | None]
         if not 1 <= value <= top:
             raise UsageError(f"{flag} must be from 1 to {top}, got {value}")
     result.update(hidden_size=hidden_size, num_layers=num_layers, base_model=None, base_parameters=None)
+    if getattr(adapter_config, "cross_adapter", False):  # its layers are the decoder's, which the counts lack
+        raise UsageError("a cross-attention adapter sits in an encoder-decoder's decoder layers only: give --model "
+                         "to count it")
     if adapter_config.architecture != "lora":
         counts: dict[str, Any] = adapter_config.parameter_count(hidden_size, num_layers)
         return counts
@@ -170,8 +174,10 @@ def _build(model: str, adapter_name: str, adapter_config: Any, head: str | None,
         inner = m.intermediate_size
         result["intermediate_size"] = inner
         counts: dict[str, Any] = adapter_config.parameter_count(m.hidden_size, m.num_layers, inner, m.linear_shapes)
-    elif adapter_config.architecture in ("bottleneck", "prompt_tuning"):  # invertible adapters, prompts: as wide
-        # as the embeddings
+    elif adapter_config.architecture == "bottleneck":  # invertible adapters: as wide as the embeddings
+        counts = adapter_config.parameter_count(m.hidden_size, m.num_layers, embedding_size=m.embedding_size,
+                                                encoder_layers=m.encoder_layers)
+    elif adapter_config.architecture == "prompt_tuning":  # prompts: as wide as the embeddings
         counts = adapter_config.parameter_count(m.hidden_size, m.num_layers, embedding_size=m.embedding_size)
     elif adapter_config.architecture == "union":
         counts = adapter_config.parameter_count(m.hidden_size, m.num_layers, m.intermediate_size, m.linear_shapes,
@@ -185,7 +191,7 @@ def _build(model: str, adapter_name: str, adapter_config: Any, head: str | None,
     base_params = sum(p.numel() for p in m.base.parameters())
     result.update(hidden_size=m.hidden_size, num_layers=m.num_layers, base_model=m.base_info.to_dict(),
                   base_parameters=base_params)
-    if head == "causal_lm":  # the model's own LM head: tied to its embeddings, or its checkpoint's lm_head
+    if head in ("causal_lm", "seq2seq_lm"):  # the model's own LM head: tied to its embeddings, or its lm_head
         from ..lm_head import attach_own_head
 
         attach_own_head(m, adapter_name)
@@ -226,7 +232,7 @@ def _head_spec(text: str) -> dict[str, Any]:
     from ..head_config import MAX_OUTPUTS
 
     kind, colon, count = text.partition(":")
-    if kind == "causal_lm" and not colon:
+    if kind in ("causal_lm", "seq2seq_lm") and not colon:
         return {"head_type": kind}  # built from the model itself (lm_head.attach_own_head)
     if kind == "image_classification":  # AdapterHub's image head: a classification head, one layer by default
         try:
@@ -237,7 +243,7 @@ def _head_spec(text: str) -> dict[str, Any]:
     if kind not in ("classification", "multilabel_classification", "tagging", "question_answering", "regression",
                     "multiple_choice"):
         raise UsageError(f"unknown head type {kind!r}; use classification:N, multilabel:N, tagging:N, qa, regression, "
-                         "multiple_choice:N, causal_lm or (for ViT) image_classification:N")
+                         "multiple_choice:N, causal_lm, seq2seq_lm or (for ViT) image_classification:N")
     if kind in ("regression", "question_answering"):
         if colon:
             raise UsageError(f"--head {text!r}: a {kind} head has fixed outputs and takes no count; use "

@@ -44,18 +44,21 @@ def detect(path: Path, kind: str) -> str:
     raise ArtifactError(f"{path} is not {article} {kind} directory: {names} is missing")
 
 
-def read_adapter(path: Path | str, shapes_only: bool = False) -> AdapterArtifact:
-    """An adapter directory in any format; ``shapes_only``: ``TensorInfo`` weights, no torch for safetensors."""
+def read_adapter(path: Path | str, shapes_only: bool = False, encoder_layers: int | None = None) -> AdapterArtifact:
+    """An adapter directory in any format; ``shapes_only``: ``TensorInfo`` weights, no torch for safetensors.
+    ``encoder_layers``: the depth of the encoder-decoder it is for, which AdapterHub's files do not record."""
     path = Path(path)
-    reader = {"adapt": native.read_adapter, "peft": peft.read_adapter,
-              "adapterhub": adapterhub.read_adapter}[detect(path, "adapter")]
-    return reader(path, shapes_only=shapes_only)
+    found = detect(path, "adapter")
+    if found == "adapterhub":
+        return adapterhub.read_adapter(path, shapes_only=shapes_only, encoder_layers=encoder_layers)
+    return {"adapt": native.read_adapter, "peft": peft.read_adapter}[found](path, shapes_only=shapes_only)
 
 
-def read_fusion(path: Path | str, shapes_only: bool = False) -> FusionArtifact:
+def read_fusion(path: Path | str, shapes_only: bool = False, encoder_layers: int | None = None) -> FusionArtifact:
     path = Path(path)
-    reader = native.read_fusion if detect(path, "fusion") == "adapt" else adapterhub.read_fusion
-    return reader(path, shapes_only=shapes_only)
+    if detect(path, "fusion") == "adapt":
+        return native.read_fusion(path, shapes_only=shapes_only)
+    return adapterhub.read_fusion(path, shapes_only=shapes_only, encoder_layers=encoder_layers)
 
 
 def read_head(path: Path | str, shapes_only: bool = False) -> HeadArtifact:
@@ -113,12 +116,12 @@ def check_weight_shapes(artifact: AdapterArtifact | FusionArtifact | HeadArtifac
         from ..methods.invertible import embedding_size_of  # no format records ELECTRA's narrower embeddings
 
         expected = artifact.config.weight_shapes(base.hidden_size, layers(artifact.config.leave_out),
-                                                 embedding_size_of(weights))
+                                                 embedding_size_of(weights), base.encoder_layers)
     elif isinstance(artifact, AdapterArtifact):
         expected = artifact.config.weight_shapes(base.hidden_size, layers(artifact.config.leave_out))
     else:
         locations = [loc for loc in LOCATIONS if any(k.startswith(f"{loc}.") for k in weights)]
-        expected = artifact.config.weight_shapes(base.hidden_size, locations, layers())
+        expected = artifact.config.weight_shapes(base.hidden_size, locations, layers(), base.encoder_layers)
     check_shapes(weights, expected, artifact.path or "the artifact")
 
 

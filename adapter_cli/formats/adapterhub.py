@@ -48,10 +48,8 @@ BN_DEFAULTS: dict[str, Any] = {
     "original_ln_before": False, "original_ln_after": True, "residual_before_ln": True,
     "adapter_residual_before_ln": False, "ln_before": False, "ln_after": False, "init_weights": "bert",
     "init_weights_seed": None, "is_parallel": False, "scaling": 1.0, "use_gating": False, "leave_out": [],
-    "dropout": 0.0, "stochastic_depth": 0.0,
+    "dropout": 0.0, "stochastic_depth": 0.0, "cross_adapter": False,
 }
-# Fields of AdapterHub's config that this tool does not implement, with the values meaning "off".
-UNSUPPORTED_AT: dict[str, Any] = {"cross_adapter": False}
 # AdapterHub's Compacter (PHM) fields, for configs written before they existed (they map onto ours by name).
 PHM_DEFAULTS: dict[str, Any] = {
     "phm_layer": False, "phm_dim": 4, "factorized_phm_W": True, "shared_W_phm": False, "shared_phm_rule": True,
@@ -105,10 +103,6 @@ def config_from_adapterhub(raw: dict[str, Any], source: str) -> Any:
         raise ConfigError(f"{source}: AdapterHub method {arch!r} is not supported; bottleneck and LoRA-family "
                           "(lora, ia3, dora, vera) adapters are")
     _legacy_invertible(raw, source)
-    if any(raw.get(k, off) != off for k, off in UNSUPPORTED_AT.items()):
-        raise ConfigError(f"{source}: cross-attention adapters are not supported by adapt")
-    for key in UNSUPPORTED_AT:
-        raw.pop(key, None)
     if raw.get("inv_adapter") is None:
         raw.pop("inv_adapter_reduction_factor", None)  # a factor without an invertible layer: AdapterHub ignores it
     values = {**BN_DEFAULTS, **PHM_DEFAULTS, **raw}
@@ -154,7 +148,6 @@ def config_to_adapterhub(config: Any, hidden_size: int, num_layers: int) -> dict
             out["reduction_factor"] = {str(i): factor(config.width(i, hidden_size)) for i in config.layers(num_layers)}
         else:
             out["reduction_factor"] = factor(int(size))
-    out.update(UNSUPPORTED_AT)
     return out
 
 
@@ -165,10 +158,43 @@ _ADAPTER_PARAMS = {  # AdapterHub's module names -> ours, given ln_before
 
 
 def _site_patterns(arch: Architecture, kind: str) -> list[tuple[str, re.Pattern[str]]]:
+    """Per site, the pattern of its weight names: groups ``layer`` (an encoder-decoder's decoder layers as
+    ``d<index in the decoder>``, numbered by ``number_decoder_layers``), ``name`` and ``param``."""
     block = "adapters" if kind == "adapter" else "adapter_fusion_layer"
+    stacks = rf"{re.escape(arch.hub_layers)}\.(?P<enc>\d+)"
+    if arch.decoder_layers is not None:
+        stacks = rf"(?:{stacks}|{re.escape(arch.decoder_layers)}\.(?P<dec>\d+))"
     return [(spec.location, re.compile(
-        rf"^(?:{re.escape(arch.adapterhub_prefix)}\.)?{re.escape(arch.hub_layers)}\.(\d+)\."
-        rf"{re.escape(spec.adapterhub_path)}\.{block}\.([^.]+)\.(.+)$")) for spec in arch.sites]
+        rf"^(?:{re.escape(arch.adapterhub_prefix)}\.)?{stacks}\."
+        rf"{re.escape(spec.adapterhub_path)}\.{block}\.(?P<name>[^.]+)\.(?P<param>.+)$")) for spec in arch.sites]
+
+
+def _layer(m: re.Match[str]) -> str:
+    return m["enc"] if m["enc"] is not None else f"d{m['dec']}"
+
+
+def number_decoder_layers(weights: dict[str, Any], encoder_layers: int | None, leave_out: tuple[int, ...] = ()
+                          ) -> tuple[dict[str, Any], int | None]:
+    """AdapterHub names a decoder layer by its index in the decoder and numbers it after the encoder's layers
+    elsewhere (``leave_out``): keys ``<location>.d<i>.<param>`` become ``<location>.<encoder_layers + i>.<param>``.
+    A model passes its own encoder depth; without one (``adapt inspect``) it is the least the weights allow:
+    above every encoder layer they name, with no decoder layer they name falling on a left-out number."""
+    decoder = {k for k in weights if re.fullmatch(r"d\d+", k.split(".")[1])}
+    if not decoder:
+        return weights, encoder_layers
+    if encoder_layers is None:
+        named = [int(k.split(".")[1]) for k in weights if k.split(".")[1].isdigit()]
+        used = {int(k.split(".")[1][1:]) for k in decoder}
+        encoder_layers = max(named, default=-1) + 1
+        while any(encoder_layers + i in leave_out for i in used):
+            encoder_layers += 1
+    out = {}
+    for key, tensor in weights.items():
+        if key in decoder:
+            location, layer, param = key.split(".", 2)
+            key = f"{location}.{encoder_layers + int(layer[1:])}.{param}"
+        out[key] = tensor
+    return out, encoder_layers
 
 
 def _legacy(key: str) -> str:
@@ -202,7 +228,7 @@ def adapter_weights_from_adapterhub(raw: dict[str, Any], arch: Architecture, ln_
                 break
         else:
             raise ArtifactError(f"{source}: unexpected weight {key!r}")
-        layer, name, param = m.groups()
+        layer, name, param = _layer(m), m["name"], m["param"]
         names.add(name)
         module, _, leaf = param.partition(".")
         if module == "adapter_down":
@@ -217,7 +243,7 @@ def adapter_weights_from_adapterhub(raw: dict[str, Any], arch: Architecture, ln_
 
 
 def adapter_weights_to_adapterhub(weights: dict[str, torch.Tensor], arch: Architecture, name: str,
-                                  ln_before: bool) -> dict[str, torch.Tensor]:
+                                  ln_before: bool, encoder_layers: int | None = None) -> dict[str, torch.Tensor]:
     reverse = {v: k for k, v in _ADAPTER_PARAMS.items()}
     out = {}
     for key, tensor in weights.items():
@@ -229,7 +255,8 @@ def adapter_weights_to_adapterhub(weights: dict[str, torch.Tensor], arch: Archit
             continue
         location, layer, param = key.split(".", 2)
         module, _, leaf = param.partition(".")
-        prefix = f"{arch.adapterhub_prefix}.{arch.hub_layers}.{layer}.{arch.site(location).adapterhub_path}.adapters.{name}."
+        layer_path = arch.layer_path(int(layer), encoder_layers or 0, hub=True)
+        prefix = f"{arch.adapterhub_prefix}.{layer_path}.{arch.site(location).adapterhub_path}.adapters.{name}."
         if module == "down":
             ah = [f"adapter_down.{1 if ln_before else 0}.{leaf}"]
         elif module == "norm_before":  # registered twice in AdapterHub's module tree
@@ -241,7 +268,9 @@ def adapter_weights_to_adapterhub(weights: dict[str, torch.Tensor], arch: Archit
     return out
 
 
-def read_adapter(path: Path, shapes_only: bool = False) -> AdapterArtifact:
+def read_adapter(path: Path, shapes_only: bool = False, encoder_layers: int | None = None) -> AdapterArtifact:
+    """``encoder_layers``: an encoder-decoder's encoder depth, which numbers its decoder layers (AdapterHub's
+    files do not record it); a model passes its own."""
     data = read_json(path / ADAPTER_CONFIG, "an adapter")
     if not isinstance(data.get("config"), dict):
         raise ArtifactError(f"corrupt {path / ADAPTER_CONFIG}: no 'config' object")
@@ -250,6 +279,9 @@ def read_adapter(path: Path, shapes_only: bool = False) -> AdapterArtifact:
     arch = architecture_for(base.model_type)
     raw = _weights(path, "adapter", shapes_only)
     config, key_name, weights = _read_method(data["config"], raw, arch, path, data)
+    if arch.encoder_decoder:
+        weights, found = number_decoder_layers(weights, encoder_layers, tuple(getattr(config, "leave_out", ())))
+        base = dataclasses.replace(base, encoder_layers=found)
     if base.num_layers is None and any(c.architecture == "prefix_tuning" for c in getattr(config, "configs", None)
                                        or (config,)):
         base = dataclasses.replace(base, num_layers=prefix_layer_count(raw, arch))
@@ -334,7 +366,7 @@ def _save(weights: dict[str, torch.Tensor], directory: Path, kind: str, safetens
 
 
 def _write_method(config: Any, weights: dict[str, Any], arch: Architecture, name: str, hidden_size: int,
-                  num_layers: int) -> tuple[dict[str, Any], dict[str, Any]]:
+                  num_layers: int, encoder_layers: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """One method's config and weights in AdapterHub's form."""
     method = config.architecture
     if method == "union":
@@ -354,7 +386,7 @@ def _write_method(config: Any, weights: dict[str, Any], arch: Architecture, name
     if method == "prompt_tuning":
         return prompt_config_to_adapterhub(config), prompt_weights_to_adapterhub(weights, arch, name)
     return config_to_adapterhub(config, hidden_size, num_layers), \
-        adapter_weights_to_adapterhub(weights, arch, name, config.ln_before)
+        adapter_weights_to_adapterhub(weights, arch, name, config.ln_before, encoder_layers)
 
 
 def write_adapter(directory: Path, artifact: AdapterArtifact, num_layers: int, safetensors: bool = False,
@@ -363,7 +395,7 @@ def write_adapter(directory: Path, artifact: AdapterArtifact, num_layers: int, s
 
     arch = architecture_for(artifact.base.model_type)
     config, weights = _write_method(artifact.config, artifact.weights, arch, artifact.name,
-                                    artifact.base.hidden_size, num_layers)
+                                    artifact.base.hidden_size, num_layers, artifact.base.encoder_layers)
     header = _header(artifact.base, arch, artifact.name)
     if getattr(artifact.config, "kind", "task") == "language":  # the config has no field for it; v1's key does
         header["type"] = "text_lang"
@@ -374,7 +406,7 @@ def write_adapter(directory: Path, artifact: AdapterArtifact, num_layers: int, s
 # ===================================================================== fusions
 
 
-def read_fusion(path: Path, shapes_only: bool = False) -> FusionArtifact:
+def read_fusion(path: Path, shapes_only: bool = False, encoder_layers: int | None = None) -> FusionArtifact:
     from ..fusion_config import FusionConfig
 
     data = read_json(path / FUSION_CONFIG, "a fusion")
@@ -394,10 +426,12 @@ def read_fusion(path: Path, shapes_only: bool = False) -> FusionArtifact:
                 break
         else:
             raise ArtifactError(f"{path}: unexpected weight {key!r}")
-        layer, fusion_name, param = m.groups()
         # AdapterHub selects fusion weights by substring, so a file may carry another fusion's keys.
-        if fusion_name == name:
-            weights[f"{location}.{layer}.{param}"] = tensor
+        if m["name"] == name:
+            weights[f"{location}.{_layer(m)}.{m['param']}"] = tensor
+    if arch.encoder_decoder:
+        weights, found = number_decoder_layers(weights, encoder_layers)
+        base = dataclasses.replace(base, encoder_layers=found)
     return FusionArtifact(name=name, adapters=adapters, config=config, weights=weights, base=base,
                           format="adapterhub", path=path, meta=data)
 
@@ -412,7 +446,8 @@ def write_fusion(directory: Path, artifact: FusionArtifact, safetensors: bool = 
     weights = {}
     for key, tensor in artifact.weights.items():
         location, layer, param = key.split(".", 2)
-        weights[f"{arch.adapterhub_prefix}.{arch.hub_layers}.{layer}.{arch.site(location).adapterhub_path}"
+        layer_path = arch.layer_path(int(layer), artifact.base.encoder_layers or 0, hub=True)
+        weights[f"{arch.adapterhub_prefix}.{layer_path}.{arch.site(location).adapterhub_path}"
                 f".adapter_fusion_layer.{artifact.name}.{param}"] = tensor
     _save(weights, directory, "fusion", safetensors, dtype)
 
@@ -445,10 +480,14 @@ def read_head(path: Path, shapes_only: bool = False) -> HeadArtifact:
         if not raw.pop("shift_labels", True):
             raise ArtifactError(f"{path}: a causal_lm head without shift_labels predicts each token from itself; "
                                 "not supported")
+    elif head_type == "seq2seq_lm":
+        if raw.pop("shift_labels", False):
+            raise ArtifactError(f"{path}: a seq2seq_lm head with shift_labels would score each position against "
+                                "the label after its own; not supported")
     elif head_type not in ("multiple_choice", "multilabel_classification", "tagging", "question_answering"):
         raise ArtifactError(f"{path}: AdapterHub head type {head_type!r} is not supported (classification, "
                             "multilabel_classification, tagging, question_answering, regression, multiple_choice, "
-                            "masked_lm, causal_lm and image_classification are)")
+                            "masked_lm, causal_lm, seq2seq_lm and image_classification are)")
     try:
         config = HeadConfig.from_dict({"head_type": head_type, **raw}, source=str(path / HEAD_CONFIG))
     except (TypeError, ValueError) as exc:
@@ -482,10 +521,12 @@ def write_head(directory: Path, artifact: HeadArtifact, safetensors: bool = Fals
     c = artifact.config
     config: dict[str, Any] = {"activation_function": c.activation_function, "dropout_prob": c.dropout_prob,
                               "label2id": c.label2id, "layers": c.layers, "use_pooler": c.use_pooler}
-    if c.is_lm:  # BertStyleMaskedLMHead's and CausalLMHead's config
+    if c.is_lm:  # BertStyleMaskedLMHead's, CausalLMHead's and Seq2SeqLMHead's config
         config = {"head_type": c.head_type, "vocab_size": c.vocab_size, "embedding_size": c.embedding_size,
                   "layers": c.layers, "activation_function": c.activation_function, "layer_norm": c.layer_norm,
                   "bias": c.bias, "shift_labels": c.head_type == "causal_lm", "label2id": None}
+        if c.head_type == "seq2seq_lm":  # Seq2SeqLMHead's config has no embedding_size
+            config.pop("embedding_size")
         if c.head_type == "causal_lm":  # BertStyleMaskedLMHead takes no dropout_prob
             config["dropout_prob"] = c.dropout_prob
     elif c.head_type == "multiple_choice":

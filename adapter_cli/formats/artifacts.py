@@ -33,6 +33,8 @@ class BaseModelInfo:
     # a base fine-tuned by adapt (MT-A): the sha256 of its weights; an artifact that records one loads only
     # into that base (names may be renamed, weights not)
     fingerprint: str | None = None
+    # an encoder-decoder's encoder depth: its decoder layers are numbered after it (num_layers counts both)
+    encoder_layers: int | None = None
 
     def __post_init__(self) -> None:  # what an artifact says it was made for, in the range of real models
         from ..architectures import MAX_HIDDEN_SIZE, MAX_LAYERS
@@ -42,7 +44,8 @@ class BaseModelInfo:
                                              or set(self.fingerprint) - set("0123456789abcdef")):
             raise ValueError(f"fingerprint must be a hex string, got {self.fingerprint!r}"[:120])
 
-        for key, top, optional in (("hidden_size", MAX_HIDDEN_SIZE, False), ("num_layers", MAX_LAYERS, True)):
+        for key, top, optional in (("hidden_size", MAX_HIDDEN_SIZE, False), ("num_layers", MAX_LAYERS, True),
+                                   ("encoder_layers", MAX_LAYERS, True)):
             value = getattr(self, key)
             if value is None and optional:
                 continue
@@ -52,7 +55,8 @@ class BaseModelInfo:
     def to_dict(self) -> dict[str, Any]:
         return {"name_or_path": self.name_or_path, "revision": self.revision, "model_type": self.model_type,
                 "hidden_size": self.hidden_size, "num_layers": self.num_layers,
-                **({"fingerprint": self.fingerprint} if self.fingerprint is not None else {})}
+                **({"fingerprint": self.fingerprint} if self.fingerprint is not None else {}),
+                **({"encoder_layers": self.encoder_layers} if self.encoder_layers is not None else {})}
 
 
 @dataclass

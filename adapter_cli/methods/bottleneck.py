@@ -27,7 +27,16 @@ from .invertible import check_invertible, invertible_placement, invertible_shape
 # KINDS and MAX_SEED live in .base; named here too, as before (training.recipe imports MAX_SEED from here).
 __all__ = ["BottleneckConfig", "INIT_SCHEMES", "KINDS", "LOCATIONS", "MAX_SEED"]
 
-LOCATIONS = ("mh_adapter", "output_adapter")
+# After self-attention, after the feed-forward block, and (encoder-decoders' decoder layers) after cross-attention.
+LOCATIONS = ("mh_adapter", "output_adapter", "cross_adapter")
+
+
+def location_layers(location: str, num_layers: int, encoder_layers: int | None = None) -> range:
+    """The layers that have ``location``: every layer, except that cross-attention is only in an encoder-decoder's
+    decoder, whose layers are numbered after the encoder's (AdapterHub's numbering); none without a decoder."""
+    if location != "cross_adapter":
+        return range(num_layers)
+    return range(encoder_layers, num_layers) if encoder_layers is not None else range(0)
 INIT_SCHEMES = ("bert", "houlsby", "mam_adapter")
 
 
@@ -40,6 +49,7 @@ class BottleneckConfig(MethodConfig):
     # Placement: after multi-head attention and/or after the feed-forward block.
     mh_adapter: bool = False
     output_adapter: bool = True
+    cross_adapter: bool = False  # after cross-attention: encoder-decoders' decoder layers only
     # Width: hidden_size // reduction_factor, or an explicit bottleneck_size. Either may be a mapping
     # {"<layer index>": value, "default": value} to vary it per layer.
     reduction_factor: float | dict[str, float] | None = 16
@@ -116,10 +126,13 @@ class BottleneckConfig(MethodConfig):
         def bad(msg: str) -> ConfigError:
             return ConfigError(f"{source}: {msg}")
 
-        self._check_bools(bad, ("mh_adapter", "output_adapter", "original_ln_before", "original_ln_after",
+        self._check_bools(bad, ("mh_adapter", "output_adapter", "cross_adapter", "original_ln_before", "original_ln_after",
                                 "adapter_residual_before_ln", "ln_before", "ln_after", "is_parallel", "use_gating"))
         if not (self.mh_adapter or self.output_adapter):
             raise bad("the adapter has no placement: set mh_adapter and/or output_adapter to true")
+        if self.cross_adapter and self.is_parallel:
+            raise bad("a parallel adapter cannot sit after cross-attention (AdapterHub has none there); set "
+                      "cross_adapter to false")
         if (self.reduction_factor is None) == (self.bottleneck_size is None):
             raise bad("set exactly one of reduction_factor and bottleneck_size")
         for label, spec, kind in (("reduction_factor", self.reduction_factor, (int, float)),
@@ -203,13 +216,18 @@ class BottleneckConfig(MethodConfig):
         width = self.width(0, hidden_size) if self.phm_layer and self.shared_W_phm else 0  # one width (checked)
         return {f"shared.{k}": v for k, v in phm.shared_shapes(self, hidden_size, width).items()}
 
-    def weight_shapes(self, hidden_size: int, num_layers: int,
-                      embedding_size: int | None = None) -> dict[str, tuple[int, ...]]:
+    def site_layers(self, location: str, num_layers: int, encoder_layers: int | None = None) -> list[int]:
+        """The layers where this adapter has a module at ``location`` (``location_layers`` less ``leave_out``)."""
+        where = location_layers(location, num_layers, encoder_layers)
+        return [i for i in self.layers(num_layers) if i in where]
+
+    def weight_shapes(self, hidden_size: int, num_layers: int, embedding_size: int | None = None,
+                      encoder_layers: int | None = None) -> dict[str, tuple[int, ...]]:
         """Every weight's name and shape, from the configuration alone: what ``BottleneckAdapterSet`` holds
         (``adapt inspect`` checks a file against it without torch)."""
         h, out = hidden_size, self.shared_shapes(hidden_size)
         for loc in self.locations:
-            for i in self.layers(num_layers):
+            for i in self.site_layers(loc, num_layers, encoder_layers):
                 d, site = self.width(i, h), f"{loc}.{i}."
                 shapes: dict[str, tuple[int, ...]] = {}
                 if self.ln_before:
@@ -225,7 +243,8 @@ class BottleneckConfig(MethodConfig):
         out.update(invertible_shapes(self, embedding_size or hidden_size))  # ELECTRA: embedding_size < hidden
         return out
 
-    def parameter_count(self, hidden_size: int, num_layers: int, embedding_size: int | None = None) -> dict[str, Any]:
+    def parameter_count(self, hidden_size: int, num_layers: int, embedding_size: int | None = None,
+                        encoder_layers: int | None = None) -> dict[str, Any]:
         """Parameters per placement and in total, from the configuration alone (no model needed)."""
         h = hidden_size
         extra = (2 * h if self.ln_before else 0) + (2 * h if self.ln_after else 0)
@@ -233,9 +252,10 @@ class BottleneckConfig(MethodConfig):
         extra += {"learned": 1, "channel": h}.get(self.scaling, 0) if isinstance(self.scaling, str) else 0
         placements = []
         for loc in self.locations:
-            widths = [self.width(i, h) for i in self.layers(num_layers)]
+            layers = self.site_layers(loc, num_layers, encoder_layers)
+            widths = [self.width(i, h) for i in layers]
             params = sum(sum(math.prod(s) for s in self._projection_shapes(h, d).values()) + extra for d in widths)
-            placements.append({"location": loc, "layers": self.layers(num_layers), "widths": widths,
+            placements.append({"location": loc, "layers": layers, "widths": widths,
                                "parameters": params})
         shared = sum(math.prod(s) for s in self.shared_shapes(h).values())
         if shared:  # once per adapter, as AdapterHub counts its shared_parameters

@@ -159,7 +159,7 @@ class BottleneckAdapterSet(nn.Module):
     """All sites of one named adapter. State-dict keys are ``<location>.<layer>.<param>``, our format."""
 
     def __init__(self, config: BottleneckConfig, hidden_size: int, num_layers: int,
-                 embedding_size: int | None = None) -> None:
+                 embedding_size: int | None = None, encoder_layers: int | None = None) -> None:
         super().__init__()
         self.config = config
         bad = [i for i in config.leave_out if i >= num_layers]
@@ -175,7 +175,8 @@ class BottleneckAdapterSet(nn.Module):
             self.shared = PHMShared(config, hidden_size, width, generator)
         for loc in config.locations:
             sites = nn.ModuleDict({str(i): cls(config, hidden_size, config.width(i, hidden_size), generator,
-                                               self.shared) for i in config.layers(num_layers)})
+                                               self.shared)
+                                   for i in config.site_layers(loc, num_layers, encoder_layers)})
             self.add_module(loc, sites)
         # MAD-X: the invertible layer (``invertible.<param>``) on the embeddings' output, which is
         # ``embedding_size`` wide (ELECTRA's is narrower than its hidden size); the model attaches it there.

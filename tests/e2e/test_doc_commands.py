@@ -89,6 +89,7 @@ EXAMPLES = collect(EPILOGS, COMMAND_PATHS)
 # show a command to run. They are checked as usage lines (the command and options exist).
 INLINE_FRAGMENTS = {
     "adapt add --save": "names the --save option of adapt add (docs/cli.md conventions)",
+    "adapt add --head seq2seq_lm": "names the head an encoder-decoder's adapter takes (docs/encoder-decoders.md)",
     "adapt train --resume": "names the --resume option (docs/tasks.md); the full command is in training.md",
     "adapt infer --route-column": "names the --route-column option (docs/performance.md)",
     "adapt infer --device cuda": "names the --device option (docs/performance.md)",
@@ -120,6 +121,11 @@ NOT_PLAIN = {
 # example that names a remote registry or repository (http://, https://, hf://) is skipped as needing
 # the network (`_skip_reason`); pytest lists every skip with its reason (-rs).
 NOT_RUN = {
+    **{cmd: "needs a BART directory (no encoder-decoder checkpoint ships on PyPI; tests/cli/test_seq2seq_cli.py "
+            "runs these on a tiny random BART)" for cmd in (
+        "adapt add houlsby cross_adapter=true --head seq2seq_lm -m ./my-bart --name summ --save ./summ",
+        'adapt infer -m ./my-bart -a ./summ --generate "A long article ..." --max-new-tokens 40',
+        "adapt add pfeiffer --head classification:3 -m ./my-bart --name nli --save ./nli")},
     "adapt fuse ./adapters/sst2 ./adapters/mrpc AdapterHub/bert-base-uncased-pf-rte --target rte --model "
     "bert-base-uncased epochs=5 --export-adapterhub ./rte-fusion-ah":
         "bert-base-uncased and an AdapterHub repo from the Hugging Face Hub (network)",

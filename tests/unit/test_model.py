@@ -90,7 +90,7 @@ def test_unsupported_architecture_lists_supported_ones() -> None:
 
     from adapter_cli import AdapterModel
 
-    with pytest.raises(UnsupportedModel, match="supported model types: bert, distilbert, electra, gpt2, llama"):
+    with pytest.raises(UnsupportedModel, match="supported model types: bart, bert, distilbert, electra, gpt2, llama"):
         AdapterModel.from_config(AutoConfig.for_model("t5", num_layers=1, d_model=32, num_heads=2, d_ff=64,
                                                       d_kv=16, vocab_size=100))
 

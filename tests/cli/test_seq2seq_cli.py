@@ -1,0 +1,70 @@
+"""``adapt add`` and ``adapt infer`` on a tiny random BART saved with a tokenizer: a seq2seq-LM head's
+``--generate`` with ``--json``, a classification head's scores, and bad input in one line (exit 2, nothing
+written)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from adapter_cli.cli import app
+from conftest import one_line_error, save_tiny_model
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def bart(tmp_path_factory):
+    """A BART directory with adapter ``G`` (cross-attention too, seq2seq-LM head) and ``C`` (classification)."""
+    root = tmp_path_factory.mktemp("bart")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ADAPT_CACHE", str(root / "cache"))
+    try:
+        model = save_tiny_model(root / "model", "bart", seed=1)
+        for name, extra in (("G", ["cross_adapter=true", "--head", "seq2seq_lm"]),
+                            ("C", ["--head", "classification:3"])):
+            result = runner.invoke(app, ["add", "houlsby", *extra, "-m", str(model), "--name", name,
+                                         "--save", str(root / name)])
+            assert result.exit_code == 0, result.stderr
+        yield root
+    finally:
+        mp.undo()
+
+
+def test_generate_with_a_seq2seq_head(bart, tmp_path) -> None:
+    args = ["infer", "-m", str(bart / "model"), "-a", str(bart / "G"), "--generate", "good film", "bad",
+            "--max-new-tokens", "4"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["text"] for r in rows] == ["good film", "bad"]
+    assert all(r["head"] == "G" and r["new_tokens"] == 4 and r["finish"] == "length" for r in rows)
+    again = runner.invoke(app, args + ["--batch-size", "1"])  # right padding: a row answers alone as in a batch
+    assert again.exit_code == 0 and again.stdout == result.stdout
+
+
+def test_classification_with_a_bart_adapter(bart) -> None:
+    result = runner.invoke(app, ["infer", "-m", str(bart / "model"), "-a", str(bart / "C"), "good film", "--json"])
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 1 and rows[0]["label"] in ("LABEL_0", "LABEL_1", "LABEL_2")
+
+
+def test_generate_with_a_classification_head_is_refused(bart, tmp_path) -> None:
+    out = tmp_path / "out.jsonl"
+    result = runner.invoke(app, ["infer", "-m", str(bart / "model"), "-a", str(bart / "C"), "--generate", "good",
+                                 "--output", str(out)])
+    assert result.exit_code == 2
+    assert one_line_error(result).startswith("error: head 'C' is a classification head; generation needs a "
+                                             "seq2seq_lm head")
+    assert not out.exists()
+
+
+def test_a_head_bart_cannot_carry_is_refused(bart, tmp_path) -> None:
+    result = runner.invoke(app, ["add", "pfeiffer", "-m", str(bart / "model"), "--head", "tagging:3",
+                                 "--save", str(tmp_path / "T")])
+    assert result.exit_code == 2
+    assert "which BART models cannot carry" in one_line_error(result)
+    assert not (tmp_path / "T").exists()
