@@ -299,13 +299,14 @@ def _perplexity(task: str, data_dir: str | None, load: tuple, batch_size: int, m
         name = choose_lm_head(m, head_name, composition, purpose=f"task {spec.name}")
     else:
         name = head_name or m.head_for(composition, required=True)
-    if m.heads[name].config.head_type != spec.head_type:
+    wanted = "seq2seq_lm" if spec.kind == "lm" and m.arch.encoder_decoder else spec.head_type
+    if m.heads[name].config.head_type != wanted:
         raise UsageError(f"task {spec.name} scores a {spec.head_type} head, but head {name!r} is a "
                          f"{m.heads[name].config.head_type} head; load a language adapter (trained with --task mlm)")
     if spec.kind == "lm":
         from ..training.clm import encode_lm
 
-        data = encode_lm(lines, tokenizer, m.fit_max_length(max_length, "--max-length"))
+        data = encode_lm(lines, tokenizer, m.fit_max_length(max_length, "--max-length"), m.arch.encoder_decoder)
     else:
         data = encode_text(lines, tokenizer, m.fit_max_length(max_length, "--max-length"))
     check_blocks(data, m.reft_suffix(m.resolve_composition(composition)), "scored")

@@ -235,8 +235,9 @@ class Trainer:
         if task.kind == "mlm":
             self.masker = Masker.for_tokenizer(self.tokenizer, self.model.vocab_size, recipe.mlm_probability)
         if task.kind == "lm":  # lines, or prompt/completion pairs
-            self.train_data = encode_lm([_lm_item(e) for e in train_examples], self.tokenizer, max_length)
-            self.eval_data = encode_lm([_lm_item(e) for e in eval_examples], self.tokenizer, max_length)
+            seq2seq = self.model.arch.encoder_decoder
+            self.train_data = encode_lm([_lm_item(e) for e in train_examples], self.tokenizer, max_length, seq2seq)
+            self.eval_data = encode_lm([_lm_item(e) for e in eval_examples], self.tokenizer, max_length, seq2seq)
         else:
             self.train_data = encode_text([e.texts[0] for e in train_examples], self.tokenizer, max_length)
             self.eval_data = encode_text([e.texts[0] for e in eval_examples], self.tokenizer, max_length)
@@ -561,7 +562,8 @@ def _save_best(model: Any, name: str, recipe: Recipe, run_dir: Path, tokenizer: 
     from ..fsutil import atomic_directory
 
     if recipe.method == "adapter":  # an lm adapter reads the base model's own LM head: not copied into it
-        model.save_adapter(run_dir / "best", name, with_head=model.heads[name].config.head_type != "causal_lm")
+        own_lm_head = model.heads[name].config.head_type in ("causal_lm", "seq2seq_lm")
+        model.save_adapter(run_dir / "best", name, with_head=not own_lm_head)
     elif recipe.method == "fusion":
         model.save_fusion(run_dir / "best", next(iter(model.fusions)), head=name)
     elif recipe.method == "head":
@@ -570,14 +572,26 @@ def _save_best(model: Any, name: str, recipe: Recipe, run_dir: Path, tokenizer: 
         from safetensors.torch import save_file
 
         with atomic_directory(run_dir / "best") as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.base.state_dict().items()},
-                      str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            save_file(_untied(model.base.state_dict()), str(tmp / "model.safetensors"), metadata={"format": "pt"})
             from ..defaults import forget_base_identity
 
             forget_base_identity(model.base.config)  # fine-tuned again: no longer the MT-A base it started from
             model.base.config.to_json_file(str(tmp / "config.json"))
             tokenizer.save_pretrained(str(tmp))  # a model directory is usable only with its own tokenizer
             model._write_head(tmp, name, "adapt", None, False)
+
+
+def _untied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict for safetensors, which refuses tensors that share memory: of weights tied to each other
+    (BART's word embeddings, shared by its encoder and decoder) the first name is kept, as the model declares
+    it; transformers ties the others to it again on loading."""
+    out, seen = {}, set()
+    for key, tensor in state.items():
+        if tensor.data_ptr() in seen and tensor.numel():
+            continue
+        seen.add(tensor.data_ptr())
+        out[key] = tensor.detach().cpu().contiguous()
+    return out
 
 
 def _set_status(run_dir: Path, status: str, recipe: Recipe, task: str, **extra: Any) -> None:

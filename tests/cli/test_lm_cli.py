@@ -104,7 +104,7 @@ def test_resume_after_a_kill_reaches_the_same_result(world, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("model, args, message", [
-    ("encoder", ["--task", "lm"], "task lm is causal language modelling, for decoders"),
+    ("encoder", ["--task", "lm"], "task lm is language modelling, for decoders"),
     ("gpt2", ["--task", "mlm"], "task mlm is masked language modelling, for encoders"),
     ("gpt2", ["--task", "lm", "--method", "head"], "--method head is not supported for it yet"),
     ("gpt2", ["--task", "lm", "--config", "prompt_tuning"], "adapt stitches only bottleneck, lora, prefix tuning, "

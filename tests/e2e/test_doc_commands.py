@@ -125,7 +125,8 @@ NOT_RUN = {
             "runs these on a tiny random BART)" for cmd in (
         "adapt add houlsby cross_adapter=true --head seq2seq_lm -m ./my-bart --name summ --save ./summ",
         'adapt infer -m ./my-bart -a ./summ --generate "A long article ..." --max-new-tokens 40',
-        "adapt add pfeiffer --head classification:3 -m ./my-bart --name nli --save ./nli")},
+        "adapt add pfeiffer --head classification:3 -m ./my-bart --name nli --save ./nli",
+        "adapt train --task lm --data-dir ./pairs --model ./my-bart --config pfeiffer cross_adapter=true")},
     "adapt fuse ./adapters/sst2 ./adapters/mrpc AdapterHub/bert-base-uncased-pf-rte --target rte --model "
     "bert-base-uncased epochs=5 --export-adapterhub ./rte-fusion-ah":
         "bert-base-uncased and an AdapterHub repo from the Hugging Face Hub (network)",
