@@ -32,7 +32,7 @@ class Activations:
 
 def layer_label(placement: str, layer: int) -> str:
     """A layer as the table and the heat map name it: 0-based, like the CSV, with the attention placement marked."""
-    return f"{layer}" + (" (attention)" if placement == "mh_adapter" else "")
+    return f"{layer}" + {"mh_adapter": " (attention)", "cross_adapter": " (cross-attention)"}.get(placement, "")
 
 
 def batches(n_examples: int, batch_size: int) -> int:

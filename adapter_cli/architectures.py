@@ -96,10 +96,30 @@ class Architecture:
     # last end-of-sequence token in the decoder's states (AdapterHub's pooling for BART).
     decoder_layers: str | None = None
     decoder_layers_attr: str = "decoder_layers"
+    # The decoder layers' sites where they are not the encoder's (T5: its feed-forward sub-layer comes third,
+    # after cross-attention); None: ``sites`` (BART's are named alike in both, cross-attention only in the decoder).
+    decoder_sites: tuple[SiteSpec, ...] | None = None
+    # A seq2seq-LM head tied to the word embeddings reads the decoder's states scaled by d_model ** -0.5 (T5, as
+    # its own LM head and AdapterHub's do); classification heads read them unscaled.
+    scale_tied_lm_input: bool = False
+    # mBART's decoder starts with each row's last token (its language code) where BART's and T5's start with
+    # the config's decoder_start_token_id: how transformers and AdapterHub shift labels and inputs right.
+    decoder_starts_with_last_token: bool = False
+    # The config attribute saying whether the model's LM head is its word embeddings; "": never. transformers 5
+    # sets T5's and mT5's tie_word_embeddings to true whatever their checkpoints say: T5 keeps the saved value
+    # as scale_decoder_outputs (T5 v1.1 is untied), and mT5's checkpoints are all untied.
+    tied_lm_attr: str = "tie_word_embeddings"
 
     @property
     def encoder_decoder(self) -> bool:
         return self.decoder_layers is not None
+
+    def in_decoder(self, layer: int, encoder_layers: int | None) -> bool:
+        """Whether (global) ``layer`` is one of an encoder-decoder's decoder layers."""
+        return self.decoder_layers is not None and encoder_layers is not None and layer >= encoder_layers
+
+    def sites_for(self, decoder: bool) -> tuple[SiteSpec, ...]:
+        return self.decoder_sites if decoder and self.decoder_sites is not None else self.sites
 
     def layer_path(self, layer: int, encoder_layers: int, hub: bool = False) -> str:
         """The module path of (global) ``layer``: in an encoder-decoder the decoder's layers come after the
@@ -109,7 +129,7 @@ class Architecture:
         return f"{self.hub_layers if hub else self.layers}.{layer}"
 
     def has_site(self, location: str) -> bool:
-        return any(s.location == location for s in self.sites)
+        return any(s.location == location for s in (*self.sites, *(self.decoder_sites or ())))
 
     def linear(self, matrix: str) -> str:
         return dict(self.linears)[matrix]
@@ -152,8 +172,8 @@ class Architecture:
     def vision(self) -> bool:
         return self.modality == "image"
 
-    def site(self, location: str) -> SiteSpec:
-        return next(s for s in self.sites if s.location == location)
+    def site(self, location: str, decoder: bool = False) -> SiteSpec:
+        return next(s for s in self.sites_for(decoder) if s.location == location)
 
     def check_method(self, method: str, what: str = "adapter") -> None:
         """Refuse, in one line, a method adapt does not (yet) stitch into this family."""
@@ -277,18 +297,46 @@ def _bart_sites(pre_norm: bool) -> tuple[SiteSpec, ...]:
                      "" if pre_norm else "final_layer_norm", "output_adapters", "dropout"))
 
 
-def _bart_like(name: str, model_class: str, pre_norm: bool) -> Architecture:
+def _bart_like(name: str, model_class: str, pre_norm: bool, **fields: Any) -> Architecture:
     return Architecture(name, "encoder.layers", _bart_sites(pre_norm), "model", model_class,
                         num_layers_attr="encoder_layers", decoder_layers="decoder.layers",
                         heads_attr="encoder_attention_heads", self_attention="self_attn",
                         attention_dropout_attr="attention_dropout", hidden_dropout_attr="dropout",
                         methods=("bottleneck",), segments=False,
                         heads=("classification", "multilabel_classification", "seq2seq_lm"),
-                        embeddings="shared")
+                        embeddings="shared", **fields)
 
 
 ARCHITECTURES["bart"] = _bart_like("BART", "BartAdapterModel", pre_norm=False)
-ARCHITECTURES["mbart"] = _bart_like("mBART", "MBartAdapterModel", pre_norm=True)
+ARCHITECTURES["mbart"] = _bart_like("mBART", "MBartAdapterModel", pre_norm=True, decoder_starts_with_last_token=True)
+
+
+# T5's sub-layers are modules of their own (``block.N.layer.i``), pre-norm: ``x + dropout(sublayer(layer_norm(x)))``
+# with a Dropout module, which the site hooks. The decoder's feed-forward sub-layer is the third (after
+# cross-attention), the encoder's the second; AdapterHub's weights are named by these same paths.
+def _t5_sites(decoder: bool) -> tuple[SiteSpec, ...]:
+    def site(location: str, index: int) -> SiteSpec:
+        return SiteSpec(location, f"layer.{index}.dropout", f"layer.{index}.layer_norm", 0, "hidden_states", "",
+                        f"layer.{index}")
+
+    if decoder:
+        return site("mh_adapter", 0), site("cross_adapter", 1), site("output_adapter", 2)
+    return site("mh_adapter", 0), site("output_adapter", 1)
+
+
+def _t5_like(name: str, model_class: str, tied_lm_attr: str) -> Architecture:
+    return Architecture(name, "encoder.block", _t5_sites(False), "transformer", model_class,
+                        hidden_size_attr="d_model", heads_attr="num_heads", num_layers_attr="num_layers",
+                        decoder_layers="decoder.block", decoder_layers_attr="num_decoder_layers",
+                        decoder_sites=_t5_sites(True), self_attention="layer.0.SelfAttention",
+                        attention_dropout_attr="dropout_rate", hidden_dropout_attr="dropout_rate",
+                        methods=("bottleneck",), segments=False,
+                        heads=("classification", "multilabel_classification", "seq2seq_lm"), embeddings="shared",
+                        scale_tied_lm_input=True, tied_lm_attr=tied_lm_attr)
+
+
+ARCHITECTURES["t5"] = _t5_like("T5", "T5AdapterModel", "scale_decoder_outputs")
+ARCHITECTURES["mt5"] = _t5_like("mT5", "MT5AdapterModel", "")
 
 
 def architecture_for(model_type: str) -> Architecture:

@@ -62,7 +62,7 @@ def choose_lm_head(model: Any, head: str | None, composition: Any, purpose: str 
     adapter's head; or one line saying why there is none."""
     if not (model.arch.causal or model.arch.encoder_decoder):
         raise UsageError(f"{purpose} needs a decoder (GPT-2, Llama, Mistral, Qwen2) or an encoder-decoder (BART, "
-                         f"mBART); {model.config.model_type} models are encoders")
+                         f"mBART, T5, mT5); {model.config.model_type} models are encoders")
     wanted = "seq2seq_lm" if model.arch.encoder_decoder else "causal_lm"
     name = head
     if name is None:
@@ -142,7 +142,8 @@ def generate(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     result = Generated(tokens=[[] for _ in range(rows)], finish=["length"] * rows)
     done = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
     for step in range(sampling.max_new_tokens):
-        last = out.last_hidden_state[:, -1:]
+        last = model.lm_input(out.last_hidden_state[:, -1:]) if model.arch.encoder_decoder \
+            else out.last_hidden_state[:, -1:]
         logits = torch.cat([module.logits(last[start:start + size], inverse)[:, -1] for module, start, size in parts])
         if keep_scores:
             result.scores.append(logits.float().cpu())
@@ -187,15 +188,19 @@ class _DecoderSteps:
 
 
 class _EncoderDecoderSteps:
-    """An encoder-decoder's: the encoder reads the input once, with the decoder's start token; each new token
-    then runs through the decoder alone, against the encoder's output and the decoder's cache."""
+    """An encoder-decoder's: the encoder reads the input once, with the decoder's start token (and the token the
+    config forces first, ``forced_bos_token_id``: BART's <s>, mBART-50's target language, which is not counted
+    as new); each new token then runs through the decoder alone, against the encoder's output and the decoder's
+    cache."""
 
     def __init__(self, model: Any, block: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         self.model, self.block, self.input_ids = model, block, input_ids
         self.mask = attention_mask.to(input_ids.device).long()
         start = model.config.decoder_start_token_id
-        start = model.config.eos_token_id if start is None else start
-        self.start = torch.full((input_ids.shape[0], 1), int(start), dtype=torch.long, device=input_ids.device)
+        starts = [model.config.eos_token_id if start is None else start]
+        if model.forced_bos_token_id is not None:
+            starts.append(model.forced_bos_token_id)
+        self.start = torch.tensor([starts] * input_ids.shape[0], dtype=torch.long, device=input_ids.device)
         self.encoded: Any = None
         self.cache: Any = None
 
@@ -243,17 +248,20 @@ def generate_texts(model: Any, tokenizer: Any, prompts: list[str], composition: 
     heads: str | list[str] = [choose_lm_head(model, head, c) for c in block.children] if members \
         else choose_lm_head(model, head, block)
     limit = model.max_positions
-    if limit is not None and sampling.max_new_tokens >= limit:
-        raise UsageError(f"max_new_tokens {sampling.max_new_tokens} leaves no room for a "
-                         f"{'start token' if model.arch.encoder_decoder else 'prompt'} in the {limit} positions "
-                         "this model takes")
+    if model.arch.encoder_decoder:  # the input and the new tokens each have the positions to themselves: the
+        # decoder reads its start token and all new tokens but the last
+        if limit is not None and sampling.max_new_tokens > limit:
+            raise UsageError(f"max_new_tokens {sampling.max_new_tokens} is more than the {limit} positions this "
+                             "model's decoder takes")
+        max_length, limit = model.fit_max_length(max_length), None
+    elif limit is not None and sampling.max_new_tokens >= limit:
+        raise UsageError(f"max_new_tokens {sampling.max_new_tokens} leaves no room for a prompt in the {limit} "
+                         "positions this model takes")
     device = next(model.parameters()).device
     sides = tokenizer.padding_side, tokenizer.truncation_side
     # A decoder continues the end of its prompt; an encoder-decoder's encoder reads its input from the first
     # position (absolute positions: padding on the left would move them) and its decoder starts afresh.
     tokenizer.padding_side = tokenizer.truncation_side = "right" if model.arch.encoder_decoder else "left"
-    if model.arch.encoder_decoder:
-        limit = None  # the input and the new tokens each have the positions to themselves
 
     def stopped(_row: int, tokens: list[int]) -> bool:
         text = tokenizer.decode(tokens, skip_special_tokens=True)
@@ -328,8 +336,9 @@ def _start_empty_rows(enc: Any, tokenizer: Any) -> None:
     if start is None:
         raise UsageError("an empty prompt gives this model no token to continue from, and its tokenizer has no "
                          "start token; give each prompt some text")
-    for row in empty:  # left padding: the last position is the row's first (and only) token
-        enc["input_ids"][row, -1], enc["attention_mask"][row, -1] = start, 1
+    at = 0 if tokenizer.padding_side == "right" else -1  # the row's first (and only) token, by the padding side
+    for row in empty:
+        enc["input_ids"][row, at], enc["attention_mask"][row, at] = start, 1
 
 
 def _cut_at_stop(text: str, stops: tuple[str, ...]) -> str:

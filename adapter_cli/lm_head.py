@@ -60,24 +60,28 @@ def _read(path: str | None, key: str) -> torch.Tensor | None:
         return f.get_tensor(key) if key in f.keys() else None
 
 
-def missing_head_message(label: str) -> str:
+def missing_head_message(label: str, kind: str = "causal_lm") -> str:
+    full = "causal-LM" if kind == "causal_lm" else "conditional-generation"
     return (f"{label} has no language-model head of its own: it does not tie one to its word embeddings and its "
-            f"checkpoint holds no {_WEIGHT} (a base model saved without its head); load the full causal-LM "
-            "checkpoint, or give a causal_lm head (`head`)")
+            f"checkpoint holds no {_WEIGHT} (a base model saved without its head); load the full {full} "
+            f"checkpoint, or give a {kind} head (`head`)")
 
 
-def attach_own_head(model: Any, name: str = OWN_HEAD) -> str:
-    """Add the model's own LM head to ``model`` (an AdapterModel of a decoder, or of an encoder-decoder: a
-    seq2seq_lm head tied to its word embeddings, as AdapterHub's) under ``name``."""
+def attach_own_head(model: Any, name: str = OWN_HEAD, kind: str | None = None) -> str:
+    """Add the model's own LM head to ``model`` (an AdapterModel of a decoder: a causal_lm head; of an
+    encoder-decoder: a seq2seq_lm head) under ``name``; ``kind``, when given, must be the one the model has."""
     if not (model.arch.causal or model.arch.encoder_decoder):
         raise UsageError(f"{model.config.model_type} models are encoders and have no causal language-model head")
-    config = own_head_config(model.vocab_size, model.hidden_size,
-                             "seq2seq_lm" if model.arch.encoder_decoder else "causal_lm")
+    own = "seq2seq_lm" if model.arch.encoder_decoder else "causal_lm"
+    if kind is not None and kind != own:
+        raise UsageError(f"a {model.arch.name} model's own language-model head is a {own} head, not {kind}; "
+                         f"ask for {own}")
+    config = own_head_config(model.vocab_size, model.hidden_size, own)
     weight = None
     if not model.ties_lm_head(config):
         weight = own_decoder_weight(model.source, model.revision) if model.source else None
         if weight is None or tuple(weight.shape) != (model.vocab_size, model.hidden_size):
-            raise UsageError(missing_head_message(model.name_or_path or "this model"))
+            raise UsageError(missing_head_message(model.name_or_path or "this model", config.head_type))
     head = model.add_head(name, overwrite=True, **{k: v for k, v in config.to_dict().items() if v is not None})
     if weight is not None:
         with torch.no_grad():

@@ -203,6 +203,24 @@ class AdapterModel(nn.Module):
         return layers
 
     @property
+    def forced_bos_token_id(self) -> int | None:
+        """The token an encoder-decoder's generation puts first (BART's <s>, mBART-50's target language).
+        transformers 5 keeps it in the generation config only, which a bare model does not load: it is read from
+        the model directory's generation_config.json (or config.json) where the config lacks it."""
+        found = getattr(self.config, "forced_bos_token_id", None)
+        if found is None and self.source and Path(self.source).is_dir():
+            import json
+
+            for name in ("generation_config.json", "config.json"):
+                try:
+                    found = json.loads((Path(self.source) / name).read_text()).get("forced_bos_token_id")
+                except (OSError, ValueError, AttributeError):
+                    found = None
+                if found is not None:
+                    break
+        return found if isinstance(found, int) and not isinstance(found, bool) else None
+
+    @property
     def encoder_layers(self) -> int | None:
         """An encoder-decoder's encoder depth: its decoder's layers are numbered from here; None otherwise."""
         return int(getattr(self.config, self.arch.num_layers_attr)) if self.arch.encoder_decoder else None
@@ -294,11 +312,12 @@ class AdapterModel(nn.Module):
         key = (location, layer)
         if key not in self._sites:
             layer_module = self._layer_module(layer)
-            spec = self.arch.site(location)
+            decoder = self.arch.in_decoder(layer, self.encoder_layers)
+            spec = self.arch.site(location, decoder)
             # A layer's functional dropout (BART) is taken over by all its sites at once, or a sub-layer
             # without a site would lose it.
-            specs = [s for s in self.arch.sites if layer in location_layers(s.location, self.num_layers,
-                                                                           self.encoder_layers)] \
+            specs = [s for s in self.arch.sites_for(decoder)
+                     if layer in location_layers(s.location, self.num_layers, self.encoder_layers)] \
                 if spec.functional_dropout else [spec]
             for other in specs:
                 self._sites[(other.location, layer)] = Site(layer_module, layer, other, self._context)
@@ -649,8 +668,14 @@ class AdapterModel(nn.Module):
 
     def ties_lm_head(self, config: HeadConfig) -> bool:
         """Whether a language-model head's decoder is the input word embeddings: always for a masked-LM head
-        (AdapterHub ties them), for a causal-LM head where the model ties its own (``tie_word_embeddings``)."""
-        return config.head_type == "masked_lm" or bool(getattr(self.config, "tie_word_embeddings", True))
+        (AdapterHub ties them), for a causal-LM or seq2seq-LM head where the model ties its own."""
+        return config.head_type == "masked_lm" or self.ties_word_embeddings
+
+    @property
+    def ties_word_embeddings(self) -> bool:
+        """Whether the model's own LM head is its input word embeddings (``Architecture.tied_lm_attr``)."""
+        attr = self.arch.tied_lm_attr
+        return bool(attr) and bool(getattr(self.config, attr, getattr(self.config, "tie_word_embeddings", True)))
 
     def _attach_lm_head(self, name: str, config: HeadConfig) -> nn.Module:
         """A language-model head whose decoder is tied to the input word embeddings, or (a causal-LM head
@@ -912,7 +937,8 @@ class AdapterModel(nn.Module):
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         if self.arch.encoder_decoder:
-            kwargs = self._decoder_inputs(kwargs, labels, head_module)
+            kwargs = self._decoder_inputs(input_ids, kwargs, labels, head_module)
+            kwargs.setdefault("use_cache", False)  # a cache only where asked for (generation)
         if self.arch.causal:
             _causal_inputs(kwargs, attention_mask)
         previous = self._context.set(setup)
@@ -950,7 +976,9 @@ class AdapterModel(nn.Module):
         module = self.heads[name]
         if module.config.head_type in ("causal_lm", "seq2seq_lm"):  # every position, through an invertible
             # adapter's reverse pass
-            out.logits, out.head = module.logits(hidden.last_hidden_state, self.head_inverse(setup)), name
+            states = self.lm_input(hidden.last_hidden_state) if module.config.head_type == "seq2seq_lm" \
+                else hidden.last_hidden_state
+            out.logits, out.head = module.logits(states, self.head_inverse(setup)), name
             if labels is not None:
                 out.loss = module.loss(out.logits, labels)
             return out
@@ -992,18 +1020,40 @@ class AdapterModel(nn.Module):
             return states[:, 0]
         return states[torch.arange(states.shape[0], device=states.device), out.last_token]
 
-    def _decoder_inputs(self, kwargs: dict[str, Any], labels: Any, head: nn.Module | None) -> dict[str, Any]:
+    def _decoder_inputs(self, input_ids: Any, kwargs: dict[str, Any], labels: Any,
+                        head: nn.Module | None) -> dict[str, Any]:
         """An encoder-decoder's decoder reads ``decoder_input_ids``: given, or for a seq2seq-LM head with labels
-        the labels shifted right after the decoder's start token (what it was trained to read); without either
-        transformers shifts ``input_ids`` the same way (what BART's classification heads read)."""
-        if labels is not None and head is not None and head.config.head_type == "seq2seq_lm" \
-                and kwargs.get("decoder_input_ids") is None:
-            start = self.config.decoder_start_token_id
-            shifted = labels.new_full(labels.shape, self.config.pad_token_id)
-            shifted[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, self.config.pad_token_id)
-            shifted[:, 0] = start if start is not None else self.config.eos_token_id
-            kwargs = {**kwargs, "decoder_input_ids": shifted}
+        the labels shifted right after the decoder's start token (what it was trained to read), else the inputs
+        shifted so (what classification heads read, as BART shifts them itself and AdapterHub's T5 does)."""
+        if kwargs.get("decoder_input_ids") is not None or "encoder_outputs" in kwargs:
+            return kwargs
+        if labels is not None and head is not None and head.config.head_type == "seq2seq_lm":
+            return {**kwargs, "decoder_input_ids": self._shift_right(labels)}
+        if input_ids is not None:
+            return {**kwargs, "decoder_input_ids": self._shift_right(input_ids)}
         return kwargs
+
+    def _shift_right(self, ids: torch.Tensor) -> torch.Tensor:
+        """``ids`` one position later, after the decoder's start token (mBART: each row's last token before its
+        padding, its language code); -100 (no label) read as padding."""
+        pad, start = self.config.pad_token_id, self.config.decoder_start_token_id
+        ids = ids.masked_fill(ids == -100, pad)
+        shifted = ids.new_full(ids.shape, pad)
+        shifted[:, 1:] = ids[:, :-1]
+        if self.arch.decoder_starts_with_last_token:
+            last = (ids != pad).sum(-1, keepdim=True) - 1
+            shifted[:, 0] = ids.gather(1, last.clamp(min=0)).squeeze(1)
+        else:
+            shifted[:, 0] = start if start is not None else self.config.eos_token_id
+        return shifted
+
+    def lm_input(self, states: torch.Tensor) -> torch.Tensor:
+        """What a seq2seq-LM head reads of the decoder's states: T5's scaled by d_model ** -0.5 where the head is
+        tied to the word embeddings (its pretrained LM head was trained so, and AdapterHub's head reads the
+        same); unchanged elsewhere."""
+        if self.arch.scale_tied_lm_input and self.ties_word_embeddings:
+            return states * (self.hidden_size ** -0.5)
+        return states
 
     def _parallel(self, block: Any, input_ids: Any, attention_mask: Any, token_type_ids: Any, labels: Any,
                   head: Any, kwargs: dict[str, Any]) -> AdapterModelOutput:
@@ -1016,9 +1066,12 @@ class AdapterModel(nn.Module):
             rows = kwargs["pixel_values"].shape[0]
         else:
             rows = input_ids.shape[0]
-        kwargs = {k: repeat(v) if k in _PER_ROW else v for k, v in kwargs.items()}
         split = BatchSplit(block.children, sizes=(rows,) * n)
         names = self.heads_for(split) if head is _UNSET else [head] * n
+        if self.arch.encoder_decoder:  # the decoder reads the labels where the members' heads are seq2seq heads
+            seq2seq = [m for m in names if m is not None and self.heads[m].config.head_type == "seq2seq_lm"]
+            kwargs = self._decoder_inputs(input_ids, kwargs, labels, self.heads[seq2seq[0]] if seq2seq else None)
+        kwargs = {k: repeat(v) if k in _PER_ROW else v for k, v in kwargs.items()}
         whole = self.forward(input_ids=repeat(input_ids), attention_mask=repeat(attention_mask),
                              token_type_ids=repeat(token_type_ids), active=split, head=None, **kwargs)
         branches = tuple(self._apply_head(name, _rows(whole, i * rows, (i + 1) * rows), labels, None, block)

@@ -28,6 +28,10 @@ def tiny_config(model_type: str = "bert", **overrides):
         kw = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                   decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, pad_token_id=0, bos_token_id=2,
                   eos_token_id=3, decoder_start_token_id=3, forced_eos_token_id=None, **common)
+    elif model_type in ("t5", "mt5"):  # relative positions: no max_position_embeddings
+        kw = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+                  relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=3, decoder_start_token_id=0,
+                  vocab_size=100)
     else:
         kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                   type_vocab_size=2, **common)

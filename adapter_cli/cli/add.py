@@ -47,7 +47,7 @@ def add(
     head: str = typer.Option(None, "--head", help="Also add a head saved with the adapter: classification:N, "
                              "multilabel:N, tagging:N, qa (extractive question answering), regression, "
                              "multiple_choice:N (N labels / choices), causal_lm (a decoder's own LM head), "
-                             "seq2seq_lm (an encoder-decoder's: BART, mBART) or "
+                             "seq2seq_lm (an encoder-decoder's: BART, T5, ...) or "
                              "image_classification:N (ViT: AdapterHub's image head, one layer)."),
     fmt: str = typer.Option("adapt", "--format", help="Format for --save: adapt, adapterhub or peft (LoRA, (IA)³ and DoRA)."),
     dtype: str = typer.Option("float32", "--dtype", help="Weight precision for --save: float32, float16, bfloat16."),
@@ -194,7 +194,7 @@ def _build(model: str, adapter_name: str, adapter_config: Any, head: str | None,
     if head in ("causal_lm", "seq2seq_lm"):  # the model's own LM head: tied to its embeddings, or its lm_head
         from ..lm_head import attach_own_head
 
-        attach_own_head(m, adapter_name)
+        attach_own_head(m, adapter_name, head)
     elif head is not None:
         m.add_head(adapter_name, **_head_spec(head))
     if save is not None:

@@ -301,7 +301,7 @@ def _perplexity(task: str, data_dir: str | None, load: tuple, batch_size: int, m
         name = head_name or m.head_for(composition, required=True)
     wanted = "seq2seq_lm" if spec.kind == "lm" and m.arch.encoder_decoder else spec.head_type
     if m.heads[name].config.head_type != wanted:
-        raise UsageError(f"task {spec.name} scores a {spec.head_type} head, but head {name!r} is a "
+        raise UsageError(f"task {spec.name} scores a {wanted} head, but head {name!r} is a "
                          f"{m.heads[name].config.head_type} head; load a language adapter (trained with --task mlm)")
     if spec.kind == "lm":
         from ..training.clm import encode_lm

@@ -95,7 +95,7 @@ def _method_rows(cfg: dict) -> list[list]:
         return [["variant", config.variant], ["layers", config.layers if config.layers == "all" else
                                               ", ".join(map(str, config.layers))],
                 ["positions", f"first {config.prefix_positions}, last {config.suffix_positions}"], ["rank", config.r]]
-    rows = [["placement", ", ".join(loc for loc in ("mh_adapter", "output_adapter") if cfg.get(loc))],
+    rows = [["placement", ", ".join(loc for loc in ("mh_adapter", "cross_adapter", "output_adapter") if cfg.get(loc))],
             ["reduction factor" if cfg.get("reduction_factor") else "bottleneck size",
              cfg.get("reduction_factor") or cfg.get("bottleneck_size")],
             ["non-linearity", cfg.get("non_linearity")]]

@@ -161,29 +161,35 @@ def _site_patterns(arch: Architecture, kind: str) -> list[tuple[str, re.Pattern[
     """Per site, the pattern of its weight names: groups ``layer`` (an encoder-decoder's decoder layers as
     ``d<index in the decoder>``, numbered by ``number_decoder_layers``), ``name`` and ``param``."""
     block = "adapters" if kind == "adapter" else "adapter_fusion_layer"
-    stacks = rf"{re.escape(arch.hub_layers)}\.(?P<enc>\d+)"
+    stacks = [(rf"{re.escape(arch.hub_layers)}\.(?P<enc>\d+)", arch.sites_for(False))]
     if arch.decoder_layers is not None:
-        stacks = rf"(?:{stacks}|{re.escape(arch.decoder_layers)}\.(?P<dec>\d+))"
+        stacks.append((rf"{re.escape(arch.decoder_layers)}\.(?P<dec>\d+)", arch.sites_for(True)))
     return [(spec.location, re.compile(
-        rf"^(?:{re.escape(arch.adapterhub_prefix)}\.)?{stacks}\."
-        rf"{re.escape(spec.adapterhub_path)}\.{block}\.(?P<name>[^.]+)\.(?P<param>.+)$")) for spec in arch.sites]
+        rf"^(?:{re.escape(arch.adapterhub_prefix)}\.)?{stack}\."
+        rf"{re.escape(spec.adapterhub_path)}\.{block}\.(?P<name>[^.]+)\.(?P<param>.+)$"))
+        for stack, sites in stacks for spec in sites]
 
 
 def _layer(m: re.Match[str]) -> str:
-    return m["enc"] if m["enc"] is not None else f"d{m['dec']}"
+    found = m.groupdict()
+    return found["enc"] if found.get("enc") is not None else f"d{found['dec']}"
 
 
-def number_decoder_layers(weights: dict[str, Any], encoder_layers: int | None, leave_out: tuple[int, ...] = ()
-                          ) -> tuple[dict[str, Any], int | None]:
+def number_decoder_layers(weights: dict[str, Any], encoder_layers: int | None, source: Path,
+                          leave_out: tuple[int, ...] = ()) -> tuple[dict[str, Any], int | None]:
     """AdapterHub names a decoder layer by its index in the decoder and numbers it after the encoder's layers
     elsewhere (``leave_out``): keys ``<location>.d<i>.<param>`` become ``<location>.<encoder_layers + i>.<param>``.
-    A model passes its own encoder depth; without one (``adapt inspect``) it is the least the weights allow:
-    above every encoder layer they name, with no decoder layer they name falling on a left-out number."""
+    A model passes its own encoder depth (and a file naming an encoder layer beyond it, made for another split of
+    layers, is refused); without one (``adapt inspect``) it is the least the weights allow: above every encoder
+    layer they name, with no decoder layer they name falling on a left-out number."""
     decoder = {k for k in weights if re.fullmatch(r"d\d+", k.split(".")[1])}
+    named = [int(k.split(".")[1]) for k in weights if k.split(".")[1].isdigit()]
+    if encoder_layers is not None and max(named, default=-1) >= encoder_layers:
+        raise ArtifactError(f"{source}: its weights name encoder layer {max(named)}, but this model's encoder has "
+                            f"{encoder_layers} layers (0..{encoder_layers - 1}); it was made for another model")
     if not decoder:
         return weights, encoder_layers
     if encoder_layers is None:
-        named = [int(k.split(".")[1]) for k in weights if k.split(".")[1].isdigit()]
         used = {int(k.split(".")[1][1:]) for k in decoder}
         encoder_layers = max(named, default=-1) + 1
         while any(encoder_layers + i in leave_out for i in used):
@@ -256,7 +262,8 @@ def adapter_weights_to_adapterhub(weights: dict[str, torch.Tensor], arch: Archit
         location, layer, param = key.split(".", 2)
         module, _, leaf = param.partition(".")
         layer_path = arch.layer_path(int(layer), encoder_layers or 0, hub=True)
-        prefix = f"{arch.adapterhub_prefix}.{layer_path}.{arch.site(location).adapterhub_path}.adapters.{name}."
+        site = arch.site(location, arch.in_decoder(int(layer), encoder_layers))
+        prefix = f"{arch.adapterhub_prefix}.{layer_path}.{site.adapterhub_path}.adapters.{name}."
         if module == "down":
             ah = [f"adapter_down.{1 if ln_before else 0}.{leaf}"]
         elif module == "norm_before":  # registered twice in AdapterHub's module tree
@@ -280,7 +287,7 @@ def read_adapter(path: Path, shapes_only: bool = False, encoder_layers: int | No
     raw = _weights(path, "adapter", shapes_only)
     config, key_name, weights = _read_method(data["config"], raw, arch, path, data)
     if arch.encoder_decoder:
-        weights, found = number_decoder_layers(weights, encoder_layers, tuple(getattr(config, "leave_out", ())))
+        weights, found = number_decoder_layers(weights, encoder_layers, path, tuple(getattr(config, "leave_out", ())))
         base = dataclasses.replace(base, encoder_layers=found)
     if base.num_layers is None and any(c.architecture == "prefix_tuning" for c in getattr(config, "configs", None)
                                        or (config,)):
@@ -430,7 +437,7 @@ def read_fusion(path: Path, shapes_only: bool = False, encoder_layers: int | Non
         if m["name"] == name:
             weights[f"{location}.{_layer(m)}.{m['param']}"] = tensor
     if arch.encoder_decoder:
-        weights, found = number_decoder_layers(weights, encoder_layers)
+        weights, found = number_decoder_layers(weights, encoder_layers, path)
         base = dataclasses.replace(base, encoder_layers=found)
     return FusionArtifact(name=name, adapters=adapters, config=config, weights=weights, base=base,
                           format="adapterhub", path=path, meta=data)
@@ -447,7 +454,8 @@ def write_fusion(directory: Path, artifact: FusionArtifact, safetensors: bool = 
     for key, tensor in artifact.weights.items():
         location, layer, param = key.split(".", 2)
         layer_path = arch.layer_path(int(layer), artifact.base.encoder_layers or 0, hub=True)
-        weights[f"{arch.adapterhub_prefix}.{layer_path}.{arch.site(location).adapterhub_path}"
+        site = arch.site(location, arch.in_decoder(int(layer), artifact.base.encoder_layers))
+        weights[f"{arch.adapterhub_prefix}.{layer_path}.{site.adapterhub_path}"
                 f".adapter_fusion_layer.{artifact.name}.{param}"] = tensor
     _save(weights, directory, "fusion", safetensors, dtype)
 

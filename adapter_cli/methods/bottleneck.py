@@ -128,11 +128,8 @@ class BottleneckConfig(MethodConfig):
 
         self._check_bools(bad, ("mh_adapter", "output_adapter", "cross_adapter", "original_ln_before", "original_ln_after",
                                 "adapter_residual_before_ln", "ln_before", "ln_after", "is_parallel", "use_gating"))
-        if not (self.mh_adapter or self.output_adapter):
-            raise bad("the adapter has no placement: set mh_adapter and/or output_adapter to true")
-        if self.cross_adapter and self.is_parallel:
-            raise bad("a parallel adapter cannot sit after cross-attention (AdapterHub has none there); set "
-                      "cross_adapter to false")
+        if not (self.mh_adapter or self.output_adapter or self.cross_adapter):
+            raise bad("the adapter has no placement: set mh_adapter, output_adapter and/or cross_adapter to true")
         if (self.reduction_factor is None) == (self.bottleneck_size is None):
             raise bad("set exactly one of reduction_factor and bottleneck_size")
         for label, spec, kind in (("reduction_factor", self.reduction_factor, (int, float)),

@@ -10,7 +10,7 @@ end of its completion. The head is the decoder's own pretrained LM head
 with the adapter (generation takes the base model's own head again). Perplexity is ``exp`` of the mean
 cross-entropy over all predicted dev tokens; ``next_token_accuracy`` the share of them predicted exactly.
 
-An encoder-decoder (BART) learns from the pairs alone: the prompt is the encoder's input, the completion (with
+An encoder-decoder (BART, T5) learns from the pairs alone: the prompt is the encoder's input, the completion (with
 the tokenizer's own start and end tokens) the decoder's labels, which it reads shifted right after its start
 token; its head is its own seq2seq-LM head, tied to the word embeddings and kept frozen likewise.
 """

@@ -40,10 +40,12 @@ class Features:
 
 
 def head_reads(head: Any, model: Any = None) -> str:
-    """What a head reads from the base model's output: ``pooler_output``, ``first_token`` or (a decoder's)
-    ``last_token``."""
+    """What a head reads from the base model's output: ``pooler_output``, ``first_token``, (a decoder's)
+    ``last_token`` or (an encoder-decoder's) ``last_eos``."""
     if head.config.use_pooler:
         return "pooler_output"
+    if model is not None and model.arch.encoder_decoder:
+        return "last_eos"
     return "last_token" if model is not None and model.arch.causal else "first_token"
 
 

@@ -114,7 +114,7 @@ def _check_family(task: Any, model: Any, label: str) -> None:
     """Language modelling that fits the model: causal (lm) for a decoder, masked (mlm) for an encoder."""
     if task.kind == "lm" and not (model.arch.causal or model.arch.encoder_decoder):
         raise UsageError(f"task {task.name} is language modelling, for decoders (GPT-2, Llama, Mistral, Qwen2) and "
-                         f"encoder-decoders (BART, mBART); {label} is a {model.arch.name} encoder: train its language "
+                         f"encoder-decoders (BART, mBART, T5, mT5); {label} is a {model.arch.name} encoder: train its language "
                          "adapter with task mlm")
     if (task.kind == "image") != model.arch.vision:
         raise UsageError(f"task {task.name} classifies images, for vision encoders (ViT); {label} is a "

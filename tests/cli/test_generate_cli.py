@@ -171,7 +171,7 @@ def test_generate_on_an_encoder(tmp_path) -> None:
     out = tmp_path / "out.jsonl"
     line = _bad(["infer", "-m", str(model), "--generate", "good film", "--output", str(out)], out)
     assert line.startswith("error: generation needs a decoder (GPT-2, Llama, Mistral, Qwen2) or an encoder-decoder "
-                           "(BART, mBART); bert models are encoders")
+                           "(BART, mBART, T5, mT5); bert models are encoders")
 
 
 def test_generate_on_the_embedded_minilm(tmp_path) -> None:

@@ -68,3 +68,48 @@ def test_a_head_bart_cannot_carry_is_refused(bart, tmp_path) -> None:
     assert result.exit_code == 2
     assert "which BART models cannot carry" in one_line_error(result)
     assert not (tmp_path / "T").exists()
+
+
+@pytest.mark.parametrize("family", ["t5", "mt5"])
+def test_t5_adapter_with_its_own_head_generates(family, tmp_path) -> None:
+    """T5 (its tied head reads the decoder's states scaled) and mT5 (untied: the checkpoint has no lm_head, so
+    `--head seq2seq_lm` is refused in one line, and a seq2seq head of its own is made by `add_head` instead)."""
+    model = save_tiny_model(tmp_path / "model", family, seed=2)
+    result = runner.invoke(app, ["add", "pfeiffer", "cross_adapter=true", "-m", str(model), "--head", "seq2seq_lm",
+                                 "--name", "G", "--save", str(tmp_path / "G")])
+    if family == "mt5":
+        assert "has no language-model head of its own" in one_line_error(result)
+        assert not (tmp_path / "G").exists()
+        return
+    assert result.exit_code == 0, result.stderr
+    generated = runner.invoke(app, ["infer", "-m", str(model), "-a", str(tmp_path / "G"), "--generate", "good film",
+                                    "--max-new-tokens", "3"])
+    assert generated.exit_code == 0, generated.stderr
+    row = json.loads(generated.stdout)
+    assert row["head"] == "G" and row["new_tokens"] == 3
+
+
+def test_a_long_input_is_cut_to_the_models_positions(bart) -> None:
+    """The tiny BART takes 64 positions; the default max_length (128) is cut to them, from the input's end."""
+    long = " ".join(["film"] * 100)
+    result = runner.invoke(app, ["infer", "-m", str(bart / "model"), "-a", str(bart / "G"), "--generate", long,
+                                 "--max-new-tokens", "2"])
+    assert result.exit_code == 0, result.stderr
+    row = json.loads(result.stdout)
+    assert row["new_tokens"] == 2 and row["prompt_tokens_cut"] == 102 - 64
+    too_many = runner.invoke(app, ["infer", "-m", str(bart / "model"), "-a", str(bart / "G"), "--generate", "good",
+                                   "--max-new-tokens", "65"])
+    assert "max_new_tokens 65 is more than the 64 positions this model's decoder takes" in one_line_error(too_many)
+    assert runner.invoke(app, ["infer", "-m", str(bart / "model"), "-a", str(bart / "G"), "--generate", "good",
+                               "--max-new-tokens", "64"]).exit_code == 0
+
+
+@pytest.mark.parametrize("head,family", [("causal_lm", "bart"), ("seq2seq_lm", "gpt2")])
+def test_the_other_kind_of_lm_head_is_refused(bart, tmp_path, head, family) -> None:
+    from conftest import save_tiny_decoder
+
+    model = bart / "model" if family == "bart" else save_tiny_decoder(tmp_path / "gpt2", "gpt2", seed=1)
+    result = runner.invoke(app, ["add", "pfeiffer", "-m", str(model), "--head", head, "--save", str(tmp_path / "x")])
+    own = "seq2seq_lm" if family == "bart" else "causal_lm"
+    assert f"own language-model head is a {own} head, not {head}" in one_line_error(result)
+    assert not (tmp_path / "x").exists()

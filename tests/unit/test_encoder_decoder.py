@@ -1,4 +1,4 @@
-"""Encoder-decoders (BART, mBART) on tiny random configs: stitching that leaves transformers' numerics alone
+"""Encoder-decoders (BART, mBART, T5, mT5) on tiny random configs: stitching that leaves transformers' numerics alone
 (training dropout included), AdapterHub's layer numbering across encoder and decoder, the cross-attention site,
 the heads' pooling, and refusals. Parity with ``adapters`` 1.3.0 is tests/e2e/test_seq2seq_fixtures.py."""
 
@@ -9,9 +9,9 @@ import torch
 from transformers import AutoModel
 
 from adapter_cli.errors import UnsupportedModel, UsageError
-from conftest import FIXTURES, tiny_inputs, tiny_model
+from conftest import FIXTURES, randomise, tiny_inputs, tiny_model
 
-FAMILIES = ("bart", "mbart")
+FAMILIES = ("bart", "mbart", "t5", "mt5")
 
 
 def _inputs():
@@ -25,7 +25,7 @@ def _inputs():
 def test_inactive_adapters_leave_training_forward_bit_identical(family: str) -> None:
     """The sites take the layers' functional dropout over (adapters must see h after it): with no adapter active,
     a training forward (dropout 0.3, same seed) equals plain transformers' bit for bit."""
-    model = tiny_model(family, dropout=0.3)
+    model = tiny_model(family, **{"dropout_rate" if "t5" in family else "dropout": 0.3})
     plain = AutoModel.from_config(model.config)
     plain.load_state_dict(model.base.state_dict())
     model.add_adapter("a", "houlsby", {"cross_adapter": True})
@@ -35,17 +35,18 @@ def test_inactive_adapters_leave_training_forward_bit_identical(family: str) -> 
     torch.manual_seed(5)
     ours = model(input_ids=ids, attention_mask=mask, active=None, head=None).last_hidden_state
     torch.manual_seed(5)
-    theirs = plain(input_ids=ids, attention_mask=mask).last_hidden_state
+    theirs = plain(input_ids=ids, attention_mask=mask, decoder_input_ids=model._shift_right(ids)).last_hidden_state
     assert torch.equal(ours, theirs)
     torch.manual_seed(5)
     active = model(input_ids=ids, attention_mask=mask, active="a", head=None).last_hidden_state
     assert not torch.equal(active, theirs)
 
 
-def test_layers_are_numbered_across_encoder_and_decoder() -> None:
+@pytest.mark.parametrize("family", ["bart", "t5"])
+def test_layers_are_numbered_across_encoder_and_decoder(family: str) -> None:
     """AdapterHub's numbering: the decoder's layers follow the encoder's, so leave_out [1, 2] leaves out the
     encoder's last layer and the decoder's first; cross-attention sites are in decoder layers only."""
-    model = tiny_model("bart")
+    model = tiny_model(family)
     assert (model.num_layers, model.encoder_layers) == (4, 2)
     model.add_adapter("a", "houlsby", {"cross_adapter": True, "leave_out": [1, 2]})
     sites = {(loc, layer) for loc, layer, _ in model.adapters["a"].sites()}
@@ -54,7 +55,13 @@ def test_layers_are_numbered_across_encoder_and_decoder() -> None:
     counts = model.adapters["a"].config.parameter_count(model.hidden_size, model.num_layers,
                                                         encoder_layers=model.encoder_layers)
     assert counts["parameters"] == sum(p.numel() for p in model.adapters["a"].parameters())
-    assert model._site("cross_adapter", 3).layer_norm is model.base.decoder.layers[1].encoder_attn_layer_norm
+    if family == "bart":
+        assert model._site("cross_adapter", 3).layer_norm is model.base.decoder.layers[1].encoder_attn_layer_norm
+    else:  # T5's decoder feed-forward is its third sub-layer; its sites hook each sub-layer's Dropout
+        assert model._sites[("output_adapter", 3)].location == "output_adapter"
+        assert "cross_adapter" in model.base.decoder.block[1].layer[1].dropout._adapt_sites
+        assert "output_adapter" in model.base.decoder.block[1].layer[2].dropout._adapt_sites
+        assert "output_adapter" in model.base.encoder.block[0].layer[1].dropout._adapt_sites
 
 
 def test_cross_adapter_is_refused_where_there_is_no_cross_attention() -> None:
@@ -106,3 +113,70 @@ def test_adapterhub_files_are_inspected_without_a_model() -> None:
     fusion = read_fusion(root / "fusions" / "cr,cr2", shapes_only=True)
     assert fusion.base.encoder_layers == 3
     check_weight_shapes(fusion)
+
+
+def test_mbart_decoder_starts_with_each_rows_language_code() -> None:
+    """mBART shifts its labels (and inputs) as transformers and AdapterHub do: the row's last token before the
+    padding (the language code) comes first; BART and T5 start with decoder_start_token_id."""
+    from transformers.models.mbart.modeling_mbart import shift_tokens_right
+
+    labels = torch.tensor([[11, 12, 3, 50, 0, 0], [13, 14, 15, 3, 51, 0]])
+    assert torch.equal(tiny_model("mbart")._shift_right(labels), shift_tokens_right(labels, 0))
+    assert tiny_model("bart")._shift_right(labels)[:, 0].tolist() == [3, 3]
+
+
+@pytest.mark.parametrize("family", ["bart", "t5"])
+def test_parallel_seq2seq_loss_reads_the_labels(family: str) -> None:
+    """Under parallel(a,b) each member's seq2seq loss is the one it has alone: the decoder reads the labels."""
+    model = tiny_model(family)
+    for name in ("a", "b"):
+        model.add_adapter(name, "pfeiffer", {"cross_adapter": True})
+        model.add_head(name, "seq2seq_lm", vocab_size=model.vocab_size)
+    randomise(model.adapters, seed=4)
+    ids, mask = _inputs()
+    labels = torch.tensor([[11, 12, 3], [13, 3, -100], [14, 15, 3]])
+    both = model(input_ids=ids, attention_mask=mask, labels=labels, active="parallel(a,b)")
+    for branch, name in zip(both.branches, ("a", "b")):
+        alone = model(input_ids=ids, attention_mask=mask, labels=labels, active=name)
+        assert torch.allclose(branch.loss, alone.loss, atol=1e-6) and torch.allclose(branch.logits, alone.logits,
+                                                                                      atol=1e-5)
+
+
+def test_adapterhub_file_for_another_split_of_layers_is_refused() -> None:
+    """The fixture's BART has 3 encoder and 2 decoder layers; a model of 2 + 3 has as many layers in all."""
+    from adapter_cli.errors import ArtifactError
+
+    model = tiny_model("bart", d_model=40, encoder_layers=2, decoder_layers=3, vocab_size=120)
+    with pytest.raises(ArtifactError, match="name encoder layer 2, but this model's encoder has 2 layers"):
+        model.load_adapter(FIXTURES / "seq2seq_bart" / "adapters" / "pf")
+
+
+def test_generation_starts_with_the_forced_first_token() -> None:
+    """A config's forced_bos_token_id (BART's <s>, mBART-50's language) follows the decoder's start token and is
+    not counted as new: the steps equal whole forwards from [start, forced]."""
+    from adapter_cli.generation import Sampling, generate
+
+    model = tiny_model("bart")
+    assert model.forced_bos_token_id is None
+    model.config.forced_bos_token_id = 7  # transformers 5 keeps it in generation_config.json (next test)
+    model.add_adapter("a", "pfeiffer", {"cross_adapter": True})
+    model.add_head("a", "seq2seq_lm", vocab_size=model.vocab_size)
+    randomise(model.adapters, seed=5)
+    ids, mask = _inputs()
+    got = generate(model, ids, mask, "a", "a", Sampling(max_new_tokens=3), eos_token_id=None, pad_token_id=0)
+    seq = torch.tensor([[3, 7]] * ids.shape[0])
+    for _ in range(3):
+        logits = model(input_ids=ids, attention_mask=mask, decoder_input_ids=seq, active="a").logits[:, -1]
+        seq = torch.cat([seq, logits.argmax(-1, keepdim=True)], dim=1)
+    assert got.tokens == seq[:, 2:].tolist()
+
+
+def test_forced_first_token_is_read_from_the_model_directory(tmp_path) -> None:
+    import json
+
+    from adapter_cli import AdapterModel
+
+    tiny_model("bart").base.save_pretrained(tmp_path)
+    assert AdapterModel.from_pretrained(tmp_path).forced_bos_token_id is None
+    (tmp_path / "generation_config.json").write_text(json.dumps({"forced_bos_token_id": 0}))
+    assert AdapterModel.from_pretrained(tmp_path).forced_bos_token_id == 0

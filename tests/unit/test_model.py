@@ -90,9 +90,10 @@ def test_unsupported_architecture_lists_supported_ones() -> None:
 
     from adapter_cli import AdapterModel
 
-    with pytest.raises(UnsupportedModel, match="supported model types: bart, bert, distilbert, electra, gpt2, llama"):
-        AdapterModel.from_config(AutoConfig.for_model("t5", num_layers=1, d_model=32, num_heads=2, d_ff=64,
-                                                      d_kv=16, vocab_size=100))
+    with pytest.raises(UnsupportedModel, match="supported model types: bart, bert, distilbert, electra, gpt2, llama, "
+                                               "mbart, mistral, mt5, qwen2, roberta, t5, vit, xlm-roberta$"):
+        AdapterModel.from_config(AutoConfig.for_model("albert", num_hidden_layers=1, hidden_size=32,
+                                                      num_attention_heads=2, intermediate_size=64, vocab_size=100))
 
 
 def test_composition_errors_name_what_is_missing() -> None:
