@@ -30,6 +30,7 @@ from .fusion_config import resolve_fusion_config
 from .head_config import HeadConfig
 from .heads import PredictionHead
 from .embedding_sites import EmbeddingSite
+from .encoder_decoders import forced_first_token, last_eos, shift_right
 from .methods.bottleneck import location_layers
 from .methods.bottleneck_layers import BottleneckAdapterSet
 from .linear_sites import LinearSite
@@ -204,21 +205,8 @@ class AdapterModel(nn.Module):
 
     @property
     def forced_bos_token_id(self) -> int | None:
-        """The token an encoder-decoder's generation puts first (BART's <s>, mBART-50's target language).
-        transformers 5 keeps it in the generation config only, which a bare model does not load: it is read from
-        the model directory's generation_config.json (or config.json) where the config lacks it."""
-        found = getattr(self.config, "forced_bos_token_id", None)
-        if found is None and self.source and Path(self.source).is_dir():
-            import json
-
-            for name in ("generation_config.json", "config.json"):
-                try:
-                    found = json.loads((Path(self.source) / name).read_text()).get("forced_bos_token_id")
-                except (OSError, ValueError, AttributeError):
-                    found = None
-                if found is not None:
-                    break
-        return found if isinstance(found, int) and not isinstance(found, bool) else None
+        """The token an encoder-decoder's generation puts first (``encoder_decoders.forced_first_token``)."""
+        return forced_first_token(self.config, self.source)
 
     @property
     def encoder_layers(self) -> int | None:
@@ -958,7 +946,7 @@ class AdapterModel(nn.Module):
                                     cache=getattr(out, "cache", None),
                                     encoder_last_hidden_state=getattr(out, "encoder_last_hidden_state", None))
         if self.arch.encoder_decoder and input_ids is not None:
-            result.last_token = _last_eos(input_ids, self.config.eos_token_id)
+            result.last_token = last_eos(input_ids, self.config.eos_token_id)
         if head_name is None:
             return result
         branch = self._apply_head(head_name, result, labels, num_choices, setup)
@@ -1034,18 +1022,7 @@ class AdapterModel(nn.Module):
         return kwargs
 
     def _shift_right(self, ids: torch.Tensor) -> torch.Tensor:
-        """``ids`` one position later, after the decoder's start token (mBART: each row's last token before its
-        padding, its language code); -100 (no label) read as padding."""
-        pad, start = self.config.pad_token_id, self.config.decoder_start_token_id
-        ids = ids.masked_fill(ids == -100, pad)
-        shifted = ids.new_full(ids.shape, pad)
-        shifted[:, 1:] = ids[:, :-1]
-        if self.arch.decoder_starts_with_last_token:
-            last = (ids != pad).sum(-1, keepdim=True) - 1
-            shifted[:, 0] = ids.gather(1, last.clamp(min=0)).squeeze(1)
-        else:
-            shifted[:, 0] = start if start is not None else self.config.eos_token_id
-        return shifted
+        return shift_right(ids, self.config, self.arch.decoder_starts_with_last_token)
 
     def lm_input(self, states: torch.Tensor) -> torch.Tensor:
         """What a seq2seq-LM head reads of the decoder's states: T5's scaled by d_model ** -0.5 where the head is
@@ -1131,14 +1108,6 @@ def _causal_inputs(kwargs: dict[str, Any], attention_mask: torch.Tensor | None) 
 
 # Inputs besides input_ids with one row per example, which parallel(...) replicates with the batch.
 _PER_ROW = ("pixel_values", "decoder_input_ids", "decoder_attention_mask")
-
-
-def _last_eos(input_ids: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
-    """Per row, the position of its last end-of-sequence token; -1 in a row without one."""
-    if eos_token_id is None:
-        return torch.full(input_ids.shape[:1], -1, dtype=torch.long, device=input_ids.device)
-    positions = torch.arange(input_ids.shape[-1], device=input_ids.device)
-    return torch.where(input_ids == eos_token_id, positions, -1).amax(-1)
 
 
 def _last_tokens(states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

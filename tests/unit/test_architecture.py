@@ -116,7 +116,7 @@ LAYERS = [
               "formats.native", "formats.adapterhub", "formats.adapterhub_lora", "formats.adapterhub_reft",
               "formats.adapterhub_prompt", "formats.adapterhub_prefix",
               "formats.peft", "images"]),
-    ("engine", ["methods.bottleneck_layers", "methods.lora_layers", "methods.invertible_layers", "embedding_sites",
+    ("engine", ["encoder_decoders", "methods.bottleneck_layers", "methods.lora_layers", "methods.invertible_layers", "embedding_sites",
                 "methods.reft_layers", "reft_sites", "methods.phm_layers", "methods.prompt_layers", "prompt_sites",
                 "methods.prefix_layers", "prefix_sites", "methods.union_layers",
                 "fastpaths", "stitching", "linear_sites", "linear_views",
