@@ -113,3 +113,8 @@ def test_the_other_kind_of_lm_head_is_refused(bart, tmp_path, head, family) -> N
     own = "seq2seq_lm" if family == "bart" else "causal_lm"
     assert f"own language-model head is a {own} head, not {head}" in one_line_error(result)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_cross_attention_adapter_is_not_counted_without_a_model(tmp_path) -> None:
+    result = runner.invoke(app, ["add", "pfeiffer", "cross_adapter=true", "--hidden-size", "768", "--num-layers", "12"])
+    assert "a cross-attention adapter sits in an encoder-decoder's decoder layers only" in one_line_error(result)
