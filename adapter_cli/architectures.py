@@ -59,6 +59,10 @@ class Architecture:
     # The module (in the base model) whose output an invertible adapter transforms: the embeddings, as in
     # AdapterHub, which hooks the same module; for ELECTRA that is before embeddings_project (embedding_size).
     embeddings: str = "embeddings"
+    # Whether the invertible adapter transforms that module's input (its first argument) instead: T5's embedded
+    # input goes through a Dropout module the encoder calls again on its output, so the first block's input
+    # stands for the dropout's first output, where AdapterHub runs it.
+    embeddings_input: bool = False
     # Whether a masked-LM head (language adapters, `adapt train --task mlm`) can tie its decoder to the model's
     # input word embeddings (``get_input_embeddings()``): all five families can.
     tied_lm_head: bool = True
@@ -109,6 +113,10 @@ class Architecture:
     # sets T5's and mT5's tie_word_embeddings to true whatever their checkpoints say: T5 keeps the saved value
     # as scale_decoder_outputs (T5 v1.1 is untied), and mT5's checkpoints are all untied.
     tied_lm_attr: str = "tie_word_embeddings"
+    # An encoder-decoder's decoder layers' linear layers where they are not ``linears``: T5's feed-forward
+    # sub-layer comes third there, and every decoder layer adds its cross-attention's q, k and v ("cross_q" ...),
+    # which AdapterHub's LoRA changes along with the self-attention's (it wraps every attention module alike).
+    decoder_linears: tuple[tuple[str, str], ...] | None = None
 
     @property
     def encoder_decoder(self) -> bool:
@@ -131,8 +139,11 @@ class Architecture:
     def has_site(self, location: str) -> bool:
         return any(s.location == location for s in (*self.sites, *(self.decoder_sites or ())))
 
-    def linear(self, matrix: str) -> str:
-        return dict(self.linears)[matrix]
+    def linears_for(self, decoder: bool) -> tuple[tuple[str, str], ...]:
+        return self.decoder_linears if decoder and self.decoder_linears is not None else self.linears
+
+    def linear(self, matrix: str, decoder: bool = False) -> str:
+        return dict(self.linears_for(decoder))[matrix]
 
     @property
     def hub_layers(self) -> str:
@@ -144,14 +155,15 @@ class Architecture:
         """Each LoRA matrix's module path in AdapterHub's weight names."""
         return self.adapterhub_linears or self.linears
 
-    def hub_linear(self, matrix: str) -> str:
-        return dict(self.hub_linears)[matrix]
+    def hub_linear(self, matrix: str, decoder: bool = False) -> str:
+        return dict(self.linears_for(True) if decoder else self.hub_linears)[matrix]
 
     def fused(self, matrix: str) -> tuple[int, int] | None:
         """(part, parts) where ``matrix`` is one of several side by side in one module's outputs (GPT-2's q, k
         and v in ``c_attn``); None where it has a module of its own."""
-        path = self.linear(matrix)
-        sharing = [m for m, p in self.linears if p == path]
+        linears = self.linears_for(matrix not in dict(self.linears))  # cross_q ...: the decoder's
+        path = dict(linears)[matrix]
+        sharing = [m for m, p in linears if p == path]
         return (sharing.index(matrix), len(sharing)) if len(sharing) > 1 else None
 
     def check_lora_variant(self, config: Any, what: str = "adapter") -> None:
@@ -167,6 +179,11 @@ class Architecture:
     def hub_self_attention(self) -> str:
         """The self-attention module's path in AdapterHub's weight names (where prefix tunings sit)."""
         return self.adapterhub_self_attention or self.self_attention
+
+    @property
+    def hub_invertible(self) -> str:
+        """Where AdapterHub's weight names put invertible adapters (an encoder-decoder's are its encoder's)."""
+        return "encoder.invertible_adapters" if self.encoder_decoder else "invertible_adapters"
 
     @property
     def vision(self) -> bool:
@@ -284,7 +301,8 @@ ARCHITECTURES["vit"] = Architecture(
 
 
 # BART's layers are post-norm like BERT's, with functional dropout; mBART's are pre-norm. Decoder layers add a
-# site after cross-attention, whose residual is the input of ``encoder_attn``. Only bottleneck adapters so far.
+# site after cross-attention, whose residual is the input of ``encoder_attn``. Invertible adapters run on the
+# encoder's embeddings after their LayerNorm (AdapterHub hooks layernorm_embedding), never the decoder's.
 def _bart_sites(pre_norm: bool) -> tuple[SiteSpec, ...]:
     def site(location: str, attention: str, norm: str, path: str) -> SiteSpec:
         if pre_norm:  # x + dropout(attention(norm(x))): x is the norm's input
@@ -297,14 +315,24 @@ def _bart_sites(pre_norm: bool) -> tuple[SiteSpec, ...]:
                      "" if pre_norm else "final_layer_norm", "output_adapters", "dropout"))
 
 
+def _attention_linears(attention: str, names: tuple[str, str, str], prefix: str = "") -> tuple[tuple[str, str], ...]:
+    return tuple((f"{prefix}{m}", f"{attention}.{n}") for m, n in zip(("q", "k", "v"), names))
+
+
+_BART_QKV = ("q_proj", "k_proj", "v_proj")
+_BART_LINEARS = (*_attention_linears("self_attn", _BART_QKV), ("intermediate", "fc1"), ("output", "fc2"))
+
+
 def _bart_like(name: str, model_class: str, pre_norm: bool, **fields: Any) -> Architecture:
     return Architecture(name, "encoder.layers", _bart_sites(pre_norm), "model", model_class,
                         num_layers_attr="encoder_layers", decoder_layers="decoder.layers",
                         heads_attr="encoder_attention_heads", self_attention="self_attn",
                         attention_dropout_attr="attention_dropout", hidden_dropout_attr="dropout",
-                        methods=("bottleneck",), segments=False,
+                        methods=("bottleneck", "lora", "invertible"), segments=False, peft=False,
+                        linears=_BART_LINEARS,
+                        decoder_linears=(*_BART_LINEARS, *_attention_linears("encoder_attn", _BART_QKV, "cross_")),
                         heads=("classification", "multilabel_classification", "seq2seq_lm"),
-                        embeddings="shared", **fields)
+                        embeddings="encoder.layernorm_embedding", **fields)
 
 
 ARCHITECTURES["bart"] = _bart_like("BART", "BartAdapterModel", pre_norm=False)
@@ -324,19 +352,33 @@ def _t5_sites(decoder: bool) -> tuple[SiteSpec, ...]:
     return site("mh_adapter", 0), site("output_adapter", 1)
 
 
-def _t5_like(name: str, model_class: str, tied_lm_attr: str) -> Architecture:
+def _t5_linears(decoder: bool, up: str) -> tuple[tuple[str, str], ...]:
+    """T5's linear layers; ``up``: the feed-forward up-projection AdapterHub changes (``wi``, or the linear half
+    ``wi_1`` of a gated feed-forward: mT5's)."""
+    ff = f"layer.{2 if decoder else 1}.DenseReluDense"
+    out = (*_attention_linears("layer.0.SelfAttention", ("q", "k", "v")), ("intermediate", f"{ff}.{up}"),
+           ("output", f"{ff}.wo"))
+    return (*out, *_attention_linears("layer.1.EncDecAttention", ("q", "k", "v"), "cross_")) if decoder else out
+
+
+def _t5_like(name: str, model_class: str, tied_lm_attr: str, up: str) -> Architecture:
     return Architecture(name, "encoder.block", _t5_sites(False), "transformer", model_class,
                         hidden_size_attr="d_model", heads_attr="num_heads", num_layers_attr="num_layers",
                         decoder_layers="decoder.block", decoder_layers_attr="num_decoder_layers",
                         decoder_sites=_t5_sites(True), self_attention="layer.0.SelfAttention",
                         attention_dropout_attr="dropout_rate", hidden_dropout_attr="dropout_rate",
-                        methods=("bottleneck",), segments=False,
-                        heads=("classification", "multilabel_classification", "seq2seq_lm"), embeddings="shared",
-                        scale_tied_lm_input=True, tied_lm_attr=tied_lm_attr)
+                        methods=("bottleneck", "lora", "invertible"), segments=False, peft=False,
+                        linears=_t5_linears(False, up), decoder_linears=_t5_linears(True, up),
+                        heads=("classification", "multilabel_classification", "seq2seq_lm"),
+                        embeddings="encoder.block.0", embeddings_input=True, scale_tied_lm_input=True,
+                        tied_lm_attr=tied_lm_attr)
 
 
-ARCHITECTURES["t5"] = _t5_like("T5", "T5AdapterModel", "scale_decoder_outputs")
-ARCHITECTURES["mt5"] = _t5_like("mT5", "MT5AdapterModel", "")
+# LoRA on the feed-forward up-projection is placed by the model type (AdapterHub looks for ``wi_1`` in each
+# model): T5's original ``wi``, mT5's gated ``wi_1``. A T5 with a gated feed-forward (v1.1, Flan-T5) has no ``wi``
+# and such an adapter is refused there (``AdapterModel._linear``): no file records which of the two it changed.
+ARCHITECTURES["t5"] = _t5_like("T5", "T5AdapterModel", "scale_decoder_outputs", "wi")
+ARCHITECTURES["mt5"] = _t5_like("mT5", "MT5AdapterModel", "", "wi_1")
 
 
 def architecture_for(model_type: str) -> Architecture:

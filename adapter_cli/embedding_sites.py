@@ -63,10 +63,12 @@ def check_placement(block: Block | None, invertible: Collection[str]) -> None:
 class EmbeddingSite:
     """The invertible layers of the loaded adapters, by adapter name, and the hook on the embeddings module."""
 
-    def __init__(self, embeddings: nn.Module, context: ForwardContext) -> None:
+    def __init__(self, embeddings: nn.Module, context: ForwardContext, on_input: bool = False) -> None:
+        """``on_input``: transform the module's first argument instead of its output (T5: the first block's)."""
         self.context = context
         self.adapters: dict[str, nn.Module] = {}
-        self._handle = embeddings.register_forward_hook(self._after_embeddings)
+        self._handle = embeddings.register_forward_pre_hook(self._before_module, with_kwargs=True) if on_input \
+            else embeddings.register_forward_hook(self._after_embeddings)
 
     def check(self, block: Block | None) -> None:
         check_placement(block, frozenset(self.adapters))
@@ -81,6 +83,14 @@ class EmbeddingSite:
     def _after_embeddings(self, _module: nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         layer = self.active(self.context.setup)
         return None if layer is None else layer(output)  # None: transformers' output, untouched
+
+    def _before_module(self, _module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        layer = self.active(self.context.setup)
+        if layer is None:
+            return None
+        if args:
+            return (layer(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": layer(kwargs["hidden_states"])}
 
     def inverse(self, hidden: torch.Tensor, setup: Block | None) -> torch.Tensor:
         """The reverse pass of the invertible layer that runs under ``setup`` (for an LM head's input), or

@@ -45,7 +45,9 @@ class LinearSite:
         self.linear = linear
         self.loras: dict[str, nn.Module] = {}
         self.merged: str | None = None  # the adapter folded into this layer's weights, if any
-        self._handle = linear.register_forward_hook(self._forward_hook)
+        # First among the layer's hooks: a bottleneck site may take the same module's output as its ``h`` (BART's
+        # fc2), and must see it with the LoRA-family change made, as AdapterHub's wrapped layer gives it.
+        self._handle = linear.register_forward_hook(self._forward_hook, prepend=True)
 
     def _forward_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         setup = self.context.setup

@@ -44,7 +44,7 @@ class LinearView:
         bias = self.module.bias
         return None if bias is None else bias[self._slice]
 
-    def register_forward_hook(self, hook: Callable[..., Any]) -> Any:
+    def register_forward_hook(self, hook: Callable[..., Any], prepend: bool = False) -> Any:
         """``hook(module, args, part_of_output)`` returns the new part, or None to leave it."""
         whole = self.parts == 1
 
@@ -58,4 +58,4 @@ class LinearView:
             changed[..., self._slice] = new
             return changed
 
-        return self.module.register_forward_hook(on_output)
+        return self.module.register_forward_hook(on_output, prepend=prepend)

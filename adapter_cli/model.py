@@ -248,18 +248,30 @@ class AdapterModel(nn.Module):
 
     @property
     def intermediate_size(self) -> int:
-        """The feed-forward width: the output width of the first layer's up-projection."""
-        return int(self._linear("intermediate", 0).out_features)
+        """The feed-forward width: the output width of the first layer's up-projection (T5's ``d_ff`` where
+        its up-projection is not where LoRA would go)."""
+        try:
+            return int(self._linear("intermediate", 0).out_features)
+        except UnsupportedModel:
+            return int(getattr(self.config, "d_ff", 4 * self.hidden_size))
 
     @property
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in_features, out_features) of each linear layer a LoRA-family adapter can change, in the first
-        layer (a decoder's grouped-query keys and values are narrower than its hidden size)."""
+        layer (a decoder's grouped-query keys and values are narrower than its hidden size), and of an
+        encoder-decoder's cross-attention in its first decoder layer."""
         out = {}
-        for matrix, _ in self.arch.linears:
-            linear = self._linear(matrix, 0)
-            if hasattr(linear, "in_features"):
-                out[matrix] = (int(linear.in_features), int(linear.out_features))
+        firsts = [(self.arch.linears, 0)]
+        if self.encoder_layers is not None:
+            firsts.append((self.arch.linears_for(True), self.encoder_layers))
+        for linears, layer in firsts:
+            for matrix, _ in linears:
+                try:
+                    linear = self._linear(matrix, layer)
+                except UnsupportedModel:
+                    continue
+                if hasattr(linear, "in_features"):
+                    out.setdefault(matrix, (int(linear.in_features), int(linear.out_features)))
         return out
 
     @property
@@ -316,7 +328,13 @@ class AdapterModel(nn.Module):
         part of a fused projection (GPT-2)."""
         from .linear_views import LinearView, is_conv1d
 
-        module = self._layer_module(layer).get_submodule(self.arch.linear(matrix))
+        path = self.arch.linear(matrix, self.arch.in_decoder(layer, self.encoder_layers))
+        try:
+            module = self._layer_module(layer).get_submodule(path)
+        except AttributeError:  # a T5 with a gated feed-forward: no wi (architectures.py)
+            raise UnsupportedModel(f"this {self.arch.name} model has no {path} in its layers, where AdapterHub's "
+                                   f"{self.arch.name} LoRA changes the {matrix} matrix (its feed-forward is of "
+                                   f"another kind); set {matrix}_lora to false") from None
         fused = self.arch.fused(matrix)
         if fused is None and not is_conv1d(module):
             return module
@@ -339,7 +357,7 @@ class AdapterModel(nn.Module):
 
             self.arch.check_lora_variant(config, what)
             config.check_rank(self.hidden_size)
-            return LoRAAdapterSet(config, self.num_layers, self._linear)
+            return LoRAAdapterSet(config, self.num_layers, self._linear, self.encoder_layers)
         if config.architecture == "reft":
             from .methods.reft_layers import ReftAdapterSet
 
@@ -401,7 +419,8 @@ class AdapterModel(nn.Module):
             self._prompt_sites.add(name, adapter_set)
         if getattr(adapter_set, "invertible", None) is not None:  # MAD-X: on the embeddings' output
             if self._embedding_site is None:
-                self._embedding_site = EmbeddingSite(self.base.get_submodule(self.arch.embeddings), self._context)
+                self._embedding_site = EmbeddingSite(self.base.get_submodule(self.arch.embeddings), self._context,
+                                                     self.arch.embeddings_input)
             self._embedding_site.adapters[name] = adapter_set.invertible
 
     def delete_adapter(self, name: str) -> None:

@@ -173,7 +173,8 @@ def _build(model: str, adapter_name: str, adapter_config: Any, head: str | None,
     if adapter_config.architecture == "lora":
         inner = m.intermediate_size
         result["intermediate_size"] = inner
-        counts: dict[str, Any] = adapter_config.parameter_count(m.hidden_size, m.num_layers, inner, m.linear_shapes)
+        counts: dict[str, Any] = adapter_config.parameter_count(m.hidden_size, m.num_layers, inner, m.linear_shapes,
+                                                                m.encoder_layers)
     elif adapter_config.architecture == "bottleneck":  # invertible adapters: as wide as the embeddings
         counts = adapter_config.parameter_count(m.hidden_size, m.num_layers, embedding_size=m.embedding_size,
                                                 encoder_layers=m.encoder_layers)

@@ -33,7 +33,7 @@ def inspect(
     rows = [["kind", result["kind"]], ["name", result["name"]], ["format", result["format"]]]
     if result["kind"] == "adapter":
         rows.append(["method", result["method"]])
-        rows += _method_rows(result["config"])
+        rows += _method_rows(result["config"], result["base_model"].get("encoder_layers") is not None)
         rows += _madx_rows(result)
     if result["kind"] == "fusion":
         rows.append(["adapters", ", ".join(result["adapters"])])
@@ -59,14 +59,16 @@ def _madx_rows(result: dict) -> list[list]:
     return rows
 
 
-def _method_rows(cfg: dict) -> list[list]:
+def _method_rows(cfg: dict, encoder_decoder: bool = False) -> list[list]:
     """Where the adapter sits and how big it is: a bottleneck's placement and width, or the linear layers a
-    LoRA-family adapter changes and its rank."""
+    LoRA-family adapter changes (an encoder-decoder's decoder layers: the cross-attention's too) and its rank."""
     if cfg.get("architecture") == "lora":
         from ..methods import config_from_dict
 
         config = config_from_dict(cfg)
-        rows = [["variant", config.variant], ["matrices", ", ".join(config.matrices)]]
+        cross = config.layer_matrices(encoder_decoder)[len(config.matrices):]
+        rows = [["variant", config.variant], ["matrices", ", ".join(config.matrices) + (
+            f"; in decoder layers also {', '.join(cross)}" if cross else "")]]
         if config.variant != "ia3":
             rows.append(["rank", config.r])
         return rows + [["alpha", f"{config.alpha:g}"]]

@@ -104,7 +104,7 @@ def check_weight_shapes(artifact: AdapterArtifact | FusionArtifact | HeadArtifac
     elif isinstance(artifact, AdapterArtifact) and artifact.config.architecture == "lora":
         expected = artifact.config.weight_shapes(base.hidden_size, layers(artifact.config.leave_out),
                                                  _intermediate_size(weights, artifact.config.scaled_inputs),
-                                                 _decoder_linear_shapes(base.model_type, weights))
+                                                 _decoder_linear_shapes(base.model_type, weights), base.encoder_layers)
     elif isinstance(artifact, AdapterArtifact) and artifact.config.architecture == "reft":
         expected = artifact.config.weight_shapes(base.hidden_size, layers(artifact.config.named_layers))
     elif isinstance(artifact, AdapterArtifact) and artifact.config.architecture == "prefix_tuning":
@@ -165,13 +165,14 @@ def _prefix_layers(config: Any, weights: dict[str, Any], base: Any) -> int:
 
 
 def _decoder_linear_shapes(model_type: str, weights: dict[str, Any]) -> dict[str, tuple[int, int]] | None:
-    """A decoder's linear layers are not BERT's (grouped-query keys and values are narrower; AdapterHub's
-    Llama names down_proj "intermediate"), and no format records their widths: each matrix's (in, out) is
-    read off its first layer's weights, so the check still finds a missing, extra or inconsistent weight."""
+    """A decoder's or an encoder-decoder's linear layers are not BERT's (grouped-query keys and values are
+    narrower; AdapterHub's Llama names down_proj "intermediate"; T5's attention may be wider than d_model), and
+    no format records their widths: each matrix's (in, out) is read off its first layer's weights, so the check
+    still finds a missing, extra or inconsistent weight."""
     from ..architectures import ARCHITECTURES
 
     arch = ARCHITECTURES.get(model_type)
-    if arch is None or not arch.causal:
+    if arch is None or not (arch.causal or arch.encoder_decoder):
         return None
     found: dict[str, list[int | None]] = {}
     for key, tensor in weights.items():

@@ -215,7 +215,8 @@ def adapter_weights_from_adapterhub(raw: dict[str, Any], arch: Architecture, ln_
     names: set[str] = set()
     patterns = _site_patterns(arch, "adapter")
     shared = re.compile(rf"^(?:{re.escape(arch.adapterhub_prefix)}\.)?shared_parameters\.([^.]+)\.([^.]+)$")
-    invertible = re.compile(rf"^(?:{re.escape(arch.adapterhub_prefix)}\.)?invertible_adapters\.([^.]+)\.(.+)$")
+    invertible = re.compile(rf"^(?:{re.escape(arch.adapterhub_prefix)}\.)?{re.escape(arch.hub_invertible)}\."
+                            r"([^.]+)\.(.+)$")
     for key, tensor in raw.items():
         key = _legacy(key)
         m = shared.match(key)
@@ -257,7 +258,7 @@ def adapter_weights_to_adapterhub(weights: dict[str, torch.Tensor], arch: Archit
             out[f"{arch.adapterhub_prefix}.shared_parameters.{name}.{key.removeprefix('shared.')}"] = tensor
             continue
         if key.startswith("invertible."):  # the invertible layer: <prefix>.invertible_adapters.<name>.F.0.weight
-            out[f"{arch.adapterhub_prefix}.invertible_adapters.{name}.{key.removeprefix('invertible.')}"] = tensor
+            out[f"{arch.adapterhub_prefix}.{arch.hub_invertible}.{name}.{key.removeprefix('invertible.')}"] = tensor
             continue
         location, layer, param = key.split(".", 2)
         module, _, leaf = param.partition(".")
@@ -380,12 +381,12 @@ def _write_method(config: Any, weights: dict[str, Any], arch: Architecture, name
         configs, out = [], {}
         for part in config.configs:
             mine = {k.split(".", 2)[2]: v for k, v in weights.items() if k.startswith(f"parts.{part.architecture}.")}
-            part_config, part_weights = _write_method(part, mine, arch, name, hidden_size, num_layers)
+            part_config, part_weights = _write_method(part, mine, arch, name, hidden_size, num_layers, encoder_layers)
             configs.append(part_config)
             out.update(part_weights)
         return {"architecture": "union", "configs": configs}, out
     if method == "lora":
-        return lora_config_to_adapterhub(config), lora_weights_to_adapterhub(weights, arch, name)
+        return lora_config_to_adapterhub(config), lora_weights_to_adapterhub(weights, arch, name, encoder_layers)
     if method == "reft":
         return reft_config_to_adapterhub(config), reft_weights_to_adapterhub(weights, arch, name)
     if method == "prefix_tuning":

@@ -46,10 +46,18 @@ def lora_config_to_adapterhub(config: Any) -> dict[str, Any]:
     return out
 
 
-def _patterns(arch: Architecture) -> list[tuple[str, re.Pattern[str]]]:
-    prefix = rf"^(?:{re.escape(arch.adapterhub_prefix)}\.)?{re.escape(arch.hub_layers)}\.(\d+)\."
-    return [(matrix, re.compile(prefix + rf"{re.escape(path)}\.loras\.([^.]+)\.(.+)$"))
-            for matrix, path in arch.hub_linears]
+def _patterns(arch: Architecture) -> list[tuple[str, str, re.Pattern[str]]]:
+    """(matrix, how its layer is named in our keys, pattern); an encoder-decoder's decoder layers are named
+    ``d<index in the decoder>``, which ``adapterhub.number_decoder_layers`` numbers after the encoder's."""
+    stacks = [("", arch.hub_layers, arch.hub_linears)]
+    if arch.decoder_layers is not None:
+        stacks.append(("d", arch.decoder_layers, arch.linears_for(True)))
+    out = []
+    for mark, layers, linears in stacks:
+        prefix = rf"^(?:{re.escape(arch.adapterhub_prefix)}\.)?{re.escape(layers)}\.(\d+)\."
+        out += [(matrix, mark, re.compile(prefix + rf"{re.escape(path)}\.loras\.([^.]+)\.(.+)$"))
+                for matrix, path in linears]
+    return out
 
 
 def lora_weights_from_adapterhub(raw: dict[str, Any], arch: Architecture, source: Path,
@@ -65,10 +73,11 @@ def lora_weights_from_adapterhub(raw: dict[str, Any], arch: Architecture, source
             names.add(m.group(1))
             out[f"shared.{m.group(2)}"] = tensor
             continue
-        for matrix, pattern in patterns:
+        for matrix, mark, pattern in patterns:
             m = pattern.match(key)
             if m:
                 layer, name, param = m.groups()
+                layer = mark + layer
                 names.add(name)
                 if arch.fused(matrix) is not None:
                     out.update(_split(tensor, _fused_parts(arch, matrix, matrices), layer, param, source, key))
@@ -104,7 +113,9 @@ def _split(tensor: Any, parts: list[str], layer: str, param: str, source: Path, 
     return {f"{m}.{layer}.{param}": tensor.narrow(0, i * size, size).clone() for i, m in enumerate(parts)}
 
 
-def lora_weights_to_adapterhub(weights: dict[str, Any], arch: Architecture, name: str) -> dict[str, Any]:
+def lora_weights_to_adapterhub(weights: dict[str, Any], arch: Architecture, name: str,
+                               encoder_layers: int | None = None) -> dict[str, Any]:
+    """``encoder_layers``: an encoder-decoder's encoder depth (AdapterHub names its decoder layers from 0)."""
     import torch
 
     out: dict[str, Any] = {}
@@ -115,7 +126,9 @@ def lora_weights_to_adapterhub(weights: dict[str, Any], arch: Architecture, name
             out[f"{arch.adapterhub_prefix}.shared_parameters.{name}.{rest}"] = tensor
             continue
         layer, _, param = rest.partition(".")
-        hub = f"{arch.adapterhub_prefix}.{arch.hub_layers}.{layer}.{arch.hub_linear(first)}.loras.{name}.{param}"
+        decoder = arch.in_decoder(int(layer), encoder_layers)
+        hub = (f"{arch.adapterhub_prefix}.{arch.layer_path(int(layer), encoder_layers or 0, hub=True)}."
+               f"{arch.hub_linear(first, decoder)}.loras.{name}.{param}")
         position = arch.fused(first)
         if position is None:
             out[hub] = tensor

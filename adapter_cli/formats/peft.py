@@ -139,10 +139,9 @@ def _locate(module: str) -> list[tuple[str, Architecture, int, str]]:
         paths = {path: matrix for matrix, path in arch.linears}
         if m and m.group(1) in (None, arch.adapterhub_prefix) and m.group(3) in paths:
             matrix = paths[m.group(3)]
-            if not arch.peft:  # Conv1D layers, q, k and v in one module: PEFT's layout is not ours
-                raise ArtifactError(f"the PEFT adapter changes {module}, one of {arch.name}'s Conv1D layers "
-                                    "(q, k and v are one of them), which adapt does not read from PEFT's files; "
-                                    "use AdapterHub's or adapt's format")
+            if not arch.peft:
+                raise ArtifactError(f"the PEFT adapter changes {module}, {_no_peft(arch)}, which adapt does not "
+                                    "read from PEFT's files; use AdapterHub's or adapt's format")
             found.append((model_type, arch, int(m.group(2)), matrix))
     return found
 
@@ -315,11 +314,18 @@ def write_adapter(directory: Path, artifact: AdapterArtifact, dtype: torch.dtype
     _check_writable(config, artifact.name)
     arch = architecture_for(base.model_type)
     if not arch.peft:
-        raise UsageError(f"cannot save adapter {artifact.name!r} in PEFT's format: PEFT changes {arch.name}'s "
-                         "Conv1D layers with weights of its own layout, and its q, k and v (one module) as one "
-                         "matrix; save it in the adapt or adapterhub format")
+        raise UsageError(f"cannot save adapter {artifact.name!r} in PEFT's format: it changes {_no_peft(arch)}, "
+                         "which adapt does not write in PEFT's layout; save it in the adapt or adapterhub format")
     write_json(Path(directory) / ADAPTER_CONFIG, _peft_config(config, base, arch))
     save_safetensors(_peft_weights(artifact.weights, config, arch), Path(directory) / WEIGHTS[0], dtype)
+
+
+def _no_peft(arch: Architecture) -> str:
+    """What of ``arch``'s layers PEFT's files are not read or written for."""
+    if arch.encoder_decoder:  # PEFT names the decoder's layers, and their cross-attention, apart
+        return f"a layer of {arch.name}, an encoder-decoder"
+    # Conv1D layers with weights of PEFT's own layout, and q, k and v in one module (GPT-2)
+    return f"one of {arch.name}'s Conv1D layers (q, k and v are one of them)"
 
 
 def _check_writable(config: Any, name: str) -> None:

@@ -13,7 +13,9 @@ of the base model computes (``y = W x + b``):
 
 Which linear layers: the self-attention projections named in ``attn_matrices`` (q, k, v) when
 ``selfattn_lora``, the feed-forward up-projection when ``intermediate_lora``, its down-projection when
-``output_lora``; every layer but those in ``leave_out``. The configuration is torch-free (``adapt add
+``output_lora``; every layer but those in ``leave_out``. In an encoder-decoder's decoder layers the attention
+matrices chosen are changed in the cross-attention too (``cross_q`` ...), as AdapterHub wraps every attention
+module alike. The configuration is torch-free (``adapt add
 --hidden-size`` counts parameters without a model); the modules live in ``lora_layers``.
 """
 
@@ -28,6 +30,7 @@ from .base import MethodConfig
 
 ATTENTION_MATRICES = ("q", "k", "v")
 MATRICES = ATTENTION_MATRICES + ("intermediate", "output")  # every linear layer a config can name
+CROSS = "cross_"  # the prefix of a decoder layer's cross-attention matrices: cross_q, cross_k, cross_v
 COMPOSITION_MODES = ("add", "scale")
 INIT_SCHEMES = ("lora", "bert", "ia3", "vera")
 DTYPES = ("float32", "float16", "bfloat16", "float64")
@@ -156,6 +159,21 @@ class LoRAConfig(MethodConfig):
         return tuple(chosen + [m for m, on in (("intermediate", self.intermediate_lora),
                                                 ("output", self.output_lora)) if on])
 
+    def layer_matrices(self, decoder: bool) -> tuple[str, ...]:
+        """The linear layers changed in one layer; ``decoder``: an encoder-decoder's decoder layer, whose
+        cross-attention matrices change along with the self-attention's."""
+        cross = [CROSS + m for m in self.matrices if m in ATTENTION_MATRICES] if decoder else []
+        return (*self.matrices, *cross)
+
+    def placed(self, num_layers: int, encoder_layers: int | None) -> list[tuple[str, list[int]]]:
+        """(matrix, the layers it is changed in): the cross-attention's in the decoder's layers only."""
+        layers = self.layers(num_layers)
+        out = [(m, layers) for m in self.matrices]
+        if encoder_layers is not None:
+            decoder = [i for i in layers if i >= encoder_layers]
+            out += [(m, decoder) for m in self.layer_matrices(True)[len(self.matrices):] if decoder]
+        return out
+
     def check_rank(self, hidden_size: int) -> None:
         """A rank above the hidden size is no longer low-rank: almost surely a typo (r=768 for r=8)."""
         if self.composition_mode == "add" and self.r > hidden_size:
@@ -189,34 +207,40 @@ class LoRAConfig(MethodConfig):
             return {}
         return {"shared.lora_A": (self.r, hidden_size), "shared.lora_B": (hidden_size, self.r)}
 
+    def _fans(self, matrix: str, hidden_size: int, inner: int,
+              linear_shapes: dict[str, tuple[int, int]] | None) -> tuple[int, int]:
+        """(in, out) of ``matrix``'s weights; a cross-attention matrix is shaped as its self-attention twin
+        unless ``linear_shapes`` says otherwise."""
+        own = (linear_shapes or {}).get(matrix) or (linear_shapes or {}).get(matrix.removeprefix(CROSS))
+        fan_in, fan_out = own or self.linear_shape(matrix.removeprefix(CROSS), hidden_size, inner)
+        return (fan_in, fan_in) if matrix in self.scaled_inputs else (fan_in, fan_out)
+
     def weight_shapes(self, hidden_size: int, num_layers: int, intermediate_size: int | None = None,
-                      linear_shapes: dict[str, tuple[int, int]] | None = None) -> dict[str, tuple[int, ...]]:
+                      linear_shapes: dict[str, tuple[int, int]] | None = None,
+                      encoder_layers: int | None = None) -> dict[str, tuple[int, ...]]:
         """Every weight's name and shape, from the configuration alone (``matrix.layer.parameter``); a family
         whose linear layers are not BERT's (a decoder's grouped-query keys and values) gives their (in, out)
-        in ``linear_shapes``."""
+        in ``linear_shapes``; an encoder-decoder its ``encoder_layers`` (its decoder's cross-attention)."""
         inner = intermediate_size or 4 * hidden_size
         out = dict(self.shared_shapes(hidden_size))
-        for matrix in self.matrices:
-            fan_in, fan_out = (linear_shapes or {}).get(matrix) or self.linear_shape(matrix, hidden_size, inner)
-            if matrix in self.scaled_inputs:
-                fan_out = fan_in
-            for i in self.layers(num_layers):
-                out.update({f"{matrix}.{i}.{k}": v for k, v in self.site_shapes(fan_in, fan_out).items()})
+        for matrix, layers in self.placed(num_layers, encoder_layers):
+            shapes = self.site_shapes(*self._fans(matrix, hidden_size, inner, linear_shapes))
+            for i in layers:
+                out.update({f"{matrix}.{i}.{k}": v for k, v in shapes.items()})
         return out
 
     def parameter_count(self, hidden_size: int, num_layers: int, intermediate_size: int | None = None,
-                        linear_shapes: dict[str, tuple[int, int]] | None = None) -> dict[str, Any]:
+                        linear_shapes: dict[str, tuple[int, int]] | None = None,
+                        encoder_layers: int | None = None) -> dict[str, Any]:
         """Parameters per changed linear layer kind and in total (VeRA's frozen shared projections count in
-        the total, as AdapterHub counts them, and not in ``trainable_parameters``). ``linear_shapes``: as
-        for ``weight_shapes``."""
+        the total, as AdapterHub counts them, and not in ``trainable_parameters``). ``linear_shapes`` and
+        ``encoder_layers``: as for ``weight_shapes``."""
         self.check_rank(hidden_size)
         inner = intermediate_size or 4 * hidden_size
         placements = []
-        for matrix in self.matrices:
-            fan_in, fan_out = (linear_shapes or {}).get(matrix) or self.linear_shape(matrix, hidden_size, inner)
-            shapes = self.site_shapes(fan_in, fan_in if matrix in self.scaled_inputs else fan_out)
+        for matrix, layers in self.placed(num_layers, encoder_layers):
+            shapes = self.site_shapes(*self._fans(matrix, hidden_size, inner, linear_shapes))
             per_layer = sum(math.prod(s) for s in shapes.values())
-            layers = self.layers(num_layers)
             placements.append({"location": matrix, "layers": layers, "widths": [self.r] * len(layers),
                                "parameters": per_layer * len(layers)})
         trained = sum(p["parameters"] for p in placements)

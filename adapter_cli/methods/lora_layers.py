@@ -162,27 +162,32 @@ class LoRAAdapterSet(nn.Module):
     """Every changed linear layer of one adapter; state-dict keys are ``<matrix>.<layer>.<param>`` (and
     ``shared.lora_A/B`` for VeRA), our format."""
 
-    def __init__(self, config: LoRAConfig, num_layers: int, linear: Callable[[str, int], nn.Linear]) -> None:
+    def __init__(self, config: LoRAConfig, num_layers: int, linear: Callable[[str, int], nn.Linear],
+                 encoder_layers: int | None = None) -> None:
+        """``encoder_layers``: an encoder-decoder's encoder depth (its decoder layers' cross-attention changes
+        too)."""
         super().__init__()
         self.config = config
         generator = None
         if config.init_weights_seed is not None:
             generator = torch.Generator().manual_seed(config.init_weights_seed)
         layers = config.layers(num_layers)
+        placed = config.placed(num_layers, encoder_layers)
+        self._matrices = tuple(m for m, _ in placed)
         self.shared = None
         if config.is_vera:
             first = linear(config.matrices[0], layers[0])
-            for matrix in config.matrices[1:]:  # one A and one B serve every changed layer: one shape for all
-                other = linear(matrix, layers[0])
+            for matrix, where in placed[1:]:  # one A and one B serve every changed layer: one shape for all
+                other = linear(matrix, where[0])
                 if (other.in_features, other.out_features) != (first.in_features, first.out_features):
                     raise ConfigError(f"VeRA shares one random projection pair among the layers it changes, but "
                                       f"{matrix} maps {other.in_features} to {other.out_features} features and "
                                       f"{config.matrices[0]} {first.in_features} to {first.out_features} (e.g. "
                                       "grouped-query keys and values); change layers of one shape only")
             self.shared = SharedProjections(config, first.in_features, first.out_features, generator)
-        for matrix in config.matrices:
+        for matrix, where in placed:
             modules = {}
-            for i in layers:
+            for i in where:
                 target = linear(matrix, i)
                 modules[str(i)] = LinearDelta(config, target.in_features, target.out_features,
                                               target.weight if config.use_dora else None, self.shared, generator,
@@ -204,7 +209,7 @@ class LoRAAdapterSet(nn.Module):
                     delta._fused = (deltas, index)
 
     def sites(self) -> list[tuple[str, int, LinearDelta]]:
-        return [(matrix, int(i), m) for matrix in self.config.matrices for i, m in getattr(self, matrix).items()]
+        return [(matrix, int(i), m) for matrix in self._matrices for i, m in getattr(self, matrix).items()]
 
     def requires_grad_(self, requires_grad: bool = True) -> LoRAAdapterSet:
         super().requires_grad_(requires_grad)

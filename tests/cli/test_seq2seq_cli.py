@@ -118,3 +118,25 @@ def test_the_other_kind_of_lm_head_is_refused(bart, tmp_path, head, family) -> N
 def test_a_cross_attention_adapter_is_not_counted_without_a_model(tmp_path) -> None:
     result = runner.invoke(app, ["add", "pfeiffer", "cross_adapter=true", "--hidden-size", "768", "--num-layers", "12"])
     assert "a cross-attention adapter sits in an encoder-decoder's decoder layers only" in one_line_error(result)
+
+
+def test_a_lora_is_counted_and_saved_for_bart(bart, tmp_path) -> None:
+    """`adapt add lora --json` on BART counts the decoder's cross-attention matrices (checked against the built
+    modules), and saves AdapterHub's weight names; a gated T5 refuses intermediate_lora in one line."""
+    result = runner.invoke(app, ["add", "lora", "attn_matrices=[q,v]", "-m", str(bart / "model"), "--json",
+                                 "--format", "adapterhub", "--save", str(tmp_path / "L")])
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    placed = {p["location"]: p["layers"] for p in out["placements"]}
+    assert placed == {"q": [0, 1, 2, 3], "v": [0, 1, 2, 3], "cross_q": [2, 3], "cross_v": [2, 3]}
+    from safetensors.torch import load_file
+
+    keys = load_file(str(tmp_path / "L" / "adapter.safetensors"))
+    assert "model.decoder.layers.1.encoder_attn.q_proj.loras.lora.lora_A" in keys
+    gated = save_tiny_model(tmp_path / "t5", "t5")
+    config = json.loads((gated / "config.json").read_text())
+    (gated / "config.json").write_text(json.dumps({**config, "feed_forward_proj": "gated-gelu", "is_gated_act": True,
+                                                   "dense_act_fn": "gelu"}))
+    refused = runner.invoke(app, ["add", "ia3", "-m", str(gated), "--save", str(tmp_path / "I")])
+    assert one_line_error(refused).startswith("error: this T5 model has no layer.1.DenseReluDense.wi in its layers")
+    assert not (tmp_path / "I").exists()

@@ -118,3 +118,33 @@ def test_a_classification_task_trains_on_bart(world, tmp_path) -> None:
     assert not torch.equal(trained, AutoModel.from_pretrained(world["bart"]).shared.weight)  # it was fine-tuned
     assert torch.equal(loaded.encoder.embed_tokens.weight, trained)
     assert torch.equal(loaded.decoder.embed_tokens.weight, trained)
+
+
+def test_a_lora_trains_on_pairs_and_is_shared_in_adapterhubs_format(world, tmp_path) -> None:
+    """LoRA on q, k, v and the feed-forward of a tiny T5 (the decoder's cross-attention too): the run learns,
+    `adapt infer --task lm` scores what it scored, and the AdapterHub copy of the adapter scores the same."""
+    t5 = save_tiny_model(tmp_path / "t5", "t5")
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--task", "lm", "--data-dir", world["pairs"], "--model", str(t5),
+                                 "--config", "lora", "attn_matrices=[q,k,v]", "intermediate_lora=true",
+                                 "--run-dir", str(run), "--json", *FAST])
+    assert result.exit_code == 0, result.stderr
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    perplexities = [r["perplexity"] for r in records if r["type"] == "eval"]
+    assert perplexities[-1] < perplexities[0]
+    from safetensors.torch import load_file
+
+    from adapter_cli import AdapterModel
+
+    model = AdapterModel.from_pretrained(t5)
+    name = model.load_adapter(run / "best", with_head=False)
+    hub = model.save_adapter(tmp_path / "hub", name, with_head=False, format="adapterhub", safetensors=True)
+
+    (weights,) = [f for f in hub.iterdir() if f.suffix == ".safetensors"]
+    assert any(".decoder.block.1.layer.1.EncDecAttention.k.loras." in k for k in load_file(str(weights)))
+    best = json.loads(result.stdout)["best"]["metrics"]["perplexity"]
+    for adapter in (run / "best", hub):
+        scored = runner.invoke(app, ["infer", "-m", str(t5), "-a", str(adapter), "--task", "lm", "--data-dir",
+                                     world["pairs"], "--max-length", "16"])
+        assert scored.exit_code == 0, scored.stderr
+        assert json.loads(scored.stdout)["perplexity"] == pytest.approx(best, rel=1e-5)

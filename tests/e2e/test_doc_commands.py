@@ -90,6 +90,8 @@ EXAMPLES = collect(EPILOGS, COMMAND_PATHS)
 INLINE_FRAGMENTS = {
     "adapt add --save": "names the --save option of adapt add (docs/cli.md conventions)",
     "adapt add --head seq2seq_lm": "names the head an encoder-decoder's adapter takes (docs/encoder-decoders.md)",
+    "adapt train --task lm --config seq_bn_inv": "names the task and config of a language adapter in a sentence "
+    "(docs/encoder-decoders.md); --data-dir and --model are left out",
     "adapt train --resume": "names the --resume option (docs/tasks.md); the full command is in training.md",
     "adapt infer --route-column": "names the --route-column option (docs/performance.md)",
     "adapt infer --device cuda": "names the --device option (docs/performance.md)",
@@ -127,6 +129,9 @@ NOT_RUN = {
         'adapt infer -m ./my-bart -a ./summ --generate "A long article ..." --max-new-tokens 40',
         "adapt add pfeiffer --head classification:3 -m ./my-bart --name nli --save ./nli",
         "adapt train --task lm --data-dir ./pairs --model ./my-bart --config pfeiffer cross_adapter=true")},
+    'adapt train --task lm --data-dir ./pairs --model ./my-t5 --config lora "attn_matrices=[q,k,v]" '
+    "intermediate_lora=true": "needs a T5 directory (none ships on PyPI; tests/cli/test_seq2seq_train_cli.py runs "
+                              "it on a tiny random T5)",
     "adapt fuse ./adapters/sst2 ./adapters/mrpc AdapterHub/bert-base-uncased-pf-rte --target rte --model "
     "bert-base-uncased epochs=5 --export-adapterhub ./rte-fusion-ah":
         "bert-base-uncased and an AdapterHub repo from the Hugging Face Hub (network)",

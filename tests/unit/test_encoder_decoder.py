@@ -70,8 +70,9 @@ def test_cross_adapter_is_refused_where_there_is_no_cross_attention() -> None:
 
 
 def test_other_methods_are_refused_in_one_line() -> None:
-    with pytest.raises(UnsupportedModel, match="adapt stitches only bottleneck adapters into BART models so far"):
-        tiny_model("bart").add_adapter("a", "lora")
+    with pytest.raises(UnsupportedModel, match="adapt stitches only bottleneck, lora and invertible adapters into "
+                                               "BART models so far"):
+        tiny_model("bart").add_adapter("a", "prefix_tuning")
 
 
 def test_classification_reads_the_last_eos_and_needs_one() -> None:
