@@ -315,6 +315,11 @@ def _bart_sites(pre_norm: bool) -> tuple[SiteSpec, ...]:
                      "" if pre_norm else "final_layer_norm", "output_adapters", "dropout"))
 
 
+# AdapterHub's head types for BART and T5; a question-answering head reads the decoder's states of the inputs
+# shifted right (transformers' BartForQuestionAnswering does the same), so its positions are the input's.
+_ENCODER_DECODER_HEADS = ("classification", "multilabel_classification", "question_answering", "seq2seq_lm")
+
+
 def _attention_linears(attention: str, names: tuple[str, str, str], prefix: str = "") -> tuple[tuple[str, str], ...]:
     return tuple((f"{prefix}{m}", f"{attention}.{n}") for m, n in zip(("q", "k", "v"), names))
 
@@ -331,7 +336,7 @@ def _bart_like(name: str, model_class: str, pre_norm: bool, **fields: Any) -> Ar
                         methods=("bottleneck", "lora", "invertible"), segments=False, peft=False,
                         linears=_BART_LINEARS,
                         decoder_linears=(*_BART_LINEARS, *_attention_linears("encoder_attn", _BART_QKV, "cross_")),
-                        heads=("classification", "multilabel_classification", "seq2seq_lm"),
+                        heads=_ENCODER_DECODER_HEADS,
                         embeddings="encoder.layernorm_embedding", **fields)
 
 
@@ -369,7 +374,7 @@ def _t5_like(name: str, model_class: str, tied_lm_attr: str, up: str) -> Archite
                         attention_dropout_attr="dropout_rate", hidden_dropout_attr="dropout_rate",
                         methods=("bottleneck", "lora", "invertible"), segments=False, peft=False,
                         linears=_t5_linears(False, up), decoder_linears=_t5_linears(True, up),
-                        heads=("classification", "multilabel_classification", "seq2seq_lm"),
+                        heads=_ENCODER_DECODER_HEADS,
                         embeddings="encoder.block.0", embeddings_input=True, scale_tied_lm_input=True,
                         tied_lm_attr=tied_lm_attr)
 

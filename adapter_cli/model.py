@@ -1000,7 +1000,10 @@ class AdapterModel(nn.Module):
                 out.loss = module.loss(out.logits, labels)
             return out
         if module.config.head_type in ("tagging", "question_answering"):  # every input token, no prompt positions
-            out.logits, out.head = module(self._prompt_sites.strip(hidden.last_hidden_state, setup)), name
+            states = self._prompt_sites.strip(hidden.last_hidden_state, setup)
+            if self.arch.encoder_decoder:  # T5's question-answering head reads the scaled states too
+                states = self.lm_input(states)
+            out.logits, out.head = module(states), name
             if labels is not None:
                 out.loss = module.loss(out.logits, labels)
             return out
@@ -1046,7 +1049,8 @@ class AdapterModel(nn.Module):
     def lm_input(self, states: torch.Tensor) -> torch.Tensor:
         """What a seq2seq-LM head reads of the decoder's states: T5's scaled by d_model ** -0.5 where the head is
         tied to the word embeddings (its pretrained LM head was trained so, and AdapterHub's head reads the
-        same); unchanged elsewhere."""
+        same); unchanged elsewhere. AdapterHub's T5 model hands its question-answering heads the same scaled
+        states (only classification heads read them unscaled), and so does adapt."""
         if self.arch.scale_tied_lm_input and self.ties_word_embeddings:
             return states * (self.hidden_size ** -0.5)
         return states

@@ -90,6 +90,7 @@ EXAMPLES = collect(EPILOGS, COMMAND_PATHS)
 INLINE_FRAGMENTS = {
     "adapt add --save": "names the --save option of adapt add (docs/cli.md conventions)",
     "adapt add --head seq2seq_lm": "names the head an encoder-decoder's adapter takes (docs/encoder-decoders.md)",
+    "adapt add --head qa": "names the head an encoder-decoder's QA adapter takes (docs/encoder-decoders.md)",
     "adapt train --task lm --config seq_bn_inv": "names the task and config of a language adapter in a sentence "
     "(docs/encoder-decoders.md); --data-dir and --model are left out",
     "adapt train --resume": "names the --resume option (docs/tasks.md); the full command is in training.md",

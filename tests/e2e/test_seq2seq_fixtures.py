@@ -1,9 +1,9 @@
-"""Encoder-decoders (BART, mBART) against ``adapters`` 1.3.0: tests/fixtures/seq2seq_{bart,mbart}, made by
+"""Encoder-decoders (BART, mBART, T5, mT5) against ``adapters`` 1.3.0: tests/fixtures/seq2seq_*, made by
 tests/fixtures/make_seq2seq_fixtures.py with the reference library.
 
 Every case compares the encoder's and the decoder's last hidden states, the classification head's logits (read at
-each row's last end-of-sequence token) and the seq2seq-LM head's logits over given decoder ids; ``parallel`` cases
-compare each member's. The tolerance is test_adapterhub_fixtures.py's: 1e-5, widened per row by twice the spread
+each row's last end-of-sequence token), the seq2seq-LM head's logits over given decoder ids and the
+question-answering head's start and end logits; ``parallel`` cases compare each member's. The tolerance is test_adapterhub_fixtures.py's: 1e-5, widened per row by twice the spread
 of equally valid evaluation orders (SDPA and eager attention, both fusion orders, fp64), which only the fusions'
 sharp softmax over these large random weights makes wider than ~1e-6.
 """
@@ -51,12 +51,14 @@ def _outputs(model, tensors: dict[str, torch.Tensor], active: str | None) -> dic
         cls = model(input_ids=ids, attention_mask=mask, active=active, head="cls")
         s2s = model(input_ids=ids, attention_mask=mask, decoder_input_ids=tensors["decoder_input_ids"],
                     active=active, head="s2s")
+        qa = model(input_ids=ids, attention_mask=mask, active=active, head="qa")
     # parallel(...): the states of the replicated batch, one head output per member
     states = {"encoder": cls.encoder_last_hidden_state.float(), "decoder": cls.last_hidden_state.float()}
+    heads = {"cls": cls, "s2s": s2s, "qa": qa}
     if cls.branches:
-        return {**states, **{f"cls.{i}": b.logits.float() for i, b in enumerate(cls.branches)},
-                **{f"s2s.{i}": b.logits.float() for i, b in enumerate(s2s.branches)}}
-    return {**states, "cls": cls.logits.float(), "s2s": s2s.logits.float()}
+        return {**states, **{f"{h}.{i}": b.logits.float() for h, out in heads.items()
+                             for i, b in enumerate(out.branches)}}
+    return {**states, **{h: out.logits.float() for h, out in heads.items()}}
 
 
 @pytest.mark.parametrize("root", ROOTS, ids=lambda p: p.name)
