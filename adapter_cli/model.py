@@ -332,9 +332,10 @@ class AdapterModel(nn.Module):
         try:
             module = self._layer_module(layer).get_submodule(path)
         except AttributeError:  # a T5 with a gated feed-forward: no wi (architectures.py)
-            raise UnsupportedModel(f"this {self.arch.name} model has no {path} in its layers, where AdapterHub's "
-                                   f"{self.arch.name} LoRA changes the {matrix} matrix (its feed-forward is of "
-                                   f"another kind); set {matrix}_lora to false") from None
+            raise UnsupportedModel(f"this {self.arch.name} model has no {path} in its layers, where adapt places a "
+                                   f"LoRA-family adapter's {matrix} matrix (a gated feed-forward, as in T5 v1.1 and "
+                                   "Flan-T5, is not supported yet: AdapterHub changes wi_1 there, and its files do "
+                                   f"not say which of wi and wi_1 they changed); set {matrix}_lora to false") from None
         fused = self.arch.fused(matrix)
         if fused is None and not is_conv1d(module):
             return module
@@ -964,7 +965,8 @@ class AdapterModel(nn.Module):
                                     if self.arch.causal else None,
                                     cache=getattr(out, "cache", None),
                                     encoder_last_hidden_state=getattr(out, "encoder_last_hidden_state", None))
-        if self.arch.encoder_decoder and input_ids is not None:
+        if self.arch.encoder_decoder and input_ids is not None \
+                and out.last_hidden_state.shape[1] == input_ids.shape[1]:  # else no eos position is the decoder's
             result.last_token = last_eos(input_ids, self.config.eos_token_id)
         if head_name is None:
             return result
@@ -1021,8 +1023,12 @@ class AdapterModel(nn.Module):
         if head.config.use_pooler:
             return out.pooler_output
         states = out.last_hidden_state
-        if self.arch.encoder_decoder and (out.last_token is None or bool((out.last_token < 0).any())):
-            row = 1 + (int((out.last_token < 0).nonzero()[0]) if out.last_token is not None else 0)
+        if self.arch.encoder_decoder and out.last_token is None:  # the eos positions are the input's
+            raise UsageError(f"{self.arch.name}'s classification heads read the decoder's state at each row's last "
+                             "end-of-sequence token of input_ids, so they need input_ids and a decoder reading as "
+                             "many tokens; give no decoder_input_ids (the decoder then reads the inputs shifted)")
+        if self.arch.encoder_decoder and bool((out.last_token < 0).any()):
+            row = 1 + int((out.last_token < 0).nonzero()[0])
             raise UsageError(f"row {row} has no end-of-sequence token (id {self.config.eos_token_id}), where "
                              f"{self.arch.name}'s classification heads read; encode texts with the model's "
                              "tokenizer, which ends each with one")
@@ -1062,10 +1068,10 @@ class AdapterModel(nn.Module):
         its member (``head_for``), or with ``head`` when one is given."""
         n = len(block.children)
         repeat = (lambda t: None if t is None else t.repeat(n, *([1] * (t.dim() - 1))))  # noqa: E731
-        if "pixel_values" in kwargs:
-            rows = kwargs["pixel_values"].shape[0]
-        else:
-            rows = input_ids.shape[0]
+        given = input_ids if input_ids is not None else kwargs.get("pixel_values", kwargs.get("inputs_embeds"))
+        if given is None:
+            raise UsageError("parallel(...) needs input_ids, inputs_embeds or pixel_values to replicate")
+        rows = given.shape[0]
         split = BatchSplit(block.children, sizes=(rows,) * n)
         names = self.heads_for(split) if head is _UNSET else [head] * n
         if self.arch.encoder_decoder:  # the decoder reads the labels where the members' heads are seq2seq heads
@@ -1130,7 +1136,7 @@ def _causal_inputs(kwargs: dict[str, Any], attention_mask: torch.Tensor | None) 
 
 
 # Inputs besides input_ids with one row per example, which parallel(...) replicates with the batch.
-_PER_ROW = ("pixel_values", "decoder_input_ids", "decoder_attention_mask")
+_PER_ROW = ("pixel_values", "inputs_embeds", "decoder_input_ids", "decoder_attention_mask", "decoder_inputs_embeds")
 
 
 def _last_tokens(states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

@@ -185,6 +185,10 @@ def _decoder_linear_shapes(model_type: str, weights: dict[str, Any]) -> dict[str
             seen[0] = seen[0] or shape[1]
         elif param in ("lora_B", "m.weight", "vera_B"):
             seen[1] = seen[1] or shape[0]
+    shared = weights.get("shared.lora_A")  # VeRA's (r, in): every changed layer takes that many inputs
+    if shared is not None:
+        for seen in found.values():
+            seen[0] = seen[0] or tuple(shared.shape)[1]
     return {m: (i or o or 0, o or i or 0) for m, (i, o) in found.items() if i or o}
 
 

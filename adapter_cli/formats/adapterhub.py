@@ -182,23 +182,28 @@ def number_decoder_layers(weights: dict[str, Any], encoder_layers: int | None, s
     A model passes its own encoder depth (and a file naming an encoder layer beyond it, made for another split of
     layers, is refused); without one (``adapt inspect``) it is the least the weights allow: above every encoder
     layer they name, with no decoder layer they name falling on a left-out number."""
-    decoder = {k for k in weights if re.fullmatch(r"d\d+", k.split(".")[1])}
-    named = [int(k.split(".")[1]) for k in weights if k.split(".")[1].isdigit()]
+    def layer_of(key: str) -> str:  # ``<location>.<layer>.<param>``, in a union under ``parts.<method>.``
+        bits, at = key.split("."), 3 if key.startswith("parts.") else 1
+        return bits[at] if len(bits) > at else ""
+
+    decoder = {k for k in weights if re.fullmatch(r"d\d+", layer_of(k))}
+    named = [int(layer_of(k)) for k in weights if layer_of(k).isdigit()]
     if encoder_layers is not None and max(named, default=-1) >= encoder_layers:
         raise ArtifactError(f"{source}: its weights name encoder layer {max(named)}, but this model's encoder has "
                             f"{encoder_layers} layers (0..{encoder_layers - 1}); it was made for another model")
     if not decoder:
         return weights, encoder_layers
     if encoder_layers is None:
-        used = {int(k.split(".")[1][1:]) for k in decoder}
+        used = {int(layer_of(k)[1:]) for k in decoder}
         encoder_layers = max(named, default=-1) + 1
         while any(encoder_layers + i in leave_out for i in used):
             encoder_layers += 1
     out = {}
     for key, tensor in weights.items():
         if key in decoder:
-            location, layer, param = key.split(".", 2)
-            key = f"{location}.{encoder_layers + int(layer[1:])}.{param}"
+            part = ".".join(key.split(".")[:2]) + "." if key.startswith("parts.") else ""
+            location, layer, param = key.removeprefix(part).split(".", 2)
+            key = f"{part}{location}.{encoder_layers + int(layer[1:])}.{param}"
         out[key] = tensor
     return out, encoder_layers
 
@@ -288,7 +293,9 @@ def read_adapter(path: Path, shapes_only: bool = False, encoder_layers: int | No
     raw = _weights(path, "adapter", shapes_only)
     config, key_name, weights = _read_method(data["config"], raw, arch, path, data)
     if arch.encoder_decoder:
-        weights, found = number_decoder_layers(weights, encoder_layers, path, tuple(getattr(config, "leave_out", ())))
+        left_out = tuple(i for part in getattr(config, "configs", None) or (config,)
+                         for i in getattr(part, "leave_out", ()))  # a union: any part's
+        weights, found = number_decoder_layers(weights, encoder_layers, path, left_out)
         base = dataclasses.replace(base, encoder_layers=found)
     if base.num_layers is None and any(c.architecture == "prefix_tuning" for c in getattr(config, "configs", None)
                                        or (config,)):

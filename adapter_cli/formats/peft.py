@@ -134,9 +134,8 @@ def _locate(module: str) -> list[tuple[str, Architecture, int, str]]:
     """Every (model type, architecture, layer, matrix) whose layout names ``module`` (a path inside the model,
     optionally under transformers' base_model_prefix, as task models have it)."""
     found = []
-    for model_type, arch in ARCHITECTURES.items():
-        m = re.fullmatch(rf"(?:([^.]+)\.)?{re.escape(arch.layers)}\.(\d+)\.(.+)", module)
-        paths = {path: matrix for matrix, path in arch.linears}
+    for model_type, arch, layers, paths in _layouts():
+        m = re.fullmatch(rf"(?:([^.]+)\.)?{re.escape(layers)}\.(\d+)\.(.+)", module)
         if m and m.group(1) in (None, arch.adapterhub_prefix) and m.group(3) in paths:
             matrix = paths[m.group(3)]
             if not arch.peft:
@@ -144,6 +143,18 @@ def _locate(module: str) -> list[tuple[str, Architecture, int, str]]:
                                     "read from PEFT's files; use AdapterHub's or adapt's format")
             found.append((model_type, arch, int(m.group(2)), matrix))
     return found
+
+
+def _layouts() -> list[tuple[str, Architecture, str, dict[str, str]]]:
+    """(model type, architecture, a layer list's path, its linear layers' paths -> matrix): an encoder-decoder's
+    decoder layers too, so that a PEFT file made for one is named as such (refused: ``_no_peft``)."""
+    out = []
+    for model_type, arch in ARCHITECTURES.items():
+        out.append((model_type, arch, arch.layers, {path: matrix for matrix, path in arch.linears}))
+        if arch.decoder_layers is not None:
+            out.append((model_type, arch, arch.decoder_layers,
+                        {path: matrix for matrix, path in arch.linears_for(True)}))
+    return out
 
 
 def _map_weights(raw: dict[str, Any], allowed: dict[str, str], path: Path) -> tuple[set[str], dict[str, Any]]:

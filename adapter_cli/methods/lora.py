@@ -201,11 +201,12 @@ class LoRAConfig(MethodConfig):
             shapes.update({"gate.weight": (1, fan_in), "gate.bias": (1,)})
         return shapes
 
-    def shared_shapes(self, hidden_size: int) -> dict[str, tuple[int, ...]]:
-        """VeRA's frozen random projections, shared by every layer (stored with the adapter)."""
+    def shared_shapes(self, fan_in: int, fan_out: int) -> dict[str, tuple[int, ...]]:
+        """VeRA's frozen random projections, shared by every layer (stored with the adapter), shaped as the
+        changed layers are (all alike; T5's attention may be wider than its hidden size)."""
         if not self.is_vera:
             return {}
-        return {"shared.lora_A": (self.r, hidden_size), "shared.lora_B": (hidden_size, self.r)}
+        return {"shared.lora_A": (self.r, fan_in), "shared.lora_B": (fan_out, self.r)}
 
     def _fans(self, matrix: str, hidden_size: int, inner: int,
               linear_shapes: dict[str, tuple[int, int]] | None) -> tuple[int, int]:
@@ -222,7 +223,7 @@ class LoRAConfig(MethodConfig):
         whose linear layers are not BERT's (a decoder's grouped-query keys and values) gives their (in, out)
         in ``linear_shapes``; an encoder-decoder its ``encoder_layers`` (its decoder's cross-attention)."""
         inner = intermediate_size or 4 * hidden_size
-        out = dict(self.shared_shapes(hidden_size))
+        out = dict(self.shared_shapes(*self._fans(self.matrices[0], hidden_size, inner, linear_shapes)))
         for matrix, layers in self.placed(num_layers, encoder_layers):
             shapes = self.site_shapes(*self._fans(matrix, hidden_size, inner, linear_shapes))
             for i in layers:
@@ -244,7 +245,8 @@ class LoRAConfig(MethodConfig):
             placements.append({"location": matrix, "layers": layers, "widths": [self.r] * len(layers),
                                "parameters": per_layer * len(layers)})
         trained = sum(p["parameters"] for p in placements)
-        frozen = sum(math.prod(s) for s in self.shared_shapes(hidden_size).values())
+        shared = self.shared_shapes(*self._fans(self.matrices[0], hidden_size, inner, linear_shapes))
+        frozen = sum(math.prod(s) for s in shared.values())
         total = trained + frozen  # what the adapter stores, as AdapterHub counts it
         return {"placements": placements, "parameters": total, "trainable_parameters": trained,
                 "bytes_fp32": total * 4, "bytes_fp16": total * 2}

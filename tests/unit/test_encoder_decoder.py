@@ -88,6 +88,19 @@ def test_classification_reads_the_last_eos_and_needs_one() -> None:
         model(input_ids=ids, attention_mask=mask, active=None)
 
 
+def test_classification_with_decoder_ids_of_another_length_is_refused() -> None:
+    """The eos positions are the input's: a decoder reading a longer sequence would be read at the wrong token
+    (found in review: exit 0 with a wrong answer), a shorter one out of range."""
+    model = tiny_model("bart")
+    model.add_head("c", "classification", num_labels=3)
+    ids, mask = _inputs()
+    for length in (ids.shape[1] + 2, 2):
+        with pytest.raises(UsageError, match="need input_ids and a decoder reading as many tokens"):
+            model(input_ids=ids, attention_mask=mask, decoder_input_ids=torch.full((3, length), 3), active=None)
+    same = model(input_ids=ids, attention_mask=mask, decoder_input_ids=model._shift_right(ids), active=None)
+    assert torch.allclose(same.logits, model(input_ids=ids, attention_mask=mask, active=None).logits)
+
+
 def test_seq2seq_loss_reads_the_labels_shifted_right() -> None:
     model = tiny_model("bart")
     model.add_adapter("a", "pfeiffer", {"cross_adapter": True})

@@ -187,3 +187,77 @@ def test_gradient_checkpointing_keeps_t5s_invertible_gradients() -> None:
     assert grads[0].keys() == grads[1].keys() and any(k.startswith("invertible.") for k in grads[0])
     for name, grad in grads[0].items():
         assert torch.allclose(grads[1][name], grad, atol=1e-6), name
+
+
+# ====================================================================== found in review
+
+
+def test_vera_on_a_t5_with_attention_wider_than_its_hidden_size(tmp_path) -> None:
+    """t5-3b's heads x d_kv is wider than d_model: VeRA's shared projections take the attention's shape, and the
+    counts and the shape check without a model agree with the modules (the check refused its own files)."""
+    from adapter_cli.formats import check_weight_shapes, read_adapter
+
+    model = tiny_model("t5", d_kv=16)
+    model.add_adapter("ve", "vera")
+    assert model.linear_shapes["q"] == (model.hidden_size, 64) != (model.hidden_size, model.hidden_size)
+    counts = model.adapters["ve"].config.parameter_count(model.hidden_size, model.num_layers, model.intermediate_size,
+                                                         model.linear_shapes, model.encoder_layers)
+    assert counts["parameters"] == sum(p.numel() for p in model.adapters["ve"].parameters())
+    for fmt in ("adapt", "adapterhub"):
+        saved = model.save_adapter(tmp_path / fmt, "ve", format=fmt, safetensors=True)
+        check_weight_shapes(read_adapter(saved, shapes_only=True))
+
+
+def test_a_union_of_lora_and_a_cross_attention_adapter_in_adapterhubs_format(tmp_path) -> None:
+    """A union's decoder layers are renumbered under its parts' keys too (they stayed d<i> and were refused)."""
+    from adapter_cli.formats import check_weight_shapes, read_adapter
+
+    union = {"architecture": "union", "configs": [{"architecture": "lora", "r": 2, "leave_out": [0]},
+                                                  {"architecture": "bottleneck", "reduction_factor": 4,
+                                                   "cross_adapter": True, "mh_adapter": False,
+                                                   "output_adapter": False}]}
+    model = tiny_model("bart")
+    model.add_adapter("u", union)
+    randomise(model.adapters["u"], seed=6, scale=0.2)
+    saved = model.save_adapter(tmp_path / "u", "u", format="adapterhub", with_head=False, safetensors=True)
+    artifact = read_adapter(saved, shapes_only=True)
+    assert artifact.base.encoder_layers == 2 and "parts.lora.cross_q.3.lora_A" in artifact.weights
+    check_weight_shapes(artifact)
+    fresh = tiny_model("bart")
+    fresh.load_adapter(saved, with_head=False)
+    ids, mask = _inputs()
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask, active="u", head=None).last_hidden_state
+        got = fresh(input_ids=ids, attention_mask=mask, active="u", head=None).last_hidden_state
+    assert torch.equal(got, want)
+
+
+def test_a_peft_file_for_an_encoder_decoder_is_refused_by_name(tmp_path) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    from adapter_cli.errors import ArtifactError
+    from adapter_cli.formats import read_adapter
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4,
+                                                              "target_modules": ["q_proj"]}))
+    prefix = "base_model.model.model"
+    save_file({f"{prefix}.{side}.layers.0.self_attn.q_proj.lora_{m}.weight": torch.zeros(2, 2)
+               for side in ("encoder", "decoder") for m in "AB"}, str(tmp_path / "adapter_model.safetensors"))
+    with pytest.raises(ArtifactError, match="changes model.decoder.layers.0.self_attn.q_proj, a layer of BART, an "
+                                            "encoder-decoder, which adapt does not read from PEFT's files"):
+        read_adapter(tmp_path)
+
+
+@pytest.mark.parametrize("family", ["bart", "t5"])
+def test_parallel_on_embedded_inputs(family: str) -> None:
+    """inputs_embeds are replicated per member as input_ids are (it crashed with no input_ids)."""
+    model = _model(family, ("a", "pfeiffer", {"cross_adapter": True}), ("b", "lora", ALL))
+    ids, _ = _inputs()
+    embedded = model.base.get_input_embeddings()(ids)
+    with torch.no_grad():
+        both = model(inputs_embeds=embedded, decoder_input_ids=ids, active="parallel(a,b)")
+        for branch, name in zip(both.branches, ("a", "b")):
+            alone = model(inputs_embeds=embedded, decoder_input_ids=ids, active=name)
+            assert torch.allclose(branch.logits, alone.logits, atol=1e-5), name
