@@ -10,7 +10,7 @@ Supporting a new family means adding one entry here (and a test).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .errors import UnsupportedModel
@@ -117,6 +117,17 @@ class Architecture:
     # sub-layer comes third there, and every decoder layer adds its cross-attention's q, k and v ("cross_q" ...),
     # which AdapterHub's LoRA changes along with the self-attention's (it wraps every attention module alike).
     decoder_linears: tuple[tuple[str, str], ...] | None = None
+    # The config attribute saying whether the feed-forward is gated (T5's ``is_gated_act``: T5 v1.1, Flan-T5,
+    # mT5), whose up-projection LoRA's "intermediate" changes is then the linear half ``wi_1``, as AdapterHub
+    # picks it; "": one layout for the family. ``for_gated`` gives the family with a config's layout.
+    gated_attr: str = ""
+
+    def for_gated(self, gated: bool | None) -> Architecture:
+        """This family with the linear layers of a gated (or plain) feed-forward; None: as it is."""
+        if not self.gated_attr or gated is None:
+            return self
+        up = "wi_1" if gated else "wi"
+        return replace(self, linears=_t5_linears(False, up), decoder_linears=_t5_linears(True, up))
 
     @property
     def encoder_decoder(self) -> bool:
@@ -376,14 +387,20 @@ def _t5_like(name: str, model_class: str, tied_lm_attr: str, up: str) -> Archite
                         linears=_t5_linears(False, up), decoder_linears=_t5_linears(True, up),
                         heads=_ENCODER_DECODER_HEADS,
                         embeddings="encoder.block.0", embeddings_input=True, scale_tied_lm_input=True,
-                        tied_lm_attr=tied_lm_attr)
+                        tied_lm_attr=tied_lm_attr, gated_attr="is_gated_act")
 
 
-# LoRA on the feed-forward up-projection is placed by the model type (AdapterHub looks for ``wi_1`` in each
-# model): T5's original ``wi``, mT5's gated ``wi_1``. A T5 with a gated feed-forward (v1.1, Flan-T5) has no ``wi``
-# and such an adapter is refused there (``AdapterModel._linear``): no file records which of the two it changed.
+# LoRA on the feed-forward up-projection goes where AdapterHub puts it, ``wi_1`` where the feed-forward is gated
+# and ``wi`` elsewhere (``architecture_of`` reads the config). These are each family's defaults: T5's original
+# ``wi``, mT5's gated ``wi_1``; our files record the layout (``base_model.gated_feed_forward``).
 ARCHITECTURES["t5"] = _t5_like("T5", "T5AdapterModel", "scale_decoder_outputs", "wi")
 ARCHITECTURES["mt5"] = _t5_like("mT5", "MT5AdapterModel", "", "wi_1")
+
+
+def architecture_of(config: Any) -> Architecture:
+    """The family of a transformers config, with the layout its config chooses (T5's gated feed-forward)."""
+    arch = architecture_for(config.model_type)
+    return arch.for_gated(bool(getattr(config, arch.gated_attr, False))) if arch.gated_attr else arch
 
 
 def architecture_for(model_type: str) -> Architecture:

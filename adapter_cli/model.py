@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .architectures import Architecture, architecture_for
+from .architectures import Architecture, architecture_for, architecture_of
 from .composition import BatchSplit, Block, Fuse, Parallel, Stack, check_name, fuse_blocks, parse_composition
 from .errors import ArtifactError, BaseModelMismatch, CompositionError, UnsupportedModel, UsageError
 from .formats import AdapterArtifact, BaseModelInfo, FusionArtifact, HeadArtifact
@@ -72,7 +72,7 @@ class AdapterModel(nn.Module):
     def __init__(self, base: nn.Module, name_or_path: str | None = None, revision: str | None = None) -> None:
         super().__init__()
         base = getattr(base, "base_model", base)
-        self.arch: Architecture = architecture_for(base.config.model_type)
+        self.arch: Architecture = architecture_of(base.config)
         self.base = base
         self.name_or_path = name_or_path or getattr(base.config, "_name_or_path", None) or None
         self.revision = revision or getattr(base.config, "_commit_hash", None)
@@ -283,7 +283,9 @@ class AdapterModel(nn.Module):
         return BaseModelInfo(model_type=self.config.model_type, hidden_size=self.hidden_size,
                              name_or_path=self.name_or_path, revision=self.revision, num_layers=self.num_layers,
                              fingerprint=getattr(self.config, "adapt_base_fingerprint", None),
-                             encoder_layers=self.encoder_layers)
+                             encoder_layers=self.encoder_layers,
+                             gated_feed_forward=bool(getattr(self.config, self.arch.gated_attr, False))
+                             if self.arch.gated_attr else None)
 
     def _dtype(self) -> torch.dtype:
         # The embeddings, not the linear layers: those may be stored in bf16 (cast_frozen_linears) while
@@ -331,11 +333,9 @@ class AdapterModel(nn.Module):
         path = self.arch.linear(matrix, self.arch.in_decoder(layer, self.encoder_layers))
         try:
             module = self._layer_module(layer).get_submodule(path)
-        except AttributeError:  # a T5 with a gated feed-forward: no wi (architectures.py)
+        except AttributeError:  # a layer of another kind than the family's (architectures.py)
             raise UnsupportedModel(f"this {self.arch.name} model has no {path} in its layers, where adapt places a "
-                                   f"LoRA-family adapter's {matrix} matrix (a gated feed-forward, as in T5 v1.1 and "
-                                   "Flan-T5, is not supported yet: AdapterHub changes wi_1 there, and its files do "
-                                   f"not say which of wi and wi_1 they changed); set {matrix}_lora to false") from None
+                                   f"LoRA-family adapter's {matrix} matrix; set {matrix}_lora to false") from None
         fused = self.arch.fused(matrix)
         if fused is None and not is_conv1d(module):
             return module
@@ -476,12 +476,24 @@ class AdapterModel(nn.Module):
             raise BaseModelMismatch(f"{what} was made for an encoder of {base.encoder_layers} layers, but this "
                                     f"model's has {mine.encoder_layers}")
 
+    def _check_feed_forward(self, artifact: Any, what: str) -> None:
+        """A LoRA on T5's feed-forward up-projection loads only into the layout it was made for (wi or a gated
+        pair's wi_1): the shapes are alike, the layers are not."""
+        theirs, mine = artifact.base.gated_feed_forward, self.base_info.gated_feed_forward
+        changes_up = any(k.removeprefix("parts.lora.").startswith("intermediate.") for k in artifact.weights)
+        if theirs is not None and mine is not None and theirs != mine and changes_up:
+            kinds = {True: "a gated feed-forward (wi_0, wi_1)", False: "a plain feed-forward (wi)"}
+            raise BaseModelMismatch(f"{what} changes the feed-forward up-projection of a {self.arch.name} with "
+                                    f"{kinds[theirs]}, but this model has {kinds[mine]}; load it into a model of "
+                                    "that kind")
+
     def load_adapter(self, path: str | os.PathLike, name: str | None = None, with_head: bool = True,
                      overwrite: bool = False) -> str:
         """Load an adapter directory (ours or AdapterHub's); returns the name it is loaded under."""
         from .formats import has_head, read_adapter
 
         artifact = read_adapter(_local_dir(path, "adapter"), encoder_layers=self.encoder_layers)
+        self._check_feed_forward(artifact, f"adapter {str(path)!r}")
         name = check_name(name or artifact.name)
         if name in self.adapters and not overwrite:
             raise UsageError(f"adapter {name!r} is already loaded; pass name= to load it under another name")

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..architectures import Architecture, architecture_for
 from ..errors import ArtifactError, ConfigError
-from .adapterhub_lora import lora_config_from_adapterhub, lora_config_to_adapterhub, lora_weights_from_adapterhub, \
-    lora_weights_to_adapterhub
+from .adapterhub_lora import feed_forward_layout, lora_config_from_adapterhub, lora_config_to_adapterhub, \
+    lora_weights_from_adapterhub, lora_weights_to_adapterhub
 from .adapterhub_prefix import prefix_config_from_adapterhub, prefix_config_to_adapterhub, \
     prefix_layer_count, prefix_weights_from_adapterhub, prefix_weights_to_adapterhub
 from .adapterhub_prompt import prompt_config_from_adapterhub, prompt_config_to_adapterhub, \
@@ -289,8 +289,10 @@ def read_adapter(path: Path, shapes_only: bool = False, encoder_layers: int | No
         raise ArtifactError(f"corrupt {path / ADAPTER_CONFIG}: no 'config' object")
     _rename_activation(data, "non_linearity")
     base = _base(data, path / ADAPTER_CONFIG)
-    arch = architecture_for(base.model_type)
     raw = _weights(path, "adapter", shapes_only)
+    gated = feed_forward_layout(raw, architecture_for(base.model_type))  # T5: which up-projection it changes
+    arch = architecture_for(base.model_type).for_gated(gated)
+    base = dataclasses.replace(base, gated_feed_forward=gated)
     config, key_name, weights = _read_method(data["config"], raw, arch, path, data)
     if arch.encoder_decoder:
         left_out = tuple(i for part in getattr(config, "configs", None) or (config,)
@@ -408,7 +410,7 @@ def write_adapter(directory: Path, artifact: AdapterArtifact, num_layers: int, s
                   dtype: torch.dtype | None = None) -> None:
     from ..fsutil import write_json
 
-    arch = architecture_for(artifact.base.model_type)
+    arch = architecture_for(artifact.base.model_type).for_gated(artifact.base.gated_feed_forward)
     config, weights = _write_method(artifact.config, artifact.weights, arch, artifact.name,
                                     artifact.base.hidden_size, num_layers, artifact.base.encoder_layers)
     header = _header(artifact.base, arch, artifact.name)

@@ -46,6 +46,19 @@ def lora_config_to_adapterhub(config: Any) -> dict[str, Any]:
     return out
 
 
+def feed_forward_layout(raw: dict[str, Any], arch: Architecture) -> bool | None:
+    """Whether the file changes a gated feed-forward's up-projection (T5's ``wi_1``: True) or a plain one's (``wi``:
+    False), as its weight names say; None where the family has one layout or the file changes neither."""
+    if not arch.gated_attr:
+        return None
+    for key in raw:
+        if ".DenseReluDense.wi_1." in key:
+            return True
+        if ".DenseReluDense.wi." in key:
+            return False
+    return None
+
+
 def _patterns(arch: Architecture) -> list[tuple[str, str, re.Pattern[str]]]:
     """(matrix, how its layer is named in our keys, pattern); an encoder-decoder's decoder layers are named
     ``d<index in the decoder>``, which ``adapterhub.number_decoder_layers`` numbers after the encoder's."""

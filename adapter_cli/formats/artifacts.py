@@ -35,6 +35,8 @@ class BaseModelInfo:
     fingerprint: str | None = None
     # an encoder-decoder's encoder depth: its decoder layers are numbered after it (num_layers counts both)
     encoder_layers: int | None = None
+    # T5's feed-forward layout (gated: LoRA's intermediate is wi_1, else wi); None: unknown, the family's default
+    gated_feed_forward: bool | None = None
 
     def __post_init__(self) -> None:  # what an artifact says it was made for, in the range of real models
         from ..architectures import MAX_HIDDEN_SIZE, MAX_LAYERS
@@ -51,12 +53,15 @@ class BaseModelInfo:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
                 raise ValueError(f"{key} must be an integer from 1 to {top}, got {value!r}")
+        if self.gated_feed_forward is not None and not isinstance(self.gated_feed_forward, bool):
+            raise ValueError(f"gated_feed_forward must be true or false, got {self.gated_feed_forward!r}"[:120])
 
     def to_dict(self) -> dict[str, Any]:
         return {"name_or_path": self.name_or_path, "revision": self.revision, "model_type": self.model_type,
                 "hidden_size": self.hidden_size, "num_layers": self.num_layers,
                 **({"fingerprint": self.fingerprint} if self.fingerprint is not None else {}),
-                **({"encoder_layers": self.encoder_layers} if self.encoder_layers is not None else {})}
+                **({"encoder_layers": self.encoder_layers} if self.encoder_layers is not None else {}),
+                **({"gated_feed_forward": self.gated_feed_forward} if self.gated_feed_forward is not None else {})}
 
 
 @dataclass
