@@ -481,6 +481,8 @@ class AdapterModel(nn.Module):
         pair's wi_1): the shapes are alike, the layers are not."""
         theirs, mine = artifact.base.gated_feed_forward, self.base_info.gated_feed_forward
         changes_up = any(k.removeprefix("parts.lora.").startswith("intermediate.") for k in artifact.weights)
+        if theirs is None and self.arch.gated_attr:  # unrecorded (our files before the field): the family's layout
+            theirs = architecture_for(self.config.model_type).linear("intermediate").endswith("wi_1")
         if theirs is not None and mine is not None and theirs != mine and changes_up:
             kinds = {True: "a gated feed-forward (wi_0, wi_1)", False: "a plain feed-forward (wi)"}
             raise BaseModelMismatch(f"{what} changes the feed-forward up-projection of a {self.arch.name} with "
@@ -493,11 +495,11 @@ class AdapterModel(nn.Module):
         from .formats import has_head, read_adapter
 
         artifact = read_adapter(_local_dir(path, "adapter"), encoder_layers=self.encoder_layers)
-        self._check_feed_forward(artifact, f"adapter {str(path)!r}")
         name = check_name(name or artifact.name)
         if name in self.adapters and not overwrite:
             raise UsageError(f"adapter {name!r} is already loaded; pass name= to load it under another name")
         self.check_compatible(artifact.base, f"adapter {str(path)!r}")
+        self._check_feed_forward(artifact, f"adapter {str(path)!r}")
         config = artifact.config
         if config.architecture == "lora" and artifact.base.num_layers is None:
             config = _top_layers_left_out(config, artifact.weights, self.num_layers)
@@ -1148,7 +1150,8 @@ def _causal_inputs(kwargs: dict[str, Any], attention_mask: torch.Tensor | None) 
 
 
 # Inputs besides input_ids with one row per example, which parallel(...) replicates with the batch.
-_PER_ROW = ("pixel_values", "inputs_embeds", "decoder_input_ids", "decoder_attention_mask", "decoder_inputs_embeds")
+_PER_ROW = ("pixel_values", "inputs_embeds", "position_ids", "decoder_input_ids", "decoder_attention_mask",
+            "decoder_inputs_embeds")
 
 
 def _last_tokens(states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

@@ -39,7 +39,8 @@ def inspect(
         rows.append(["adapters", ", ".join(result["adapters"])])
     base = result["base_model"]
     rows.append(["base model", f"{base.get('name_or_path') or '?'} ({base['model_type']}, hidden {base['hidden_size']}"
-                 + (f", {base['num_layers']} layers" if base.get("num_layers") else "") + ")"])
+                 + (f", {base['num_layers']} layers" if base.get("num_layers") else "")
+                 + (", gated feed-forward" if base.get("gated_feed_forward") else "") + ")"])
     rows.append(["parameters", f"{result['parameters']:,}"])
     rows.append(["file size", human_bytes(result["bytes"])])
     if result.get("head"):

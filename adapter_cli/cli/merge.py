@@ -110,5 +110,6 @@ def _merge(adapter: str, directory: Path, model: str, out: Path) -> dict[str, An
         files = sorted(p.name for p in tmp.iterdir())
     config = m.adapters[name].config
     return {"merged": adapter, "out": str(out), "base_model": m.name_or_path,
-            "linear_layers": len(config.matrices) * len(config.layers(m.num_layers)), "tokenizer": tokenizer is not None,
+            "linear_layers": sum(len(layers) for _, layers in config.placed(m.num_layers, m.encoder_layers)),
+            "tokenizer": tokenizer is not None,
             "head": str(directory) if has_head(directory) else None, "files": files}

@@ -176,9 +176,11 @@ def _layer(m: re.Match[str]) -> str:
 
 
 def number_decoder_layers(weights: dict[str, Any], encoder_layers: int | None, source: Path,
-                          leave_out: tuple[int, ...] = ()) -> tuple[dict[str, Any], int | None]:
+                          leave_out: tuple[int, ...] | dict[str, tuple[int, ...]] = ()
+                          ) -> tuple[dict[str, Any], int | None]:
     """AdapterHub names a decoder layer by its index in the decoder and numbers it after the encoder's layers
-    elsewhere (``leave_out``): keys ``<location>.d<i>.<param>`` become ``<location>.<encoder_layers + i>.<param>``.
+    elsewhere (``leave_out``; a union's by part, {method: leave_out}): keys ``<location>.d<i>.<param>`` become
+    ``<location>.<encoder_layers + i>.<param>``.
     A model passes its own encoder depth (and a file naming an encoder layer beyond it, made for another split of
     layers, is refused); without one (``adapt inspect``) it is the least the weights allow: above every encoder
     layer they name, with no decoder layer they name falling on a left-out number."""
@@ -193,10 +195,15 @@ def number_decoder_layers(weights: dict[str, Any], encoder_layers: int | None, s
                             f"{encoder_layers} layers (0..{encoder_layers - 1}); it was made for another model")
     if not decoder:
         return weights, encoder_layers
+    def left_out(key: str) -> tuple[int, ...]:  # the leave_out of the part whose weight ``key`` is
+        if isinstance(leave_out, dict):
+            return leave_out.get(key.split(".")[1], ()) if key.startswith("parts.") else ()
+        return leave_out
+
     if encoder_layers is None:
-        used = {int(layer_of(k)[1:]) for k in decoder}
+        used = {(int(layer_of(k)[1:]), left_out(k)) for k in decoder}
         encoder_layers = max(named, default=-1) + 1
-        while any(encoder_layers + i in leave_out for i in used):
+        while any(encoder_layers + i in out for i, out in used):
             encoder_layers += 1
     out = {}
     for key, tensor in weights.items():
@@ -295,8 +302,9 @@ def read_adapter(path: Path, shapes_only: bool = False, encoder_layers: int | No
     base = dataclasses.replace(base, gated_feed_forward=gated)
     config, key_name, weights = _read_method(data["config"], raw, arch, path, data)
     if arch.encoder_decoder:
-        left_out = tuple(i for part in getattr(config, "configs", None) or (config,)
-                         for i in getattr(part, "leave_out", ()))  # a union: any part's
+        parts = getattr(config, "configs", None)  # a union: each part's weights by its own leave_out
+        left_out = {p.architecture: tuple(getattr(p, "leave_out", ())) for p in parts} if parts \
+            else tuple(getattr(config, "leave_out", ()))
         weights, found = number_decoder_layers(weights, encoder_layers, path, left_out)
         base = dataclasses.replace(base, encoder_layers=found)
     if base.num_layers is None and any(c.architecture == "prefix_tuning" for c in getattr(config, "configs", None)

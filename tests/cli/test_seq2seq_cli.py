@@ -142,3 +142,13 @@ def test_a_lora_is_counted_and_saved_for_bart(bart, tmp_path) -> None:
     assert result.exit_code == 0, result.stderr
     keys = load_file(str(tmp_path / "I" / "adapter.safetensors"))
     assert "transformer.encoder.block.0.layer.1.DenseReluDense.wi_1.loras.ia3.lora_B" in keys
+
+
+def test_merge_counts_the_cross_attention_layers(bart, tmp_path) -> None:
+    """q and v in 4 layers, and the cross-attention's q and v in the 2 decoder layers: 12 linear layers."""
+    result = runner.invoke(app, ["add", "lora", "-m", str(bart / "model"), "--name", "L", "--save", str(tmp_path / "L")])
+    assert result.exit_code == 0, result.stderr
+    merged = runner.invoke(app, ["merge", str(tmp_path / "L"), "-m", str(bart / "model"), "--out", str(tmp_path / "M"),
+                                 "--json"])
+    assert merged.exit_code == 0, merged.stderr
+    assert json.loads(merged.stdout)["linear_layers"] == 12

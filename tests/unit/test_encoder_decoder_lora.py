@@ -273,3 +273,52 @@ def test_parallel_on_embedded_inputs(family: str) -> None:
         for branch, name in zip(both.branches, ("a", "b")):
             alone = model(inputs_embeds=embedded, decoder_input_ids=ids, active=name)
             assert torch.allclose(branch.logits, alone.logits, atol=1e-5), name
+
+
+def test_a_union_file_is_inspected_by_each_parts_leave_out(tmp_path) -> None:
+    """Without a model the encoder depth is the least that no part's own decoder weights fall on that part's
+    leave_out: here layer 3 (the decoder's second) is left out by the LoRA only, and the bottleneck has weights
+    there (it was guessed as 4 against every part's leave_out, and the file refused)."""
+    from adapter_cli.formats import check_weight_shapes, read_adapter
+
+    union = {"architecture": "union", "configs": [{"architecture": "lora", "r": 2, "leave_out": [1, 3]},
+                                                  {"architecture": "bottleneck", "reduction_factor": 4}]}
+    model = tiny_model("t5")
+    model.add_adapter("u", union)
+    saved = model.save_adapter(tmp_path / "u", "u", format="adapterhub", with_head=False, safetensors=True)
+    artifact = read_adapter(saved, shapes_only=True)
+    assert artifact.base.encoder_layers == 2
+    check_weight_shapes(artifact)
+
+
+def test_our_files_without_the_layout_take_the_familys(tmp_path) -> None:
+    """Files written before base_model.gated_feed_forward: a T5 one changed wi, an mT5 one wi_1."""
+    import json
+
+    from adapter_cli.errors import BaseModelMismatch
+
+    model = tiny_model("t5")
+    model.add_adapter("a", "ia3")
+    saved = model.save_adapter(tmp_path / "a", "a")
+    meta = json.loads((saved / "adapter_config.json").read_text())
+    del meta["base_model"]["gated_feed_forward"]
+    (saved / "adapter_config.json").write_text(json.dumps(meta))
+    tiny_model("t5").load_adapter(saved)
+    with pytest.raises(BaseModelMismatch, match="a plain feed-forward \\(wi\\), but this model has a gated"):
+        tiny_model("t5", feed_forward_proj="gated-gelu").load_adapter(saved)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_parallel_with_position_ids(family: str) -> None:
+    model = tiny_model(family)
+    for name in ("a", "b"):
+        model.add_adapter(name, "pfeiffer")
+        model.add_head(name, "classification", num_labels=2)
+    randomise(model.adapters, seed=2, scale=0.2)
+    ids = torch.tensor([[21, 22, 23, 24], [31, 32, 33, 34], [41, 42, 43, 44]])
+    positions = torch.arange(4).repeat(3, 1)
+    with torch.no_grad():
+        both = model(input_ids=ids, position_ids=positions, active="parallel(a,b)")
+        for branch, name in zip(both.branches, ("a", "b")):
+            alone = model(input_ids=ids, position_ids=positions, active=name)
+            assert torch.allclose(branch.logits, alone.logits, atol=1e-6), name
