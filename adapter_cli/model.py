@@ -248,12 +248,8 @@ class AdapterModel(nn.Module):
 
     @property
     def intermediate_size(self) -> int:
-        """The feed-forward width: the output width of the first layer's up-projection (T5's ``d_ff`` where
-        its up-projection is not where LoRA would go)."""
-        try:
-            return int(self._linear("intermediate", 0).out_features)
-        except UnsupportedModel:
-            return int(getattr(self.config, "d_ff", 4 * self.hidden_size))
+        """The feed-forward width: the output width of the first layer's up-projection."""
+        return int(self._linear("intermediate", 0).out_features)
 
     @property
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
@@ -266,10 +262,7 @@ class AdapterModel(nn.Module):
             firsts.append((self.arch.linears_for(True), self.encoder_layers))
         for linears, layer in firsts:
             for matrix, _ in linears:
-                try:
-                    linear = self._linear(matrix, layer)
-                except UnsupportedModel:
-                    continue
+                linear = self._linear(matrix, layer)
                 if hasattr(linear, "in_features"):
                     out.setdefault(matrix, (int(linear.in_features), int(linear.out_features)))
         return out

@@ -175,6 +175,14 @@ def _layer(m: re.Match[str]) -> str:
     return found["enc"] if found.get("enc") is not None else f"d{found['dec']}"
 
 
+def _in_part(key: str) -> tuple[str, str]:
+    """(``parts.<method>.`` or "", the rest of ``key``): a union's weights are its parts' under that prefix."""
+    if key.startswith("parts.") and key.count(".") >= 2:
+        head, method, rest = key.split(".", 2)
+        return f"{head}.{method}.", rest
+    return "", key
+
+
 def number_decoder_layers(weights: dict[str, Any], encoder_layers: int | None, source: Path,
                           leave_out: tuple[int, ...] | dict[str, tuple[int, ...]] = ()
                           ) -> tuple[dict[str, Any], int | None]:
@@ -184,9 +192,9 @@ def number_decoder_layers(weights: dict[str, Any], encoder_layers: int | None, s
     A model passes its own encoder depth (and a file naming an encoder layer beyond it, made for another split of
     layers, is refused); without one (``adapt inspect``) it is the least the weights allow: above every encoder
     layer they name, with no decoder layer they name falling on a left-out number."""
-    def layer_of(key: str) -> str:  # ``<location>.<layer>.<param>``, in a union under ``parts.<method>.``
-        bits, at = key.split("."), 3 if key.startswith("parts.") else 1
-        return bits[at] if len(bits) > at else ""
+    def layer_of(key: str) -> str:  # ``<location>.<layer>.<param>``
+        bits = _in_part(key)[1].split(".")
+        return bits[1] if len(bits) > 1 else ""
 
     decoder = {k for k in weights if re.fullmatch(r"d\d+", layer_of(k))}
     named = [int(layer_of(k)) for k in weights if layer_of(k).isdigit()]
@@ -197,7 +205,7 @@ def number_decoder_layers(weights: dict[str, Any], encoder_layers: int | None, s
         return weights, encoder_layers
     def left_out(key: str) -> tuple[int, ...]:  # the leave_out of the part whose weight ``key`` is
         if isinstance(leave_out, dict):
-            return leave_out.get(key.split(".")[1], ()) if key.startswith("parts.") else ()
+            return leave_out.get(_in_part(key)[0].removeprefix("parts.").rstrip("."), ())
         return leave_out
 
     if encoder_layers is None:
@@ -208,8 +216,8 @@ def number_decoder_layers(weights: dict[str, Any], encoder_layers: int | None, s
     out = {}
     for key, tensor in weights.items():
         if key in decoder:
-            part = ".".join(key.split(".")[:2]) + "." if key.startswith("parts.") else ""
-            location, layer, param = key.removeprefix(part).split(".", 2)
+            part, rest = _in_part(key)
+            location, layer, param = rest.split(".", 2)
             key = f"{part}{location}.{encoder_layers + int(layer[1:])}.{param}"
         out[key] = tensor
     return out, encoder_layers
