@@ -130,6 +130,12 @@ class Architecture:
         return replace(self, linears=_t5_linears(False, up), decoder_linears=_t5_linears(True, up))
 
     @property
+    def gated(self) -> bool | None:
+        """Whether this layout's up-projection is a gated feed-forward's linear half (``wi_1``); None for a
+        family with one layout."""
+        return self.linear("intermediate").endswith("wi_1") if self.gated_attr else None
+
+    @property
     def encoder_decoder(self) -> bool:
         return self.decoder_layers is not None
 

@@ -277,8 +277,7 @@ class AdapterModel(nn.Module):
                              name_or_path=self.name_or_path, revision=self.revision, num_layers=self.num_layers,
                              fingerprint=getattr(self.config, "adapt_base_fingerprint", None),
                              encoder_layers=self.encoder_layers,
-                             gated_feed_forward=bool(getattr(self.config, self.arch.gated_attr, False))
-                             if self.arch.gated_attr else None)
+                             gated_feed_forward=self.arch.gated)
 
     def _dtype(self) -> torch.dtype:
         # The embeddings, not the linear layers: those may be stored in bf16 (cast_frozen_linears) while
@@ -474,8 +473,8 @@ class AdapterModel(nn.Module):
         pair's wi_1): the shapes are alike, the layers are not."""
         theirs, mine = artifact.base.gated_feed_forward, self.base_info.gated_feed_forward
         changes_up = any(k.removeprefix("parts.lora.").startswith("intermediate.") for k in artifact.weights)
-        if theirs is None and self.arch.gated_attr:  # unrecorded (our files before the field): the family's layout
-            theirs = architecture_for(self.config.model_type).linear("intermediate").endswith("wi_1")
+        if theirs is None:  # unrecorded (our files before the field): the family's layout
+            theirs = architecture_for(self.config.model_type).gated
         if theirs is not None and mine is not None and theirs != mine and changes_up:
             kinds = {True: "a gated feed-forward (wi_0, wi_1)", False: "a plain feed-forward (wi)"}
             raise BaseModelMismatch(f"{what} changes the feed-forward up-projection of a {self.arch.name} with "
@@ -1010,9 +1009,7 @@ class AdapterModel(nn.Module):
             return out
         if module.config.head_type in ("tagging", "question_answering"):  # every input token, no prompt positions
             states = self._prompt_sites.strip(hidden.last_hidden_state, setup)
-            if self.arch.encoder_decoder:  # T5's question-answering head reads the scaled states too
-                states = self.lm_input(states)
-            out.logits, out.head = module(states), name
+            out.logits, out.head = module(self.lm_input(states)), name  # T5's QA head reads them scaled too
             if labels is not None:
                 out.loss = module.loss(out.logits, labels)
             return out
