@@ -121,6 +121,8 @@ class Architecture:
     # mT5), whose up-projection LoRA's "intermediate" changes is then the linear half ``wi_1``, as AdapterHub
     # picks it; "": one layout for the family. ``for_gated`` gives the family with a config's layout.
     gated_attr: str = ""
+    # An encoder-decoder's cross-attention module (relative to a decoder layer), where prefixes join too.
+    cross_attention: str = ""
 
     def for_gated(self, gated: bool | None) -> Architecture:
         """This family with the linear layers of a gated (or plain) feed-forward; None: as it is."""
@@ -152,6 +154,23 @@ class Architecture:
         if self.decoder_layers is not None and layer >= encoder_layers:
             return f"{self.decoder_layers}.{layer - encoder_layers}"
         return f"{self.hub_layers if hub else self.layers}.{layer}"
+
+    def attention_paths(self, num_layers: int, encoder_layers: int | None) -> list[tuple[str, int, str, str]]:
+        """Every attention module a prefix can join: (place, global layer, prefix location, module path). A
+        model with one stack has self-attention only (location ""); an encoder-decoder the encoder's
+        self-attention ("encoder"), and in each decoder layer its self-attention ("self") and cross-attention
+        ("cross", place "cross_attention"), as AdapterHub's prefix locations."""
+        if not self.encoder_decoder or encoder_layers is None:
+            return [("attention", i, "", f"{self.layers}.{i}.{self.self_attention}") for i in range(num_layers)]
+        out = []
+        for i in range(num_layers):
+            path = self.layer_path(i, encoder_layers)
+            if i < encoder_layers:
+                out.append(("attention", i, "encoder", f"{path}.{self.self_attention}"))
+            else:
+                out += [("attention", i, "self", f"{path}.{self.self_attention}"),
+                        ("cross_attention", i, "cross", f"{path}.{self.cross_attention}")]
+        return out
 
     def has_site(self, location: str) -> bool:
         return any(s.location == location for s in (*self.sites, *(self.decoder_sites or ())))
@@ -349,8 +368,9 @@ def _bart_like(name: str, model_class: str, pre_norm: bool, **fields: Any) -> Ar
     return Architecture(name, "encoder.layers", _bart_sites(pre_norm), "model", model_class,
                         num_layers_attr="encoder_layers", decoder_layers="decoder.layers",
                         heads_attr="encoder_attention_heads", self_attention="self_attn",
+                        cross_attention="encoder_attn",
                         attention_dropout_attr="attention_dropout", hidden_dropout_attr="dropout",
-                        methods=("bottleneck", "lora", "invertible"), segments=False, peft=False,
+                        methods=("bottleneck", "lora", "prefix_tuning", "invertible"), segments=False, peft=False,
                         linears=_BART_LINEARS,
                         decoder_linears=(*_BART_LINEARS, *_attention_linears("encoder_attn", _BART_QKV, "cross_")),
                         heads=_ENCODER_DECODER_HEADS,
@@ -388,8 +408,9 @@ def _t5_like(name: str, model_class: str, tied_lm_attr: str, up: str) -> Archite
                         hidden_size_attr="d_model", heads_attr="num_heads", num_layers_attr="num_layers",
                         decoder_layers="decoder.block", decoder_layers_attr="num_decoder_layers",
                         decoder_sites=_t5_sites(True), self_attention="layer.0.SelfAttention",
+                        cross_attention="layer.1.EncDecAttention",
                         attention_dropout_attr="dropout_rate", hidden_dropout_attr="dropout_rate",
-                        methods=("bottleneck", "lora", "invertible"), segments=False, peft=False,
+                        methods=("bottleneck", "lora", "prefix_tuning", "invertible"), segments=False, peft=False,
                         linears=_t5_linears(False, up), decoder_linears=_t5_linears(True, up),
                         heads=_ENCODER_DECODER_HEADS,
                         embeddings="encoder.block.0", embeddings_input=True, scale_tied_lm_input=True,

@@ -191,7 +191,7 @@ class _EncoderDecoderSteps:
     """An encoder-decoder's: the encoder reads the input once, with the decoder's start token (and the token the
     config forces first, ``forced_bos_token_id``: BART's <s>, mBART-50's target language, which is not counted
     as new); each new token then runs through the decoder alone, against the encoder's output and the decoder's
-    cache."""
+    cache (or, where the cache would not answer exactly, the decoder reads its whole sequence again)."""
 
     def __init__(self, model: Any, block: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         self.model, self.block, self.input_ids = model, block, input_ids
@@ -200,19 +200,24 @@ class _EncoderDecoderSteps:
         starts = [model.config.eos_token_id if start is None else start]
         if model.forced_bos_token_id is not None:
             starts.append(model.forced_bos_token_id)
-        self.start = torch.tensor([starts] * input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+        self.decoded = torch.tensor([starts] * input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+        self.cached = model.caches_exactly(block)
         self.encoded: Any = None
         self.cache: Any = None
 
     def first(self) -> Any:
-        out = self.model(input_ids=self.input_ids, attention_mask=self.mask, decoder_input_ids=self.start,
-                         active=self.block, head=None, use_cache=True)
+        out = self.model(input_ids=self.input_ids, attention_mask=self.mask, decoder_input_ids=self.decoded,
+                         active=self.block, head=None, use_cache=self.cached)
         from transformers.modeling_outputs import BaseModelOutput
 
         self.encoded, self.cache = BaseModelOutput(last_hidden_state=out.encoder_last_hidden_state), out.cache
         return out
 
     def next(self, chosen: torch.Tensor, _done: torch.Tensor) -> Any:
+        self.decoded = torch.cat([self.decoded, chosen[:, None]], dim=-1)
+        if not self.cached:
+            return self.model(input_ids=None, attention_mask=self.mask, encoder_outputs=self.encoded,
+                              decoder_input_ids=self.decoded, active=self.block, head=None)
         out = self.model(input_ids=None, attention_mask=self.mask, encoder_outputs=self.encoded,
                          decoder_input_ids=chosen[:, None], active=self.block, head=None, use_cache=True,
                          cache=self.cache)

@@ -93,7 +93,8 @@ class AdapterModel(nn.Module):
         self._linear_sites: dict[tuple[str, int], LinearSite] = {}
         self._embedding_site: EmbeddingSite | None = None  # invertible adapters; the hook is made on first use
         self._reft_sites = ReftSites(self.base, self.arch.layers, self._context)  # hooks made on first use
-        self._prefix_sites = PrefixSites(self.base, self.arch.layers, self.arch.self_attention, self._context)
+        self._prefix_sites = PrefixSites(
+            self.base, lambda: self.arch.attention_paths(self.num_layers, self.encoder_layers), self._context)
         self._prompt_sites = PromptSites(self.base, self.arch.embeddings, self._context)  # hooks made on first use
         self.merged: str | None = None  # a LoRA-family adapter folded into the base weights (merge_adapter)
         self.train(base.training)
@@ -186,9 +187,10 @@ class AdapterModel(nn.Module):
 
     @property
     def head_dim(self) -> int:
-        """The width of one attention head: the config's ``head_dim`` where it has one (it need not be hidden
-        size / heads, e.g. Mistral-Nemo's), else hidden size / heads."""
-        return int(getattr(self.config, "head_dim", None) or self.hidden_size // self.num_heads)
+        """The width of one attention head: the config's ``head_dim`` (T5's ``d_kv``) where it has one (it need
+        not be hidden size / heads, e.g. Mistral-Nemo's), else hidden size / heads."""
+        return int(getattr(self.config, "head_dim", None) or getattr(self.config, "d_kv", None)
+                   or self.hidden_size // self.num_heads)
 
     @property
     def kv_size(self) -> int:
@@ -358,8 +360,13 @@ class AdapterModel(nn.Module):
         if config.architecture == "prefix_tuning":
             from .methods.prefix_layers import PrefixAdapterSet
 
+            decoder_heads = getattr(self.config, "decoder_attention_heads", None) or self.num_heads
+            if decoder_heads != self.num_heads:  # AdapterHub makes every location's prefix with the encoder's
+                raise UnsupportedModel(f"{what} is a prefix-tuning adapter, and this model's decoder has "
+                                       f"{decoder_heads} attention heads where its encoder has {self.num_heads}: "
+                                       "AdapterHub's prefixes (and adapt's) need the same number in both")
             return PrefixAdapterSet(config, self.hidden_size, self.num_layers, self.num_heads, self.num_kv_heads,
-                                    self.head_dim)
+                                    self.head_dim, self.encoder_layers)
         if config.architecture == "union":  # each part as its own method, under the union's name
             from .methods.union_layers import UnionAdapterSet
 
@@ -403,7 +410,7 @@ class AdapterModel(nn.Module):
             if method == "reft":  # edits the layer's output: one site per layer
                 self._reft_sites.add(name, layer, module)
             elif method == "prefix_tuning":  # keys and values of each self-attention
-                self._prefix_sites.add(name, layer, module)
+                self._prefix_sites.add(name, place, layer, module)
             elif method == "lora":
                 self._linear_site(place, layer).loras[name] = module
             else:

@@ -1,5 +1,10 @@
 """Stitching prefix-tuning adapters into a transformers model through its public attention interface.
 
+A prefix joins every self-attention module, and in an encoder-decoder every cross-attention module too, each
+served by the adapter's generator for its location (``Architecture.attention_paths``). T5 hands its attention
+a relative position bias made for the keys without the prefix: the site gives it the one AdapterHub computes
+for the prefixed keys (``PrefixSite._position_bias``).
+
 The models supported here compute self-attention with ``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]``
 (transformers 5); in a decoder the keys it receives are after the rotary embedding and the key/value cache, so a
 prefix joins the cached keys at every step and is never stored in the cache (as in AdapterHub), and where
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import torch
@@ -147,10 +152,15 @@ class _PerThread:
 
 
 class PrefixSite:
-    """One self-attention module and the prefix adapters that prefix it."""
+    """One attention module and the prefix adapters that prefix it. ``location``: which of an adapter's
+    generators serves it ("" in a model with one stack; "encoder", "self" or "cross" in an encoder-decoder);
+    ``earlier``: the sites of its location before it, whose prefixes decide T5's relative position bias here
+    (the first one's module holds it)."""
 
-    def __init__(self, module: nn.Module, layer: int, sites: PrefixSites, inner: Any) -> None:
+    def __init__(self, module: nn.Module, layer: int, sites: PrefixSites, inner: Any, location: str = "",
+                 earlier: Collection[PrefixSite] = ()) -> None:
         self.layer, self.sites, self.inner, self.module = layer, sites, inner, module
+        self.location, self.stack = location, [*earlier, self]  # its location's sites up to this one
         self.prefixes: dict[str, nn.Module] = {}
         self._input = _PerThread()
         if getattr(module, "_adapt_prefix_site", None) is not None:
@@ -168,9 +178,13 @@ class PrefixSite:
                  mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, Any]:
         context = self.sites.context
         setup = context.setup
-        if setup is None or not any(name in context.leaves for name in self.prefixes):
+        # T5 hands each layer's position bias to the next, made for the prefixes of the layers before: a layer
+        # without a prefix of its own still answers to those (``_position_bias``)
+        biased = kwargs.get("position_bias") is not None
+        concerned = {n: a for site in self.stack for n, a in site.prefixes.items()} if biased else self.prefixes
+        if setup is None or not any(name in context.leaves for name in concerned):
             return self.inner(module, query, key, value, mask, **kwargs)
-        found = groups(setup, 0, query.shape[0], self.prefixes)
+        found = groups(setup, 0, query.shape[0], concerned)
         try:
             if len(found) == 1:
                 return self._attend(module, query, key, value, mask, slice(None), found[0][2], kwargs)
@@ -182,9 +196,13 @@ class PrefixSite:
 
     def _attend(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 mask: torch.Tensor | None, rows: slice, names: tuple[str, ...], kwargs: dict) -> Any:
-        if names:
+        own = tuple(n for n in names if n in self.prefixes)
+        if kwargs.get("position_bias") is not None:
+            widths = [self._width(tuple(n for n in names if n in site.prefixes)) for site in self.stack]
+            kwargs = {**kwargs, "position_bias": self._position_bias(kwargs["position_bias"], query, key, widths)}
+        if own:
             keys, values = [], []
-            for name in reversed(names):  # the last of a stack ends up first, as AdapterHub concatenates
+            for name in reversed(own):  # the last of a stack ends up first, as AdapterHub concatenates
                 k, v = self._prefix(name, rows)
                 keys.append(k.to(key.dtype))
                 values.append(v.to(value.dtype))
@@ -194,13 +212,35 @@ class PrefixSite:
             key, value = torch.cat([*keys, key], dim=2), torch.cat([*values, value], dim=2)
         return self.inner(module, query, key, value, mask, **kwargs)
 
+    def _width(self, names: tuple[str, ...]) -> int:
+        return sum(self.sites.adapter(n).config.prefix_length for n in names)
+
+    def _position_bias(self, bias: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
+                       widths: list[int]) -> torch.Tensor:
+        """T5's position bias over the prefixed keys, as AdapterHub computes it (``widths``: the prefix width of
+        each layer of this location up to this one). The first layer makes the relative bias for its keys with
+        the prefix in front (so the real keys' relative positions count the prefix too) and each layer hands its
+        bias to the next; a layer whose keys are of another width makes a new one, and only the first layer has
+        the relative embedding, so from the first change of width on (``leave_out``) there is no relative bias
+        at all. Cross-attention never has one."""
+        width, keys, first = widths[-1], key.shape[2], self.stack[0].module
+        relative = getattr(first, "has_relative_attention_bias", False)
+        if relative and all(w == width for w in widths):
+            if not width:
+                return bias
+            return first.compute_bias(query.shape[2], width + keys, device=query.device,
+                                      past_seen_tokens=keys - query.shape[2]).to(bias.dtype)
+        if not width and not relative:
+            return bias
+        return bias.new_zeros((1, bias.shape[1], query.shape[2], width + keys))
+
     def _prefix(self, name: str, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """This layer's prefix keys and values [rows, heads, prefix_length, head_dim], gated if the adapter is."""
         adapter = self.prefixes[name]
-        states = self.sites.states(name)
-        j = adapter.layer_ids.index(self.layer)
+        states = self.sites.states(name)[self.location]
+        j = adapter.locations[self.location].index(self.layer)
         keys, values = states[2 * j, rows], states[2 * j + 1, rows]
-        gate = adapter.gates[str(self.layer)] if str(self.layer) in adapter.gates else None
+        gate = adapter.gate(self.location, self.layer)
         if gate is not None:
             x = self._input.get("x")[rows]
             g = torch.mean(torch.sigmoid(gate(x)), dim=1)  # [rows, 1 or 2], the mean over every token as AdapterHub
@@ -209,12 +249,13 @@ class PrefixSite:
 
 
 class PrefixSites:
-    """The model's prefix sites (one per self-attention module, made on first use) and the pre-hook on the base
-    model that makes the active prefixes for each call."""
+    """The model's prefix sites (one per attention module a prefix can join, made on first use) and the pre-hook
+    on the base model that makes the active prefixes for each call. ``paths``: the model's attention modules,
+    ``Architecture.attention_paths`` (place, layer, location, module path)."""
 
-    def __init__(self, base: nn.Module, layers_path: str, attention_path: str, context: Any) -> None:
-        self.base, self.layers_path, self.attention_path, self.context = base, layers_path, attention_path, context
-        self.sites: dict[int, PrefixSite] = {}
+    def __init__(self, base: nn.Module, paths: Callable[[], list[tuple[str, int, str, str]]], context: Any) -> None:
+        self.base, self.paths, self.context = base, paths, context
+        self.sites: dict[tuple[str, int], PrefixSite] = {}
         self._made = _PerThread()
         self._handle: Any = None
 
@@ -222,26 +263,34 @@ class PrefixSites:
     def names(self) -> set[str]:
         return {name for site in self.sites.values() for name in site.prefixes}
 
-    def add(self, name: str, layer: int, adapter: nn.Module) -> None:
+    def adapter(self, name: str) -> nn.Module:
+        return next(site.prefixes[name] for site in self.sites.values() if name in site.prefixes)
+
+    def add(self, name: str, place: str, layer: int, adapter: nn.Module) -> None:
         if self._handle is None:
             self._install()
-        self.sites[layer].prefixes[name] = adapter
+        self.sites[place, layer].prefixes[name] = adapter
 
     def gated(self, names: Collection[str]) -> bool:
         """Whether one of ``names`` is a gated prefix (UniPELT's), whose gate averages over the whole sequence:
         a step decoded against the key/value cache sees only its own token, so it would answer otherwise."""
-        return any(len(site.prefixes[n].gates) for site in self.sites.values() for n in names if n in site.prefixes)
+        return any(site.prefixes[n].config.gates for site in self.sites.values() for n in names
+                   if n in site.prefixes)
 
     def remove(self, name: str) -> None:
         for site in self.sites.values():
             site.prefixes.pop(name, None)
 
     def _install(self) -> None:
-        """Switch the model to the wrapping implementation and give every self-attention module a site (those
-        without a prefix adapter, e.g. in ``leave_out``, then just call the wrapped implementation)."""
-        modules = [block.get_submodule(self.attention_path) for block in self.base.get_submodule(self.layers_path)]
+        """Switch the model to the wrapping implementation and give every attention module a prefix can join a
+        site (those without a prefix adapter, e.g. in ``leave_out``, then just call the wrapped implementation)."""
         self._wrap()
-        self.sites = {layer: PrefixSite(module, layer, self, self._inner(module)) for layer, module in enumerate(modules)}
+        stacks: dict[str, list[PrefixSite]] = {}  # per location, its sites in the order the model runs them
+        for place, layer, location, path in self.paths():
+            module = self.base.get_submodule(path)
+            site = PrefixSite(module, layer, self, self._inner(module), location, stacks.get(location, ()))
+            stacks.setdefault(location, []).append(site)
+            self.sites[place, layer] = site
         self._handle = self.base.register_forward_pre_hook(self._make, with_kwargs=True)
 
     def _wrap(self) -> None:
@@ -270,10 +319,9 @@ class PrefixSites:
         if active:
             self._wrap()
             inputs = kwargs.get("input_ids", args[0] if args else None)
-            for other in ("inputs_embeds", "pixel_values"):  # only the batch size is read
-                inputs = kwargs.get(other) if inputs is None else inputs
-            adapters = {n: a for site in self.sites.values() for n, a in site.prefixes.items()}
-            made = {n: adapters[n].states(int(inputs.shape[0])) for n in active}
+            for other in ("inputs_embeds", "pixel_values", "decoder_input_ids", "decoder_inputs_embeds"):
+                inputs = kwargs.get(other) if inputs is None else inputs  # only the batch size is read
+            made = {n: self.adapter(n).states(int(inputs.shape[0])) for n in active}
         self._made.set("states", made)
 
     def states(self, name: str) -> torch.Tensor:

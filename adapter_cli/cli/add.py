@@ -182,9 +182,9 @@ def _build(model: str, adapter_name: str, adapter_config: Any, head: str | None,
         counts = adapter_config.parameter_count(m.hidden_size, m.num_layers, embedding_size=m.embedding_size)
     elif adapter_config.architecture == "union":
         counts = adapter_config.parameter_count(m.hidden_size, m.num_layers, m.intermediate_size, m.linear_shapes,
-                                                m.kv_size)
+                                                m.kv_size, m.encoder_layers)
     elif adapter_config.architecture == "prefix_tuning":  # keys narrower than hidden under grouped-query attention
-        counts = adapter_config.parameter_count(m.hidden_size, m.num_layers, m.kv_size)
+        counts = adapter_config.parameter_count(m.hidden_size, m.num_layers, m.kv_size, m.encoder_layers)
     else:
         counts = adapter_config.parameter_count(m.hidden_size, m.num_layers)
     built = sum(p.numel() for p in m.adapters[adapter_name].parameters())

@@ -137,6 +137,8 @@ def _prefix_shapes(config: Any, weights: dict[str, Any], base: Any) -> dict[str,
 
     layers = _prefix_layers(config, weights, base)
     arch = ARCHITECTURES.get(base.model_type or "")
+    if arch is not None and arch.encoder_decoder:  # one generator per location, counted from both stacks
+        return config.weight_shapes(base.hidden_size, layers, None, base.encoder_layers)
     if arch is None or not arch.kv_heads_attr:
         return config.weight_shapes(base.hidden_size, layers)
     if base.num_layers is None:  # the count read off a width that need not be the hidden size's: at least one

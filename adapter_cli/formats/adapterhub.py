@@ -309,15 +309,19 @@ def read_adapter(path: Path, shapes_only: bool = False, encoder_layers: int | No
     arch = architecture_for(base.model_type).for_gated(gated)
     base = dataclasses.replace(base, gated_feed_forward=gated)
     config, key_name, weights = _read_method(data["config"], raw, arch, path, data)
+    prefixed = any(c.architecture == "prefix_tuning" for c in getattr(config, "configs", None) or (config,))
+    layer_count, prefix_encoder = prefix_layer_count(raw, arch) if prefixed else (None, None)
+    if prefix_encoder is not None and encoder_layers not in (None, prefix_encoder):
+        raise ArtifactError(f"{path}: its prefix was made for an encoder of {prefix_encoder} layers, but this "
+                            f"model's has {encoder_layers}; it was made for another model")
     if arch.encoder_decoder:
         parts = getattr(config, "configs", None)  # a union: each part's weights by its own leave_out
         left_out = {p.architecture: tuple(getattr(p, "leave_out", ())) for p in parts} if parts \
             else tuple(getattr(config, "leave_out", ()))
-        weights, found = number_decoder_layers(weights, encoder_layers, path, left_out)
+        weights, found = number_decoder_layers(weights, encoder_layers or prefix_encoder, path, left_out)
         base = dataclasses.replace(base, encoder_layers=found)
-    if base.num_layers is None and any(c.architecture == "prefix_tuning" for c in getattr(config, "configs", None)
-                                       or (config,)):
-        base = dataclasses.replace(base, num_layers=prefix_layer_count(raw, arch))
+    if base.num_layers is None and prefixed:
+        base = dataclasses.replace(base, num_layers=layer_count)
     if data.get("type") == "text_lang" and getattr(config, "kind", "task") != "language":
         config = config.replace(kind="language")  # adapter-transformers' mark of a language adapter
     name = data.get("name") or key_name or path.name
@@ -415,7 +419,8 @@ def _write_method(config: Any, weights: dict[str, Any], arch: Architecture, name
     if method == "reft":
         return reft_config_to_adapterhub(config), reft_weights_to_adapterhub(weights, arch, name)
     if method == "prefix_tuning":
-        return prefix_config_to_adapterhub(config), prefix_weights_to_adapterhub(weights, arch, name, num_layers)
+        return prefix_config_to_adapterhub(config), prefix_weights_to_adapterhub(weights, arch, name, num_layers,
+                                                                                 encoder_layers)
     if method == "prompt_tuning":
         return prompt_config_to_adapterhub(config), prompt_weights_to_adapterhub(weights, arch, name)
     return config_to_adapterhub(config, hidden_size, num_layers), \

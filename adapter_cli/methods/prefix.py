@@ -16,9 +16,13 @@ How the prefix keys and values are made:
 
 ``dropout`` applies to the keys and values in training. ``use_gating`` (UniPELT) scales each layer's prefix
 keys and values by a learned gate, the mean over tokens of ``sigmoid(Linear(x))`` of the attention's input
-``x``: one gate for both (``shared_gating``) or one each. ``encoder_prefix``/``cross_prefix`` select the
-attention blocks of encoder-decoder models; the encoders supported here have self-attention only, which
-AdapterHub always prefixes, so both fields are kept for the files and have no effect on them.
+``x``: one gate for both (``shared_gating``) or one each.
+
+An encoder-decoder (BART, T5) has three kinds of attention, and as in AdapterHub each gets a generator of its own
+(a *location*): the encoder's self-attention (``encoder``, if ``encoder_prefix``), the decoder's self-attention
+(``self``, always) and its cross-attention (``cross``, if ``cross_prefix``), each over its layers not in
+``leave_out`` (the decoder's numbered after the encoder's). A model with one stack of layers has one generator,
+and both fields have no effect there.
 The configuration is torch-free; the modules live in ``prefix_layers``.
 """
 
@@ -78,7 +82,6 @@ class PrefixTuningConfig(MethodConfig):
         if not isinstance(self.leave_out, tuple):
             raise bad(f"leave_out must be a list of layer indices, got {self.leave_out!r}")
 
-    # ---------------------------------------------------------------- shape
     @property
     def variant(self) -> str:
         """AdapterHub's preset name for this kind: prefix_tuning (reparametrised) or prefix_tuning_flat."""
@@ -96,32 +99,67 @@ class PrefixTuningConfig(MethodConfig):
                               "would change nothing; leave at least one layer in")
         return layers
 
-    def weight_shapes(self, hidden_size: int, num_layers: int, kv_size: int | None = None) -> dict[str, tuple[int, ...]]:
-        """Every stored tensor's name and shape (our names: ``prefix.*`` as AdapterHub's prefix module,
-        ``gates.<layer>.*`` for the gates). ``kv_size``: the width of a layer's keys (and values), narrower than
-        ``hidden_size`` under grouped-query attention."""
+    def locations(self, num_layers: int, encoder_layers: int | None = None) -> dict[str, list[int]]:
+        """Each generator's prefixed layers: {"": layers} in a model with one stack; in an encoder-decoder
+        (``encoder_layers`` set) those of "encoder", "self" and "cross" that prefix any layer."""
         layers = self.layers(num_layers)
-        values = len(layers) * 2 * (kv_size or hidden_size)  # keys and values of every prefixed layer, per token
-        if self.flat:
-            shapes: dict[str, tuple[int, ...]] = {"prefix.control_trans": (self.prefix_length * values,)}
-        else:
-            shapes = {"prefix.wte.weight": (self.prefix_length, hidden_size),
-                      "prefix.control_trans.0.weight": (self.bottleneck_size, hidden_size),
-                      "prefix.control_trans.0.bias": (self.bottleneck_size,),
-                      "prefix.control_trans.2.weight": (values, self.bottleneck_size),
-                      "prefix.control_trans.2.bias": (values,)}
-        for i in layers if self.gates else ():
-            shapes[f"gates.{i}.weight"] = (self.gates, hidden_size)
-            shapes[f"gates.{i}.bias"] = (self.gates,)
+        if encoder_layers is None:
+            return {"": layers}
+        decoder = [i for i in layers if i >= encoder_layers]
+        found = {"encoder": [i for i in layers if i < encoder_layers] if self.encoder_prefix else [],
+                 "self": decoder, "cross": decoder if self.cross_prefix else []}
+        kept = {where: ids for where, ids in found.items() if ids}
+        if not kept:
+            raise ConfigError(f"leave_out {list(self.leave_out)} with encoder_prefix: false leaves no attention to "
+                              "prefix: the prefix would change nothing; leave a decoder layer in")
+        return kept
+
+    # ---------------------------------------------------------------- shape
+    @staticmethod
+    def generator_key(location: str) -> str:
+        """Where a location's generator sits among the weights: ``prefix.`` alone, ``prefixes.<location>.``."""
+        return f"prefixes.{location}." if location else "prefix."
+
+    @staticmethod
+    def gate_key(location: str) -> str:
+        """Where a layer's gate sits: ``gates.<i>.`` at self-attention, ``cross_gates.<i>.`` at cross-attention."""
+        return "cross_gates" if location == "cross" else "gates"
+
+    def weight_shapes(self, hidden_size: int, num_layers: int, kv_size: int | None = None,
+                      encoder_layers: int | None = None) -> dict[str, tuple[int, ...]]:
+        """Every stored tensor's name and shape (our names: ``prefix.*`` as AdapterHub's prefix module, or
+        ``prefixes.<location>.*`` in an encoder-decoder; ``gates.<layer>.*``, ``cross_gates.<layer>.*`` for the
+        gates). ``kv_size``: the width of a layer's keys (and values), narrower than ``hidden_size`` under
+        grouped-query attention."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for location, layers in self.locations(num_layers, encoder_layers).items():
+            head = self.generator_key(location)
+            values = len(layers) * 2 * (kv_size or hidden_size)  # keys and values of every prefixed layer
+            if self.flat:
+                shapes[f"{head}control_trans"] = (self.prefix_length * values,)
+            else:
+                shapes.update({f"{head}wte.weight": (self.prefix_length, hidden_size),
+                               f"{head}control_trans.0.weight": (self.bottleneck_size, hidden_size),
+                               f"{head}control_trans.0.bias": (self.bottleneck_size,),
+                               f"{head}control_trans.2.weight": (values, self.bottleneck_size),
+                               f"{head}control_trans.2.bias": (values,)})
+            for i in layers if self.gates else ():
+                shapes[f"{self.gate_key(location)}.{i}.weight"] = (self.gates, hidden_size)
+                shapes[f"{self.gate_key(location)}.{i}.bias"] = (self.gates,)
         return shapes
 
-    def parameter_count(self, hidden_size: int, num_layers: int, kv_size: int | None = None) -> dict[str, Any]:
+    def parameter_count(self, hidden_size: int, num_layers: int, kv_size: int | None = None,
+                        encoder_layers: int | None = None) -> dict[str, Any]:
         """Trained parameters, as AdapterHub counts them (the MLP included while it is not ejected)."""
         import math
 
-        layers = self.layers(num_layers)
-        total = sum(math.prod(s) for s in self.weight_shapes(hidden_size, num_layers, kv_size).values())
-        placement = {"location": "attention", "layers": layers, "widths": [self.prefix_length] * len(layers),
-                     "parameters": total}
-        return {"placements": [placement], "parameters": total, "trainable_parameters": total,
+        shapes = self.weight_shapes(hidden_size, num_layers, kv_size, encoder_layers)
+        placements = []
+        for location, layers in self.locations(num_layers, encoder_layers).items():
+            mine = (self.generator_key(location), *(f"{self.gate_key(location)}.{i}." for i in layers))
+            placements.append({"location": "cross_attention" if location == "cross" else "attention",
+                               "layers": layers, "widths": [self.prefix_length] * len(layers),
+                               "parameters": sum(math.prod(v) for k, v in shapes.items() if k.startswith(mine))})
+        total = sum(math.prod(v) for v in shapes.values())
+        return {"placements": placements, "parameters": total, "trainable_parameters": total,
                 "bytes_fp32": total * 4, "bytes_fp16": total * 2}

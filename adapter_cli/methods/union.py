@@ -86,16 +86,19 @@ class UnionConfig(MethodConfig):
         return "+".join(c.architecture for c in self.configs)
 
     def parameter_count(self, hidden_size: int, num_layers: int, intermediate_size: int | None = None,
-                        linear_shapes: dict[str, tuple[int, int]] | None = None, kv_size: int | None = None) -> dict:
+                        linear_shapes: dict[str, tuple[int, int]] | None = None, kv_size: int | None = None,
+                        encoder_layers: int | None = None) -> dict:
+        """Each part's counts (``encoder_layers``: an encoder-decoder's encoder depth, as the parts take it)."""
         total, trainable, placements = 0, 0, []
         bytes32 = bytes16 = 0
         for c in self.configs:
             if c.architecture == "lora":
-                counts = c.parameter_count(hidden_size, num_layers, intermediate_size or 4 * hidden_size, linear_shapes)
+                counts = c.parameter_count(hidden_size, num_layers, intermediate_size or 4 * hidden_size, linear_shapes,
+                                           encoder_layers)
             elif c.architecture == "prefix_tuning":
-                counts = c.parameter_count(hidden_size, num_layers, kv_size)
+                counts = c.parameter_count(hidden_size, num_layers, kv_size, encoder_layers)
             else:
-                counts = c.parameter_count(hidden_size, num_layers)
+                counts = c.parameter_count(hidden_size, num_layers, encoder_layers=encoder_layers)
             total += counts["parameters"]
             trainable += counts.get("trainable_parameters", counts["parameters"])
             bytes32, bytes16 = bytes32 + counts["bytes_fp32"], bytes16 + counts["bytes_fp16"]

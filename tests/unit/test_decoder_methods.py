@@ -104,7 +104,7 @@ def test_a_grouped_query_prefix_has_the_key_heads() -> None:
     model.add_adapter("p", PREFIX)
     model.add_adapter("f", "prefix_tuning_flat[prefix_length=3]")
     assert model.kv_size == 16
-    states = model.adapters["p"].states(2)
+    states = model.adapters["p"].states(2)[""]  # one stack: one generator
     assert tuple(states.shape) == (2 * 2, 2, 2, 3, 8)  # [layers x 2, batch, key heads, prefix, head dim]
     assert model.adapters["f"].prefix.control_trans.numel() == 3 * 2 * 2 * 16
     counts = model.adapter_config("p").parameter_count(model.hidden_size, model.num_layers, model.kv_size)

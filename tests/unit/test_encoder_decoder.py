@@ -70,9 +70,44 @@ def test_cross_adapter_is_refused_where_there_is_no_cross_attention() -> None:
 
 
 def test_other_methods_are_refused_in_one_line() -> None:
-    with pytest.raises(UnsupportedModel, match="adapt stitches only bottleneck, lora and invertible adapters into "
-                                               "BART models so far"):
-        tiny_model("bart").add_adapter("a", "prefix_tuning")
+    with pytest.raises(UnsupportedModel, match="adapt stitches only bottleneck, lora, prefix tuning and invertible "
+                                               "adapters into BART models so far"):
+        tiny_model("bart").add_adapter("a", "prompt_tuning")
+
+
+@pytest.mark.parametrize("family", ["bart", "t5"])
+def test_prefixes_join_each_kind_of_attention_as_adapterhub_places_them(family: str) -> None:
+    """One generator per location (the encoder's self-attention, the decoder's self- and cross-attention), each
+    over its layers not left out; the counts equal the built modules; every generator trains."""
+    from adapter_cli.errors import ConfigError
+
+    model = tiny_model(family)
+    model.add_adapter("p", "prefix_tuning", {"prefix_length": 3, "bottleneck_size": 8, "leave_out": [1, 2],
+                                             "use_gating": True})
+    adapter = model.adapters["p"]
+    assert adapter.locations == {"encoder": [0], "self": [3], "cross": [3]}
+    assert sorted(adapter.sites(), key=str) == sorted([("attention", 0, adapter), ("attention", 3, adapter),
+                                                       ("cross_attention", 3, adapter)], key=str)
+    counts = adapter.config.parameter_count(model.hidden_size, model.num_layers, encoder_layers=model.encoder_layers)
+    assert counts["parameters"] == sum(p.numel() for p in adapter.parameters())
+    assert [p["location"] for p in counts["placements"]] == ["attention", "attention", "cross_attention"]
+    model.add_head("p", "seq2seq_lm", vocab_size=model.vocab_size)
+    ids, mask = _inputs()
+    model.train()
+    model(input_ids=ids, attention_mask=mask, labels=ids[:, :3], active="p").loss.backward()
+    for location in ("encoder", "self", "cross"):
+        grad = adapter.prefixes[location].control_trans[2].weight.grad
+        assert grad is not None and bool(grad.abs().sum() > 0), location
+    assert adapter.cross_gates["3"].weight.grad is not None
+    model.add_adapter("q", "prefix_tuning", {"encoder_prefix": False, "cross_prefix": False})
+    assert model.adapters["q"].locations == {"self": [2, 3]}
+    with pytest.raises(ConfigError, match="leaves no attention to prefix"):
+        model.add_adapter("r", "prefix_tuning", {"encoder_prefix": False, "leave_out": [2, 3]})
+
+
+def test_a_prefix_needs_as_many_heads_in_the_decoder_as_in_the_encoder() -> None:
+    with pytest.raises(UnsupportedModel, match="decoder has 2 attention heads where its encoder has 4"):
+        tiny_model("bart", decoder_attention_heads=2).add_adapter("p", "prefix_tuning")
 
 
 def test_classification_reads_the_last_eos_and_needs_one() -> None:
