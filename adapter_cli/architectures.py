@@ -327,7 +327,7 @@ ARCHITECTURES["vit"] = Architecture(
      SiteSpec("output_adapter", "dropout", "layernorm_after", 0, "input", "", "output.output_adapters")),
     "vit", "ViTAdapterModel", self_attention="attention", segments=False,
     heads=("classification", "multilabel_classification", "regression"), modality="image",
-    methods=("bottleneck", "lora", "prefix_tuning", "prompt_tuning"), tied_lm_head=False,
+    methods=("bottleneck", "lora", "prefix_tuning", "prompt_tuning", "reft"), tied_lm_head=False,
     linears=(("q", "attention.q_proj"), ("k", "attention.k_proj"), ("v", "attention.v_proj"),
              ("intermediate", "mlp.fc1"), ("output", "mlp.fc2")),
     adapterhub_layers="encoder.layer", adapterhub_self_attention="attention.attention",

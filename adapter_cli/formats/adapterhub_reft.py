@@ -46,7 +46,7 @@ def reft_config_to_adapterhub(config: Any) -> dict[str, Any]:
 
 
 def reft_weights_from_adapterhub(raw: dict[str, Any], arch: Architecture, source: Path) -> tuple[str | None, dict]:
-    pattern = re.compile(rf"^(?:{re.escape(arch.adapterhub_prefix)}\.)?{re.escape(arch.layers)}\.(\d+)\."
+    pattern = re.compile(rf"^(?:{re.escape(arch.adapterhub_prefix)}\.)?{re.escape(arch.hub_layers)}\.(\d+)\."
                          r"reft_layer\.refts\.([^.]+)\.(units\..+)$")
     out: dict[str, Any] = {}
     names: set[str] = set()
@@ -64,5 +64,5 @@ def reft_weights_to_adapterhub(weights: dict[str, Any], arch: Architecture, name
     out = {}
     for key, tensor in weights.items():
         _, layer, param = key.split(".", 2)
-        out[f"{arch.adapterhub_prefix}.{arch.layers}.{layer}.reft_layer.refts.{name}.{param}"] = tensor
+        out[f"{arch.adapterhub_prefix}.{arch.hub_layers}.{layer}.reft_layer.refts.{name}.{param}"] = tensor
     return out
