@@ -3,8 +3,9 @@
 The prompt runs once through the model and fills the key/value cache; each new token then runs alone
 against that cache, so a step costs one token's forward pass. Adapters act on each position by itself, so
 the cached steps give what a full recomputation would (tested against AdapterHub's ``generate``). The
-exceptions, a gated prefix (UniPELT), whose gate averages over the whole sequence, and a ReFT adapter, whose
-positions count from each row's end, recompute the whole sequence at every step instead. Prompts of
+exceptions, a gated adapter (a prefix, a bottleneck adapter or a LoRA with ``use_gating``: UniPELT's three),
+whose gate averages over the whole sequence, and a ReFT adapter, whose positions count from each row's end,
+recompute the whole sequence at every step instead (an encoder-decoder its decoder's). Prompts of
 different lengths are padded on the left and their positions count from their first real token, as
 transformers' own ``generate`` does.
 

@@ -362,15 +362,15 @@ class AdapterModel(nn.Module):
 
             decoder_heads = getattr(self.config, "decoder_attention_heads", None) or self.num_heads
             if decoder_heads != self.num_heads:  # AdapterHub makes every location's prefix with the encoder's
-                raise UnsupportedModel(f"{what} is a prefix-tuning adapter, and this model's decoder has "
-                                       f"{decoder_heads} attention heads where its encoder has {self.num_heads}: "
+                raise UnsupportedModel(f"{what} has a prefix (prefix tuning, mam, unipelt), and this model's decoder "
+                                       f"has {decoder_heads} attention heads where its encoder has {self.num_heads}: "
                                        "AdapterHub's prefixes (and adapt's) need the same number in both")
             return PrefixAdapterSet(config, self.hidden_size, self.num_layers, self.num_heads, self.num_kv_heads,
                                     self.head_dim, self.encoder_layers)
         if config.architecture == "union":  # each part as its own method, under the union's name
             from .methods.union_layers import UnionAdapterSet
 
-            return UnionAdapterSet(config, {c.architecture: self._new_adapter_set(c, fresh) for c in config.configs})
+            return UnionAdapterSet(config, {c.architecture: self._new_adapter_set(c, fresh, what) for c in config.configs})
         if config.architecture == "prompt_tuning":  # fresh: a from_string prompt reads the tokenizer
             from .methods.prompt_layers import PromptAdapterSet
             from .prompt_sites import string_words
@@ -774,13 +774,18 @@ class AdapterModel(nn.Module):
 
     def caches_exactly(self, block: Block | None) -> bool:
         """Whether decoding against the key/value cache answers as recomputing the whole sequence would under
-        ``block``: most methods act on each position by itself, but a gated prefix's gate reads them all, and a
-        ReFT adapter edits positions counted from each row's ends, which move as the sequence grows."""
+        ``block``: most methods act on each position by itself, but a gate (of a prefix, a bottleneck adapter or
+        a LoRA: UniPELT's, or ``use_gating: true``) averages over the whole sequence, and a ReFT adapter edits
+        positions counted from each row's ends, which move as the sequence grows."""
         if block is None:
             return True
-        leaves = block.leaves()
-        return not self._prefix_sites.gated(leaves) and not any(
-            self.adapters[n].config.architecture == "reft" for n in leaves if n in self.adapters)
+
+        def reads_the_whole_sequence(config: Any) -> bool:
+            return any(part.architecture == "reft" or getattr(part, "use_gating", False)
+                       for part in getattr(config, "configs", None) or (config,))
+
+        return not any(reads_the_whole_sequence(self.adapters[n].config) for n in block.leaves()
+                       if n in self.adapters)
 
     def running_reft(self, block: Block | None) -> tuple[str, Any] | None:
         """The ReFT adapter that runs under ``block`` (its first adapter, if a ReFT one) and its config; None

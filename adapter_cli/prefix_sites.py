@@ -271,12 +271,6 @@ class PrefixSites:
             self._install()
         self.sites[place, layer].prefixes[name] = adapter
 
-    def gated(self, names: Collection[str]) -> bool:
-        """Whether one of ``names`` is a gated prefix (UniPELT's), whose gate averages over the whole sequence:
-        a step decoded against the key/value cache sees only its own token, so it would answer otherwise."""
-        return any(site.prefixes[n].config.gates for site in self.sites.values() for n in names
-                   if n in site.prefixes)
-
     def remove(self, name: str) -> None:
         for site in self.sites.values():
             site.prefixes.pop(name, None)

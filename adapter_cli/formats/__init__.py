@@ -138,7 +138,8 @@ def _prefix_shapes(config: Any, weights: dict[str, Any], base: Any) -> dict[str,
     layers = _prefix_layers(config, weights, base)
     arch = ARCHITECTURES.get(base.model_type or "")
     if arch is not None and arch.encoder_decoder:  # one generator per location, counted from both stacks
-        return config.weight_shapes(base.hidden_size, layers, None, base.encoder_layers)
+        return config.weight_shapes(base.hidden_size, layers, _encoder_decoder_kv_size(config, weights, base, layers),
+                                    base.encoder_layers)
     if arch is None or not arch.kv_heads_attr:
         return config.weight_shapes(base.hidden_size, layers)
     if base.num_layers is None:  # the count read off a width that need not be the hidden size's: at least one
@@ -153,6 +154,18 @@ def _prefix_shapes(config: Any, weights: dict[str, Any], base: Any) -> dict[str,
     if base.num_layers is None:
         expected.update({k: tuple(weights[k].shape) for k in _PREFIX_OUTPUTS if k in weights and k in expected})
     return expected
+
+
+def _encoder_decoder_kv_size(config: Any, weights: dict[str, Any], base: Any, layers: int) -> int | None:
+    """The width of an encoder-decoder's keys, read off its first generator's output (prefixed layers x 2 x key
+    width per prefix token): T5's attention (heads x d_kv) may be wider than d_model, and no format records it.
+    None (the hidden size) where the output is missing or does not divide; the check then names the weight."""
+    location, prefixed = next(iter(config.locations(layers, base.encoder_layers).items()))
+    head = config.generator_key(location)
+    out = weights.get(f"{head}control_trans.2.bias", weights.get(f"{head}control_trans"))
+    per_key = 2 * len(prefixed) * (1 if f"{head}control_trans.2.bias" in weights else config.prefix_length)
+    size = math.prod(tuple(out.shape)) if out is not None else 0
+    return size // per_key if size and size % per_key == 0 else None
 
 
 def _prefix_layers(config: Any, weights: dict[str, Any], base: Any) -> int:

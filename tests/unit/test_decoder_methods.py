@@ -99,6 +99,27 @@ def test_cached_decoding_equals_recomputation_with_left_padding(model_type) -> N
     assert not model.caches_exactly(model.resolve_composition("stack(r,p)"))  # its positions move as it grows
 
 
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+def test_gated_bottleneck_and_lora_are_decoded_by_recomputation(model_type) -> None:
+    """A bottleneck adapter's or a LoRA's own gate (``use_gating: true``) averages over the whole sequence too:
+    decoded against the cache its gate would read the new token alone (found in review: other tokens)."""
+    torch.manual_seed(0)
+    model = AdapterModel.from_config(tiny_decoder_config(model_type)).eval()
+    model.add_adapter("g", "pfeiffer", {"use_gating": True})
+    model.add_adapter("l", "lora", {"use_gating": True})
+    model.add_head("lm", "causal_lm", vocab_size=70)
+    for name in ("g", "l"):
+        randomise(model.adapters[name], scale=0.5)
+    randomise(model.heads["lm"], seed=5, scale=1.0)
+    ids = _ids(rows=2, length=6)
+    mask = torch.ones_like(ids)
+    for active in ("g", "l", "stack(l,g)"):
+        assert not model.caches_exactly(model.resolve_composition(active)), active
+        got = generate(model, ids, mask, active, "lm", Sampling(max_new_tokens=5), eos_token_id=None,
+                       pad_token_id=PAD_ID)
+        assert got.tokens == _stepwise(model, ids, mask, active, 5), active
+
+
 def test_a_grouped_query_prefix_has_the_key_heads() -> None:
     model = tiny_decoder("llama")  # 4 query heads, 2 key/value heads, hidden 32
     model.add_adapter("p", PREFIX)
