@@ -370,7 +370,8 @@ class AdapterModel(nn.Module):
         if config.architecture == "union":  # each part as its own method, under the union's name
             from .methods.union_layers import UnionAdapterSet
 
-            return UnionAdapterSet(config, {c.architecture: self._new_adapter_set(c, fresh, what) for c in config.configs})
+            return UnionAdapterSet(config, {c.architecture: self._new_adapter_set(c, fresh, what)
+                                            for c in config.configs})
         if config.architecture == "prompt_tuning":  # fresh: a from_string prompt reads the tokenizer
             from .methods.prompt_layers import PromptAdapterSet
             from .prompt_sites import string_words

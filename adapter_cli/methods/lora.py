@@ -216,16 +216,25 @@ class LoRAConfig(MethodConfig):
         fan_in, fan_out = own or self.linear_shape(matrix.removeprefix(CROSS), hidden_size, inner)
         return (fan_in, fan_in) if matrix in self.scaled_inputs else (fan_in, fan_out)
 
+    def _shapes(self, hidden_size: int, num_layers: int, intermediate_size: int | None,
+                linear_shapes: dict[str, tuple[int, int]] | None, encoder_layers: int | None
+                ) -> tuple[dict[str, tuple[int, ...]], list[tuple[str, list[int], dict[str, tuple[int, ...]]]]]:
+        """The shared tensors' shapes (VeRA's projections) and, per changed matrix, its layers and the shapes
+        of one layer's tensors."""
+        inner = intermediate_size or 4 * hidden_size
+        shared = self.shared_shapes(*self._fans(self.matrices[0], hidden_size, inner, linear_shapes))
+        return shared, [(matrix, layers, self.site_shapes(*self._fans(matrix, hidden_size, inner, linear_shapes)))
+                        for matrix, layers in self.placed(num_layers, encoder_layers)]
+
     def weight_shapes(self, hidden_size: int, num_layers: int, intermediate_size: int | None = None,
                       linear_shapes: dict[str, tuple[int, int]] | None = None,
                       encoder_layers: int | None = None) -> dict[str, tuple[int, ...]]:
         """Every weight's name and shape, from the configuration alone (``matrix.layer.parameter``); a family
         whose linear layers are not BERT's (a decoder's grouped-query keys and values) gives their (in, out)
         in ``linear_shapes``; an encoder-decoder its ``encoder_layers`` (its decoder's cross-attention)."""
-        inner = intermediate_size or 4 * hidden_size
-        out = dict(self.shared_shapes(*self._fans(self.matrices[0], hidden_size, inner, linear_shapes)))
-        for matrix, layers in self.placed(num_layers, encoder_layers):
-            shapes = self.site_shapes(*self._fans(matrix, hidden_size, inner, linear_shapes))
+        shared, sites = self._shapes(hidden_size, num_layers, intermediate_size, linear_shapes, encoder_layers)
+        out = dict(shared)
+        for matrix, layers, shapes in sites:
             for i in layers:
                 out.update({f"{matrix}.{i}.{k}": v for k, v in shapes.items()})
         return out
@@ -237,16 +246,11 @@ class LoRAConfig(MethodConfig):
         the total, as AdapterHub counts them, and not in ``trainable_parameters``). ``linear_shapes`` and
         ``encoder_layers``: as for ``weight_shapes``."""
         self.check_rank(hidden_size)
-        inner = intermediate_size or 4 * hidden_size
-        placements = []
-        for matrix, layers in self.placed(num_layers, encoder_layers):
-            shapes = self.site_shapes(*self._fans(matrix, hidden_size, inner, linear_shapes))
-            per_layer = sum(math.prod(s) for s in shapes.values())
-            placements.append({"location": matrix, "layers": layers, "widths": [self.r] * len(layers),
-                               "parameters": per_layer * len(layers)})
+        shared, sites = self._shapes(hidden_size, num_layers, intermediate_size, linear_shapes, encoder_layers)
+        placements = [{"location": matrix, "layers": layers, "widths": [self.r] * len(layers),
+                       "parameters": sum(math.prod(s) for s in shapes.values()) * len(layers)}
+                      for matrix, layers, shapes in sites]
         trained = sum(p["parameters"] for p in placements)
-        shared = self.shared_shapes(*self._fans(self.matrices[0], hidden_size, inner, linear_shapes))
-        frozen = sum(math.prod(s) for s in shared.values())
-        total = trained + frozen  # what the adapter stores, as AdapterHub counts it
+        total = trained + sum(math.prod(s) for s in shared.values())  # what the adapter stores, as AdapterHub counts it
         return {"placements": placements, "parameters": total, "trainable_parameters": trained,
                 "bytes_fp32": total * 4, "bytes_fp16": total * 2}
