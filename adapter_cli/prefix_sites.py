@@ -198,7 +198,8 @@ class PrefixSite:
                 mask: torch.Tensor | None, rows: slice, names: tuple[str, ...], kwargs: dict) -> Any:
         own = tuple(n for n in names if n in self.prefixes)
         if kwargs.get("position_bias") is not None:
-            widths = [self._width(tuple(n for n in names if n in site.prefixes)) for site in self.stack]
+            widths = [sum(site.prefixes[n].config.prefix_length for n in names if n in site.prefixes)
+                      for site in self.stack]
             kwargs = {**kwargs, "position_bias": self._position_bias(kwargs["position_bias"], query, key, widths)}
         if own:
             keys, values = [], []
@@ -211,9 +212,6 @@ class PrefixSite:
             mask = _pad_mask(mask, sum(k.shape[2] for k in keys))
             key, value = torch.cat([*keys, key], dim=2), torch.cat([*values, value], dim=2)
         return self.inner(module, query, key, value, mask, **kwargs)
-
-    def _width(self, names: tuple[str, ...]) -> int:
-        return sum(self.sites.adapter(n).config.prefix_length for n in names)
 
     def _position_bias(self, bias: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
                        widths: list[int]) -> torch.Tensor:
