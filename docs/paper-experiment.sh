@@ -5,6 +5,7 @@
 #   bash docs/paper-experiment.sh                                  # ../shared GLUE: sst2 mrpc stsb cola rte
 #   bash docs/paper-experiment.sh rte=data/RTE mrpc=data/MRPC cb=data/CB    # any tasks, TASK=DIR
 #   SEEDS="1 2" MAX_TRAIN=500 EPOCHS=3 TARGETS="rte mrpc" bash docs/paper-experiment.sh   # a CPU budget
+#   SEEDS="1 2" SST2_TRAIN=2000 bash docs/paper-experiment.sh      # the paper's settings, SST-2 cut to 2,000
 #
 # Defaults are the paper's settings, i.e. the recipes' (adapter, head, full, multitask, fusion): learning
 # rates, epochs and early stopping, all training data. Every knob below overrides them for all runs.
@@ -19,6 +20,7 @@ EPOCHS=${EPOCHS:-}          # empty: each recipe's epochs (and patience: early s
 MAX_TRAIN=${MAX_TRAIN:-}    # e.g. 2000: a seeded random subset of each training set
 MAX_EVAL=${MAX_EVAL:-}      # e.g. 500: a seeded random subset of each dev set
 TARGETS=${TARGETS:-}        # fusion targets; empty: every task
+SST2_TRAIN=${SST2_TRAIN:-}  # e.g. 2000: SST-2's training set alone cut to a fixed random subset (the others whole)
 LR_ADAPTER=${LR_ADAPTER:-} LR_HEAD=${LR_HEAD:-} LR_FULL=${LR_FULL:-} LR_FUSION=${LR_FUSION:-}
 LR_BASE=${LR_BASE:-}        # MT-A: the shared base's learning rate (its adapters take LR_ADAPTER)
 OUT=${OUT:-out}
@@ -45,6 +47,10 @@ fi
 for task in "${TASKS[@]}"; do
   [ -d "${DIR[$task]}" ] || fail "data directory ${DIR[$task]} for $task does not exist"
 done
+if [ -n "$SST2_TRAIN" ]; then
+  [ -n "${DIR[sst2]:-}" ] || fail "SST2_TRAIN is set but sst2 is not one of the tasks (${TASKS[*]})"
+  [[ $SST2_TRAIN =~ ^[1-9][0-9]*$ ]] || fail "SST2_TRAIN=$SST2_TRAIN is not a number of rows (e.g. 2000)"
+fi
 targets=()
 for target in ${TARGETS:-${TASKS[*]}}; do
   target=$(canonical "$target")
@@ -56,11 +62,23 @@ read -r first _ <<< "$SEEDS"
 mkdir -p "$OUT/runs"
 # finished runs are skipped by name: runs made with other settings must not be taken for these
 settings="tasks=${TASKS[*]} targets=${targets[*]} model=$MODEL epochs=$EPOCHS max_train=$MAX_TRAIN max_eval=$MAX_EVAL"
+settings+=${SST2_TRAIN:+" sst2_train=$SST2_TRAIN"}
 settings+=" lr_adapter=$LR_ADAPTER lr_head=$LR_HEAD lr_full=$LR_FULL lr_fusion=$LR_FUSION lr_base=$LR_BASE"
 if [ -f "$OUT/settings.txt" ] && [ "$(cat "$OUT/settings.txt")" != "$settings" ]; then
   fail "$OUT holds runs made with other settings ($(cat "$OUT/settings.txt")); give another OUT"
 fi
 echo "$settings" > "$OUT/settings.txt"
+if [ -n "$SST2_TRAIN" ]; then  # one subset for every seed and method: header, then N rows by a fixed shuffle
+  subset=$OUT/data/sst2-$SST2_TRAIN
+  if [ ! -f "$subset/train.tsv" ]; then
+    mkdir -p "$subset.tmp"
+    { head -n 1 "${DIR[sst2]}/train.tsv"
+      tail -n +2 "${DIR[sst2]}/train.tsv" | shuf -n "$SST2_TRAIN" --random-source=<(yes 42); } > "$subset.tmp/train.tsv"
+    cp "${DIR[sst2]}"/dev.tsv "$subset.tmp/"
+    rm -rf "$subset" && mv "$subset.tmp" "$subset"
+  fi
+  DIR[sst2]=$subset
+fi
 
 common() {  # the knobs every run shares
   echo ${EPOCHS:+epochs=$EPOCHS patience=null min_steps=null} ${MAX_TRAIN:+max_train_samples=$MAX_TRAIN} \

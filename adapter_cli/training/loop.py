@@ -49,7 +49,7 @@ from .mlm import Masker, check_blocks, encode_text, evaluate_mlm, generator, mas
 from .features import Features, cacheable, encode_features, evaluate_features, head_logits, head_reads, predictions
 from .recipe import Recipe
 from .reporter import Reporter
-from .setup import build_model, distributed, environment, frozen_dtype
+from .setup import build_model, distributed, environment, frozen_dtype, leave_group
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -158,7 +158,7 @@ class Trainer:
         self.reporter = reporter or Reporter()
         self.callbacks, self.notes, self.finish = list(callbacks), notes or {}, finish
         self.task = self._resolve_task(recipe)
-        self.rank, self.world = distributed(recipe.device)
+        self.rank, self.world, self._owns_group = distributed(recipe.device)
         self.main = self.rank == 0
         self.state = TrainState()
         self._log: Any = None
@@ -328,6 +328,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict[str, Any]:
+        result = self._run()
+        if self._owns_group:  # only after a run that went well: after a failure, other processes may still
+            # wait in a collective, and ending the group could hang this one too (the launcher ends them all)
+            from torch.nn.parallel import DistributedDataParallel
+
+            if isinstance(self.forward, DistributedDataParallel):  # its reducer holds the last collective's work
+                self.forward = self.forward.module
+            leave_group()
+        return result
+
+    def _run(self) -> dict[str, Any]:
         self._prepare()
         self._open_run_dir()
         self._started = time.perf_counter()

@@ -15,16 +15,29 @@ from ..tasks import LABELLED_KINDS
 from .recipe import Recipe
 
 
-def distributed(device: str) -> tuple[int, int]:
+def distributed(device: str) -> tuple[int, int, bool]:
+    """This process's rank, the world size, and whether this call started the process group (then the
+    caller ends it with ``leave_group``; a group the caller's own code started is left alone)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         import torch.distributed as dist
 
-        if not dist.is_initialized():
+        started = not dist.is_initialized()
+        if started:
             on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
             dist.init_process_group("nccl" if on_gpu else "gloo")
-        return dist.get_rank(), world
-    return 0, 1
+        return dist.get_rank(), world, started
+    return 0, 1, False
+
+
+def leave_group() -> None:
+    """End the process group while Python is whole. Left to the interpreter's exit, gloo's worker threads
+    can still hold tensors when Python is torn down, and the process dies with SIGABRT after a run that
+    went well (seen once in CI, on the second of two processes)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def frozen_dtype(recipe: Recipe, autocast: torch.dtype | None) -> torch.dtype | None:
