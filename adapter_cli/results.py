@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import statistics
 from functools import lru_cache
 from pathlib import Path
@@ -41,7 +42,7 @@ FINAL = "final_metrics.json"
 # Recipe keys that do not change what a run measures (or that are compared on their own below).
 NOT_SETTINGS = frozenset({
     "seed", "task", "method", "name", "description", "data_dir", "device", "precision", "frozen_dtype",
-    "gradient_checkpointing", "eval_batch_size", "save_every_steps", "log_every_steps",
+    "gradient_checkpointing", "compile", "eval_batch_size", "save_every_steps", "log_every_steps",
     "adapter", "adapter_overrides", "fusion_adapters", "fusion", "unfreeze_adapters", "tasks", "data_dirs",
 })
 MULTITASK_ONLY = frozenset({"base_learning_rate", "alpha_start", "alpha_end", "alpha_schedule", "steps_per_epoch"})
@@ -62,20 +63,34 @@ def find_runs(paths: list[Path]) -> tuple[list[Path], list[Path]]:
                              "e.g. adapt results runs/")
         if not path.is_dir():
             raise UsageError(f"{path} is not a run directory; give finished run directories (or a folder of them)")
-        if (path / FINAL).is_file():
+        if _completed(path):
             found.setdefault(path.resolve(), path)
             continue
         if _is_run(path):
-            raise UsageError(f"{path} is not a finished adapt run (status: {_status(path)}, no {FINAL}); leave "
-                             f"it out, or give its folder ({path.parent}) to skip unfinished runs")
+            raise UsageError(f"{path} is not a finished adapt run (status: {_status(path)}); leave it out, or "
+                             f"give its folder ({path.parent}) to skip unfinished runs")
         children = sorted(c for c in path.iterdir() if c.is_dir())
-        runs = [c for c in children if (c / FINAL).is_file()]
+        runs = [c for c in children if _completed(c)]
         if not runs:
-            raise UsageError(f"{path} holds no finished adapt runs (no {FINAL} in it or in its subdirectories)")
+            raise UsageError(f"{path} holds no finished adapt runs (none completed in it or in its subdirectories)")
         for run in runs:
             found.setdefault(run.resolve(), run)
-        skipped += [c for c in children if _is_run(c) and not (c / FINAL).is_file()]
+        skipped += [c for c in children if _is_run(c) and not _completed(c)]
     return list(found.values()), skipped
+
+
+def _completed(path: Path) -> bool:
+    """A run that finished: its final metrics, and a run.json (where there is one) that says so. The metrics
+    alone are not enough: a run writes them before its cache entry, which can still fail, and a run resumed
+    since (say, after that failure) is running again."""
+    if not (path / FINAL).is_file():
+        return False
+    try:
+        return (json.loads((path / "run.json").read_text(encoding="utf-8")) or {}).get("status") == "completed"
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _is_run(path: Path) -> bool:
@@ -141,18 +156,30 @@ def collect(run_dirs: list[Path]) -> list[dict[str, Any]]:
         seed = recipe.get("seed", status.get("seed"))
         best = summary.get("best") or {}
         base, identity = _configuration(method, recipe, summary, _fusion_base_id(run, recipe, summary))
-        record = {"mta_base": identity.pop("mta_base", None),
-                  "run": str(run), "task": summary.get("task") or recipe.get("task"), "kind": method,
+        record = {"mta_base": identity.pop("mta_base", None), "member_runs": summary.get("fusion_member_runs"),
+                  "train_examples": summary.get("train_examples"), "started": status.get("started"),
+                  "run": str(run), "run_path": str(run.resolve()),
+                  "task": summary.get("task") or recipe.get("task"), "kind": method,
                   "method": base, "seed": seed, "metric": summary.get("main_metric"),
-                  "value": best.get("metric"), "metrics": best.get("metrics"),
+                  "value": _number(best.get("metric")), "metrics": _numbers(best.get("metrics")),
                   "wall_time_s": summary.get("wall_time_s"), "finished": _finished(run, status),
                   "identity": identity}
         if method == "multitask":
             record["base_model"] = summary.get("base_model")
         runs += _per_task(record, summary) if method == "multitask" else [record]
     _link_mta(runs)
+    _link_members(runs)
     _label_columns(runs)
     return runs
+
+
+def _numbers(metrics: Any) -> Any:
+    return {k: _number(v) for k, v in metrics.items()} if isinstance(metrics, dict) else metrics
+
+
+def _number(value: Any) -> float | None:
+    """A result as the tables take it: None for none, and for NaN (a run that diverged has no result)."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
 def _fusion_base_id(run: Path, recipe: dict[str, Any], summary: dict[str, Any]) -> str | None:
@@ -185,14 +212,68 @@ def _link_mta(runs: list[dict[str, Any]]) -> None:
             r["identity"]["mta"] = json.dumps(mta, sort_keys=True, default=str) if mta is not None else base
 
 
+def _link_members(runs: list[dict[str, Any]]) -> None:
+    """A fusion over single-task adapters belongs to the configurations of the adapter runs it fused (recorded
+    by the fusion run; found among the runs given, by path or, moved, by name and start time, else on disk
+    if the run there is still that run): fusions over adapters of two learning rates never average, and
+    Table 2 compares each with its own adapters. A fusion with a member of unknown run (older runs,
+    downloaded adapters) is told apart by its members' names only."""
+    adapters = [r for r in runs if r["kind"] == "adapter"]
+    by_path = {r["run_path"]: r for r in adapters}
+    by_print: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+    for r in adapters:
+        by_print.setdefault((Path(r["run_path"]).name, r["started"]), []).append(r)
+
+    def member(source: Any) -> tuple[str, dict[str, Any]] | None:
+        if not isinstance(source, dict) or not all(isinstance(source.get(k), str) for k in ("run_dir", "name", "started")):
+            return None
+        same = by_path.get(source["run_dir"])
+        if same is not None and same["started"] == source["started"]:
+            return same["method"], same["identity"]
+        moved = by_print.get((source["name"], source["started"]), [])
+        if len({json.dumps(r["identity"], sort_keys=True, default=str) for r in moved}) == 1:
+            return moved[0]["method"], moved[0]["identity"]
+        there = Path(source["run_dir"])
+        return _adapter_run_on_disk(there) if _read_status(there).get("started") == source["started"] else None
+
+    for r in runs:
+        sources = r.pop("member_runs", None)
+        if r["kind"] != "fusion" or "mta" in r["identity"] or not isinstance(sources, list) or not sources:
+            continue
+        found = [member(source) for source in sources]
+        if all(found):
+            bases = {json.dumps(identity, sort_keys=True, default=str): base for base, identity in found}
+            r["identity"]["members_from"] = sorted(bases)
+            r["member_bases"] = bases  # to name the columns of adapters not among the runs read
+
+
+def _read_status(run: Path) -> dict[str, Any]:
+    try:
+        return _read_json(run / "run.json")
+    except UsageError:
+        return {}
+
+
+def _adapter_run_on_disk(path: Path) -> tuple[str, dict[str, Any]] | None:
+    """(column name, configuration) of the finished adapter run at ``path`` (where a fusion recorded it)."""
+    if not _completed(path):
+        return None
+    try:
+        summary = _read_json(path / FINAL)
+        return _configuration("adapter", _read_recipe(path / "recipe.yaml"), summary) \
+            if summary.get("method") == "adapter" else None
+    except UsageError:
+        return None
+
+
 def _per_task(record: dict[str, Any], summary: dict[str, Any]) -> list[dict[str, Any]]:
     """An MT-A run as one record per task: the task's main metric at the run's best epoch (the best mean)."""
     mains = summary.get("main_metrics") or {}
     out = []
     for task, metrics in (summary.get("per_task") or {}).items():
         metric = mains.get(task)
-        out.append({**record, "task": task, "metric": metric, "value": (metrics or {}).get(metric),
-                    "metrics": metrics})
+        out.append({**record, "task": task, "metric": metric, "value": _number((metrics or {}).get(metric)),
+                    "metrics": _numbers(metrics)})
     if not out:
         raise UsageError(f"{record['run']}/{FINAL} is an MT-A run without per-task results (per_task); "
                          "was it written by an older adapt? Train it again")
@@ -297,6 +378,11 @@ def _label_columns(runs: list[dict[str, Any]]) -> None:
     for r in runs:
         r["group"] = json.dumps(r["identity"], sort_keys=True, default=str)
         by_base.setdefault(r["method"], {})[r["group"]] = r["identity"]
+    unread: dict[str, dict[str, dict[str, Any]]] = {}  # adapters a fusion fused that are not among the runs
+    for r in runs:
+        for group, base in r.pop("member_bases", {}).items():
+            if group not in by_base.get(base, {}):
+                unread.setdefault(base, {})[group] = json.loads(group)
     labels: dict[str, str] = {}
 
     def part(key: str, value: Any) -> str:
@@ -304,21 +390,34 @@ def _label_columns(runs: list[dict[str, Any]]) -> None:
             return "config " + hashlib.sha1(str(value).encode()).hexdigest()[:6]
         if key == "mta":  # the MT-A configuration a fusion's bases came from: that column's name (or the base id)
             return f"over {labels.get(value, value)}"
+        if key == "members_from":  # the adapter columns its members came from
+            return "over " + " + ".join(labels[g] for g in value) if value else "over adapters of unknown runs"
         return f"{key}={_text(value)}"
 
-    # fusions last: their names can name the MT-A columns
-    for base, identities in sorted(by_base.items(), key=lambda item: any("mta" in i for i in item[1].values())):
+    def name(base: str, identities: dict[str, dict[str, Any]]) -> dict[str, str]:
         keys = sorted({k for ident in identities.values() for k in ident})
         differing = [k for k in keys if len({json.dumps(i.get(k), sort_keys=True, default=str)
                                               for i in identities.values()}) > 1]
+        named = {}
         for group, ident in identities.items():
             parts = [part(k, ident.get(k)) for k in differing]
             if not parts:
-                labels[group] = base
+                named[group] = base
             elif base.endswith(")"):  # "adapter (houlsby)" -> "adapter (houlsby, learning_rate=0.001)"
-                labels[group] = f"{base[:-1]}, {', '.join(parts)})"
+                named[group] = f"{base[:-1]}, {', '.join(parts)})"
             else:
-                labels[group] = f"{base} ({', '.join(parts)})"
+                named[group] = f"{base} ({', '.join(parts)})"
+        return named
+
+    # fusions last: their names can name the MT-A and adapter columns
+    def fusion_like(base: str) -> bool:
+        return any("mta" in i or "members_from" in i for i in by_base.get(base, {}).values())
+
+    for base in sorted(set(by_base) | set(unread), key=fusion_like):
+        identities = by_base.get(base, {})
+        if base in unread:  # named among the columns read, without renaming those
+            labels.update({g: n for g, n in name(base, {**identities, **unread[base]}).items() if g in unread[base]})
+        labels.update(name(base, identities))
     for r in runs:
         r["method"] = labels[r["group"]]
 
@@ -359,13 +458,31 @@ def table(runs: list[dict[str, Any]], notes: list[str] | None = None) -> dict[st
             if not chosen:
                 continue
             values = [r["value"] for r in chosen]
+            _check_same_data(task, method, chosen, notes)
             cells[task][method] = {"mean": statistics.fmean(values),
                                    "std": statistics.stdev(values) if len(values) > 1 else None,
                                    "n": len(values), "seeds": [r["seed"] for r in chosen],
                                    "metric": chosen[0]["metric"], "runs": [r["run"] for r in chosen]}
-    public = [{k: v for k, v in r.items() if k not in ("identity", "group", "finished")} for r in runs]
+    public = [{k: v for k, v in r.items() if k not in ("identity", "group", "finished", "run_path", "started")}
+              for r in runs]
     return {"tasks": tasks, "methods": methods, "cells": cells, "wall_time_s": _wall_times(counted, methods),
             "comparisons": compare(runs, cells, methods, notes), "runs": public}
+
+
+def _check_same_data(task: str, method: str, chosen: list[dict[str, Any]], notes: list[str] | None) -> None:
+    """A note where one cell averages runs trained on different data: the data directory is not part of a
+    configuration (the same task read from two places is one column), so SST-2 whole and SST-2 cut to a
+    subset by another directory would otherwise average without a word."""
+    sizes = {json.dumps(_task_examples(r, task)) for r in chosen} - {"null"}
+    if len(sizes) > 1 and notes is not None:
+        notes.append(f"note: {task} / {method} averages runs trained on different data ({', '.join(sorted(sizes))} "
+                     "training examples); give the runs of one data set")
+
+
+def _task_examples(record: dict[str, Any], task: str) -> Any:
+    """The run's number of training examples of ``task`` (an MT-A run records one per task)."""
+    examples = record.get("train_examples")
+    return examples.get(task) if isinstance(examples, dict) else examples
 
 
 def _wall_times(counted: list[dict[str, Any]], methods: list[str]) -> dict[str, float]:
@@ -387,15 +504,24 @@ def compare(runs: list[dict[str, Any]], cells: dict[str, dict[str, Any]], method
     label = {r["group"]: r["method"] for r in runs}
     out = []
     for fused in (m for m in methods if kind.get(m) == "fusion"):
-        link = next(r["identity"].get("mta") for r in runs if r["method"] == fused)
+        identity = next(r["identity"] for r in runs if r["method"] == fused)
+        link, members = identity.get("mta"), identity.get("members_from")
         if link is not None:
             against = [label[link]] if link in label else []
             why = "the MT-A runs that made its bases are not among the runs read"
-        else:
-            against = [m for m in methods if kind.get(m) == "adapter"]
-            why = f"{len(against)} columns could be its adapters ({', '.join(against)})"
+        elif members is not None:  # the columns of the adapter runs it fused
+            read = [label[g] for g in members if g in label]
+            against = sorted(set(read)) if len(read) == len(members) else []
+            why = "the runs of its adapters are not all among the runs read" if len(read) < len(members) else \
+                f"its adapters are in {len(against)} columns ({', '.join(against)})"
+        else:  # members of unknown runs: the one adapter column on the same base model, if there is one
+            model = {r["method"]: r["identity"].get("model") for r in runs}
+            against = [m for m in methods if kind.get(m) == "adapter" and model.get(m) == identity.get("model")]
+            why = f"{len(against)} columns on its base model could be its adapters ({', '.join(against)})" \
+                if against else "no adapter column is on its base model"
         if len(against) != 1:
-            if notes is not None and (link is not None or against):
+            if notes is not None and (link is not None or members is not None
+                                      or any(kind.get(m) == "adapter" for m in methods)):
                 notes.append(f"note: {fused} is not compared with its adapters: {why}; give adapt results "
                              "the runs of one configuration")
             continue
@@ -406,8 +532,9 @@ def compare(runs: list[dict[str, Any]], cells: dict[str, dict[str, Any]], method
                 gain = row[fused]["mean"] - row[against[0]]["mean"]
                 if metric in UNBOUNDED:  # lower is better: an improvement is a drop
                     gain = -gain
-                delta = round(_points(metric, gain), 6)  # no float noise at 0.3
-                arrow = "↑" if delta > SAME_WITHIN else "↓" if delta < -SAME_WITHIN else "="
+                delta = round(_points(metric, gain), 6)
+                shown = float(f"{delta:.1f}")  # the arrow agrees with the delta as printed: +0.31 is "= +0.3"
+                arrow = "↑" if shown > SAME_WITHIN else "↓" if shown < -SAME_WITHIN else "="
                 rows[task] = {"delta": delta, "arrow": arrow}
         if rows:
             out.append({"fusion": fused, "against": against[0], "tasks": rows})
@@ -447,7 +574,10 @@ def markdown(result: dict[str, Any], wall_time: bool = False) -> str:
         lines.append("| wall time | | " + " | ".join(times) + " |")
     comparisons = result.get("comparisons") or []
     if comparisons:
-        lines += ["", f"Fusion against its adapters, in points (↑ above +{SAME_WITHIN}, = within, "
+        units = "in points" + (" (perplexity in its own units, a drop counted as a gain)"
+                               if any(c.get("metric") in UNBOUNDED for row in result["cells"].values()
+                                      for c in row.values()) else "")
+        lines += ["", f"Fusion against its adapters, {units} (↑ above +{SAME_WITHIN}, = within, "
                   f"↓ below -{SAME_WITHIN}):", "",
                   "| task | " + " | ".join(f"{c['fusion']} vs {c['against']}" for c in comparisons) + " |",
                   "|---|" + "---|" * len(comparisons)]

@@ -49,7 +49,7 @@ from .mlm import Masker, check_blocks, encode_text, evaluate_mlm, generator, mas
 from .features import Features, cacheable, encode_features, evaluate_features, head_logits, head_reads, predictions
 from .recipe import Recipe
 from .reporter import Reporter
-from .setup import build_model, distributed, environment, frozen_dtype, leave_group
+from .setup import build_model, distributed, environment, frozen_dtype, fusion_member_runs, leave_group
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -193,7 +193,8 @@ class Trainer:
         train_examples, eval_examples, self.subsets = load_examples(
             task, recipe.data_dir, recipe.seed, recipe.max_train_samples, recipe.max_eval_samples,
             self.run_dir if self.resume else None)
-        self.model, self.tokenizer, self.name, self.active = build_model(recipe, task)
+        self.model, self.tokenizer, self.name, self.active, member_paths = build_model(recipe, task)
+        self.member_runs = fusion_member_runs(member_paths)
         max_length = self.model.fit_max_length(recipe.max_length, "recipe key max_length")  # before the run dir
         self.device = resolve_device(recipe.device)
         self.autocast = autocast_dtype(recipe.precision, self.device)
@@ -516,6 +517,7 @@ class Trainer:
             summary["compiled"] = True
         if self.recipe.method == "fusion":
             summary["fusion_members"] = self.active.leaves()
+            summary["fusion_member_runs"] = self.member_runs  # where each was trained (adapt results)
         summary.update(self.model.adapter_meta.get(self.name) or {})  # MAD-X: language, trained_under
         if self.train_features is not None:  # head only: the encoder ran once per example (features.py)
             summary["head_features"] = {

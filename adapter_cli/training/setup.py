@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,6 +41,34 @@ def leave_group() -> None:
         dist.destroy_process_group()
 
 
+def fusion_member_runs(paths: list[Path]) -> list[dict[str, str] | None]:
+    """The training run each fusion member (at ``paths``, as located) came from: its cache entry's run, or
+    the run whose ``best`` directory it is, as ``{"run_dir": absolute path, "name": its name, "started":
+    run.json's start}``; None where that is not known (a downloaded or copied adapter, a run gone since).
+    ``adapt results`` keeps fusions over adapters of other settings apart by them; the start time tells a
+    moved run from another run made later at the same path."""
+    import json
+
+    def read(path: Path) -> dict[str, Any]:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    runs: list[dict[str, str] | None] = []
+    for located in paths:
+        path = Path(located).resolve()
+        run: Any = None
+        if (path / "entry.json").is_file():  # a cache entry: it records its run (none when pulled from a hub)
+            run = read(path / "entry.json").get("run_dir")
+        elif path.name == "best" and (path.parent / "recipe.yaml").is_file():
+            run = str(path.parent)
+        started = read(Path(run) / "run.json").get("started") if isinstance(run, str) else None
+        runs.append({"run_dir": run, "name": Path(run).name, "started": str(started)} if started else None)
+    return runs
+
+
 def frozen_dtype(recipe: Recipe, autocast: torch.dtype | None) -> torch.dtype | None:
     """The dtype the frozen linear layers are stored in (None: as loaded). Only the autocast dtype is
     allowed, because only then are the results unchanged (see AdapterModel.cast_frozen_linears)."""
@@ -65,8 +94,9 @@ def environment(device: torch.device, world: int) -> dict[str, Any]:
     return env
 
 
-def build_model(recipe: Recipe, task: Any) -> tuple[Any, Any, str, Any]:
-    """The model, its tokenizer, the adapter/head name and the composition to train, set up for the method."""
+def build_model(recipe: Recipe, task: Any) -> tuple[Any, Any, str, Any, list[Path]]:
+    """The model, its tokenizer, the adapter/head name, the composition to train, set up for the method,
+    and where a fusion's members were found (``fusion_member_runs``; empty for other methods)."""
     from ..defaults import resolve_model
     from ..model import AdapterModel
     from ..tokenizer import load_preprocessor
@@ -84,6 +114,7 @@ def build_model(recipe: Recipe, task: Any) -> tuple[Any, Any, str, Any]:
     name = recipe.name or task.name.replace(".", "_")
     head_kw = _head_kwargs(task, model)
     active: Any = None
+    member_paths: list[Path] = []
     if recipe.method == "adapter":
         overrides = {**recipe.adapter_overrides, "kind": "language"} if task.kind == "mlm" else \
             recipe.adapter_overrides
@@ -97,8 +128,8 @@ def build_model(recipe: Recipe, task: Any) -> tuple[Any, Any, str, Any]:
         from ..resolve import locate
         from ..composition import Fuse
 
-        members = [model.load_adapter(locate(spec, model.name_or_path, "adapter"), with_head=False)
-                   for spec in recipe.fusion_adapters]
+        member_paths = [locate(spec, model.name_or_path, "adapter") for spec in recipe.fusion_adapters]
+        members = [model.load_adapter(path, with_head=False) for path in member_paths]
         fusion = model.add_fusion(members, recipe.fusion)
         active = Fuse(tuple(members))
     if task.kind == "lm":  # the decoder's own LM head, frozen (training/clm.py)
@@ -120,7 +151,7 @@ def build_model(recipe: Recipe, task: Any) -> tuple[Any, Any, str, Any]:
         model.base.requires_grad_(True)
     if recipe.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    return model, tokenizer, name, active
+    return model, tokenizer, name, active, member_paths
 
 
 def _check_family(task: Any, model: Any, label: str) -> None:

@@ -43,6 +43,10 @@ def fused(world):
 def test_fuse_trains_caches_and_infers(world, fused) -> None:
     summary = fused
     assert summary["method"] == "fusion"
+    recorded = summary["fusion_member_runs"]  # for adapt results: where each member was trained
+    assert [(r["run_dir"], r["name"]) for r in recorded] == [(str(Path(f"r-{m}").resolve()), f"r-{m}") for m in "ab"]
+    assert [r["started"] for r in recorded] == [json.loads(Path(f"r-{m}/run.json").read_text())["started"]
+                                                for m in "ab"]
     assert (Path("fz/best/fusion_config.json")).is_file() and (Path("fz/best/head_config.json")).is_file()
     entry = next(e for e in json.loads(runner.invoke(app, ["cache", "ls", "--json"]).stdout) if e["id"] == "fz")
     assert entry["kind"] == "fusion" and entry["task"] == "toy_sentiment"
@@ -136,6 +140,8 @@ def test_results_table(world, fused) -> None:
     # a and b are the same pfeiffer run (task, config and seed): counted once, the most recent, with a note
     assert "(n=2)" not in md.stdout and "(n=1)" in md.stdout
     assert "seed 42 was run 2 times" in md.stderr
+    # the fusion is compared with the column its members were trained in, not the Houlsby one
+    assert "| task | fusion vs adapter |" in md.stdout
     data = json.loads(runner.invoke(app, ["results", *runs, "--json"]).stdout)
     cell = data["cells"]["toy_sentiment"]["adapter"]
     counted = [r for r in data["runs"] if r["method"] == "adapter" and r["counted"]]

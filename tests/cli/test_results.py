@@ -287,3 +287,142 @@ def test_fusions_over_two_mt_a_configurations_stay_apart(tmp_path, monkeypatch) 
     assert set(fusions) == {f"fusion (mt-a, over {against})" for against, _ in pairs.values()}  # readable names
     alone = table(*[r for r in runs if "fuse-1e-05" in r.name])  # their MT-A runs not given
     assert len(alone["methods"]) == 2 and alone["comparisons"] == []
+
+
+def _record_members(fusion: Path, *adapter_runs: Path) -> None:
+    """What a fusion run records of its members: the (absolute) runs they were trained in."""
+    summary = json.loads((fusion / "final_metrics.json").read_text())
+    summary["fusion_member_runs"] = [{"run_dir": str(r.resolve()), "name": r.name,
+                                      "started": json.loads((r / "run.json").read_text())["started"]}
+                                     for r in adapter_runs]
+    (fusion / "final_metrics.json").write_text(json.dumps(summary))
+
+
+def test_fusions_over_adapters_of_two_settings_stay_apart(tmp_path) -> None:
+    """Review: a fusion belongs with the adapter runs it fused. Two sweeps name their adapters alike, so the
+    members' names cannot tell a fusion over lr-1e-3 adapters from one over lr-1e-4 adapters; their recorded
+    runs do, whether or not those runs are among the runs read."""
+    runs = []
+    for lr, (adapter, fused) in {1e-3: (0.60, 0.70), 1e-4: (0.50, 0.40)}.items():
+        for seed in (1, 2):
+            members = [fake_run(tmp_path / f"lr{lr}", f"{task}-s{seed}", value=adapter, seed=seed, task=task,
+                                learning_rate=lr) for task in ("rte", "mrpc")]
+            summary = json.loads((members[1] / "final_metrics.json").read_text())  # tasks differ in size
+            (members[1] / "final_metrics.json").write_text(json.dumps({**summary, "train_examples": 300}))
+            fusion = fake_run(tmp_path / f"lr{lr}", f"fuse-s{seed}", value=fused, seed=seed, task="rte",
+                              method="fusion", fusion_adapters=["rte", "mrpc"])
+            _record_members(fusion, *members)
+            runs += [*members, fusion]
+    data = table(*runs)
+    fusions = [m for m in data["methods"] if m.startswith("fusion")]
+    assert len(fusions) == 2 and {data["cells"]["rte"][m]["n"] for m in fusions} == {2}
+    pairs = {round(data["cells"]["rte"][c["fusion"]]["mean"], 2): (c["against"], c["tasks"]["rte"])
+             for c in data["comparisons"]}
+    assert pairs[0.7][1]["arrow"] == "↑" and pairs[0.7][1]["delta"] == pytest.approx(10.0)
+    assert pairs[0.4][1]["arrow"] == "↓" and pairs[0.4][1]["delta"] == pytest.approx(-10.0)
+    assert "learning_rate=0.001" in pairs[0.7][0] and "learning_rate=0.0001" in pairs[0.4][0]
+    assert set(fusions) == {f"fusion (over {against})" for against, _ in pairs.values()}
+    assert len(data["methods"]) == 4  # one adapter column per learning rate, whatever each task's size
+    only = table(*[r for r in runs if r.name.startswith("fuse")])  # adapters read from their recorded runs
+    assert len(only["methods"]) == 2 and only["comparisons"] == []
+
+
+def test_a_fusion_is_not_compared_with_adapters_on_another_base(tmp_path) -> None:
+    """Review: a fusion whose members' runs are unknown is compared only with the one adapter column on its
+    own base model; here the only adapters ran on another, so there is no Table 2 (and a note says why)."""
+    adapter = fake_run(tmp_path, "rte-adapter", value=0.6, task="rte")
+    fusion = fake_run(tmp_path, "rte-fusion", value=0.7, task="rte", method="fusion", fusion_adapters=["rte", "mrpc"],
+                      model="bert-base-uncased")
+    result = results(adapter, fusion)
+    assert result.exit_code == 0 and " vs " not in result.stdout
+    assert "no adapter column is on its base model" in result.stderr
+
+
+def test_a_run_that_failed_after_its_metrics_is_not_counted(tmp_path) -> None:
+    """Review: a run writes final_metrics.json before its cache entry; when that fails, run.json says
+    "failed" (or "running" once resumed). Such a run is skipped in a folder and refused by name."""
+    fake_run(tmp_path / "runs", "ok", value=0.80, seed=1)
+    failed = fake_run(tmp_path / "runs", "failed", value=0.20, seed=2)
+    status = json.loads((failed / "run.json").read_text())
+    (failed / "run.json").write_text(json.dumps({**status, "status": "failed"}))
+    result = results(tmp_path / "runs")
+    assert result.exit_code == 0 and "| 80.0 (n=1) |" in result.stdout
+    assert "skipped 1 unfinished run(s)" in result.stderr and "failed" in result.stderr
+    assert "not a finished adapt run (status: failed)" in one_line_error(results(failed))
+
+
+def test_what_a_column_is_made_of(tmp_path) -> None:
+    """compile changes no result, so it makes no column of its own; a cell that averages runs on other data
+    (SST-2 whole and cut to a subset by another data directory) says so; a run that diverged (NaN) has no
+    cell, and --json stays JSON."""
+    fake_run(tmp_path, "plain", value=0.80, seed=1)
+    fake_run(tmp_path, "compiled", value=0.82, seed=2, compile=True)
+    data = table(tmp_path / "plain", tmp_path / "compiled")
+    assert data["methods"] == ["adapter"] and data["cells"]["mrpc"]["adapter"]["n"] == 2
+    cut = fake_run(tmp_path, "cut", value=0.70, seed=3)
+    summary = json.loads((cut / "final_metrics.json").read_text())
+    (cut / "final_metrics.json").write_text(json.dumps({**summary, "train_examples": 50}))
+    mixed = results(tmp_path / "plain", cut)
+    assert "| 75.0 ± 7.1 (n=2) |" in mixed.stdout
+    assert "note: mrpc / adapter averages runs trained on different data (100, 50 training examples)" in mixed.stderr
+    assert "different data" not in results(tmp_path / "plain", tmp_path / "compiled").stderr
+    nan = fake_run(tmp_path, "nan", value=float("nan"), seed=4)
+    result = results(tmp_path / "plain", nan, "--json")
+    assert result.exit_code == 0 and "NaN" not in result.stdout
+    assert json.loads(result.stdout)["cells"]["mrpc"]["adapter"]["n"] == 1
+
+
+def test_the_arrow_agrees_with_the_delta_printed(tmp_path) -> None:
+    """Review: +0.31 printed as +0.3 was marked improved; the arrow now reads the delta as printed."""
+    adapter = fake_run(tmp_path, "a", value=0.6000, task="rte")
+    fusion = fake_run(tmp_path, "f", value=0.6031, task="rte", method="fusion", fusion_adapters=["a", "b"])
+    assert "| rte | = +0.3 |" in results(adapter, fusion).stdout
+    fusion4 = fake_run(tmp_path, "f4", value=0.6036, task="rte", method="fusion", fusion_adapters=["a", "b"])
+    assert "| rte | ↑ +0.4 |" in results(adapter, fusion4).stdout
+
+
+def _sweep(root: Path, lr: float, adapter: float, fused: float, started: str, seeds=(1,)) -> list[Path]:
+    """Adapters for rte and mrpc at ``lr`` and a fusion of them for rte, per seed, as paper-experiment.sh names them."""
+    runs = []
+    for seed in seeds:
+        members = [fake_run(root, f"{task}-adapter-s{seed}", value=adapter, seed=seed, task=task, learning_rate=lr,
+                            updated=started) for task in ("rte", "mrpc")]
+        fusion = fake_run(root, f"rte-fusion-s{seed}", value=fused, seed=seed, task="rte", method="fusion",
+                          fusion_adapters=["rte", "mrpc"], updated=started)
+        _record_members(fusion, *members)
+        runs += [*members, fusion]
+    return runs
+
+
+def test_a_moved_sweep_keeps_its_own_adapters(tmp_path) -> None:
+    """Review: a sweep moved away (out -> out-lr3) and another run at its old path: the moved fusions find
+    their adapters by name and start time, never the new runs that now sit where they were trained."""
+    _sweep(tmp_path / "out", 1e-3, 0.60, 0.70, "2025-01-01T00:00:00+0000")
+    (tmp_path / "out").rename(tmp_path / "out-lr3")
+    _sweep(tmp_path / "out", 1e-4, 0.50, 0.40, "2025-02-01T00:00:00+0000")
+    moved = table(tmp_path / "out-lr3")
+    assert moved["methods"] == ["adapter", "fusion"]
+    assert moved["comparisons"][0]["tasks"]["rte"] == {"delta": pytest.approx(10.0), "arrow": "↑"}
+    both = table(tmp_path / "out-lr3", tmp_path / "out")
+    assert {c["tasks"]["rte"]["arrow"] for c in both["comparisons"]} == {"↑", "↓"}
+    assert all(r["counted"] for r in both["runs"])
+
+
+def test_fusions_with_and_without_recorded_members(tmp_path) -> None:
+    """Review: a fusion of an older adapt (no record of its members' runs) next to one that has it: two
+    columns, no crash; a fusion over adapters of two configurations, one of them not read, is not compared,
+    and the column read keeps its plain name."""
+    runs = _sweep(tmp_path / "new", 1e-3, 0.60, 0.70, "2025-01-01T00:00:00+0000", seeds=(1,))
+    old = fake_run(tmp_path / "old", "rte-fusion-s2", value=0.68, seed=2, task="rte", method="fusion",
+                   fusion_adapters=["rte", "mrpc"])
+    data = table(*runs, old)
+    assert "fusion (over adapters of unknown runs)" in data["methods"] and "fusion (over adapter)" in data["methods"]
+    mixed = tmp_path / "mixed"
+    rte = fake_run(mixed, "rte-adapter", value=0.6, task="rte", learning_rate=1e-3)
+    mrpc = fake_run(tmp_path / "elsewhere", "mrpc-adapter", value=0.6, task="mrpc", learning_rate=1e-4)
+    fusion = fake_run(mixed, "rte-fusion", value=0.7, task="rte", method="fusion", fusion_adapters=["rte", "mrpc"])
+    _record_members(fusion, rte, mrpc)
+    result = results(mixed)
+    assert result.exit_code == 0 and " vs " not in result.stdout
+    assert result.stdout.startswith("| task | metric | adapter | fusion |")
+    assert "not all among the runs read" in result.stderr
