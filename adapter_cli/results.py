@@ -223,6 +223,7 @@ def _link_members(runs: list[dict[str, Any]]) -> None:
     by_print: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
     for r in adapters:
         by_print.setdefault((Path(r["run_path"]).name, r["started"]), []).append(r)
+    on_disk: dict[tuple[str, str], tuple[str, dict[str, Any]] | None] = {}  # each run read once, not per fusion
 
     def member(source: Any) -> tuple[str, dict[str, Any]] | None:
         if not isinstance(source, dict) or not all(isinstance(source.get(k), str) for k in ("run_dir", "name", "started")):
@@ -233,8 +234,12 @@ def _link_members(runs: list[dict[str, Any]]) -> None:
         moved = by_print.get((source["name"], source["started"]), [])
         if len({json.dumps(r["identity"], sort_keys=True, default=str) for r in moved}) == 1:
             return moved[0]["method"], moved[0]["identity"]
-        there = Path(source["run_dir"])
-        return _adapter_run_on_disk(there) if _read_status(there).get("started") == source["started"] else None
+        key = (source["run_dir"], source["started"])
+        if key not in on_disk:
+            there = Path(source["run_dir"])
+            on_disk[key] = _adapter_run_on_disk(there) if _read_status(there).get("started") == source["started"] \
+                else None
+        return on_disk[key]
 
     for r in runs:
         sources = r.pop("member_runs", None)
