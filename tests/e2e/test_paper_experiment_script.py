@@ -51,3 +51,21 @@ def test_bad_sst2_train_is_refused_before_anything_is_written(tmp_path) -> None:
     result = _run(tmp_path / "out", args[1:] + [f"mrpc={tmp_path / 'data' / 'RTE'}"], SST2_TRAIN="5")
     assert result.returncode == 2 and "sst2 is not one of the tasks (rte mrpc)" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_overrides_reach_every_run_and_name_the_settings(tmp_path) -> None:
+    fake = tmp_path / "adapt"  # records its arguments, then fails: the script stops at its first training
+    fake.write_text(f'#!/bin/bash\necho "$@" > {tmp_path / "args"}\nexit 1\n')
+    fake.chmod(0o755)
+    result = _run(tmp_path / "out", _tasks(tmp_path / "data"), ADAPT=str(fake),
+                  OVERRIDES="precision=bf16 group_by_length=true")
+    assert result.returncode != 0
+    args = (tmp_path / "args").read_text().split()
+    assert args[:2] == ["train", "--task"] and args[-6:-4] == ["precision=bf16", "group_by_length=true"]
+    assert "overrides=precision=bf16 group_by_length=true" in (tmp_path / "out" / "settings.txt").read_text()
+
+
+def test_a_bad_override_is_refused_before_anything_is_written(tmp_path) -> None:
+    result = _run(tmp_path / "out", _tasks(tmp_path / "data"), OVERRIDES="precision=bf16 bf16")
+    assert result.returncode == 2 and not (tmp_path / "out").exists()
+    assert result.stderr == "error: OVERRIDES: 'bf16' is not a recipe key=value (e.g. precision=bf16)\n"
