@@ -166,17 +166,18 @@ def write_sentiment_task(root: Path, n_train: int = 96, n_eval: int = 48, seed: 
     return root / "task.yaml"
 
 
-def assert_resume_after_sigkill_is_exact(runner, app, args: list[str], tmp_path: Path, step: int = 5) -> None:
-    """Train ``args`` (``adapt train`` options, no --run-dir) whole, and once more killed by SIGKILL at ``step``
-    then resumed: the best metrics and every trainable tensor must be equal."""
+def assert_resume_after_sigkill_is_exact(runner, app, args: list[str], tmp_path: Path, step: int = 5,
+                                         command: str = "train") -> None:
+    """Train ``args`` (options of ``adapt COMMAND``, no --run-dir) whole, and once more killed by SIGKILL at
+    ``step`` then resumed by ``adapt train --resume``: the best metrics and every trainable tensor must be equal."""
     import json
     import subprocess
     import sys
 
-    killer = [sys.executable, str(ROOT / "tests" / "kill_at_step.py"), str(step), "train"]
+    killer = [sys.executable, str(ROOT / "tests" / "kill_at_step.py"), str(step), command]
     killed = subprocess.Popen(killer + args + ["--run-dir", str(tmp_path / "killed")], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
-    whole = runner.invoke(app, ["train", *args, "--run-dir", str(tmp_path / "whole")])
+    whole = runner.invoke(app, [command, *args, "--run-dir", str(tmp_path / "whole")])
     assert whole.exit_code == 0, whole.stderr
     assert killed.wait() == -9
     resumed = runner.invoke(app, ["train", "--resume", "--run-dir", str(tmp_path / "killed"), "--quiet"])

@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from adapter_cli.cli import app
-from conftest import one_line_error, sandbox, save_tiny_model, tiny_model, write_sentiment_task
+from conftest import assert_resume_after_sigkill_is_exact, one_line_error, sandbox, save_tiny_model, tiny_model, write_sentiment_task
 
 runner = CliRunner()
 FAST = ["epochs=2", "batch_size=16", "learning_rate=5e-3", "patience=null", "min_steps=null"]
@@ -62,6 +62,12 @@ def test_fuse_trains_caches_and_infers(world, fused) -> None:
     assert out.exit_code == 0, out.stderr
     info = json.loads(runner.invoke(app, ["inspect", "fz-ah", "--json"]).stdout)
     assert info["format"] == "adapterhub" and info["adapters"] == ["a", "b"]
+
+
+def test_a_killed_fusion_resumes_to_the_same_result(world, tmp_path) -> None:
+    """What docs/paper-experiment.sh does with a fusion cut short: `adapt train --resume` finishes it."""
+    args = ["a", "b", "--target", world["task"], "--model", world["model"], "--no-cache", "--quiet", *FAST]
+    assert_resume_after_sigkill_is_exact(runner, app, args, tmp_path, step=8, command="fuse")
 
 
 def test_fusion_numerics_survive_the_round_trip(world, fused) -> None:
