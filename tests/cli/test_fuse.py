@@ -10,7 +10,8 @@ import torch
 from typer.testing import CliRunner
 
 from adapter_cli.cli import app
-from conftest import assert_resume_after_sigkill_is_exact, one_line_error, sandbox, save_tiny_model, tiny_model, write_sentiment_task
+from conftest import (assert_resume_after_sigkill_is_exact, one_line_error, sandbox, save_tiny_model, tiny_model,
+                      write_sentiment_task)
 
 runner = CliRunner()
 FAST = ["epochs=2", "batch_size=16", "learning_rate=5e-3", "patience=null", "min_steps=null"]

@@ -53,7 +53,7 @@ def test_bad_sst2_train_is_refused_before_anything_is_written(tmp_path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_overrides_reach_every_run_and_name_the_settings(tmp_path) -> None:
+def test_overrides_reach_the_training_command_and_the_settings(tmp_path) -> None:
     fake = tmp_path / "adapt"  # records its arguments, then fails: the script stops at its first training
     fake.write_text(f'#!/bin/bash\necho "$@" > {tmp_path / "args"}\nexit 1\n')
     fake.chmod(0o755)
