@@ -86,6 +86,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(env) -> None:
     (["--tasks", "sst2,mrpc"], "--method multitask"),
     (["--method", "multitask", "--tasks", "sst2,mrpc", "-d", "glue/SST-2"], "TASK=DIR"),
     (["--method", "multitask", "--tasks", "sst2,mrpc", "-d", "rte=glue/RTE"], "not one of the tasks"),
+    (["--method", "multitask", "--tasks", "sst2,mlm"], "task mlm is language modelling on plain text"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, args, words) -> None:
     monkeypatch.setenv("ADAPT_CACHE", str(tmp_path / "cache"))
